@@ -1,0 +1,87 @@
+"""Training smoke run: tiny model, tiny images made here, a few steps, then --resume; the artifact loads."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from train.config import parse_args
+from train.train import main
+
+NAMES = ["Audi TTS Coupe 2012", "Acura TL Sedan 2012", "BMW X5 SUV 2007", "Dodge Ram Pickup 3500 Crew Cab 2010"]
+
+
+def _photo(cls: int, i: int) -> Image.Image:
+    rng = np.random.default_rng(100 * cls + i)
+    img = Image.new("RGB", (48 + 4 * i, 40), tuple(int(c) for c in rng.integers(0, 60, 3)))
+    d = ImageDraw.Draw(img)
+    color = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (230, 220, 40)][cls]
+    d.rectangle([6 + i, 8, 30 + 3 * cls, 30], fill=color)
+    return img
+
+
+@pytest.fixture()
+def tiny_csv(tmp_path):
+    (tmp_path / "img").mkdir()
+    rows = []
+    for c, name in enumerate(NAMES):
+        for i in range(6):
+            f = f"img/{c}_{i}.jpg"
+            _photo(c, i).save(tmp_path / f)
+            rows.append((f, c, name))
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "class_name"])
+        w.writerows(rows)
+    return path
+
+
+def _args(csv_path, out, *extra):
+    return ["--backbone", "timm:test_efficientnet", "--pretrained", "false", "--embed-dim", "16",
+            "--data", str(csv_path), "--output-dir", str(out), "--train-size", "32", "--eval-size", "32",
+            "--batch-size", "8", "--m-per-class", "2", "--val-fraction", "0.2", "--num-workers", "0",
+            "--progress", "false", "--val-gallery-per-class", "3", "--freeze-stages", "1", *extra]
+
+
+def test_train_resume_and_load(tiny_csv, tmp_path):
+    import vericar
+
+    out = tmp_path / "out"
+    r = main(_args(tiny_csv, out, "--epochs", "1"))
+    assert (out / "checkpoints" / "last" / "trainer_state.yaml").is_file()
+    assert len(r["history"]) == 1
+    # resume continues from epoch 1 to 2 instead of starting over
+    r2 = main(_args(tiny_csv, out, "--epochs", "2", "--resume", "auto"))
+    assert [h["epoch"] for h in r2["history"]] == [1, 2]
+    for name in ("config.json", "model.safetensors", "README.md", "training_curve.png", "metrics.csv", "train_config.yaml"):
+        assert (out / name).is_file(), name
+    rec = vericar.load(f"local-dir:{out}")
+    assert len(rec.gallery) == 24 and rec.ood.threshold is not None
+    assert rec.model.pretrained_cfg["input_size"][1:] == (32, 32)
+    pred = rec.predict(_photo(2, 1))
+    assert pred.label in NAMES and len(pred.neighbours) > 0
+    assert json.loads((out / "config.json").read_text())["meta"]["command"].startswith("python train/train.py")
+
+
+def test_holdout_keeps_classes_out(tiny_csv, tmp_path):
+    import vericar
+
+    out = tmp_path / "ow"
+    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "1", "--holdout-classes", "label%4==3"))
+    rec = vericar.load(f"local-dir:{out}")
+    assert NAMES[3] not in rec.gallery.classes and len(rec.gallery.classes) == 3
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = parse_args(["--config", "train/configs/offline-cpu.yaml", "--epochs", "3", "--lr-head", "1e-3"])
+    assert cfg.epochs == 3 and cfg.lr_head == pytest.approx(1e-3) and cfg.backbone.startswith("timm:tf_efficientnet_lite")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epocs: 3\n")
+    with pytest.raises(SystemExit, match="unknown setting"):
+        parse_args(["--config", str(bad)])
+    with pytest.raises(SystemExit):
+        parse_args(["--epochs", "many"])

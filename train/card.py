@@ -1,0 +1,68 @@
+"""Model card (README.md) and training curve of a training run."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def write_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Loss and validation top-1 per epoch → PNG; the same rows → metrics.csv beside it."""
+    if not history:
+        return
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    with open(path.with_name("metrics.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(ep, [r["loss"] for r in history], "o-", color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax2 = ax.twinx()
+    for key, style in (("val_top1_model", "s-"), ("val_top1_make", "^--"), ("val_top1_type", "v:")):
+        pts = [(r["epoch"], r[key]) for r in history if key in r]
+        if pts:
+            ax2.plot(*zip(*pts), style, label=key.replace("val_top1_", "val top-1 "))
+    ax2.set_ylabel("validation top-1")
+    ax2.set_ylim(0, 1)
+    fig.legend(loc="lower center", ncol=4, fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pct(x: Any) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
+    """README.md of the artifact: what it is, how well it does, how to reproduce it."""
+    v = meta["metrics"]["validation"]
+    top1 = v.get("top1") or {}
+    lines = [
+        "---", "library_name: vericar", "tags: [vehicle-recognition, metric-learning, stanford-cars]", "---",
+        "# vericar embedding model", "",
+        f"Backbone `{cfg.backbone}` + {cfg.embed_dim}-d projection head, trained with "
+        f"{cfg.loss} + cosine-softmax on {meta['classes']} classes from `{cfg.data}`"
+        + (f" (classes `{cfg.holdout_classes}` held out)." if cfg.holdout_classes else "."), "",
+        "## Validation (stratified slice of the training CSV, k-NN on the other training photos)", "",
+        "| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold (95% TPR) |", "|---|---|---|---|---|",
+        f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "
+        f"{_pct((v.get('top5') or {}).get('model'))} | see config.json `ood` |", "",
+        f"Training wall time: {meta['train_seconds'] / 60:.1f} min.", "",
+        "## Reproduce", "", "```", meta["command"], "```", "",
+        "![training curve](training_curve.png)", "",
+        "## Settings", "", "```json", json.dumps(meta["train_config"], indent=1), "```",
+    ]
+    extra = meta.get("card_extra")
+    if extra:
+        lines += ["", extra]
+    (out / "README.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,113 @@
+"""Training configuration: defaults < YAML preset (--config) < command-line ``--key value``."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; a preset YAML sets any subset."""
+
+    backbone: str = "timm:tf_efficientnet_lite0"
+    pretrained: bool = True
+    embed_dim: int = 128
+    data: str = "../shared/data/stanford_cars/train.csv"
+    output_dir: str = "runs/vericar"
+    holdout_classes: str | None = None  # open-world protocol, e.g. "label%5==4"
+    val_fraction: float = 0.1
+    seed: int = 0
+    # images
+    train_size: int = 160  # training crop (px)
+    eval_size: int | None = None  # input size written into the model's preprocessing (None: backbone's)
+    resize_mode: str | None = "squash"  # None: backbone's
+    cache_short_side: int | None = 224  # decoded photos kept in RAM at this short side; None: full size
+    scale_min: float = 0.35
+    color_jitter: float = 0.2
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64
+    m_per_class: int = 4
+    grad_accum: int = 1
+    lr_backbone: float = 1e-3
+    lr_head: float = 1e-2
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    freeze_stages: int = 0  # stem + the first N stages/blocks stay frozen (cheaper on CPU)
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 on GPU, no on CPU
+    max_steps: int | None = None  # stop early (smoke tests)
+    # losses
+    loss: str = "hims_min"  # hims_min | ms | none
+    metric_weight: float = 1.0
+    ce_weight: float = 1.0  # cosine-softmax classification head on the embedding (0 = off)
+    ce_scale: float = 16.0
+    label_smoothing: float = 0.1
+    ms_alpha: float = 2.0
+    ms_beta: float = 50.0
+    ms_base: float = 0.5
+    # evaluation / artifact
+    eval_every: int = 1
+    val_gallery_per_class: int | None = 10  # per-epoch validation gallery size (the final one is full)
+    patience: int = 3  # early stopping on validation top-1 (epochs without improvement)
+    k: int = 10
+    ood_k: int = 10
+    ood_tpr: float = 0.95
+    thumbnails: bool = True
+    weights_half: bool = False
+    num_workers: int = 1
+    resume: str | None = None  # a checkpoint folder, or "auto" (OUTPUT_DIR/checkpoints/last)
+    push_to_hub: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: str, default: Any, name: str) -> Any:
+    """Turn a command-line string into the type the field has (YAML rules: 1e-3, true, null)."""
+    if isinstance(default, float):  # YAML reads "1e-3" as a string; Python does not
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    parsed = yaml.safe_load(value)
+    if parsed is None or default is None or isinstance(parsed, type(default)):
+        return parsed
+    if isinstance(default, float) and isinstance(parsed, int):
+        return float(parsed)
+    if isinstance(default, str):
+        return value
+    raise SystemExit(f"--{name.replace('_', '-')}: {value!r} is not a {type(default).__name__}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Build the config from ``--config PRESET.yaml`` and ``--key value`` overrides."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    ap = argparse.ArgumentParser(
+        prog="train/train.py",
+        description="Train a vericar embedding model. Any setting of train/config.py can be given as --key value.",
+    )
+    ap.add_argument("--config", help="preset YAML (train/configs/*.yaml)")
+    for name, f in known.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, metavar=str(f.type).upper())
+    args = vars(ap.parse_args(argv))
+    values: dict[str, Any] = {}
+    if args.get("config"):
+        path = Path(args.pop("config"))
+        if not path.is_file():
+            raise SystemExit(f"--config {path}: no such file; presets are in train/configs/.")
+        preset = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(preset) - set(known))
+        if unknown:
+            raise SystemExit(f"{path}: unknown setting(s) {unknown}; see train/config.py for the valid names.")
+        values.update(preset)
+    else:
+        args.pop("config", None)
+    defaults = TrainConfig()
+    for name, raw in args.items():
+        values[name] = _coerce(raw, getattr(defaults, name), name)
+    return TrainConfig(**values)

@@ -1,0 +1,397 @@
+"""Gallery: known vehicles' embeddings + labels + references, searchable with faiss.
+
+Embeddings are L2-normalised float32, so faiss inner product == cosine similarity. The raw
+embeddings are kept beside the faiss index: the index can then be rebuilt (after
+``remove_label``, or after loading) and saved as plain safetensors, never faiss/pickle blobs.
+
+On disk (``save`` / ``load``) a gallery is two files in a directory that it may share with a
+model (config.json, model.safetensors):
+
+* ``gallery-<sha256[:16]>.safetensors`` - embeddings, thumbnails (JPEG bytes concatenated in one
+  uint8 tensor + offsets);
+* ``gallery.json`` - format version, index settings, labels, refs and the name, size and
+  SHA-256 of the tensors file. It is written last, so it always points at a complete file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from .errors import ArtifactError, VericarError
+
+FORMAT_VERSION = 1
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+JSON_NAME = "gallery.json"
+_KIND = "vericar-gallery"
+
+
+class GalleryError(VericarError, ValueError):
+    """Embeddings, labels or settings given to a Gallery are not usable."""
+
+
+class Gallery:
+    """Cosine-similarity kNN gallery over a faiss index.
+
+    Args:
+        dim: embedding size D.
+        index: "flat" (exact), "hnsw" (graph, approximate) or "ivf" (inverted lists; trained
+            lazily once ``39 * nlist`` vectors exist, exact flat search until then).
+        nprobe: IVF lists visited per query (recall/speed trade-off).
+        nlist: IVF list count.
+        hnsw_m, ef_construction, ef_search: HNSW graph settings.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        index: str = "flat",
+        *,
+        nprobe: int = 16,
+        nlist: int = 64,
+        hnsw_m: int = 32,
+        ef_construction: int = 64,
+        ef_search: int = 128,
+    ) -> None:
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
+            raise GalleryError(f"dim must be a positive integer (the embedding size), got {dim!r}.")
+        if index not in INDEX_TYPES:
+            raise GalleryError(f"unknown index type {index!r}; use one of {', '.join(INDEX_TYPES)}.")
+        for name, v in (("nprobe", nprobe), ("nlist", nlist), ("hnsw_m", hnsw_m),
+                        ("ef_construction", ef_construction), ("ef_search", ef_search)):
+            if int(v) <= 0:
+                raise GalleryError(f"{name} must be a positive integer, got {v!r}.")
+        self.dim = int(dim)
+        self.index_type = index
+        self.nprobe, self.nlist = int(nprobe), int(nlist)
+        self.hnsw_m, self.ef_construction, self.ef_search = int(hnsw_m), int(ef_construction), int(ef_search)
+        self._emb = np.zeros((0, self.dim), dtype=np.float32)
+        self.labels: list[str] = []
+        self.refs: list[str] = []
+        self._thumbs: list[bytes | None] = []
+        self._rebuild()
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_arrays(cls, embeddings: np.ndarray, labels: Sequence[str], refs: Sequence[str] | None = None,
+                    thumbnails: Sequence[Any] | None = None, **kw: Any) -> Gallery:
+        """A gallery holding ``embeddings`` (N, D) with their labels (kwargs go to ``Gallery``)."""
+        emb = np.asarray(embeddings)
+        if emb.ndim != 2:
+            raise GalleryError(f"embeddings must be 2-D (N, D), got shape {emb.shape}.")
+        g = cls(emb.shape[1], **kw)
+        g.add(emb, labels, refs=refs, thumbnails=thumbnails)
+        return g
+
+    def settings(self) -> dict[str, Any]:
+        """Index settings (JSON-able); ``Gallery(dim, **settings)`` recreates an empty twin."""
+        return {"index": self.index_type, "nprobe": self.nprobe, "nlist": self.nlist, "hnsw_m": self.hnsw_m,
+                "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+
+    def _new_index(self) -> faiss.Index:
+        n = self._emb.shape[0]
+        if self.index_type == "hnsw":
+            idx = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            idx.hnsw.efConstruction = self.ef_construction
+            idx.hnsw.efSearch = self.ef_search
+            return idx
+        # faiss warns below 39 training points per list and clusters badly: until then exact
+        # search is both better and, at that size, fast.
+        if self.index_type == "ivf" and n >= 39 * self.nlist:
+            quantizer = faiss.IndexFlatIP(self.dim)
+            idx = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+            idx.train(self._emb)
+            idx.nprobe = self.nprobe
+            return idx
+        return faiss.IndexFlatIP(self.dim)
+
+    def _rebuild(self) -> None:
+        self._index = self._new_index()
+        if len(self._emb):
+            self._index.add(self._emb)
+
+    @property
+    def ivf_trained(self) -> bool:
+        """True once an "ivf" gallery searches with its trained inverted lists."""
+        return isinstance(self._index, faiss.IndexIVFFlat)
+
+    def _check_embeddings(self, x: Any, what: str) -> np.ndarray:
+        arr = np.asarray(x)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)):
+            raise GalleryError(f"{what} must be a float array, got dtype {arr.dtype}; pass model embeddings "
+                               "(np.float32).")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise GalleryError(f"{what} must have shape (N, {self.dim}), got {arr.shape}; was it made by a model "
+                               f"with a different embedding size? Rebuild the gallery with the same model.")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise GalleryError(f"{what} contain NaN or infinite values; check the model output.")
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        if (norms < 1e-12).any():
+            raise GalleryError(f"{what} contain an all-zero vector, which has no direction; drop it.")
+        # Re-normalising is idempotent for model output and makes inner product == cosine for any input.
+        return arr / norms
+
+    def add(self, embeddings: np.ndarray, labels: Sequence[str], refs: Sequence[str] | None = None,
+            thumbnails: Sequence[Any] | None = None) -> None:
+        """Append N entries; everything is checked before anything is added."""
+        emb = self._check_embeddings(embeddings, "embeddings")
+        n = emb.shape[0]
+        if isinstance(labels, str):
+            raise GalleryError("labels must be a list of strings (one per embedding), not a single string.")
+        labels = list(labels)
+        if len(labels) != n:
+            raise GalleryError(f"got {n} embeddings but {len(labels)} labels; give exactly one label per embedding.")
+        if any(not isinstance(lab, str) or not lab.strip() for lab in labels):
+            raise GalleryError("every label must be a non-empty string.")
+        refs = [""] * n if refs is None else [str(r) for r in refs]
+        if len(refs) != n:
+            raise GalleryError(f"got {n} embeddings but {len(refs)} refs; give one ref per embedding or none.")
+        thumbs = [None] * n if thumbnails is None else [_encode_thumbnail(t) for t in thumbnails]
+        if len(thumbs) != n:
+            raise GalleryError(f"got {n} embeddings but {len(thumbs)} thumbnails; give one per embedding or none.")
+        was_trained = self.ivf_trained
+        self._emb = np.concatenate([self._emb, emb]) if len(self._emb) else emb
+        self.labels += labels
+        self.refs += refs
+        self._thumbs += thumbs
+        if self.index_type == "ivf" and not was_trained and len(self._emb) >= 39 * self.nlist:
+            self._rebuild()  # enough vectors now: train the inverted lists
+        else:
+            self._index.add(emb)
+
+    def remove_label(self, label: str) -> int:
+        """Remove every entry labelled ``label``; returns how many were removed."""
+        keep = np.array([lab != label for lab in self.labels], dtype=bool)
+        removed = int((~keep).sum())
+        if removed:
+            self._emb = np.ascontiguousarray(self._emb[keep])
+            self.labels = [x for x, k in zip(self.labels, keep) if k]
+            self.refs = [x for x, k in zip(self.refs, keep) if k]
+            self._thumbs = [x for x, k in zip(self._thumbs, keep) if k]
+            # HNSW cannot delete and IVF may have dropped below its training size: rebuild.
+            self._rebuild()
+        return removed
+
+    # ------------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """(N, D) float32 L2-normalised embeddings (read-only view)."""
+        view = self._emb.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted unique labels."""
+        return sorted(set(self.labels))
+
+    def thumbnail(self, i: int) -> Any:
+        """Entry ``i``'s thumbnail as a PIL image, or None when it has none."""
+        data = self._thumbs[i]
+        if not data:
+            return None
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` cosine similarities and entry indices per query, best first.
+
+        Returns (scores (Q, k) float32, idx (Q, k) int64); missing neighbours (fewer than ``k``
+        entries) are padded with score ``-inf`` and index ``-1``.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise GalleryError(f"k must be a positive integer, got {k!r}.")
+        q = self._check_embeddings(queries, "queries")
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        idx = np.full((q.shape[0], k), -1, dtype=np.int64)
+        kk = min(int(k), len(self))
+        if kk and q.shape[0]:
+            # Apply the current settings: callers may tune nprobe / ef_search after building.
+            if self.ivf_trained:
+                self._index.nprobe = self.nprobe
+            elif self.index_type == "hnsw":
+                self._index.hnsw.efSearch = self.ef_search
+            s, i = self._index.search(q, kk)
+            # Approximate indexes may also return -1 holes; make their scores -inf too.
+            s = np.where(i < 0, -np.inf, s).astype(np.float32)
+            scores[:, :kk], idx[:, :kk] = s, i
+        return scores, idx
+
+    def vote(self, scores: np.ndarray, idx: np.ndarray, level_of: Callable[[str], Any] | None = None,
+             *, labels: Sequence[str] | None = None) -> list[tuple[Any, float]]:
+        """Similarity-weighted kNN vote per query at one taxonomy level.
+
+        Each valid neighbour (idx >= 0) votes for ``level_of(label)`` (identity when None) with
+        weight ``max(sim, 0)``. Returns per query ``(winner, confidence)`` with confidence =
+        winner's weight / total weight; ties go to the value seen first (the nearer neighbour).
+        A query with no valid neighbour gets ``(None, 0.0)``; one whose neighbours all have
+        sim <= 0 gets a plain-count winner with confidence 0.0 (nothing is actually similar).
+        ``labels`` lets a caller vote on a snapshot of ``self.labels`` taken with the search.
+        """
+        # Weight max(sim, 0) rather than exp(sim / tau): it has no temperature to tune, it is 0
+        # for dissimilar entries, and the confidence it gives is scale-free in the similarities.
+        labels = self.labels if labels is None else labels
+        scores, idx = np.atleast_2d(scores), np.atleast_2d(idx)
+        if scores.shape != idx.shape:
+            raise GalleryError(f"scores {scores.shape} and idx {idx.shape} must have the same shape; pass what "
+                               "search() returned.")
+        out: list[tuple[Any, float]] = []
+        for s_row, i_row in zip(scores, idx):
+            weights: dict[Any, float] = {}
+            counts: dict[Any, int] = {}
+            for s, j in zip(s_row, i_row):
+                if j < 0 or not np.isfinite(s):
+                    continue
+                value = labels[int(j)] if level_of is None else level_of(labels[int(j)])
+                weights[value] = weights.get(value, 0.0) + max(float(s), 0.0)
+                counts[value] = counts.get(value, 0) + 1
+            if not weights:
+                out.append((None, 0.0))
+                continue
+            total = sum(weights.values())
+            if total <= 0.0:
+                winner = max(counts, key=counts.__getitem__)  # max keeps the first of equals
+                out.append((winner, 0.0))
+                continue
+            winner = max(weights, key=weights.__getitem__)
+            out.append((winner, float(weights[winner] / total)))
+        return out
+
+    # --------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the gallery to ``directory`` atomically; returns the gallery.json path.
+
+        The tensors go to a new file named by their hash, then gallery.json is replaced to
+        point at it, then older gallery tensors are deleted: a crash at any step leaves a
+        directory whose gallery.json names a complete tensors file (old or new).
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(t or b"") for t in self._thumbs])
+        blob = np.frombuffer(b"".join(t or b"" for t in self._thumbs), dtype=np.uint8)
+        data = st_save({"embeddings": self._emb, "thumbnails": blob, "thumbnail_offsets": offsets},
+                       metadata={"format": _KIND, "format_version": str(FORMAT_VERSION)})
+        digest = hashlib.sha256(data).hexdigest()
+        tensors_name = f"gallery-{digest[:16]}.safetensors"
+        meta = {
+            "kind": _KIND, "format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self),
+            "settings": self.settings(),
+            "tensors": {"file": tensors_name, "size": len(data), "sha256": digest},
+            "labels": self.labels, "refs": self.refs,
+        }
+        _atomic_write(d / tensors_name, data)
+        _atomic_write(d / JSON_NAME, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
+        for old in d.glob("gallery-*.safetensors"):
+            if old.name != tensors_name:
+                old.unlink(missing_ok=True)  # unreferenced now that gallery.json moved on
+        return d / JSON_NAME
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Gallery:
+        """Read a gallery written by ``save`` (ArtifactError when missing, corrupt or of another version)."""
+        d = Path(directory)
+        jpath = d / JSON_NAME
+        if not jpath.is_file():
+            raise ArtifactError(f"no {JSON_NAME} in {d}; point at a directory written by Gallery.save / "
+                                "save_pretrained, or build a gallery (python -m vericar.evaluate --gallery CSV).")
+        try:
+            meta = json.loads(jpath.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{jpath} is not valid JSON ({e}); the gallery is corrupt, rebuild it.") from e
+        if not isinstance(meta, dict) or meta.get("kind") != _KIND:
+            raise ArtifactError(f"{jpath} is not a vericar gallery file; rebuild the gallery.")
+        ver = meta.get("format_version")
+        if ver != FORMAT_VERSION:
+            raise ArtifactError(f"{jpath} has gallery format version {ver!r} but this vericar reads version "
+                                f"{FORMAT_VERSION}; rebuild the gallery with this vericar, or install the vericar "
+                                "version that wrote it.")
+        try:
+            tinfo = meta["tensors"]
+            tpath = d / Path(tinfo["file"]).name  # never follow a path out of the directory
+            if not tpath.is_file():
+                raise ArtifactError(f"{jpath} refers to {tpath.name}, which is missing; copy the whole gallery "
+                                    "directory, or rebuild the gallery.")
+            data = tpath.read_bytes()
+            if len(data) != tinfo["size"] or hashlib.sha256(data).hexdigest() != tinfo["sha256"]:
+                raise ArtifactError(f"{tpath} does not match the size/SHA-256 recorded in {jpath} (truncated or "
+                                    "modified); restore it from the original copy or rebuild the gallery.")
+            t = st_load(data)
+            emb, blob, offsets = t["embeddings"], t["thumbnails"], t["thumbnail_offsets"]
+            labels, refs = list(meta["labels"]), list(meta["refs"])
+            g = cls(int(meta["dim"]), **meta["settings"])
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise ArtifactError(f"gallery in {d} is corrupt ({type(e).__name__}: {e}); rebuild it.") from e
+        n = len(labels)
+        if emb.shape != (n, g.dim) or len(refs) != n or offsets.shape != (n + 1,):
+            raise ArtifactError(f"gallery in {d} is inconsistent: {emb.shape} embeddings, {n} labels, {len(refs)} "
+                                "refs; rebuild it.")
+        g._emb = np.ascontiguousarray(emb, dtype=np.float32)
+        g.labels, g.refs = [str(x) for x in labels], [str(x) for x in refs]
+        raw = blob.tobytes()
+        g._thumbs = [raw[a:b] or None for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+        g._rebuild()
+        return g
+
+    def __repr__(self) -> str:
+        return f"Gallery(dim={self.dim}, index={self.index_type!r}, entries={len(self)}, classes={len(set(self.labels))})"
+
+
+def _encode_thumbnail(t: Any) -> bytes | None:
+    """PIL image (or JPEG/PNG bytes, or None) -> JPEG bytes for storage."""
+    if t is None:
+        return None
+    if isinstance(t, (bytes, bytearray)):
+        return bytes(t) or None
+    from PIL import Image
+
+    if isinstance(t, np.ndarray):
+        t = Image.fromarray(t)
+    if not isinstance(t, Image.Image):
+        raise GalleryError(f"a thumbnail must be a PIL image, JPEG bytes or None, got {type(t).__name__}.")
+    buf = io.BytesIO()
+    t.convert("RGB").save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (not possible on every OS/filesystem)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

@@ -1,0 +1,198 @@
+"""Moving recognizers around: ``load(spec)``, ``save_pretrained(dir)``, ``push_to_hub(repo_id)``.
+
+The only module that imports huggingface_hub. An artifact is a folder:
+
+    config.json         format + format_version, model architecture & preprocessing, OOD, k, meta
+    model.safetensors   the embedding model's weights
+    gallery.json + gallery tensors (written by Gallery.save, atomically)
+    README.md           model card (optional; written by training)
+    training_curve.png  (optional)
+
+``save_pretrained`` works offline; ``push_to_hub`` uploads exactly that folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safetensors.torch import load_file, save_file
+
+from .errors import ArtifactError, SpecError
+from .gallery import Gallery
+from .model import EmbeddingModel, create_model
+from .ood import KNNOOD
+
+if TYPE_CHECKING:
+    from .recognizer import Recognizer
+
+FORMAT = "vericar"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+DEFAULT_DIR = Path(__file__).parent / "default"
+BACKBONE_PREFIXES = ("timm:", "open_clip:")
+SPEC_HELP = (
+    "use 'default', 'local-dir:PATH', 'hf-hub:ORG/NAME[@REVISION]', or a backbone such as "
+    "'timm:tf_efficientnet_lite2' / 'open_clip:ViT-B-16/laion2b_s34b_b88k'"
+)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, half: bool = False) -> str:
+    """Write a recognizer to ``directory`` as config.json + model.safetensors + gallery files.
+
+    ``half=True`` stores weights as float16 (half the size; they are cast back to float32 on load).
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in recognizer.model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".tmp")
+    os.close(fd)
+    save_file(state, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    os.replace(tmp, out / WEIGHTS_NAME)
+    recognizer.gallery.save(out)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": recognizer.model.config(),
+        "ood": recognizer.ood.to_dict(),
+        "k": recognizer.k,
+        "meta": recognizer.meta,
+    }
+    # config.json last: a folder without it is not an artifact, so a crash mid-save is visible.
+    _write_json_atomic(out / CONFIG_NAME, config)
+    return str(out)
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and check an artifact's config.json; ArtifactError says what is wrong and what to do."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} not found: {directory} is not a vericar model folder. Point at a folder written by "
+            "save_pretrained or train/train.py --output-dir."
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); re-export the model with save_pretrained.") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a vericar config (no \"format\": \"{FORMAT}\"); re-export the model.")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory} uses artifact format version {version}, this vericar reads version {FORMAT_VERSION}. "
+            "Install the vericar version that wrote it, or re-export the model with this one."
+        )
+    return config
+
+
+def load_local(directory: str | os.PathLike, **recognizer_kw: Any) -> "Recognizer":
+    """Load a recognizer from a folder written by ``save_pretrained``."""
+    from .recognizer import Recognizer
+
+    directory = Path(directory)
+    config = read_config(directory)
+    try:
+        model = EmbeddingModel.from_config(config["model"], pretrained=False)
+    except KeyError as e:
+        raise ArtifactError(f"{directory}/config.json lacks {e}; re-export the model.") from e
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} not found; the artifact is incomplete — copy or download it again.")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise ArtifactError(f"{weights} is unreadable ({e}); copy or download the artifact again.") from e
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{weights} does not match the architecture in config.json "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); the files come from different models."
+        )
+    gallery = Gallery.load(directory)
+    ood = KNNOOD.from_dict(config.get("ood", {}))
+    kw = {"k": config.get("k", 10), "meta": config.get("meta", {}), **recognizer_kw}
+    return Recognizer(model, gallery, ood, **kw)
+
+
+def from_backbone(spec: str, *, pretrained: bool = True, **recognizer_kw: Any) -> "Recognizer":
+    """A baseline recognizer: pretrained backbone features, no trained head, an empty gallery."""
+    from .recognizer import Recognizer
+
+    model = create_model(spec, embed_dim=0, pretrained=pretrained)
+    return Recognizer(model, Gallery(model.output_dim), KNNOOD(), **recognizer_kw)
+
+
+def load(spec: str = "default", **kw: Any) -> "Recognizer":
+    """Build a Recognizer from a spec: 'default', 'local-dir:PATH', 'hf-hub:ORG/NAME[@REV]' or a backbone spec."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"empty model spec; {SPEC_HELP}.")
+    spec = spec.strip()
+    if spec == "default":
+        if not (DEFAULT_DIR / CONFIG_NAME).is_file():
+            raise ArtifactError(
+                f"the default model is not shipped in this installation ({DEFAULT_DIR} has no {CONFIG_NAME}). "
+                "Train one (train/train.py --output-dir OUT) and load 'local-dir:OUT', or use 'hf-hub:ORG/NAME'."
+            )
+        return load_local(DEFAULT_DIR, **kw)
+    if spec.startswith("local-dir:"):
+        return load_local(spec[len("local-dir:") :], **kw)
+    if spec.startswith("hf-hub:"):
+        return load_local(download(spec[len("hf-hub:") :]), **kw)
+    if spec.startswith(BACKBONE_PREFIXES):
+        return from_backbone(spec, **kw)
+    raise SpecError(f"unknown model spec {spec!r}; {SPEC_HELP}.")
+
+
+def download(repo: str) -> str:
+    """Download a model repo from the Hub (``ORG/NAME`` or ``ORG/NAME@REVISION``) and return its folder."""
+    from huggingface_hub import snapshot_download
+
+    repo_id, _, revision = repo.partition("@")
+    if repo_id.count("/") != 1:
+        raise SpecError(f"hf-hub spec needs ORG/NAME, got {repo!r}; {SPEC_HELP}.")
+    try:
+        return snapshot_download(repo_id=repo_id, revision=revision or None)
+    except Exception as e:  # network, auth, missing repo: all end up here with the Hub's own message
+        raise ArtifactError(
+            f"could not download {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+            "Check the name and your network/HF_TOKEN, or download it yourself and use 'local-dir:PATH'."
+        ) from e
+
+
+def push_to_hub(
+    recognizer_or_dir: "Recognizer | str | os.PathLike",
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload vericar model",
+) -> str:
+    """Upload a recognizer (saved to a temporary folder first) or an artifact folder to ``repo_id``."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(recognizer_or_dir, (str, os.PathLike)):
+            folder = str(recognizer_or_dir)
+            read_config(folder)  # refuse to upload something that would not load
+        else:
+            folder = save_pretrained(recognizer_or_dir, tmp)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,252 @@
+"""Recognizer: an embedding model, a gallery and an unknown-vehicle detector, passed in.
+
+``Recognizer(model, gallery, ood)`` answers "what vehicle is this?" with a k-NN vote at every
+level of the taxonomy (make, type, model, year), flags photos far from everything it knows as
+unknown (KNN+), shows the most similar gallery entries, explains itself with Grad-CAM++ and
+learns new vehicles by adding embeddings to the gallery (no retraining).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import VericarError
+from .gallery import Gallery
+from .images import make_thumbnail, open_image
+from .model import EmbeddingModel
+from .ood import KNNOOD
+from .taxonomy import Taxonomy
+from .transforms import eval_transform
+
+# Levels reported in a Prediction, finest first. "model" is the full class label.
+PREDICTION_LEVELS = ("model", "make", "type", "year")
+
+
+@dataclass
+class Neighbour:
+    """One gallery entry close to the query."""
+
+    label: str
+    score: float
+    ref: str | None = None
+    index: int = -1
+
+
+@dataclass
+class Prediction:
+    """What the recognizer says about one photo."""
+
+    label: str | None
+    make: str | None
+    model: str | None
+    type: str | None
+    year: str | None
+    confidence: dict[str, float]
+    unknown: bool
+    ood_score: float
+    neighbours: list[Neighbour] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the app's ``/identify`` answer)."""
+        d = asdict(self)
+        d["neighbours"] = [{"label": n.label, "score": n.score, "ref": n.ref} for n in self.neighbours]
+        return d
+
+
+@dataclass
+class Explanation:
+    """A Grad-CAM++ heatmap (H×W in [0, 1]) and the photo with it overlaid."""
+
+    heatmap: np.ndarray
+    overlay: Any  # PIL.Image.Image
+    label: str | None
+
+
+class Recognizer:
+    """Open-world vehicle recognizer over collaborators that are passed in.
+
+    Args:
+        model: embedding model (carries its own preprocessing config).
+        gallery: the known vehicles' embeddings and labels.
+        ood: KNN+ detector with its calibrated threshold (``threshold=None`` flags nothing).
+        k: neighbours that vote.
+        taxonomy: maps labels to make / type / year; built from the gallery's labels if omitted.
+        meta: free-form facts saved with the artifact (metrics, training command, …).
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        gallery: Gallery,
+        ood: KNNOOD,
+        *,
+        k: int = 10,
+        taxonomy: Taxonomy | None = None,
+        meta: dict[str, Any] | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        if gallery.dim != model.output_dim:
+            raise VericarError(
+                f"gallery holds {gallery.dim}-d embeddings but the model makes {model.output_dim}-d ones; "
+                "rebuild the gallery with this model (python -m vericar.evaluate --gallery CSV does it)."
+            )
+        self.model = model.eval()
+        self.gallery = gallery
+        self.ood = ood
+        self.k = int(k)
+        self.taxonomy = taxonomy or Taxonomy.from_labels(list(gallery.classes))
+        self.meta = dict(meta or {})
+        self.batch_size = batch_size
+        self._transform = eval_transform(model.pretrained_cfg)
+        # One lock for gallery reads and writes: enrolment from one request must never be seen
+        # half-done by a search from another (the app serves requests from several threads).
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- embedding
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        """Embed photos (paths, bytes, PIL or arrays) → (N, D) float32, L2-normalised."""
+        pil = [open_image(im) for im in images]
+        return self._embed_pil(pil)
+
+    def _embed_pil(self, pil: Sequence[Any]) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(pil), self.batch_size):
+                batch = torch.stack([self._transform(im) for im in pil[i : i + self.batch_size]])
+                out.append(self.model(batch).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.model.output_dim), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    # --------------------------------------------------------------- prediction
+    def predict(self, image: Any) -> Prediction:
+        """Identify one photo."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[Any]) -> list[Prediction]:
+        """Identify several photos in one forward pass."""
+        return self.predict_embeddings(self.embed(images))
+
+    def predict_embeddings(self, emb: np.ndarray) -> list[Prediction]:
+        """Predictions for already-computed query embeddings (evaluation reuses this)."""
+        with self._lock:  # votes read labels by index: no enrolment/removal may interleave
+            if len(self.gallery) == 0:
+                raise VericarError(
+                    "the gallery is empty, so there is nothing to compare with; enroll photos "
+                    "(Recognizer.enroll) or build a gallery (python -m vericar.evaluate --gallery CSV)."
+                )
+            depth = max(self.k, self.ood.k)
+            scores, idx = self.gallery.search(emb, depth)
+            ood_scores = self.ood.score(scores)
+            unknown = self.ood.is_unknown(ood_scores)
+            return [self._prediction(scores[q], idx[q], float(ood_scores[q]), bool(unknown[q])) for q in range(len(emb))]
+
+    def _prediction(self, scores: np.ndarray, idx: np.ndarray, ood_score: float, unknown: bool) -> Prediction:
+        s, ix = scores[None, : self.k], idx[None, : self.k]
+        conf: dict[str, float] = {}
+        values: dict[str, str | None] = {}
+        for level in PREDICTION_LEVELS:
+            values[level], c = self.gallery.vote(s, ix, self._level_fn(level))[0]
+            conf[level] = float(c)
+        label = values["model"]
+        hier = label is not None and self.taxonomy.is_hierarchical(label)
+        labels, refs = self.gallery.labels, self.gallery.refs
+        neigh = [
+            Neighbour(labels[j], float(sc), refs[j] if refs else None, int(j))
+            for sc, j in zip(s[0], ix[0])
+            if j >= 0
+        ]
+        return Prediction(
+            label=label,
+            make=values["make"] if hier else None,
+            model=self.taxonomy.name(label).model if label is not None else None,
+            type=values["type"] if hier else None,
+            year=values["year"] if hier else None,
+            confidence=conf if hier else {"model": conf["model"]},
+            unknown=unknown,
+            ood_score=ood_score,
+            neighbours=neigh,
+        )
+
+    def _level_fn(self, level: str):
+        if level == "model":
+            return lambda label: label
+        return lambda label: self.taxonomy.level_value(label, level)
+
+    def similar(self, image: Any, k: int = 5) -> list[Neighbour]:
+        """The ``k`` gallery entries most similar to a photo, best first."""
+        emb = self.embed([image])
+        with self._lock:
+            scores, idx = self.gallery.search(emb, int(k))
+            return [
+                Neighbour(self.gallery.labels[j], float(s), self.gallery.refs[j] if self.gallery.refs else None, int(j))
+                for s, j in zip(scores[0], idx[0])
+                if j >= 0
+            ]
+
+    # ---------------------------------------------------------------- enrolment
+    def enroll(self, images: Sequence[Any], label: str, refs: Sequence[str] | None = None) -> int:
+        """Add photos of a (new or known) vehicle to the gallery; no retraining. Returns how many."""
+        label = (label or "").strip()
+        if not label:
+            raise VericarError("the vehicle label is empty; give a name such as 'Tesla Model 3 Sedan 2021'.")
+        if not images:
+            raise VericarError("no photos were given; enroll at least one photo of the vehicle.")
+        pil = [open_image(im) for im in images]  # every photo is checked before anything is added
+        emb = self._embed_pil(pil)
+        if refs is None:
+            refs = [f"enrolled:{label}:{i}" for i in range(len(pil))]
+        with self._lock:
+            self.gallery.add(emb, [label] * len(pil), refs=list(refs), thumbnails=[make_thumbnail(p) for p in pil])
+            self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+        return len(pil)
+
+    def remove(self, label: str) -> int:
+        """Remove every gallery entry of ``label``. Returns how many were removed."""
+        with self._lock:
+            n = self.gallery.remove_label(label)
+            self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+        return n
+
+    # ----------------------------------------------------------------- explain
+    def explain(self, image: Any) -> Explanation:
+        """Grad-CAM++ of the similarity to the predicted vehicle's gallery embeddings."""
+        from .explain import gradcam_pp, overlay  # lazy: pytorch-grad-cam is only needed here
+
+        pil = open_image(image)
+        pred = self.predict(pil)
+        with self._lock:
+            rows = [i for i, lab in enumerate(self.gallery.labels) if lab == pred.label]
+            targets = self.gallery.embeddings[rows] if rows else self.gallery.embeddings[:1]
+        x = self._transform(pil).unsqueeze(0)
+        heat = gradcam_pp(self.model, x, targets)
+        return Explanation(heatmap=heat, overlay=overlay(self._input_view(pil), heat), label=pred.label)
+
+    def _input_view(self, pil: Any) -> Any:
+        """The part of the photo the model saw, so the heatmap lands on the right pixels."""
+        cfg = self.model.pretrained_cfg
+        if cfg.get("resize_mode", "shortest") == "squash":
+            return pil  # the whole photo, stretched: stretching the heatmap back is exact
+        h, w = cfg["input_size"][1:]
+        short = int(max(h, w) / float(cfg.get("crop_pct", 1.0)))
+        scale = short / min(pil.size)
+        rw, rh = max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale))
+        left, top = (rw - w) // 2, (rh - h) // 2
+        return pil.resize((rw, rh)).crop((left, top, left + w, top + h))
+
+    # ------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str, **kw: Any) -> str:
+        """Write config.json + model.safetensors + gallery files to ``directory`` (offline)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **kw)
+
+    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
+        """Save to a temporary folder and upload it to the Hugging Face Hub."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kw)
