@@ -67,6 +67,24 @@ def test_train_resume_and_load(tiny_csv, tmp_path):
     assert json.loads((out / "config.json").read_text())["meta"]["command"].startswith("python train/train.py")
 
 
+def test_feature_cache_path_matches_full_model(tiny_csv, tmp_path):
+    """The cached-feature CPU path trains, and its artifact's plain forward equals trunk → late stages."""
+    import torch
+
+    import vericar
+    from train.featcache import LateStages, trunk_forward
+
+    out = tmp_path / "fc"
+    main(_args(tiny_csv, out, "--epochs", "1", "--feature-cache-stages", "2", "--freeze-stages", "0"))
+    rec = vericar.load(f"local-dir:{out}")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        rec.model.eval()
+        split = LateStages(rec.model, 2)(trunk_forward(rec.model, x, 2))
+        torch.testing.assert_close(split, rec.model(x), atol=1e-5, rtol=1e-4)
+    assert len(rec.gallery) == 24
+
+
 def test_holdout_keeps_classes_out(tiny_csv, tmp_path):
     import vericar
 

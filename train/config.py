@@ -38,6 +38,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     freeze_stages: int = 0  # stem + the first N stages/blocks stay frozen (cheaper on CPU)
+    feature_cache_stages: int = 0  # >0: stem + N stages frozen AND cached once; epochs train the rest (CPU path)
+    cache_flip: bool = True  # also cache each photo's mirror image (augmentation in the cached path)
+    feature_crop_min: float = 0.7
+    feature_cache_dir: str | None = None  # keep the cached maps on disk for later runs on the same photos
+    channels_last: bool = True  # oneDNN's fast convolution layout on CPU  # random crops of the cached feature map: side fraction in [min, 1]
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 on GPU, no on CPU
     max_steps: int | None = None  # stop early (smoke tests)
     # losses

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from train.cache import TensorPhotos, decode_all  # noqa: E402
 from train.card import write_card, write_curve  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
+from train.featcache import LateStages, cache_features, check_supported, embed_cached, train_views  # noqa: E402
 from train.heads import CosineClassifier, cap_per_class, freeze_early  # noqa: E402
 from vericar.data import load_source, split_holdout, stratified_split  # noqa: E402
 from vericar.evaluate import evaluate_embeddings  # noqa: E402
@@ -58,6 +59,28 @@ def embed(model, images, labels, cfg_pre, accelerator, bs=64, workers=0) -> np.n
         for x, _ in loader:
             out.append(accelerator.gather_for_metrics(model(x).float()).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def cached_trunk(model, cfg: TrainConfig, pre: dict, samples, imgs, n: int, progress: bool) -> torch.Tensor:
+    """Early-stage maps of every photo, from ``--feature-cache-dir`` when an identical run made them."""
+    path = None
+    if cfg.feature_cache_dir:
+        import hashlib
+        import json
+
+        key = json.dumps([cfg.backbone, cfg.pretrained, n, cfg.cache_flip, cfg.cache_short_side, pre,
+                          [s.ref for s in samples]], sort_keys=True, default=str)
+        path = Path(cfg.feature_cache_dir) / f"trunk-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
+        if path.is_file():
+            from safetensors.torch import load_file
+            return load_file(str(path))["feats"]
+    feats = cache_features(model, imgs, pre, n, flip=cfg.cache_flip, progress=progress)
+    if path is not None:
+        from safetensors.torch import save_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"feats": feats.contiguous()}, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)  # atomic: never a half-written cache
+    return feats
 
 
 def lr_lambda(total: int, warmup: int):
@@ -105,7 +128,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model.pretrained_cfg["resize_mode"] = cfg.resize_mode
         model.pretrained_cfg["crop_pct"] = 1.0 if cfg.resize_mode == "squash" else model.pretrained_cfg.get("crop_pct", 1.0)
     pre = dict(model.pretrained_cfg)
-    frozen = freeze_early(model, cfg.freeze_stages)
+    fc = cfg.feature_cache_stages
+    if fc:  # CPU path: early stages frozen and run once per photo; epochs train the rest
+        check_supported(model)
+    frozen = freeze_early(model, max(cfg.freeze_stages, fc))
     classifier = CosineClassifier(model.output_dim, len(class_names), cfg.ce_scale)
     taxonomy = Taxonomy.from_labels(class_names)
     level_index = build_level_index(class_names, taxonomy.level_value, LEVELS)
@@ -113,14 +139,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metric_loss = {"hims_min": lambda: HiMSMin(LEVELS, **ms_kw), "ms": lambda: MultiSimilarity(**ms_kw),
                    "none": lambda: None}[cfg.loss]()
 
-    train_pre = dict(pre, input_size=(3, cfg.train_size, cfg.train_size))
-    train_ds = TensorPhotos(tr_imgs, tr_y, train_transform(train_pre, scale=(cfg.scale_min, 1.0), color_jitter=cfg.color_jitter))
     # m photos of each of batch/m classes; a small class set caps the batch (pml requires it)
     batch = min(cfg.batch_size, cfg.m_per_class * len(set(tr_y)))
     batch -= batch % cfg.m_per_class
     sampler = MPerClassSampler(tr_y, m=cfg.m_per_class, batch_size=batch, length_before_new_iter=len(tr_y))
-    loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
-                        persistent_workers=cfg.num_workers > 0)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if fc:
+        feats = cached_trunk(model, cfg, pre, train_s + val_s, imgs, fc, progress=cfg.progress and main_proc)
+        feats_tr, feats_va = feats[: len(train_s)], feats[len(train_s):, :1]
+        train_ds = list(zip(range(len(tr_y)), tr_y))  # (cache row, class id)
+        net: torch.nn.Module = LateStages(model, fc)
+    else:
+        train_pre = dict(pre, input_size=(3, cfg.train_size, cfg.train_size))
+        tf = train_transform(train_pre, scale=(cfg.scale_min, 1.0), color_jitter=cfg.color_jitter)
+        train_ds = TensorPhotos(tr_imgs, tr_y, tf)
+        net = model
+    loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, num_workers=0 if fc else cfg.num_workers,
+                        drop_last=True, persistent_workers=cfg.num_workers > 0 and not fc)
     head_params = list(model.head.parameters()) + list(classifier.parameters())
     back_params = [p for p in model.backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -130,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch)))
-    model, classifier, optimizer, loader, scheduler = accelerator.prepare(model, classifier, optimizer, loader, scheduler)
+    net, classifier, optimizer, loader, scheduler = accelerator.prepare(net, classifier, optimizer, loader, scheduler)
 
     # ---- resume: accelerate restores model, optimizer, scheduler and RNG; our json the rest
     ckpt = out / "checkpoints" / "last"
@@ -149,10 +185,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from safetensors.torch import load_file
         best_weights = load_file(str(out / "checkpoints" / "best.safetensors"))
 
+    def embed_rows(split: str, rows: list[int] | None = None) -> np.ndarray:
+        imgs, ys = (tr_imgs, tr_y) if split == "train" else (va_imgs, va_y)
+        rows = list(range(len(ys))) if rows is None else rows
+        if fc:
+            feats = feats_tr if split == "train" else feats_va
+            return embed_cached(accelerator.unwrap_model(net), feats[rows]).numpy()
+        return embed(model, [imgs[i] for i in rows], [ys[i] for i in rows], pre, accelerator)
+
     def validate() -> dict[str, Any]:
         keep = cap_per_class(tr_y, cfg.val_gallery_per_class)  # a smaller gallery keeps epochs cheap on CPU
-        g = embed(model, [tr_imgs[i] for i in keep], [tr_y[i] for i in keep], pre, accelerator)
-        q = embed(model, va_imgs, va_y, pre, accelerator)
+        g = embed_rows("train", keep)
+        q = embed_rows("val")
         gallery = Gallery(g.shape[1])
         gallery.add(g, [class_names[tr_y[i]] for i in keep])
         rec = Recognizer(accelerator.unwrap_model(model), gallery, KNNOOD(cfg.ood_k), k=cfg.k)
@@ -161,14 +205,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- the loop
     stop = False
     for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
+        net.train()
         for m in frozen:  # frozen BatchNorms keep their ImageNet statistics
             m.eval()
         t_epoch, losses = time.time(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and main_proc))
         for x, y in bar:
-            with accelerator.accumulate(model, classifier):
-                emb = model(x)
+            with accelerator.accumulate(net, classifier):
+                if fc:
+                    x = train_views(feats_tr, x, cfg.feature_crop_min).to(accelerator.device)
+                elif cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                emb = net(x)
                 loss = emb.new_zeros(())
                 if cfg.ce_weight > 0:
                     loss = loss + cfg.ce_weight * F.cross_entropy(classifier(emb), y, label_smoothing=cfg.label_smoothing)
@@ -218,8 +266,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- the artifact: best weights, gallery of every kept training photo, calibrated OOD threshold
     final = accelerator.unwrap_model(model)
     final.load_state_dict(best_weights)
-    g_tr = embed(model, tr_imgs, tr_y, pre, accelerator)
-    g_va = embed(model, va_imgs, va_y, pre, accelerator)
+    g_tr, g_va = embed_rows("train"), embed_rows("val")
     ood = KNNOOD(cfg.ood_k)
     cal = Gallery(g_tr.shape[1])
     cal.add(g_tr, [class_names[y] for y in tr_y])

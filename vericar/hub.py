@@ -196,3 +196,31 @@ def push_to_hub(
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
+
+
+def deploy_space(
+    space_id: str,
+    folder: str | os.PathLike,
+    *,
+    variables: dict[str, str] | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Deploy vericar app",
+) -> str:
+    """Create or update the Gradio Space ``space_id`` with the files in ``folder``; set its variables."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        # delete_patterns: library files removed since the last deploy disappear from the Space too.
+        api.upload_folder(repo_id=space_id, repo_type="space", folder_path=str(folder),
+                          commit_message=commit_message, delete_patterns=["vericar/**"])
+        for key, value in (variables or {}).items():
+            api.add_space_variable(space_id, key, value)
+    except Exception as e:  # network, auth, name taken: the Hub's own message says which
+        raise ArtifactError(
+            f"could not deploy Space {space_id!r} ({type(e).__name__}: {e}). "
+            "Check HF_TOKEN (write access) and the Space name."
+        ) from e
+    return str(url)

@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from .errors import VericarError
 from .gallery import Gallery
 from .images import make_thumbnail, open_image
-from .model import EmbeddingModel
+from .model import EmbeddingModel, embed_images
 from .ood import KNNOOD
 from .taxonomy import Taxonomy
 from .transforms import eval_transform
@@ -101,7 +100,7 @@ class Recognizer:
         self.taxonomy = taxonomy or Taxonomy.from_labels(list(gallery.classes))
         self.meta = dict(meta or {})
         self.batch_size = batch_size
-        self._transform = eval_transform(model.pretrained_cfg)
+        self._transform = eval_transform(model.pretrained_cfg)  # for explain()
         # One lock for gallery reads and writes: enrolment from one request must never be seen
         # half-done by a search from another (the app serves requests from several threads).
         self._lock = threading.RLock()
@@ -113,14 +112,7 @@ class Recognizer:
         return self._embed_pil(pil)
 
     def _embed_pil(self, pil: Sequence[Any]) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(pil), self.batch_size):
-                batch = torch.stack([self._transform(im) for im in pil[i : i + self.batch_size]])
-                out.append(self.model(batch).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, self.model.output_dim), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return embed_images(self.model, pil, batch_size=self.batch_size)
 
     # --------------------------------------------------------------- prediction
     def predict(self, image: Any) -> Prediction:
@@ -204,6 +196,19 @@ class Recognizer:
             self.gallery.add(emb, [label] * len(pil), refs=list(refs), thumbnails=[make_thumbnail(p) for p in pil])
             self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
         return len(pil)
+
+    def add_embeddings(
+        self,
+        embeddings: np.ndarray,
+        labels: Sequence[str],
+        refs: Sequence[str] | None = None,
+        thumbnails: Sequence[Any] | None = None,
+    ) -> int:
+        """Add already-computed embeddings (e.g. a saved gallery of enrolled vehicles) under the lock."""
+        with self._lock:
+            self.gallery.add(embeddings, list(labels), refs=None if refs is None else list(refs), thumbnails=thumbnails)
+            self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+        return len(labels)
 
     def remove(self, label: str) -> int:
         """Remove every gallery entry of ``label``. Returns how many were removed."""

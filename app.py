@@ -1,0 +1,353 @@
+"""vericar demo: identify a vehicle, add new ones without retraining, read the model card.
+
+    python app.py [--model SPEC] [--data-dir DIR]      # or: gradio app.py / a Hugging Face Space
+
+Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME").
+Enrolled vehicles live under $VERICAR_DATA_DIR (default ~/.cache/vericar). GRADIO_SERVER_NAME /
+GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar,
+/explain, /enroll, /remove.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image, ImageDraw, ImageFont
+
+from vericar import hub
+from vericar.enrolled import EnrolledStore, default_data_dir
+from vericar.errors import VericarError
+from vericar.images import open_image
+from vericar.recognizer import Recognizer
+
+log = logging.getLogger("vericar.app")
+MAX_K = 50
+TILE = (160, 120)
+
+
+def make_examples(folder: Path) -> list[str]:
+    """Draw a few simple synthetic vehicles (never real photos) as the app's examples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    glass, out = (200, 225, 245), []
+    for name, colour, tall in [("red-sedan", (200, 30, 40), 0.0), ("blue-suv", (30, 70, 170), 0.35),
+                               ("yellow-van", (235, 190, 20), 0.6)]:
+        path, top = folder / f"{name}.png", int(80 - 40 * tall)
+        if not path.is_file():
+            img = Image.new("RGB", (320, 200), (170, 205, 235))
+            d = ImageDraw.Draw(img)
+            d.rectangle([0, 150, 320, 200], fill=(90, 90, 95))  # road
+            d.rounded_rectangle([30, 95, 290, 150], radius=14, fill=colour)  # body
+            d.polygon([(80, 95), (110, top), (220 + 40 * tall, top), (255, 95)], fill=colour)  # cabin
+            d.polygon([(92, 93), (115, top + 8), (160, top + 8), (160, 93)], fill=glass)
+            d.polygon([(168, 93), (168, top + 8), (215 + 35 * tall, top + 8), (240, 93)], fill=glass)
+            for cx in (85, 235):  # wheels
+                d.ellipse([cx - 22, 128, cx + 22, 172], fill=(25, 25, 25))
+                d.ellipse([cx - 9, 141, cx + 9, 159], fill=(180, 180, 180))
+            tmp = path.with_suffix(".tmp.png")
+            img.save(tmp)
+            os.replace(tmp, path)  # several workers may draw at once
+        out.append(str(path))
+    return out
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Turn library errors (they say what to do) into gr.Error so the user sees them; server keeps serving."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (VericarError, ValueError) as e:  # ValueError: taxonomy.vehicle_label's form checks
+            raise gr.Error(str(e), print_exception=False) from e
+
+    return wrapper
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None  # JSON has no inf/NaN (OOD score of a tiny gallery)
+
+
+def _need(path: Any, what: str = "photo") -> Any:
+    if not path:
+        raise gr.Error(f"No {what} was given; upload a JPEG/PNG/WebP photo of a vehicle and try again.")
+    return path
+
+
+def _placeholder(label: str, score: float) -> Image.Image:
+    """A tile for a gallery entry that has no thumbnail: its label and score, drawn."""
+    img = Image.new("RGB", TILE, (226, 232, 240))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=13)
+    words, lines = label.split(), [""]
+    for w in words:  # greedy word wrap to the tile width
+        trial = f"{lines[-1]} {w}".strip()
+        if draw.textlength(trial, font=font) > TILE[0] - 12 and lines[-1]:
+            lines.append(w)
+        else:
+            lines[-1] = trial
+    text = "\n".join(lines[:5] + [f"sim {score:.2f}"])
+    draw.multiline_text((6, 6), text, fill=(30, 41, 59), font=font, spacing=3)
+    return img
+
+
+def prediction_dict(pred: Any) -> dict[str, Any]:
+    """The /identify answer: Prediction.to_dict() without refs (they may be server file paths)."""
+    d = pred.to_dict()
+    d["ood_score"] = _finite(d["ood_score"])
+    d["confidence"] = {k: float(v) for k, v in d["confidence"].items()}
+    d["neighbours"] = [{"label": n["label"], "score": _finite(n["score"])} for n in d["neighbours"]]
+    return d
+
+
+def _result_markdown(pred: Any, threshold: float | None) -> str:
+    if pred.unknown:
+        thr = f" (threshold {threshold:.3f})" if threshold is not None else ""
+        return (f"### Unknown vehicle\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
+                "every vehicle the model knows, so no name is given. If it is a new vehicle, add it in "
+                "the *Add a vehicle* tab.")
+    parts = [f"**{lvl}**: {getattr(pred, lvl)}" for lvl in ("make", "model", "type", "year") if getattr(pred, lvl)]
+    return f"### {pred.label}\n" + " · ".join(parts) + f"\n\nUnknown-vehicle score {pred.ood_score:.3f}"
+
+
+def _model_card(rec: Recognizer, spec: str) -> tuple[str, str | None]:
+    """Markdown for the Model card tab, and the training-curve image path if the artifact has one."""
+    meta = rec.meta or {}
+    lines = [f"**Model spec:** `{spec}` · backbone `{getattr(rec.model, 'spec', '?')}` · "
+             f"embedding {rec.model.output_dim}-d · gallery {len(rec.gallery)} photos of "
+             f"{len(rec.gallery.classes)} vehicles · k={rec.k} · unknown-vehicle threshold "
+             f"{'not calibrated' if rec.ood.threshold is None else format(rec.ood.threshold, '.4g')}"]
+    metrics = meta.get("metrics") or {}
+    if metrics:
+        lines += ["", "#### Metrics", "", "| metric | value |", "|---|---|"]
+        flat: list[tuple[str, Any]] = []
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict):
+                for k, sub in v.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), sub)
+            else:
+                flat.append((prefix, v))
+
+        walk("", metrics)
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat]
+    if meta.get("command"):
+        cmd = meta["command"] if isinstance(meta["command"], str) else " ".join(map(str, meta["command"]))
+        lines += ["", "#### Training command", "", f"```\n{cmd}\n```"]
+    folder = _artifact_dir(spec)
+    curve = None
+    if folder is not None:
+        readme = folder / "README.md"
+        if readme.is_file():
+            text = readme.read_text(encoding="utf-8", errors="replace")
+            if text.startswith("---"):  # drop the Hub card's YAML header
+                end = text.find("\n---", 3)
+                text = text[end + 4:] if end > 0 else text
+            lines += ["", "---", "", text.strip()]
+        if (folder / "training_curve.png").is_file():
+            curve = str(folder / "training_curve.png")
+    if len(lines) == 1:
+        lines += ["", "This model carries no metrics or training command (it was not saved by train/train.py)."]
+    return "\n".join(lines), curve
+
+
+def _artifact_dir(spec: str) -> Path | None:
+    """Folder of the served artifact (for its README.md / training_curve.png), if it has one."""
+    if spec == "default":
+        return hub.DEFAULT_DIR
+    if spec.startswith("local-dir:"):
+        return Path(spec[len("local-dir:"):])
+    if spec.startswith("hf-hub:"):
+        try:
+            return Path(hub.download(spec[len("hf-hub:"):]))  # already cached by load()
+        except VericarError:
+            return None
+    return None
+
+
+def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, spec: str = "default",
+               concurrency: int | None = None) -> gr.Blocks:
+    """The Gradio app over one shared recognizer; enrolled vehicles persist under ``data_dir``."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    store = EnrolledStore(rec, data_dir)
+    examples = make_examples(data_dir / "examples")
+
+    @_user_errors
+    def identify(image: str) -> dict[str, Any]:
+        """Identify one photo: label, make, model, type, year, confidences, unknown flag, neighbours."""
+        return prediction_dict(rec.predict(open_image(_need(image))))
+
+    @_user_errors
+    def similar(image: str, k: float) -> list[dict[str, Any]]:
+        """The k most similar gallery photos, best first."""
+        if k is None or not 1 <= int(k) <= MAX_K:
+            raise gr.Error(f"k must be between 1 and {MAX_K}, got {k}.")
+        return [{"label": n.label, "score": _finite(n.score)} for n in rec.similar(open_image(_need(image)), int(k))]
+
+    @_user_errors
+    def explain(image: str) -> Image.Image:
+        """Grad-CAM++ overlay: where the photo looks like the predicted vehicle."""
+        return rec.explain(open_image(_need(image))).overlay
+
+    @_user_errors
+    def enroll(images: list[str] | None, label: str) -> dict[str, Any]:
+        """Add photos of a new vehicle under ``label`` (no retraining)."""
+        return store.enroll(list(images or []), label)
+
+    @_user_errors
+    def remove(label: str) -> dict[str, Any]:
+        """Remove a vehicle that was added with /enroll."""
+        return store.remove(label)
+
+    @_user_errors
+    def ui_identify(image: str) -> tuple[str, dict[str, float] | None, list[tuple[Image.Image, str]]]:
+        pred = rec.predict(open_image(_need(image)))
+        conf = None if pred.unknown else {f"{lvl}: {getattr(pred, lvl) or pred.label}": c
+                                          for lvl, c in pred.confidence.items()}
+        tiles = []
+        for n in pred.neighbours:
+            thumb = store.thumbnail(n.index, n.label)
+            tiles.append((thumb if thumb is not None else _placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
+        return _result_markdown(pred, rec.ood.threshold), conf, tiles
+
+    def listing_text() -> str:
+        return "\n".join(f"- **{lab}** ({n} photos)" for lab, n in store.summary()) or "_No vehicles added yet._"
+
+    def enrolled_view() -> tuple[str, Any]:
+        # An update, not a component: called only from events (inside Blocks it would render a new one).
+        return listing_text(), gr.update(choices=[lab for lab, _ in store.summary()], value=None)
+
+    @_user_errors
+    def ui_enroll(photos: list[str] | None, free: str, make: str, model: str, vtype: str, year: str) -> tuple:
+        label = (free or "").strip()
+        if not label:
+            if not any((make, model, vtype, year)):
+                raise gr.Error("Give the vehicle a name: fill make, model, type and year, or a free label.")
+            from vericar.taxonomy import vehicle_label
+
+            label = vehicle_label(make, model, vtype, year)
+        out = store.enroll(list(photos or []), label)
+        return (f"Added **{out['label']}** from {out['added']} photos; it is recognised from the next photo on.",
+                *enrolled_view())
+
+    @_user_errors
+    def ui_remove(label: str | None) -> tuple:
+        if not label:
+            raise gr.Error("Pick an added vehicle to remove.")
+        out = store.remove(label)
+        return f"Removed **{out['label']}** ({out['removed']} photos).", *enrolled_view()
+
+    card_md, curve = _model_card(rec, spec)
+    with gr.Blocks(title="vericar: vehicle recognition") as demo:
+        gr.Markdown("# vericar\nOpen-world vehicle recognition: make, model, type and year; unknown "
+                    "vehicles are flagged, and new ones can be added without retraining.")
+        with gr.Tab("Identify"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", label="Vehicle photo", sources=["upload", "webcam", "clipboard"],
+                                     elem_id="vericar-photo")
+                    go = gr.Button("Identify", variant="primary", elem_id="vericar-identify")
+                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples (synthetic drawings)")
+                with gr.Column():
+                    result = gr.Markdown(elem_id="vericar-result")
+                    levels = gr.Label(label="Confidence per level", elem_id="vericar-levels", show_heading=False)
+                    overlay = gr.Image(label="Grad-CAM++: what the match rests on", type="pil", interactive=False,
+                                       elem_id="vericar-overlay")
+            neighbours = gr.Gallery(label="Most similar known vehicles", columns=6, height=220, object_fit="contain",
+                                    fit_columns=False, interactive=False)
+            go.click(ui_identify, [image], [result, levels, neighbours], api_visibility="private").success(
+                lambda path: explain(path), [image], [overlay], api_visibility="private")
+        with gr.Tab("Add a vehicle"):
+            gr.Markdown("Add a vehicle the model does not know: a few photos and its name. It is recognised on "
+                        "the very next request and kept across restarts; no retraining.")
+            with gr.Row():
+                with gr.Column():
+                    photos = gr.File(label="Photos (2-10 work best)", file_count="multiple", file_types=["image"],
+                                     type="filepath")
+                    with gr.Row():
+                        make, model = gr.Textbox(label="Make"), gr.Textbox(label="Model")
+                        vtype, year = gr.Textbox(label="Type (e.g. Sedan, SUV)"), gr.Textbox(label="Year")
+                    free = gr.Textbox(label="…or a free label (overrides the fields)")
+                    add = gr.Button("Add vehicle", variant="primary")
+                with gr.Column():
+                    status = gr.Markdown()
+                    listing = gr.Markdown(listing_text())
+                    pick = gr.Dropdown(label="Added vehicles", choices=[lab for lab, _ in store.summary()])
+                    drop = gr.Button("Remove", variant="stop")
+            add.click(ui_enroll, [photos, free, make, model, vtype, year], [status, listing, pick],
+                      api_visibility="private")
+            drop.click(ui_remove, [pick], [status, listing, pick], api_visibility="private")
+        with gr.Tab("Model card"):
+            gr.Markdown(card_md)
+            if curve:
+                gr.Image(curve, label="Training curve", interactive=False)
+        # API endpoints: hidden components, explicit names (gradio_client: api_name="/identify", ...).
+        with gr.Row(visible=False):
+            a_img = gr.File(label="image", type="filepath")
+            a_imgs = gr.File(label="images", type="filepath", file_count="multiple")
+            a_k = gr.Number(label="k", value=5, precision=0)
+            a_label = gr.Textbox(label="label")
+            a_json = gr.JSON(label="result")
+            a_overlay = gr.Image(label="overlay", type="pil", format="png")
+            trigger = gr.Button()
+        trigger.click(identify, [a_img], [a_json], api_name="identify")
+        trigger.click(similar, [a_img, a_k], [a_json], api_name="similar")
+        trigger.click(explain, [a_img], [a_overlay], api_name="explain")
+        trigger.click(enroll, [a_imgs, a_label], [a_json], api_name="enroll")
+        trigger.click(remove, [a_label], [a_json], api_name="remove")
+        demo.load(enrolled_view, None, [listing, pick], api_visibility="private")  # fresh list per page load
+    if concurrency is None:
+        concurrency = int(os.environ.get("VERICAR_CONCURRENCY", "2"))
+    # CPU inference: a few requests at once keep cores busy without thrashing; the rest wait in the queue.
+    demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("VERICAR_QUEUE_SIZE", "256")))
+    demo.vericar_store = store  # for tests and callers that want the enrolled-vehicle store
+    return demo
+
+
+def error_demo(message: str) -> gr.Blocks:
+    """A page that explains why the model could not be loaded (instead of a crash at import)."""
+    with gr.Blocks(title="vericar: model not loaded") as demo:
+        gr.Markdown(f"# vericar could not start\n\n{message}\n\nSet `VERICAR_MODEL` (or pass `--model`) to "
+                    f"{hub.SPEC_HELP}, then restart.")
+    return demo
+
+
+def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None) -> gr.Blocks:
+    """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it."""
+    spec = spec or os.environ.get("VERICAR_MODEL", "default")
+    rec = hub.load(spec)
+    return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python app.py``: parse options, load the model, serve."""
+    ap = argparse.ArgumentParser(description="vericar Gradio app")
+    ap.add_argument("--model", default=None, help=f"model spec (default $VERICAR_MODEL or 'default'); {hub.SPEC_HELP}")
+    ap.add_argument("--data-dir", default=None, help="where added vehicles are kept (default $VERICAR_DATA_DIR)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    global demo
+    try:
+        demo = create_app(args.model, args.data_dir)
+    except VericarError as e:
+        sys.exit(f"error: {e}")
+    demo.launch()  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself
+
+
+if __name__ == "__main__":
+    main()
+else:
+    # `gradio app.py` and importers find `demo` here; a model that cannot load gives a page saying why.
+    try:
+        demo = create_app()
+    except VericarError as e:
+        log.error("vericar app: %s", e)
+        demo = error_demo(str(e))

@@ -1,0 +1,111 @@
+"""python -m vericar.evaluate on a tiny saved model and CSVs of images made here."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from vericar import metrics
+from vericar.data import load_csv, parse_holdout, split_holdout, stratified_split
+from vericar.errors import VericarError
+from vericar.evaluate import main
+from vericar.gallery import Gallery
+from vericar.hub import save_pretrained
+from vericar.model import create_model
+from vericar.ood import KNNOOD
+from vericar.recognizer import Recognizer
+
+NAMES = ["Audi TTS Coupe 2012", "BMW X5 SUV 2007", "Audi S4 Sedan 2012", "Ford F-150 Regular Cab 2012", "Volvo 240 Sedan 1993"]
+COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 20), (240, 240, 240)]
+KEYS = {"n_queries", "top1", "top5", "macro_f1", "recall_at_1", "ood", "ms_per_image"}
+
+
+def _csv(folder, name, rows):
+    path = folder / name
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "class_name"])
+        w.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture()
+def data(tmp_path):
+    (tmp_path / "img").mkdir()
+    rows = {"g": [], "q": []}
+    for c, name in enumerate(NAMES):
+        for i in range(4):
+            img = Image.new("RGB", (48, 40), (10 + i, 10, 10))
+            ImageDraw.Draw(img).rectangle([4 + i, 4, 36, 32], fill=COLORS[c])
+            f = f"img/{c}_{i}.png"
+            img.save(tmp_path / f)
+            rows["q" if i == 3 else "g"].append((f, c, name))
+    model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False)
+    rec = Recognizer(model, Gallery(16), KNNOOD(k=2), k=3)
+    save_pretrained(rec, tmp_path / "m")
+    return tmp_path, _csv(tmp_path, "g.csv", rows["g"]), _csv(tmp_path, "q.csv", rows["q"])
+
+
+def test_cli_keys_and_figures_match_a_naive_loop(data, capsys):
+    tmp, g, q = data
+    out = tmp / "r.json"
+    r = main(["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--queries", q, "--json", str(out),
+              "--no-progress", "--gallery-filter", "label<4"])
+    saved = json.loads(out.read_text())
+    assert set(saved) == KEYS and saved["n_queries"] == 5
+    assert set(saved["top1"]) == {"model", "make", "type"} and set(saved["top5"]) == {"model"}
+    assert saved["ood"]["n_unknown"] == 1 and 0 <= saved["ood"]["auroc"] <= 1
+    assert "top-1 model" in capsys.readouterr().out
+    # naive reference: 1-NN over the gallery for Recall@1
+    from vericar.hub import load
+
+    rec = load(f"local-dir:{tmp / 'm'}")
+    gs = [s for s in load_csv(g) if s.label < 4]
+    qs = [s for s in load_csv(q) if s.label < 4]
+    ge, qe = rec.embed([s.image for s in gs]), rec.embed([s.image for s in qs])
+    nn1 = [gs[int(np.argmax(ge @ e))].class_name for e in qe]
+    assert r["recall_at_1"] == pytest.approx(np.mean([a == b.class_name for a, b in zip(nn1, qs)]))
+
+
+def test_enroll_and_query_filters(data):
+    tmp, g, q = data
+    r = main(["--model", f"local-dir:{tmp / 'm'}", "--enroll", g, "--enroll-filter", "label%2==0",
+              "--queries", q, "--queries-filter", "label%2==0", "--no-progress"])
+    assert r["n_queries"] == 3 and r["ood"] is None and r["top1"]["model"] is not None
+    with pytest.raises(VericarError, match="no photo matches"):
+        main(["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--gallery-filter", "label>99", "--queries", q])
+    with pytest.raises(VericarError, match="has no gallery"):
+        main(["--model", f"local-dir:{tmp / 'm'}", "--queries", q, "--no-progress"])
+
+
+def test_embedding_cache_is_reused(data):
+    tmp, g, q = data
+    args = ["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--queries", q, "--cache", str(tmp / "c"), "--no-progress"]
+    a = main(args)
+    files = list((tmp / "c").glob("*.safetensors"))
+    assert len(files) == 1
+    b = main(args)
+    assert a["top1"] == b["top1"] and list((tmp / "c").glob("*.safetensors")) == files
+
+
+def test_holdout_rules_and_splits():
+    assert [y for y in range(12) if parse_holdout("label%5==4")(y)] == [4, 9]
+    assert parse_holdout(" label < 3 ")(2) and not parse_holdout("label<3")(3)
+    for bad in ("__import__('os')", "label%0==1", "label == x", ""):
+        with pytest.raises(VericarError):
+            parse_holdout(bad)
+    from vericar.data import Sample
+
+    samples = [Sample(f"{i}.jpg", i % 5, f"c{i % 5}") for i in range(50)]
+    kept, held = split_holdout(samples, "label%5==4")
+    assert len(held) == 10 and all(s.label != 4 for s in kept)
+    tr, va = stratified_split(kept, 0.2, seed=1)
+    assert len(va) == 8 and {s.label for s in va} == {0, 1, 2, 3} and not set(tr) & set(va)
+
+
+def test_metrics_reference():
+    assert metrics.topk_accuracy(["a", "b"], [["b", "a"], ["b"]], 1) == 0.5
+    assert metrics.auroc([0.1, 0.2], [0.3, 0.4]) == 1.0

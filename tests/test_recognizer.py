@@ -1,0 +1,135 @@
+"""Recognizer + hub: predict / enroll / remove / explain and a local-dir round trip, on a tiny model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import vericar
+from vericar.errors import ArtifactError, ImageError, SpecError, VericarError
+from vericar.gallery import Gallery
+from vericar.hub import load, save_pretrained
+from vericar.model import create_model
+from vericar.ood import KNNOOD
+from vericar.recognizer import Recognizer
+
+NAMES = ["Audi TTS Coupe 2012", "BMW X5 SUV 2007", "Audi S4 Sedan 2012"]
+COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 20)]
+
+
+def photo(cls: int, i: int, size=(64, 48)) -> Image.Image:
+    rng = np.random.default_rng(10 * cls + i)
+    img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 40, 3)))
+    ImageDraw.Draw(img).rectangle([4 + i, 6, 40 + i, 36], fill=COLORS[cls])
+    return img
+
+
+@pytest.fixture()
+def rec():
+    model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False)
+    gallery = Gallery(16)
+    r = Recognizer(model, gallery, KNNOOD(k=2), k=3)
+    for c, name in enumerate(NAMES):
+        r.enroll([photo(c, i) for i in range(3)], name)
+    return r
+
+
+def test_predict_matches_naive_knn(rec):
+    """The prediction equals a naive similarity-weighted vote over the k nearest, computed here."""
+    q = photo(1, 5)
+    pred = rec.predict(q)
+    e = rec.embed([q])[0]
+    sims = rec.gallery.embeddings @ e
+    order = np.argsort(-sims)[: rec.k]
+    assert [n.index for n in pred.neighbours] == list(order)
+    np.testing.assert_allclose([n.score for n in pred.neighbours], sims[order], rtol=1e-5, atol=1e-5)
+    weights: dict[str, float] = {}
+    for j in order:
+        weights[rec.gallery.labels[j]] = weights.get(rec.gallery.labels[j], 0) + max(sims[j], 0)
+    assert pred.label == max(weights, key=weights.get)
+    assert set(pred.confidence) == {"model", "make", "type", "year"}
+    d = pred.to_dict()
+    assert json.dumps(d) and d["neighbours"][0]["label"] == pred.neighbours[0].label
+    # make-level vote: both Audis pool their weight
+    if pred.label.startswith("Audi"):
+        assert pred.make == "Audi"
+
+
+def test_enroll_new_label_is_found_and_removable(rec):
+    rec.enroll([photo(3, i) for i in range(3)], "Tesla Model 3 Sedan 2021")
+    pred = rec.predict(photo(3, 1))
+    assert pred.neighbours[0].label == "Tesla Model 3 Sedan 2021"
+    assert pred.make == "Tesla" and pred.year == "2021"
+    assert rec.remove("Tesla Model 3 Sedan 2021") == 3
+    assert "Tesla Model 3 Sedan 2021" not in rec.gallery.classes
+
+
+def test_enroll_refuses_bad_input_and_loses_nothing(rec):
+    n = len(rec.gallery)
+    with pytest.raises(VericarError, match="label is empty"):
+        rec.enroll([photo(0, 0)], "  ")
+    with pytest.raises(VericarError, match="no photos"):
+        rec.enroll([], "X Y Sedan 2020")
+    with pytest.raises(ImageError):
+        rec.enroll([photo(0, 0), b"not an image at all"], "X Y Sedan 2020")
+    assert len(rec.gallery) == n  # the good photo of the failed batch was not added
+
+
+def test_unknown_flag_uses_calibrated_threshold(rec):
+    rec.ood.threshold = -1.0  # everything is farther than that: all unknown
+    assert rec.predict(photo(0, 1)).unknown
+    rec.ood.threshold = 2.0  # cosine distance never exceeds 2: nothing unknown
+    assert not rec.predict(photo(0, 1)).unknown
+
+
+def test_explain_returns_heatmap_and_overlay(rec):
+    ex = rec.explain(photo(2, 0, size=(80, 40)))
+    assert ex.heatmap.ndim == 2 and 0 <= ex.heatmap.min() and ex.heatmap.max() <= 1
+    assert ex.overlay.mode == "RGB" and ex.label in NAMES
+
+
+def test_local_dir_round_trip(rec, tmp_path):
+    rec.ood.threshold = 0.3
+    rec.meta = {"metrics": {"x": 1}}
+    save_pretrained(rec, tmp_path / "m")
+    r2 = load(f"local-dir:{tmp_path / 'm'}")
+    assert r2.gallery.labels == rec.gallery.labels and r2.ood.threshold == pytest.approx(0.3)
+    assert r2.k == rec.k and r2.meta == rec.meta
+    q = photo(0, 4)
+    np.testing.assert_allclose(r2.embed([q]), rec.embed([q]), atol=1e-5)
+    assert r2.predict(q).label == rec.predict(q).label
+
+
+def test_artifact_errors_say_what_to_do(rec, tmp_path):
+    with pytest.raises(ArtifactError, match="not a vericar model folder"):
+        load(f"local-dir:{tmp_path}")
+    d = tmp_path / "m"
+    save_pretrained(rec, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["format_version"] = 99
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="format version 99.*re-export"):
+        load(f"local-dir:{d}")
+    save_pretrained(rec, d)
+    (d / "model.safetensors").write_bytes(b"\0" * 10)
+    with pytest.raises(ArtifactError, match="unreadable"):
+        load(f"local-dir:{d}")
+    with pytest.raises(SpecError, match="local-dir:PATH"):
+        load("s3://bucket/model")
+
+
+def test_bare_backbone_spec_and_empty_gallery():
+    r = vericar.load("timm:test_vit", pretrained=False)
+    assert len(r.gallery) == 0 and r.model.embed_dim == 0
+    with pytest.raises(VericarError, match="gallery is empty"):
+        r.predict(photo(0, 0))
+
+
+def test_default_spec_missing_says_what_to_do(monkeypatch, tmp_path):
+    import vericar.hub as hub
+
+    monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "nothing")
+    with pytest.raises(ArtifactError, match="default model is not shipped"):
+        load("default")
