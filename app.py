@@ -5,7 +5,8 @@
 Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME").
 Enrolled vehicles live under $VERICAR_DATA_DIR (default ~/.cache/vericar). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar,
-/explain, /enroll, /remove.
+/explain, /enroll, /remove. $VERICAR_CONCURRENCY (default 2) model calls run at once across all of
+them; uploads above $VERICAR_MAX_UPLOAD (default 25mb) are refused.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from vericar.recognizer import Recognizer
 log = logging.getLogger("vericar.app")
 MAX_K = 50
 TILE = (160, 120)
+MAX_UPLOAD = "25mb"  # per file; a phone photo is a few MB, and enrolment takes at most 32 of them
 
 
 def make_examples(folder: Path) -> list[str]:
@@ -100,10 +102,17 @@ def _placeholder(label: str, score: float) -> Image.Image:
 
 
 def prediction_dict(pred: Any) -> dict[str, Any]:
-    """The /identify answer: Prediction.to_dict() without refs (they may be server file paths)."""
+    """The /identify answer: Prediction.to_dict() without refs (they may be server file paths).
+
+    An unknown vehicle gets no name and zero confidences: a client reading only ``label`` must not
+    take the nearest known vehicle for an answer. The nearest ones stay listed in ``neighbours``.
+    """
     d = pred.to_dict()
     d["ood_score"] = _finite(d["ood_score"])
     d["confidence"] = {k: float(v) for k, v in d["confidence"].items()}
+    if d["unknown"]:
+        d.update(label=None, make=None, model=None, type=None, year=None)
+        d["confidence"] = {k: 0.0 for k in d["confidence"]}
     d["neighbours"] = [{"label": n["label"], "score": _finite(n["score"])} for n in d["neighbours"]]
     return d
 
@@ -178,6 +187,12 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
     """The Gradio app over one shared recognizer; enrolled vehicles persist under ``data_dir``."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     store = EnrolledStore(rec, data_dir)
+    if concurrency is None:
+        concurrency = int(os.environ.get("VERICAR_CONCURRENCY", "2"))
+    # Every event that runs the model shares one concurrency group, so at most `concurrency` model
+    # calls run at once in all (a per-event limit would let identify + explain + similar + ... each
+    # take that many, thrashing a small CPU); the rest wait in the queue.
+    model_q: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": concurrency}
     examples = make_examples(data_dir / "examples")
 
     @_user_errors
@@ -214,7 +229,7 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                                           for lvl, c in pred.confidence.items()}
         tiles = []
         for n in pred.neighbours:
-            thumb = store.thumbnail(n.index, n.label)
+            thumb = rec.thumbnail(n.index, n.label)  # under the recognizer's lock: enrol/remove may run
             tiles.append((thumb if thumb is not None else _placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
         return _result_markdown(pred, rec.ood.threshold), conf, tiles
 
@@ -263,8 +278,8 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                                        elem_id="vericar-overlay")
             neighbours = gr.Gallery(label="Most similar known vehicles", columns=6, height=220, object_fit="contain",
                                     fit_columns=False, interactive=False)
-            go.click(ui_identify, [image], [result, levels, neighbours], api_visibility="private").success(
-                lambda path: explain(path), [image], [overlay], api_visibility="private")
+            go.click(ui_identify, [image], [result, levels, neighbours], api_visibility="private", **model_q).success(
+                lambda path: explain(path), [image], [overlay], api_visibility="private", **model_q)
         with gr.Tab("Add a vehicle"):
             gr.Markdown("Add a vehicle the model does not know: a few photos and its name. It is recognised on "
                         "the very next request and kept across restarts; no retraining.")
@@ -283,8 +298,8 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                     pick = gr.Dropdown(label="Added vehicles", choices=[lab for lab, _ in store.summary()])
                     drop = gr.Button("Remove", variant="stop")
             add.click(ui_enroll, [photos, free, make, model, vtype, year], [status, listing, pick],
-                      api_visibility="private")
-            drop.click(ui_remove, [pick], [status, listing, pick], api_visibility="private")
+                      api_visibility="private", **model_q)
+            drop.click(ui_remove, [pick], [status, listing, pick], api_visibility="private", **model_q)
         with gr.Tab("Model card"):
             gr.Markdown(card_md)
             if curve:
@@ -298,18 +313,25 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
             a_json = gr.JSON(label="result")
             a_overlay = gr.Image(label="overlay", type="pil", format="png")
             trigger = gr.Button()
-        trigger.click(identify, [a_img], [a_json], api_name="identify")
-        trigger.click(similar, [a_img, a_k], [a_json], api_name="similar")
-        trigger.click(explain, [a_img], [a_overlay], api_name="explain")
-        trigger.click(enroll, [a_imgs, a_label], [a_json], api_name="enroll")
-        trigger.click(remove, [a_label], [a_json], api_name="remove")
+        trigger.click(identify, [a_img], [a_json], api_name="identify", **model_q)
+        trigger.click(similar, [a_img, a_k], [a_json], api_name="similar", **model_q)
+        trigger.click(explain, [a_img], [a_overlay], api_name="explain", **model_q)
+        trigger.click(enroll, [a_imgs, a_label], [a_json], api_name="enroll", **model_q)
+        trigger.click(remove, [a_label], [a_json], api_name="remove", **model_q)
         demo.load(enrolled_view, None, [listing, pick], api_visibility="private")  # fresh list per page load
-    if concurrency is None:
-        concurrency = int(os.environ.get("VERICAR_CONCURRENCY", "2"))
-    # CPU inference: a few requests at once keep cores busy without thrashing; the rest wait in the queue.
+    # Events outside the "model" group (the page-load listing) get the same per-event limit.
     demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("VERICAR_QUEUE_SIZE", "256")))
     demo.vericar_store = store  # for tests and callers that want the enrolled-vehicle store
     return demo
+
+
+def launch_options() -> dict[str, Any]:
+    """Keyword arguments for ``demo.launch()``: the upload cap ($VERICAR_MAX_UPLOAD, default MAX_UPLOAD).
+
+    They can only be given to launch(): Blocks.launch() overwrites any max_file_size set on the
+    Blocks beforehand, so build_demo() cannot carry them.
+    """
+    return {"max_file_size": os.environ.get("VERICAR_MAX_UPLOAD") or MAX_UPLOAD}
 
 
 def error_demo(message: str) -> gr.Blocks:
@@ -339,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         demo = create_app(args.model, args.data_dir)
     except VericarError as e:
         sys.exit(f"error: {e}")
-    demo.launch()  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself
+    demo.launch(**launch_options())  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself
 
 
 if __name__ == "__main__":

@@ -26,12 +26,20 @@ import numpy as np
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
 
-def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
-    """Seeded random L2-normalised float32 vectors (N, D), built in chunks to bound memory."""
+def unit_vectors(n: int, d: int, seed: int, clusters: int = 0, spread: float = 0.6) -> np.ndarray:
+    """Seeded random L2-normalised float32 vectors (N, D), built in chunks to bound memory.
+
+    ``clusters > 0`` draws them around that many random centres (noise ``spread`` per unit
+    centre), like a gallery of many photos per vehicle class; 0 = uniform on the sphere, the
+    worst case for approximate indexes.
+    """
     rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d), dtype=np.float32) / np.sqrt(d) if clusters else None
     x = np.empty((n, d), dtype=np.float32)
     for a in range(0, n, 100_000):
         c = rng.standard_normal((min(n, a + 100_000) - a, d), dtype=np.float32)
+        if centres is not None:
+            c = centres[rng.integers(0, clusters, len(c))] + spread * c / np.sqrt(d)
         x[a : a + len(c)] = c / np.linalg.norm(c, axis=1, keepdims=True)
     return x
 
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="gallery size")
     p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--clustered", type=int, default=0, help="draw vectors around this many centres (0: uniform)")
     p.add_argument("--queries", type=int, default=1000, help="queries for batched timing and recall")
     p.add_argument("--single", type=int, default=100, help="queries timed one at a time")
     p.add_argument("--batch", type=int, default=100, help="queries per batched call")
@@ -92,8 +101,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         threadpool_limits(a.threads)  # BLAS threads for the NumPy baseline (and OpenMP again)
 
     t0 = time.perf_counter()
-    x = unit_vectors(a.n, a.dim, a.seed)
-    q = unit_vectors(a.queries, a.dim, a.seed + 1)
+    x = unit_vectors(a.n, a.dim, a.seed, a.clustered)
+    # Queries come from the same centres (same seed → same centres), as new photos of known vehicles do.
+    q = unit_vectors(a.n + a.queries, a.dim, a.seed, a.clustered)[a.n:] if a.clustered else unit_vectors(a.queries, a.dim, a.seed + 1)
     print(f"data: {a.n:,} x {a.dim} float32 ({x.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s; "
           f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} CPUs", flush=True)
 

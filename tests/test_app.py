@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import socket
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
@@ -21,6 +23,7 @@ from vericar.gallery import Gallery
 from vericar.model import create_model, embed_images
 from vericar.ood import KNNOOD
 from vericar.recognizer import Recognizer
+from vericar.transforms import eval_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py lives at the repo root
@@ -28,17 +31,40 @@ BASE = ["Audi A4 Sedan 2012", "BMW X5 SUV 2007", "Ford F-150 Regular Cab 2012", 
 NEW = "Testmake Roadster Convertible 2024"
 
 
+def vehicle_photo(seed: int, shot: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
+    """Photo ``shot`` of synthetic vehicle ``seed``: the same drawing, slightly relit, noisy and shifted."""
+    rng = np.random.default_rng([seed, shot])
+    a = np.asarray(make_car_image(seed, size), dtype=np.float32) * rng.uniform(0.96, 1.04)
+    a = np.roll(a + rng.normal(0, 3, a.shape), tuple(rng.integers(-1, 2, 2)), axis=(0, 1))
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
 def make_artifact(out: Path) -> Path:
-    """Save a tiny recognizer: 4 known vehicles x 3 photos, KNN+ calibrated, some thumbnails missing."""
+    """Save a tiny recognizer: 4 known vehicles x 6 photos, KNN+ (k=5) calibrated on held-out photos.
+
+    A random tiny net maps every photo to nearly one direction (cosines ~0.9999), so its head is set
+    to the centred principal directions of the gallery's features, a stand-in for training that
+    makes distances mean something: photos of one vehicle are close, other vehicles far. With k=5
+    and only 3 photos per enrolled vehicle, an enrolled photo is known only because the recognizer
+    caps k at the nearest class's photo count (test_enroll_identify_remove checks that).
+    """
     torch.manual_seed(0)
     model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False).eval()
-    imgs = [make_car_image(10 * c + i) for c in range(len(BASE)) for i in range(3)]
-    labels = [lab for lab in BASE for _ in range(3)]
+    imgs = [vehicle_photo(c, i) for c in range(len(BASE)) for i in range(6)]
+    tf = eval_transform(model.pretrained_cfg)
+    with torch.no_grad():
+        feats = model.features(torch.stack([tf(im) for im in imgs]))
+        centred = feats - feats.mean(0)
+        head = torch.linalg.svd(centred, full_matrices=False).Vh[:16]
+        model.head.weight.copy_(head)
+        model.head.bias.copy_(-head @ feats.mean(0))
+    labels = [lab for lab in BASE for _ in range(6)]
     emb = embed_images(model, imgs)
     thumbs = [im if i % 2 == 0 else None for i, im in enumerate(imgs)]  # odd ones get placeholder tiles
     gallery = Gallery.from_arrays(emb, labels, refs=[f"synthetic/{i}.png" for i in range(len(imgs))], thumbnails=thumbs)
-    ood = KNNOOD(k=2)
-    ood.calibrate(gallery.search(emb, 3)[0], exclude_self=True)
+    ood = KNNOOD(k=5)
+    held_out = embed_images(model, [vehicle_photo(c, 100 + i) for c in range(len(BASE)) for i in range(4)])
+    ood.calibrate(gallery.search(held_out, ood.k)[0])
     meta = {"metrics": {"dev": {"top1": 0.5}}, "command": "python train/train.py --config offline-cpu"}
     Recognizer(model, gallery, ood, k=3, meta=meta).save_pretrained(out)
     return out
@@ -67,9 +93,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(app_module, artifact: Path, data_dir: Path):
-    demo = app_module.build_demo(hub.load(f"local-dir:{artifact}"), data_dir, spec=f"local-dir:{artifact}")
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)
+def _launch(app_module, artifact: Path, data_dir: Path, rec: Recognizer | None = None, **build):
+    """build_demo over ``rec`` (default: a fresh load of ``artifact``), launched as main() does."""
+    rec = rec or hub.load(f"local-dir:{artifact}")
+    demo = app_module.build_demo(rec, data_dir, spec=f"local-dir:{artifact}", **build)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
+                **app_module.launch_options())
     return demo, Client(demo.local_url, verbose=False)
 
 
@@ -83,15 +112,16 @@ def served(app_module, artifact, tmp_path_factory):
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("photos") / "known.png"
-    make_car_image(1).save(path)  # one of "Audi A4 Sedan 2012"'s gallery photos
+    vehicle_photo(0, 1).save(path)  # one of "Audi A4 Sedan 2012"'s gallery photos
     return str(path)
 
 
-def _photos(tmp: Path, seeds: list[int], stem: str) -> list[str]:
+def _photos(tmp: Path, seed: int, n: int, stem: str) -> list[str]:
+    """``n`` JPEG photos of synthetic vehicle ``seed``."""
     paths = []
-    for s in seeds:
-        p = tmp / f"{stem}{s}.jpg"
-        make_car_image(s, size=(120, 80)).save(p, quality=95)
+    for shot in range(n):
+        p = tmp / f"{stem}{seed}-{shot}.jpg"
+        vehicle_photo(seed, shot, size=(120, 80)).save(p, quality=95)
         paths.append(str(p))
     return paths
 
@@ -116,6 +146,23 @@ def test_identify(served, photo):
     json.dumps(out, allow_nan=False)
 
 
+def test_unknown_gets_no_name(served, photo):
+    demo, client = served
+    rec = demo.vericar_store.rec
+    known = client.predict(handle_file(photo), api_name="/identify")
+    assert known["unknown"] is False and known["label"] == BASE[0]
+    threshold = rec.ood.threshold
+    rec.ood.threshold = -1.0  # every score is above it: everything is unknown
+    try:
+        out = client.predict(handle_file(photo), api_name="/identify")
+    finally:
+        rec.ood.threshold = threshold
+    assert out["unknown"] is True and out["ood_score"] == pytest.approx(known["ood_score"], abs=1e-6)
+    assert [out[k] for k in ("label", "make", "model", "type", "year")] == [None] * 5
+    assert out["confidence"] == {k: 0.0 for k in known["confidence"]}
+    assert out["neighbours"] == known["neighbours"]  # the nearest guesses stay visible
+
+
 def test_similar_and_explain(served, photo):
     _, client = served
     sim = client.predict(handle_file(photo), 4, api_name="/similar")
@@ -128,11 +175,17 @@ def test_similar_and_explain(served, photo):
 
 def test_enroll_identify_remove(served, tmp_path):
     demo, client = served
-    paths = _photos(tmp_path, [501, 502, 503], "new")
+    rec = demo.vericar_store.rec
+    paths = _photos(tmp_path, 501, 3, "new")
     status = client.predict([handle_file(p) for p in paths], NEW, api_name="/enroll")
     assert status["label"] == NEW and status["added"] == 3 and NEW in status["enrolled"]
     out = client.predict(handle_file(paths[1]), api_name="/identify")
     assert out["neighbours"][0]["label"] == NEW and out["neighbours"][0]["score"] > 0.99
+    # Known and named, although KNN+ looks at the 5th neighbour and NEW has 3 photos: without the
+    # recognizer's k cap its score would be that of another vehicle's photo (checked here), i.e. unknown.
+    uncapped = rec.ood.score(rec.gallery.search(rec.embed([paths[1]]), rec.ood.k)[0])[0]
+    assert uncapped > rec.ood.threshold >= out["ood_score"]
+    assert out["unknown"] is False and out["label"] == NEW
     with pytest.raises(Exception, match="already added"):
         client.predict([handle_file(paths[0])], NEW, api_name="/enroll")
     with pytest.raises(Exception, match="model's own vehicles"):
@@ -151,7 +204,7 @@ def test_bad_input_then_still_serving(served, photo, tmp_path):
     with pytest.raises(Exception, match="(?i)image|photo"):
         client.predict(handle_file(str(text)), api_name="/identify")
     corrupt = tmp_path / "half.jpg"
-    data = Path(_photos(tmp_path, [7], "c")[0]).read_bytes()
+    data = Path(_photos(tmp_path, 7, 1, "c")[0]).read_bytes()
     corrupt.write_bytes(data[: len(data) // 3])
     with pytest.raises(Exception):
         client.predict(handle_file(str(corrupt)), api_name="/identify")
@@ -173,9 +226,65 @@ def test_sixteen_concurrent_identify(served, photo):
     assert len({o["label"] for o in outs}) == 1 and all(o["neighbours"][0]["label"] == BASE[0] for o in outs)
 
 
+def test_upload_cap(served, app_module, photo, tmp_path):
+    """main()'s launch options refuse a file over the cap before any of it is decoded."""
+    from gradio.utils import _parse_file_size
+
+    _, client = served
+    big = tmp_path / "huge.png"
+    cap = _parse_file_size(app_module.launch_options()["max_file_size"])
+    big.write_bytes(Path(photo).read_bytes() + b"\0" * cap)
+    with pytest.raises(Exception, match="(?i)size"):
+        client.predict(handle_file(str(big)), api_name="/identify")
+    assert client.predict(handle_file(photo), api_name="/identify")["label"] == BASE[0]
+
+
+MODEL_EVENTS = {"identify", "similar", "explain", "enroll", "remove", "ui_identify", "<lambda>", "ui_enroll",
+                "ui_remove"}
+
+
+def test_model_calls_share_one_concurrency_limit(app_module, artifact, tmp_path, photo):
+    """identify, similar and explain at once, with concurrency=1: never two model calls together."""
+    rec = hub.load(f"local-dir:{artifact}")
+    state = {"now": 0, "most": 0}
+    lock, local = threading.Lock(), threading.local()
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            if getattr(local, "inside", False):  # explain() calls predict(): one model call
+                return fn(*args, **kwargs)
+            local.inside = True
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            try:
+                time.sleep(0.05)  # widen the window in which an overlap would show
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    state["now"] -= 1
+                local.inside = False
+        return wrapper
+
+    for name in ("predict", "similar", "explain", "enroll", "remove"):
+        setattr(rec, name, counted(getattr(rec, name)))
+    demo, client = _launch(app_module, artifact, tmp_path / "data", rec=rec, concurrency=1)
+    try:
+        groups = {(f.name, f.concurrency_id, f.concurrency_limit) for f in demo.fns.values()
+                  if f.name in MODEL_EVENTS}
+        assert {g[0] for g in groups} == MODEL_EVENTS and {g[1:] for g in groups} == {("model", 1)}
+        calls = [("/identify", (handle_file(photo),)), ("/similar", (handle_file(photo), 3)),
+                 ("/explain", (handle_file(photo),))] * 3
+        with ThreadPoolExecutor(len(calls)) as pool:
+            outs = list(pool.map(lambda c: client.predict(*c[1], api_name=c[0]), calls))
+    finally:
+        demo.close()
+    assert len(outs) == 9 and outs[0]["label"] == BASE[0] and state["most"] == 1
+
+
 def test_enrolled_survive_restart(app_module, artifact, tmp_path):
     data = tmp_path / "data"
-    paths = _photos(tmp_path, [601, 602], "keep")
+    paths = _photos(tmp_path, 601, 2, "keep")
     demo, client = _launch(app_module, artifact, data)
     try:
         client.predict([handle_file(p) for p in paths], NEW, api_name="/enroll")

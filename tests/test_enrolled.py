@@ -103,8 +103,8 @@ def test_restart_restores_and_remove_persists(weights, tmp_path):
     assert store2.summary() == [(OTHER, 3), (NEW, 2)]
     assert len(rec2.gallery) == 6 + 5 and rec2.predict(new[1]).neighbours[0].label == NEW
     best = rec2.predict(other[0]).neighbours[0]
-    assert best.label == OTHER and store2.thumbnail(best.index, OTHER) is not None  # thumbnails kept
-    assert store2.thumbnail(best.index, NEW) is None and store2.thumbnail(10**6, OTHER) is None
+    assert best.label == OTHER and rec2.thumbnail(best.index, OTHER) is not None  # thumbnails kept
+    assert rec2.thumbnail(best.index, NEW) is None and rec2.thumbnail(10**6, OTHER) is None
 
     with pytest.raises(VericarError, match="model's own vehicles"):
         store2.remove(BASE[0])

@@ -133,3 +133,46 @@ def test_default_spec_missing_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "nothing")
     with pytest.raises(ArtifactError, match="default model is not shipped"):
         load("default")
+
+
+def test_zeroshot_recognizer_from_class_names():
+    """OpenCLIP text prototypes as the gallery (tiny random-init CLIP: the code path, not accuracy)."""
+    r = vericar.load("open_clip:tiny-test", pretrained=False, zeroshot_classes=NAMES)
+    assert r.gallery.labels == NAMES and r.gallery.refs[0].startswith("text:")
+    pred = r.predict(photo(0, 0))
+    assert pred.label in NAMES and len(pred.neighbours) == 1
+
+
+def _clusters(rng, centers, n, noise=0.15):
+    x = np.repeat(centers, n, axis=0) + noise * rng.standard_normal((len(centers) * n, centers.shape[1]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_calibrated_knn_plus_flags_a_class_not_in_the_gallery():
+    """Calibrate at 95% TPR on held-out known photos; a photo of an absent class comes back unknown."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((5, 16))
+    gallery = Gallery(16)
+    gallery.add(_clusters(rng, centers[:4], 20), [n for n in NAMES + ["Volvo 240 Sedan 1993"] for _ in range(20)])
+    model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False)
+    rec = Recognizer(model, gallery, KNNOOD(k=10), k=10)
+    held_out = _clusters(rng, centers[:4], 10)
+    rec.ood.calibrate(rec.ood.score(gallery.search(held_out, 10)[0]), tpr=0.95)
+    known = rec.predict_embeddings(_clusters(rng, centers[:4], 5))
+    assert np.mean([not p.unknown for p in known]) >= 0.85
+    novel = rec.predict_embeddings(_clusters(rng, centers[4:], 10))
+    assert all(p.unknown for p in novel)
+
+
+def test_few_photo_enrolment_is_not_flagged_unknown():
+    """k is capped at the nearest class's photo count: 3 enrolled photos are enough (KNN+ k=10)."""
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((5, 16))
+    gallery = Gallery(16)
+    gallery.add(_clusters(rng, centers[:4], 20), [n for n in NAMES + ["Volvo 240 Sedan 1993"] for _ in range(20)])
+    model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False)
+    rec = Recognizer(model, gallery, KNNOOD(k=10), k=10)
+    rec.ood.calibrate(rec.ood.score(gallery.search(_clusters(rng, centers[:4], 10), 10)[0]), tpr=0.95)
+    rec.add_embeddings(_clusters(rng, centers[4:], 3), ["Tesla Model 3 Sedan 2021"] * 3)
+    preds = rec.predict_embeddings(_clusters(rng, centers[4:], 5))
+    assert all(p.label == "Tesla Model 3 Sedan 2021" and not p.unknown for p in preds)

@@ -54,9 +54,9 @@ def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict
         f"{cfg.loss} + cosine-softmax on {meta['classes']} classes from `{cfg.data}`"
         + (f" (classes `{cfg.holdout_classes}` held out)." if cfg.holdout_classes else "."), "",
         "## Validation (stratified slice of the training CSV, k-NN on the other training photos)", "",
-        "| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold (95% TPR) |", "|---|---|---|---|---|",
+        f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({100 * cfg.ood_tpr:.0f}% TPR) |", "|---|---|---|---|---|",
         f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "
-        f"{_pct((v.get('top5') or {}).get('model'))} | see config.json `ood` |", "",
+        f"{_pct((v.get('top5') or {}).get('model'))} | {meta.get('ood_threshold', float('nan')):.4f} |", "",
         f"Training wall time: {meta['train_seconds'] / 60:.1f} min.", "",
         "## Reproduce", "", "```", meta["command"], "```", "",
         "![training curve](training_curve.png)", "",

@@ -279,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 refs=[s.ref for s in train_s + val_s], thumbnails=_thumbs(thumbs) if cfg.thumbnails else None)
     wall = time.time() - t_start
     command = "python train/train.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    meta = {"metrics": {"validation": val_metrics}, "command": command, "train_seconds": round(wall, 1),
+    meta = {"metrics": {"validation": val_metrics}, "command": command, "ood_threshold": ood.threshold,
+            "train_seconds": round(wall, 1),
             "classes": len(class_names), "holdout_classes": cfg.holdout_classes, "train_config": cfg.to_dict(),
             "held_out_class_names": sorted({s.class_name for s in held})}
     if main_proc:

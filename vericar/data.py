@@ -27,11 +27,12 @@ class Sample:
     image: Any
     label: int
     class_name: str
+    row_ref: str | None = None  # stable id of a photo that has no path (a Hub dataset row)
 
     @property
     def ref(self) -> str:
-        """A short reference to the photo (its path, or a Hub row id)."""
-        return self.image if isinstance(self.image, str) else f"row:{id(self.image)}"
+        """A stable reference to the photo: its path, or ``hf:NAME/SPLIT/ROW``."""
+        return self.image if isinstance(self.image, str) else (self.row_ref or "")
 
 
 def load_csv(path: str | Path) -> list[Sample]:
@@ -62,11 +63,17 @@ def load_csv(path: str | Path) -> list[Sample]:
 
 def load_hf(name: str = HF_DEFAULT, split: str = "train") -> list[Sample]:
     """Stanford Cars from the Hugging Face Hub (columns ``image``, ``label`` with ClassLabel names)."""
-    from datasets import load_dataset  # lazy: only Hub users need it
+    try:
+        from datasets import load_dataset  # lazy: only Hub users need it
+    except ImportError as e:
+        raise VericarError("reading from the Hub needs the 'datasets' package: pip install -r requirements-train.txt") from e
 
     ds = load_dataset(name, split=split)
     names = ds.features["label"].names
-    return [Sample(row["image"], int(row["label"]), names[int(row["label"])]) for row in ds]
+    return [
+        Sample(row["image"], int(row["label"]), names[int(row["label"])], f"hf:{name}/{split}/{i}")
+        for i, row in enumerate(ds)
+    ]
 
 
 def load_source(source: str, split: str = "train") -> list[Sample]:

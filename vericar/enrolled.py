@@ -18,8 +18,6 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from PIL import Image
-
 from .errors import ArtifactError, VericarError
 from .gallery import Gallery
 from .images import open_image
@@ -94,20 +92,11 @@ class EnrolledStore:
             self.gallery = saved
             _copy(saved, range(len(saved)), rec.add_embeddings)
 
-
     def summary(self) -> list[tuple[str, int]]:
         """(label, photo count) of every added vehicle, sorted by label."""
         with self.lock:
             labels = list(self.gallery.labels)
         return sorted((lab, labels.count(lab)) for lab in set(labels))
-
-    def thumbnail(self, index: int, label: str) -> Image.Image | None:
-        """Thumbnail of recognizer-gallery entry ``index`` if it still holds ``label`` (else None)."""
-        g = self.rec.gallery
-        try:
-            return g.thumbnail(index) if 0 <= index < len(g) and g.labels[index] == label else None
-        except IndexError:  # a concurrent removal shrank the gallery
-            return None
 
     def _save(self, undo: Callable[[], Any]) -> None:
         """Save the enrolled gallery; on failure run ``undo`` so memory keeps matching the disk."""

@@ -125,7 +125,9 @@ def evaluate_embeddings(
         top1 = {}
         for level in ("model", "make", "type"):
             t = [taxonomy.level_value(n, level) for n in true]
-            p = [taxonomy.level_value(preds[i].label, level) for i in kq]
+            # What the product shows: the per-level k-NN vote (Prediction.make / .type), or the
+            # label's own value where the label set is flat.
+            p = [_level_of(preds[i], level, taxonomy) for i in kq]
             top1[level] = metrics.topk_accuracy(t, [[x] for x in p], 1)
         ranked = []
         for i in kq:  # the prediction first, then other classes by their best similarity
@@ -153,6 +155,13 @@ def evaluate_embeddings(
     else:
         result["ood"] = None
     return result
+
+
+def _level_of(pred: Any, level: str, taxonomy: Taxonomy) -> str | None:
+    if level == "model":
+        return pred.label
+    value = getattr(pred, level)
+    return value if value is not None else taxonomy.level_value(pred.label, level)
 
 
 def _fmt(x: Any) -> str:
@@ -222,19 +231,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # threads oversubscribes the cores and makes embedding several times slower.
     ap.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     ap.add_argument("--limit", type=int, default=None, help="only the first N queries (quick checks)")
+    ap.add_argument("--input-size", type=int, help="override the model's input size (bare backbones: try others)")
+    ap.add_argument("--resize-mode", choices=("shortest", "squash"), help="override the model's resize mode")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    torch.set_grad_enabled(False)
     rec = load(args.model)
+    if args.input_size or args.resize_mode:  # an experiment on preprocessing: the embeddings follow it
+        cfg = rec.model.pretrained_cfg
+        if args.input_size:
+            cfg["input_size"] = (3, args.input_size, args.input_size)
+        if args.resize_mode:
+            cfg["resize_mode"] = args.resize_mode
+            cfg["crop_pct"] = 1.0 if args.resize_mode == "squash" else cfg.get("crop_pct", 1.0)
     kw = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
     if args.gallery:
         g_samples, emb = _embed_filtered(rec.model, load_source(args.gallery, "train"), args.gallery_filter,
                                          args.cache, "gallery", kw)
         gallery = Gallery(rec.model.output_dim)
         gallery.add(emb, [s.class_name for s in g_samples], refs=[s.ref for s in g_samples])
-        rec = Recognizer(rec.model, gallery, rec.ood if rec.ood.threshold is not None else KNNOOD(), k=rec.k)
+        rec = Recognizer(rec.model, gallery, rec.ood, k=rec.k)
     elif args.gallery_filter:
         raise VericarError("--gallery-filter needs --gallery CSV (it filters the photos the gallery is built from).")
     if args.enroll:

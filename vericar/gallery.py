@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from ._io import atomic_write
 from .errors import ArtifactError, VericarError
 
 FORMAT_VERSION = 1
@@ -299,8 +299,8 @@ class Gallery:
             "tensors": {"file": tensors_name, "size": len(data), "sha256": digest},
             "labels": self.labels, "refs": self.refs,
         }
-        _atomic_write(d / tensors_name, data)
-        _atomic_write(d / JSON_NAME, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
+        atomic_write(d / tensors_name, data)
+        atomic_write(d / JSON_NAME, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
         for old in d.glob("gallery-*.safetensors"):
             if old.name != tensors_name:
                 old.unlink(missing_ok=True)  # unreferenced now that gallery.json moved on
@@ -373,25 +373,3 @@ def _encode_thumbnail(t: Any) -> bytes | None:
     buf = io.BytesIO()
     t.convert("RGB").save(buf, format="JPEG", quality=85)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (not possible on every OS/filesystem)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass

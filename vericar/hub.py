@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ._io import atomic_write
 from .errors import ArtifactError, SpecError
 from .gallery import Gallery
 from .model import EmbeddingModel, create_model
@@ -41,12 +42,7 @@ SPEC_HELP = (
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, half: bool = False) -> str:
@@ -56,13 +52,13 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    # Overwriting: drop config.json first, so a crash midway leaves "not an artifact" (a clear
+    # error on load) rather than new weights beside an old gallery that would load silently.
+    (out / CONFIG_NAME).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in recognizer.model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    save_file(state, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    os.replace(tmp, out / WEIGHTS_NAME)
+    atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
     recognizer.gallery.save(out)
     config = {
         "format": FORMAT,
@@ -130,11 +126,24 @@ def load_local(directory: str | os.PathLike, **recognizer_kw: Any) -> "Recognize
     return Recognizer(model, gallery, ood, **kw)
 
 
-def from_backbone(spec: str, *, pretrained: bool = True, **recognizer_kw: Any) -> "Recognizer":
-    """A baseline recognizer: pretrained backbone features, no trained head, an empty gallery."""
+def from_backbone(
+    spec: str, *, pretrained: bool = True, zeroshot_classes: list[str] | None = None, **recognizer_kw: Any
+) -> "Recognizer":
+    """A baseline recognizer: pretrained backbone features, no trained head.
+
+    The gallery is empty, or — for an OpenCLIP backbone with ``zeroshot_classes`` — holds one text
+    prototype per class name ("a photo of a 2012 BMW 3 Series Sedan"): named vehicles recognised
+    with no training and no photos.
+    """
     from .recognizer import Recognizer
 
-    model = create_model(spec, embed_dim=0, pretrained=pretrained)
+    model = create_model(spec, embed_dim=0, pretrained=pretrained, keep_text=bool(zeroshot_classes))
+    if zeroshot_classes:
+        from .zeroshot import zeroshot_gallery
+
+        gallery = zeroshot_gallery(model, list(zeroshot_classes))
+        # One prototype per class: the 1st neighbour is the only meaningful one for KNN+.
+        return Recognizer(model, gallery, KNNOOD(k=1), **{"k": 1, **recognizer_kw})
     return Recognizer(model, Gallery(model.output_dim), KNNOOD(), **recognizer_kw)
 
 

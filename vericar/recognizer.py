@@ -8,6 +8,7 @@ learns new vehicles by adding embeddings to the gallery (no retraining).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -104,6 +105,7 @@ class Recognizer:
         # One lock for gallery reads and writes: enrolment from one request must never be seen
         # half-done by a search from another (the app serves requests from several threads).
         self._lock = threading.RLock()
+        self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -133,12 +135,27 @@ class Recognizer:
                 )
             depth = max(self.k, self.ood.k)
             scores, idx = self.gallery.search(emb, depth)
-            ood_scores = self.ood.score(scores)
+            # A vehicle enrolled from 3 photos has only 3 neighbours of its own: its 10th neighbour
+            # is another class, which would make it look unknown and let a similar class with many
+            # photos outvote it. So k (voting and KNN+) is capped at the nearest class's photo count.
+            counts = self._class_counts()
+            cap = np.array([counts.get(self.gallery.labels[j], 1) if j >= 0 else 1 for j in idx[:, 0]])
+            s_ood = scores[:, : self.ood.k].copy()
+            s_ood[np.arange(self.ood.k)[None, :] >= cap[:, None]] = -np.inf
+            ood_scores = self.ood.score(s_ood)
             unknown = self.ood.is_unknown(ood_scores)
-            return [self._prediction(scores[q], idx[q], float(ood_scores[q]), bool(unknown[q])) for q in range(len(emb))]
+            return [
+                self._prediction(scores[q], idx[q], min(self.k, int(cap[q])), float(ood_scores[q]), bool(unknown[q]))
+                for q in range(len(emb))
+            ]
 
-    def _prediction(self, scores: np.ndarray, idx: np.ndarray, ood_score: float, unknown: bool) -> Prediction:
-        s, ix = scores[None, : self.k], idx[None, : self.k]
+    def _class_counts(self) -> dict[str, int]:
+        if self._counts is None:
+            self._counts = dict(Counter(self.gallery.labels))
+        return self._counts
+
+    def _prediction(self, scores: np.ndarray, idx: np.ndarray, k: int, ood_score: float, unknown: bool) -> Prediction:
+        s, ix = scores[None, :k], idx[None, :k]
         conf: dict[str, float] = {}
         values: dict[str, str | None] = {}
         for level in PREDICTION_LEVELS:
@@ -194,7 +211,7 @@ class Recognizer:
             refs = [f"enrolled:{label}:{i}" for i in range(len(pil))]
         with self._lock:
             self.gallery.add(emb, [label] * len(pil), refs=list(refs), thumbnails=[make_thumbnail(p) for p in pil])
-            self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+            self._changed()
         return len(pil)
 
     def add_embeddings(
@@ -207,15 +224,28 @@ class Recognizer:
         """Add already-computed embeddings (e.g. a saved gallery of enrolled vehicles) under the lock."""
         with self._lock:
             self.gallery.add(embeddings, list(labels), refs=None if refs is None else list(refs), thumbnails=thumbnails)
-            self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+            self._changed()
         return len(labels)
 
     def remove(self, label: str) -> int:
         """Remove every gallery entry of ``label``. Returns how many were removed."""
         with self._lock:
             n = self.gallery.remove_label(label)
-            self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+            self._changed()
         return n
+
+    def _changed(self) -> None:
+        """The gallery's label set changed: refresh what is derived from it."""
+        self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+        self._counts = None
+
+    def thumbnail(self, index: int, label: str) -> Any:
+        """Thumbnail of gallery entry ``index`` if it still holds ``label`` (else None), under the lock."""
+        with self._lock:
+            g = self.gallery
+            if 0 <= index < len(g) and g.labels[index] == label:
+                return g.thumbnail(index)
+            return None
 
     # ----------------------------------------------------------------- explain
     def explain(self, image: Any) -> Explanation:
@@ -226,7 +256,9 @@ class Recognizer:
         pred = self.predict(pil)
         with self._lock:
             rows = [i for i, lab in enumerate(self.gallery.labels) if lab == pred.label]
-            targets = self.gallery.embeddings[rows] if rows else self.gallery.embeddings[:1]
+            if not rows:  # removed by another request between predict() and here
+                raise VericarError(f"{pred.label!r} was just removed from the gallery; try again.")
+            targets = self.gallery.embeddings[rows]
         x = self._transform(pil).unsqueeze(0)
         heat = gradcam_pp(self.model, x, targets)
         return Explanation(heatmap=heat, overlay=overlay(self._input_view(pil), heat), label=pred.label)

@@ -1,27 +1,31 @@
-"""End-to-end in a real browser: open the app, upload a photo, read the prediction, save a screenshot.
+"""End-to-end in a real browser: open the app, upload a photo, read the prediction, take a screenshot.
 
 Runs only where Debian's chromium (/usr/bin/chromium, or $VERICAR_CHROMIUM) and the Python
 `playwright` package are installed; playwright's own browsers are never downloaded. The app
-serves the tiny test model unless $VERICAR_BROWSER_MODEL names another spec (e.g. "default",
-for a README screenshot of the real model). Writes docs/screenshot.png.
+serves the tiny test model and keeps everything under pytest's tmp_path, so a test run writes
+nothing in the repository or the user's cache. The screenshot goes to tmp_path unless
+$VERICAR_SCREENSHOT names a file; $VERICAR_BROWSER_MODEL serves another model spec. The README's
+screenshot of the real model is made with:
+
+    VERICAR_BROWSER_MODEL=default VERICAR_SCREENSHOT=docs/screenshot.png python -m pytest tests/browser -q
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-from gradio_client import handle_file
+from gradio_client import Client, handle_file
 
-from conftest import make_car_image
-from test_app import BASE, _launch, make_artifact
+from test_app import BASE, _launch, make_artifact, vehicle_photo
 
 CHROMIUM = os.environ.get("VERICAR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -36,21 +40,26 @@ pytestmark = [
 ]
 
 
-def test_upload_identify_screenshot(tmp_path):
-    import app as app_module  # noqa: PLC0415 - after the skips: importing builds the module-level demo
+def test_upload_identify_screenshot(tmp_path, monkeypatch):
+    tiny = make_artifact(tmp_path / "model")
+    # Importing app builds its module-level demo from these: the tiny model, data under tmp_path
+    # (never the real default model, never ~/.cache).
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{tiny}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app_module = importlib.import_module("app")
 
     spec = os.environ.get("VERICAR_BROWSER_MODEL")
-    artifact = Path(spec[len("local-dir:"):]) if spec and spec.startswith("local-dir:") else None
-    if spec and artifact is None:
+    screenshot = Path(os.environ.get("VERICAR_SCREENSHOT") or tmp_path / "screenshot.png")
+    if spec and not spec.startswith("local-dir:"):
         demo = app_module.create_app(spec, tmp_path / "data")
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        from gradio_client import Client
-
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app_module.launch_options())
         client = Client(demo.local_url, verbose=False)
     else:
-        demo, client = _launch(app_module, artifact or make_artifact(tmp_path / "model"), tmp_path / "data")
+        artifact = Path(spec[len("local-dir:"):]) if spec else tiny
+        demo, client = _launch(app_module, artifact, tmp_path / "data")
     photo = tmp_path / "car.png"
-    make_car_image(1, size=(320, 200)).save(photo)
+    vehicle_photo(0, 1).save(photo)  # one of the tiny model's "Audi A4 Sedan 2012" photos
     try:
         want = client.predict(handle_file(str(photo)), api_name="/identify")
         with sync_playwright() as p:
@@ -72,10 +81,10 @@ def test_upload_identify_screenshot(tmp_path):
                 # The Grad-CAM++ overlay comes from a chained event: wait for its image.
                 expect(page.locator("#vericar-overlay img")).to_be_visible(timeout=60_000)
                 page.wait_for_timeout(300)
-                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(SCREENSHOT), full_page=True)
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
             finally:
                 browser.close()
     finally:
         demo.close()
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert screenshot.stat().st_size > 10_000
