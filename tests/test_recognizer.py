@@ -176,3 +176,15 @@ def test_few_photo_enrolment_is_not_flagged_unknown():
     rec.add_embeddings(_clusters(rng, centers[4:], 3), ["Tesla Model 3 Sedan 2021"] * 3)
     preds = rec.predict_embeddings(_clusters(rng, centers[4:], 5))
     assert all(p.label == "Tesla Model 3 Sedan 2021" and not p.unknown for p in preds)
+
+
+def test_shipped_default_model_loads_and_predicts():
+    """The default model in the package: 196 Stanford Cars classes, calibrated, answers a photo."""
+    from vericar.hub import DEFAULT_DIR
+
+    if not (DEFAULT_DIR / "config.json").is_file():
+        pytest.skip("no default model shipped in this checkout")
+    rec = vericar.load("default")
+    assert len(rec.gallery.classes) == 196 and rec.ood.threshold is not None
+    pred = rec.predict(photo(2, 1, size=(120, 80)))
+    assert pred.label in rec.gallery.classes and 0 <= pred.confidence["model"] <= 1
