@@ -148,16 +148,22 @@ def _clusters(rng, centers, n, noise=0.15):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_calibrated_knn_plus_flags_a_class_not_in_the_gallery():
-    """Calibrate at 95% TPR on held-out known photos; a photo of an absent class comes back unknown."""
-    rng = np.random.default_rng(0)
+def _calibrated(seed: int):
+    """4 known classes of 20 clustered embeddings, KNN+ (k=10) calibrated at 95% TPR on held-out ones;
+    a 5th centre is kept back as an unseen class."""
+    rng = np.random.default_rng(seed)
     centers = rng.standard_normal((5, 16))
     gallery = Gallery(16)
     gallery.add(_clusters(rng, centers[:4], 20), [n for n in NAMES + ["Volvo 240 Sedan 1993"] for _ in range(20)])
     model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False)
     rec = Recognizer(model, gallery, KNNOOD(k=10), k=10)
-    held_out = _clusters(rng, centers[:4], 10)
-    rec.ood.calibrate(rec.ood.score(gallery.search(held_out, 10)[0]), tpr=0.95)
+    rec.ood.calibrate(rec.ood.score(gallery.search(_clusters(rng, centers[:4], 10), 10)[0]), tpr=0.95)
+    return rng, centers, rec
+
+
+def test_calibrated_knn_plus_flags_a_class_not_in_the_gallery():
+    """Calibrate at 95% TPR on held-out known photos; a photo of an absent class comes back unknown."""
+    rng, centers, rec = _calibrated(0)
     known = rec.predict_embeddings(_clusters(rng, centers[:4], 5))
     assert np.mean([not p.unknown for p in known]) >= 0.85
     novel = rec.predict_embeddings(_clusters(rng, centers[4:], 10))
@@ -166,13 +172,7 @@ def test_calibrated_knn_plus_flags_a_class_not_in_the_gallery():
 
 def test_few_photo_enrolment_is_not_flagged_unknown():
     """k is capped at the nearest class's photo count: 3 enrolled photos are enough (KNN+ k=10)."""
-    rng = np.random.default_rng(1)
-    centers = rng.standard_normal((5, 16))
-    gallery = Gallery(16)
-    gallery.add(_clusters(rng, centers[:4], 20), [n for n in NAMES + ["Volvo 240 Sedan 1993"] for _ in range(20)])
-    model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False)
-    rec = Recognizer(model, gallery, KNNOOD(k=10), k=10)
-    rec.ood.calibrate(rec.ood.score(gallery.search(_clusters(rng, centers[:4], 10), 10)[0]), tpr=0.95)
+    rng, centers, rec = _calibrated(1)
     rec.add_embeddings(_clusters(rng, centers[4:], 3), ["Tesla Model 3 Sedan 2021"] * 3)
     preds = rec.predict_embeddings(_clusters(rng, centers[4:], 5))
     assert all(p.label == "Tesla Model 3 Sedan 2021" and not p.unknown for p in preds)
