@@ -23,6 +23,7 @@ import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 
 from vericar import hub
+from vericar._runtime import tune_malloc
 from vericar.enrolled import EnrolledStore, default_data_dir
 from vericar.errors import VericarError
 from vericar.images import open_image
@@ -344,6 +345,7 @@ def error_demo(message: str) -> gr.Blocks:
 
 def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None) -> gr.Blocks:
     """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it."""
+    tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     spec = spec or os.environ.get("VERICAR_MODEL", "default")
     rec = hub.load(spec)
     return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec)

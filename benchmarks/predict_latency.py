@@ -1,4 +1,4 @@
-"""Recognizer.predict latency on this machine: embed + gallery search + KNN+ OOD + votes.
+"""Recognizer.predict latency on this machine: embed + gallery search (+ density re-ranking) + KNN+ OOD + votes.
 
     python benchmarks/predict_latency.py [--model default] [--image PHOTO] [--runs 50] [--threads 2] [--json out.json]
 
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's defaults (the app tunes them)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    tuned = False if args.no_malloc_tuning else vericar.tune_malloc()
     rec = vericar.load(args.model)
     img, what = _photo(args.image)
     for _ in range(3):  # warm-up: oneDNN picks its kernels on the first calls
@@ -64,14 +66,14 @@ def main(argv: list[str] | None = None) -> dict:
         emb = rec.embed([img])
         t_embed.append(1000 * (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        rec.gallery.search(np.asarray(emb), max(rec.k, rec.ood.k))
+        rec.gallery.search(np.asarray(emb), rec.density.fetch_depth(max(rec.k, rec.ood.k), len(rec.gallery)))
         t_search.append(1000 * (time.perf_counter() - t0))
     rows = {name: {"p50_ms": round(statistics.median(v), 2), "p95_ms": round(_pct(v, 0.95), 2)}
             for name, v in (("predict (embed+search+OOD+vote)", t_pred), ("embed", t_embed), ("gallery search", t_search))}
     result = {"model": args.model, "backbone": rec.model.spec, "input_size": list(rec.model.pretrained_cfg["input_size"]),
-              "gallery_size": len(rec.gallery), "threads": args.threads, "runs": args.runs, "photo": what, "rows": rows}
+              "gallery_size": len(rec.gallery), "threads": args.threads, "runs": args.runs, "photo": what, "malloc_tuned": tuned, "rows": rows}
     print(f"model {args.model} ({rec.model.spec}, input {tuple(rec.model.pretrained_cfg['input_size'][1:])}), "
-          f"gallery {len(rec.gallery)}, {args.threads} threads, {args.runs} runs, photo: {what}")
+          f"gallery {len(rec.gallery)}, {args.threads} threads, {args.runs} runs, malloc tuned: {tuned}, photo: {what}")
     print("| step | p50 ms | p95 ms |\n|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} |")

@@ -103,3 +103,58 @@ def test_config_overrides_and_errors(tmp_path):
         parse_args(["--config", str(bad)])
     with pytest.raises(SystemExit):
         parse_args(["--epochs", "many"])
+
+
+def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):
+    """train/calibrate.py redoes train.py's calibration (same threshold at the same settings), then
+    switches an artifact's ranking (CSLS weight / k): settings, threshold, command and card follow."""
+    import vericar
+    from train.calibrate import main as calibrate
+
+    out = tmp_path / "cal"
+    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--ood-k", "2", "--k", "2"))
+    trained = json.loads((out / "config.json").read_text())
+    assert trained["density"]["weight"] == 0.5  # CSLS is the default ranking
+    calibrate(["--artifact", str(out), "--density-weight", "0.5"])
+    again = json.loads((out / "config.json").read_text())
+    assert again["ood"]["threshold"] == pytest.approx(trained["ood"]["threshold"], abs=1e-6)
+    calibrate(["--artifact", str(out), "--density-weight", "0.25", "--density-k", "3"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["density"]["weight"] == 0.25 and cfg["density"]["k"] == 3
+    assert cfg["meta"]["train_config"]["density_weight"] == 0.25
+    assert cfg["meta"]["command"].splitlines()[0].startswith("python train/train.py")
+    assert cfg["meta"]["command"].splitlines()[-1].startswith("python train/calibrate.py")
+    rec = vericar.load(f"local-dir:{out}")
+    assert rec.density.weight == 0.25 and rec.ood.threshold == pytest.approx(cfg["ood"]["threshold"])
+    assert "train/calibrate.py" in (out / "README.md").read_text()
+    assert rec.predict(_photo(1, 2)).label in NAMES
+
+
+def test_checkpoint_swap_survives_a_crash_between_renames(tmp_path):
+    """A crash after last -> prev but before next -> last: resume finds the whole previous checkpoint."""
+    from train.checkpoints import MARKER, latest_checkpoint, swap_in
+
+    last, nxt = tmp_path / "last", tmp_path / "next"
+    for d, epoch in ((last, 1), (nxt, 2)):
+        d.mkdir()
+        (d / MARKER).write_text(f"epoch: {epoch}\n")
+    swap_in(nxt, last)
+    assert (last / MARKER).read_text() == "epoch: 2\n" and not nxt.exists() and not (tmp_path / "prev").exists()
+    assert latest_checkpoint(last) == last
+    last.rename(tmp_path / "prev")  # the crash window
+    (tmp_path / "next").mkdir()  # a half-written next: no marker
+    assert latest_checkpoint(last) == tmp_path / "prev"
+
+
+def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
+    import vericar
+    from train.ship import main as ship
+
+    out, dest = tmp_path / "art", tmp_path / "pkg" / "default"
+    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "1"))
+    for _ in range(2):  # shipping over an existing model replaces it
+        ship(["--artifact", str(out), "--dest", str(dest)])
+    assert not (dest / "checkpoints").exists() and not dest.with_name("default.old").exists()
+    rec = vericar.load(f"local-dir:{dest}")
+    assert len(rec.gallery) == 24 and rec.gallery.thumbnail(0) is None
+    assert all(not r.startswith("/") for r in rec.gallery.refs)

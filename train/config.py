@@ -40,9 +40,9 @@ class TrainConfig:
     freeze_stages: int = 0  # stem + the first N stages/blocks stay frozen (cheaper on CPU)
     feature_cache_stages: int = 0  # >0: stem + N stages frozen AND cached once; epochs train the rest (CPU path)
     cache_flip: bool = True  # also cache each photo's mirror image (augmentation in the cached path)
-    feature_crop_min: float = 0.7
+    feature_crop_min: float = 0.7  # random crops of the cached feature map: side fraction in [min, 1]
     feature_cache_dir: str | None = None  # keep the cached maps on disk for later runs on the same photos
-    channels_last: bool = True  # oneDNN's fast convolution layout on CPU  # random crops of the cached feature map: side fraction in [min, 1]
+    channels_last: bool = True  # oneDNN's fast convolution layout on CPU
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp16 on GPU, no on CPU
     max_steps: int | None = None  # stop early (smoke tests)
     # losses
@@ -60,6 +60,8 @@ class TrainConfig:
     patience: int = 3  # early stopping on validation top-1 (epochs without improvement)
     k: int = 10
     ood_k: int = 10
+    density_weight: float = 0.5  # rank neighbours by cos - w * local density: 0.5 = CSLS, 0 = plain cosine (vericar/density.py)
+    density_k: int = 10
     ood_tpr: float = 0.95
     thumbnails: bool = True
     weights_half: bool = False

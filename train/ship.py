@@ -61,8 +61,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         card = tmp / "README.md"
         card.write_text(card.read_text() + "\n" + extra if card.is_file() else extra)
-    shutil.rmtree(dest, ignore_errors=True)
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)  # two renames: there is always a whole model at dest or at dest.old
     tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
     size = sum(f.stat().st_size for f in dest.iterdir()) / 2**20
     print(f"shipped {src} -> {dest} ({size:.1f} MiB)")
 

@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ArtifactError": "errors", "ImageError": "errors", "SpecError": "errors", "VericarError": "errors",
-    "Gallery": "gallery", "KNNOOD": "ood", "open_image": "images",
+    "DensityCorrection": "density", "Gallery": "gallery", "KNNOOD": "ood", "open_image": "images",
+    "tune_malloc": "_runtime",
     "load": "hub", "push_to_hub": "hub", "save_pretrained": "hub",
     "EmbeddingModel": "model", "create_model": "model",
     "Explanation": "recognizer", "Neighbour": "recognizer", "Prediction": "recognizer", "Recognizer": "recognizer",

@@ -24,6 +24,7 @@ from ._io import atomic_write
 from .errors import ArtifactError, SpecError
 from .gallery import Gallery
 from .model import EmbeddingModel, create_model
+from .density import DensityCorrection
 from .ood import KNNOOD
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
         "format_version": FORMAT_VERSION,
         "model": recognizer.model.config(),
         "ood": recognizer.ood.to_dict(),
+        "density": recognizer.density.to_dict(),
         "k": recognizer.k,
         "meta": recognizer.meta,
     }
@@ -122,7 +124,8 @@ def load_local(directory: str | os.PathLike, **recognizer_kw: Any) -> "Recognize
         )
     gallery = Gallery.load(directory)
     ood = KNNOOD.from_dict(config.get("ood", {}))
-    kw = {"k": config.get("k", 10), "meta": config.get("meta", {}), **recognizer_kw}
+    kw = {"k": config.get("k", 10), "meta": config.get("meta", {}),
+          "density": DensityCorrection.from_dict(config.get("density")), **recognizer_kw}
     return Recognizer(model, gallery, ood, **kw)
 
 

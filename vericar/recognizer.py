@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .density import DensityCorrection
 from .errors import VericarError
 from .gallery import Gallery
 from .images import make_thumbnail, open_image
@@ -74,6 +75,7 @@ class Recognizer:
         gallery: the known vehicles' embeddings and labels.
         ood: KNN+ detector with its calibrated threshold (``threshold=None`` flags nothing).
         k: neighbours that vote.
+        density: how neighbours are ranked (``DensityCorrection``); plain cosine if omitted.
         taxonomy: maps labels to make / type / year; built from the gallery's labels if omitted.
         meta: free-form facts saved with the artifact (metrics, training command, …).
     """
@@ -85,6 +87,7 @@ class Recognizer:
         ood: KNNOOD,
         *,
         k: int = 10,
+        density: DensityCorrection | None = None,
         taxonomy: Taxonomy | None = None,
         meta: dict[str, Any] | None = None,
         batch_size: int = 16,
@@ -106,6 +109,8 @@ class Recognizer:
         # half-done by a search from another (the app serves requests from several threads).
         self._lock = threading.RLock()
         self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
+        self.density = density or DensityCorrection()
+        self._density_r: np.ndarray | None = None  # each entry's local density, recomputed after changes
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -134,7 +139,7 @@ class Recognizer:
                     "(Recognizer.enroll) or build a gallery (python -m vericar.evaluate --gallery CSV)."
                 )
             depth = max(self.k, self.ood.k)
-            scores, idx = self.gallery.search(emb, depth)
+            scores, cosine, idx = self._neighbours(emb, depth)
             # A vehicle enrolled from 3 photos has only 3 neighbours of its own: its 10th neighbour
             # is another class, which would make it look unknown and let a similar class with many
             # photos outvote it. So k (voting and KNN+) is capped at the nearest class's photo count.
@@ -145,9 +150,19 @@ class Recognizer:
             ood_scores = self.ood.score(s_ood)
             unknown = self.ood.is_unknown(ood_scores)
             return [
-                self._prediction(scores[q], idx[q], min(self.k, int(cap[q])), float(ood_scores[q]), bool(unknown[q]))
+                self._prediction(cosine[q], idx[q], min(self.k, int(cap[q])), float(ood_scores[q]), bool(unknown[q]))
                 for q in range(len(emb))
             ]
+
+    def _neighbours(self, emb: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``depth`` neighbours as ranked (scores for KNN+), their cosines and indices. Under the lock."""
+        if not self.density.active:
+            scores, idx = self.gallery.search(emb, depth)
+            return scores, scores, idx
+        if self._density_r is None or len(self._density_r) != len(self.gallery):
+            self._density_r = self.density.densities(self.gallery)
+        cosine, idx = self.gallery.search(emb, self.density.fetch_depth(depth, len(self.gallery)))
+        return self.density.rerank(cosine, idx, self._density_r, depth)
 
     def _class_counts(self) -> dict[str, int]:
         if self._counts is None:
@@ -238,6 +253,7 @@ class Recognizer:
         """The gallery's label set changed: refresh what is derived from it."""
         self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
         self._counts = None
+        self._density_r = None
 
     def thumbnail(self, index: int, label: str) -> Any:
         """Thumbnail of gallery entry ``index`` if it still holds ``label`` (else None), under the lock."""

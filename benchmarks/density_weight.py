@@ -1,0 +1,92 @@
+"""Choose the density-correction weight (vericar/density.py) on training photos only.
+
+    python benchmarks/density_weight.py --model local-dir:OUT --data ../shared/data/stanford_cars/train.csv [--weights 0 0.25 0.5 0.75 1] [--json out.json]
+
+OUT must come from train.py with --holdout-classes. The protocol mirrors the open-world one
+without touching the test split: the gallery is the artifact's training photos minus its
+validation slice, plus ``--enroll-fraction`` of each held-out class's training photos (enrolled,
+never trained on); the queries are the validation slice (trained classes) and the remaining
+held-out photos (enrolled classes). Per weight it reports top-1 of both groups, their gap, and
+KNN+ AUROC / FPR95 of the held-out photos before enrolment against the validation slice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Print one row per weight; returns the rows."""
+    import vericar
+    from vericar import metrics
+    from vericar._runtime import tune_malloc
+    from vericar.data import load_source, split_holdout, stratified_split
+    from vericar.density import DensityCorrection
+    from vericar.evaluate import embed_samples
+    from vericar.gallery import Gallery
+    from vericar.ood import KNNOOD
+    from vericar.recognizer import Recognizer
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True, help="the training CSV the model was trained on")
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ap.add_argument("--enroll-fraction", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    tune_malloc()
+    rec = vericar.load(args.model)
+    tc = rec.meta.get("train_config") or {}
+    if not tc.get("holdout_classes"):
+        raise SystemExit("the model must be trained with --holdout-classes (its held-out classes become the enrolled ones).")
+    kept, held = split_holdout(load_source(args.data, "train"), tc["holdout_classes"])
+    _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
+    val_refs = {s.ref for s in val_s}
+    is_val = np.array([r in val_refs for r in rec.gallery.refs])
+    if is_val.sum() != len(val_s):
+        raise SystemExit(f"{int(is_val.sum())} of {len(val_s)} validation photos found in the gallery; pass the "
+                         "--data the model was trained on, from the folder training ran in.")
+    h_emb = embed_samples(rec.model, held, progress=False, num_workers=0)
+    h_lab = np.array([s.class_name for s in held])
+    rng = np.random.default_rng(args.seed)
+    enroll = np.zeros(len(held), dtype=bool)
+    for c in sorted(set(h_lab)):
+        rows = np.flatnonzero(h_lab == c)
+        rng.shuffle(rows)
+        enroll[rows[: max(1, round(args.enroll_fraction * len(rows)))]] = True
+    emb, lab = rec.gallery.embeddings, np.array(rec.gallery.labels)
+    q_tr, q_tr_lab, q_en, q_en_lab = emb[is_val], lab[is_val], h_emb[~enroll], h_lab[~enroll]
+    rows = []
+    for w in args.weights:
+        density = DensityCorrection(w)
+        before = Recognizer(rec.model, Gallery.from_arrays(emb[~is_val], lab[~is_val]), KNNOOD(rec.ood.k), k=rec.k,
+                            density=density)
+        s_id = np.array([p.ood_score for p in before.predict_embeddings(q_tr)])
+        s_new = np.array([p.ood_score for p in before.predict_embeddings(q_en)])
+        after = Recognizer(rec.model, Gallery.from_arrays(np.concatenate([emb[~is_val], h_emb[enroll]]),
+                                                          [*lab[~is_val], *h_lab[enroll]]),
+                           KNNOOD(rec.ood.k), k=rec.k, density=density)
+        tr = np.mean([p.label == y for p, y in zip(after.predict_embeddings(q_tr), q_tr_lab)])
+        en = np.mean([p.label == y for p, y in zip(after.predict_embeddings(q_en), q_en_lab)])
+        rows.append({"weight": w, "trained_top1": float(tr), "enrolled_top1": float(en), "gap": float(tr - en),
+                     "ood_auroc": metrics.auroc(s_id, s_new), "ood_fpr95": metrics.fpr_at_tpr(s_id, s_new)})
+    print(f"{len(q_tr)} validation photos of trained classes, {int(enroll.sum())} enrolled / {len(q_en)} query photos "
+          f"of {len(set(h_lab))} held-out classes\n| weight | trained top-1 | enrolled top-1 | gap | OOD AUROC | FPR95 |\n"
+          "|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['weight']:g} | {100 * r['trained_top1']:.1f}% | {100 * r['enrolled_top1']:.1f}% | "
+              f"{100 * r['gap']:.1f} | {100 * r['ood_auroc']:.1f}% | {100 * r['ood_fpr95']:.1f}% |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
