@@ -345,7 +345,6 @@ def error_demo(message: str) -> gr.Blocks:
 
 def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None) -> gr.Blocks:
     """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it."""
-    tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     spec = spec or os.environ.get("VERICAR_MODEL", "default")
     rec = hub.load(spec)
     return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec)
@@ -358,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", default=None, help="where added vehicles are kept (default $VERICAR_DATA_DIR)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     global demo
     try:
         demo = create_app(args.model, args.data_dir)
@@ -370,6 +370,8 @@ if __name__ == "__main__":
     main()
 else:
     # `gradio app.py` and importers find `demo` here; a model that cannot load gives a page saying why.
+    if os.environ.get("SYSTEM") == "spaces" or "gradio" in Path(sys.argv[0]).name:
+        tune_malloc()  # served as a Space or by the gradio CLI: this process is the server
     try:
         demo = create_app()
     except VericarError as e:

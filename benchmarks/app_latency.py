@@ -113,6 +113,9 @@ def _bench(args: argparse.Namespace) -> dict:
             os.environ["VERICAR_DATA_DIR"] = str(Path(tmp) / "data")
             if args.concurrency:
                 os.environ["VERICAR_CONCURRENCY"] = str(args.concurrency)
+            from vericar import tune_malloc
+
+            tune_malloc()  # as `python app.py` does: this process is the server
             import app  # noqa: PLC0415 - the repo-root app module
 
             if not hasattr(app.demo, "vericar_store"):  # the error page: say why the model did not load

@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
         emb = rec.embed([img])
         t_embed.append(1000 * (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        rec.gallery.search(np.asarray(emb), rec.density.fetch_depth(max(rec.k, rec.ood.k), len(rec.gallery)))
+        rec.search(np.asarray(emb), max(rec.k, rec.ood.k))
         t_search.append(1000 * (time.perf_counter() - t0))
     rows = {name: {"p50_ms": round(statistics.median(v), 2), "p95_ms": round(_pct(v, 0.95), 2)}
-            for name, v in (("predict (embed+search+OOD+vote)", t_pred), ("embed", t_embed), ("gallery search", t_search))}
+            for name, v in (("predict (embed+search+OOD+vote)", t_pred), ("embed", t_embed), ("gallery search (+ density re-ranking)", t_search))}
     result = {"model": args.model, "backbone": rec.model.spec, "input_size": list(rec.model.pretrained_cfg["input_size"]),
               "gallery_size": len(rec.gallery), "threads": args.threads, "runs": args.runs, "photo": what, "malloc_tuned": tuned, "rows": rows}
     print(f"model {args.model} ({rec.model.spec}, input {tuple(rec.model.pretrained_cfg['input_size'][1:])}), "

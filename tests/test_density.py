@@ -46,28 +46,52 @@ def test_densities_of_tiny_galleries():
     np.testing.assert_allclose(dc.densities(two), [np.sqrt(0.5)] * 2, atol=1e-6)
 
 
-def test_rerank_matches_naive_full_ranking():
-    """Over-fetch + re-rank gives exactly the top of a naive ranking by cos - w * r over the whole gallery."""
-    g = _random_gallery(1, n=80)
+def _naive_top(q: np.ndarray, g: Gallery, r: np.ndarray, w: float, depth: int) -> np.ndarray:
+    full = q @ g.embeddings.T - w * r[None, :]
+    return np.stack([np.argsort(-row, kind="stable")[:depth] for row in full])
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_neighbours_match_naive_full_ranking(index):
+    """The corrected top equals a naive ranking by cos - w * r over the whole gallery, for an exhaustive
+    and an approximate index; the cosines returned are the plain ones."""
+    g = _random_gallery(1, n=80, index=index)
     dc = DensityCorrection(0.7, k=4)
     r = dc.densities(g)
     q = _unit(np.random.default_rng(2).standard_normal((5, 8)))
-    cos, idx = g.search(q, dc.fetch_depth(6, len(g)))
-    corrected, cosine, top = dc.rerank(cos, idx, r, 6)
+    corrected, cosine, top = dc.neighbours(g, q, r, 6)
+    np.testing.assert_array_equal(top, _naive_top(q, g, r, 0.7, 6))
     full = q @ g.embeddings.T
-    for row in range(len(q)):
-        naive = np.argsort(-(full[row] - 0.7 * r), kind="stable")[:6]
-        np.testing.assert_array_equal(top[row], naive)
-        np.testing.assert_allclose(cosine[row], full[row, naive], atol=1e-5)
-        np.testing.assert_allclose(corrected[row], full[row, naive] - 0.7 * r[naive], atol=1e-5)
+    np.testing.assert_allclose(cosine, np.take_along_axis(full, top, 1), atol=1e-5)
+    np.testing.assert_allclose(corrected, np.take_along_axis(full, top, 1) - 0.7 * r[top], atol=1e-5)
 
 
-def test_rerank_pads_when_gallery_is_small():
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_neighbours_found_beyond_a_large_tight_cluster(index):
+    """120 near-identical photos of one vehicle are nearer the query than a loose class of 6; the loose
+    class wins the corrected ranking though every one of its photos is behind the whole tight cluster."""
+    rng = np.random.default_rng(5)
+    dim = 16
+    a, b = np.eye(dim)[0], _unit(np.eye(dim)[0] + 0.9 * np.eye(dim)[1])
+    g = Gallery(dim, index=index)
+    g.add(_unit(a + 0.01 * rng.standard_normal((120, dim))), ["tight"] * 120)
+    g.add(_unit(b + 0.25 * rng.standard_normal((6, dim))), ["loose"] * 6)
+    q = _unit(0.45 * a + 0.55 * b)[None, :]
+    dc = DensityCorrection(1.0, k=5)
+    r = dc.densities(g)
+    cos_order = np.argsort(-(q @ g.embeddings.T)[0])
+    assert set(g.labels[j] for j in cos_order[:120]) == {"tight"}  # plain cosine: the tight cluster first
+    _, _, top = dc.neighbours(g, q, r, 3)
+    np.testing.assert_array_equal(top, _naive_top(q, g, r, 1.0, 3))
+    assert [g.labels[j] for j in top[0]] == ["loose"] * 3
+
+
+def test_neighbours_pad_when_gallery_is_small():
     g = _random_gallery(3, n=3)
     dc = DensityCorrection(0.5, k=2)
-    cos, idx = g.search(_unit(np.ones((1, 8))), 5)
-    corrected, cosine, top = dc.rerank(cos, idx, dc.densities(g), 5)
+    corrected, cosine, top = dc.neighbours(g, _unit(np.ones((1, 8))), dc.densities(g), 5)
     assert (top[0, 3:] == -1).all() and np.isneginf(corrected[0, 3:]).all() and np.isneginf(cosine[0, 3:]).all()
+    assert (top[0, :3] >= 0).all()
 
 
 def test_bad_settings_are_refused():
@@ -128,3 +152,14 @@ def test_density_settings_survive_save_and_load(tmp_path):
     r2 = load(f"local-dir:{tmp_path / 'm'}")
     assert r2.density.weight == 0.5 and r2.density.k == 10
     assert [p.label for p in r2.predict_embeddings(q)] == [p.label for p in rec.predict_embeddings(q)]
+
+
+def test_densities_are_recomputed_for_a_swapped_gallery_of_the_same_size():
+    rec, q = _tight_and_loose(0.5)
+    rec.predict_embeddings(q[:1])
+    other = Gallery(16)
+    rng = np.random.default_rng(9)
+    other.add(_unit(rng.standard_normal((40, 16))), [f"class {i % 4}" for i in range(40)])
+    rec.gallery = other
+    top = rec.search(q[:2], 4)[2]
+    np.testing.assert_array_equal(top, _naive_top(q[:2], other, rec.density.densities(other), 0.5, 4))

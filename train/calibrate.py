@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(train_config=tc, ood_threshold=ood.threshold, command=f"{rec.meta.get('command', '')}\n{command}")
     rec.meta.setdefault("metrics", {})["validation"] = val_metrics
-    save_pretrained(rec, out)
+    save_pretrained(rec, out, half=bool(tc.get("weights_half")))
     write_card(out, TrainConfig(**{k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}),
                rec.meta, _history(out / "metrics.csv"))
     top1 = (val_metrics.get("top1") or {}).get("model", float("nan"))

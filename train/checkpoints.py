@@ -14,9 +14,10 @@ def swap_in(new: Path, last: Path) -> None:
     which ``latest_checkpoint`` falls back to. ``prev`` is deleted only once ``last`` is in place.
     """
     prev = last.with_name("prev")
-    shutil.rmtree(prev, ignore_errors=True)
     if last.exists():
+        shutil.rmtree(prev, ignore_errors=True)
         last.rename(prev)
+    # else a crash left prev as the only whole checkpoint: keep it until last is in place
     new.rename(last)
     shutil.rmtree(prev, ignore_errors=True)
 

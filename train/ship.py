@@ -62,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         card = tmp / "README.md"
         card.write_text(card.read_text() + "\n" + extra if card.is_file() else extra)
     old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
         dest.rename(old)  # two renames: there is always a whole model at dest or at dest.old
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)

@@ -38,7 +38,6 @@ from train.config import TrainConfig, parse_args  # noqa: E402
 from train.featcache import LateStages, cache_features, check_supported, embed_cached, train_views  # noqa: E402
 from train.heads import CosineClassifier, cap_per_class, freeze_early  # noqa: E402
 from vericar.data import load_source, split_holdout, stratified_split  # noqa: E402
-from vericar._io import atomic_write  # noqa: E402
 from vericar._runtime import tune_malloc  # noqa: E402
 from vericar.density import DensityCorrection  # noqa: E402
 from vericar.evaluate import evaluate_embeddings  # noqa: E402
@@ -189,9 +188,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         accelerator.print(f"resumed from {rdir} at epoch {state['epoch']}")
     unwrapped = accelerator.unwrap_model(model)
     best_weights = copy.deepcopy(unwrapped.state_dict())
-    if cfg.resume and (out / "checkpoints" / "best.safetensors").is_file():
+    if cfg.resume and (rdir / "best.safetensors").is_file():
         from safetensors.torch import load_file
-        best_weights = load_file(str(out / "checkpoints" / "best.safetensors"))
+        best_weights = load_file(str(rdir / "best.safetensors"))
 
     def embed_rows(split: str, rows: list[int] | None = None) -> np.ndarray:
         imgs, ys = (tr_imgs, tr_y) if split == "train" else (va_imgs, va_y)
@@ -267,11 +266,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(nxt, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(nxt))
+        accelerator.wait_for_everyone()  # every process's RNG file is in nxt before it moves
         if main_proc:
-            from safetensors.torch import save
+            from safetensors.torch import save_file
 
-            atomic_write(out / "checkpoints" / "best.safetensors",
-                         save({k: v.contiguous() for k, v in best_weights.items()}))
+            # The best weights travel with the state they belong to (state["best"], bad_epochs).
+            save_file({k: v.contiguous() for k, v in best_weights.items()}, str(nxt / "best.safetensors"))
             (nxt / "trainer_state.yaml").write_text(yaml.safe_dump(state))  # written last: marks it complete
             swap_in(nxt, ckpt)
             write_curve(state["history"], out / "training_curve.png")

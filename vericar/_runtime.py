@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 # mallopt parameter numbers from glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
@@ -29,26 +28,30 @@ def tune_malloc() -> bool:
     """Make glibc keep freed memory for reuse (idempotent); returns whether it was applied.
 
     Does nothing (returns False) off glibc, or when ``$VERICAR_NO_MALLOC_TUNING`` is set, or
-    when an allocator such as tcmalloc is preloaded (``LD_PRELOAD``) — it already does this.
+    when tcmalloc / jemalloc / mimalloc is preloaded (``LD_PRELOAD``). Process-wide: entry points
+    (train.py, ``python -m vericar.evaluate``, ``python app.py``) call it, the library does not.
     """
     global _tuned
     if _tuned is not None:
         return _tuned
     _tuned = False
-    if os.environ.get(OPT_OUT_ENV) or os.environ.get("LD_PRELOAD") or platform.libc_ver()[0] != "glibc":
+    preload = os.environ.get("LD_PRELOAD", "")
+    if os.environ.get(OPT_OUT_ENV) or any(a in preload for a in ("tcmalloc", "jemalloc", "mimalloc")):
         return False
     try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    except (AttributeError, ValueError, OSError):  # not glibc (macOS, Windows, musl)
         return False
-    ok = all(
+    results = [
         libc.mallopt(param, value) == 1
         for param, value in (
             (_M_MMAP_MAX, 0),  # large blocks come from the heap, which is reused, not from mmap
             (_M_TRIM_THRESHOLD, 2**31 - 1),  # never shrink the heap after a batch frees its activations
             (_M_TOP_PAD, 256 * 2**20),  # grow it in big steps
-            (_M_ARENA_MAX, 1),  # other threads' arenas are mmap-backed heaps: keep every thread on the main one
+            (_M_ARENA_MAX, 1),  # other threads' arenas are mmap-backed heaps: new threads share the main one
         )
-    )
-    _tuned = ok
-    return ok
+    ]
+    _tuned = all(results)
+    return _tuned

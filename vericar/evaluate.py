@@ -115,7 +115,8 @@ def evaluate_embeddings(
     taxonomy = Taxonomy.from_labels(sorted(known_classes | set(query_names)))
     preds = recognizer.predict_embeddings(query_emb)
     depth = min(RANK_DEPTH, len(recognizer.gallery))
-    scores, idx = recognizer.gallery.search(query_emb, depth)
+    _, _, idx = recognizer.search(query_emb, depth)  # top-5: classes in the order the product ranks them
+    plain = recognizer.gallery.search(query_emb, 1)[1]  # Recall@1: the embedding's own nearest photo
     labels = recognizer.gallery.labels
     known = np.array([n in known_classes for n in query_names])
     result: dict[str, Any] = {"n_queries": int(len(query_names))}
@@ -136,7 +137,7 @@ def evaluate_embeddings(
                 if j >= 0 and labels[j] not in order:
                     order.append(labels[j])
             ranked.append(order)
-        neigh = np.array([[labels[j] if j >= 0 else "" for j in idx[i]] for i in kq], dtype=object)
+        neigh = np.array([[labels[j] if j >= 0 else "" for j in plain[i]] for i in kq], dtype=object)
         result.update(
             top1=top1,
             top5={"model": metrics.topk_accuracy(true, ranked, 5)},
@@ -227,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--split", default="test", help="split name when --queries is hf:...")
     ap.add_argument("--k", type=int, default=None, help="voting neighbours (default: the model's)")
     ap.add_argument("--density-weight", type=float, default=None,
-                    help="rank neighbours by cosine - W * local density (0 = plain cosine, 0.5 = CSLS; default: the model's)")
+                    help="rank neighbours by cosine - W * local density (0 = plain cosine, 0.5 = CSLS; default: the model's). "
+                         "AUROC/FPR95 need no threshold; the per-photo unknown flags keep the one calibrated at the model's weight")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--enroll", help="add these photos to the model's gallery first (enrolment: no retraining)")
     ap.add_argument("--enroll-filter", help="only enroll classes matching a rule, e.g. \"label%%5==4\"")
@@ -268,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.k is not None:
         rec.k = args.k
     if args.density_weight is not None:
-        rec.density = DensityCorrection(args.density_weight, rec.density.k, rec.density.overfetch)
+        rec.density = DensityCorrection(args.density_weight, rec.density.k, rec.density.max_fetch)
     queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")

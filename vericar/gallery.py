@@ -121,6 +121,11 @@ class Gallery:
             self._index.add(self._emb)
 
     @property
+    def exact(self) -> bool:
+        """True while searches are exhaustive (flat, or an IVF gallery not yet trained)."""
+        return self.index_type == "flat" or (self.index_type == "ivf" and not self.ivf_trained)
+
+    @property
     def ivf_trained(self) -> bool:
         """True once an "ivf" gallery searches with its trained inverted lists."""
         return isinstance(self._index, faiss.IndexIVFFlat)
@@ -242,7 +247,7 @@ class Gallery:
 
         Each valid neighbour (idx >= 0) votes for ``level_of(label)`` (identity when None) with
         weight ``max(sim, 0)``. Returns per query ``(winner, confidence)`` with confidence =
-        winner's weight / total weight; ties go to the value seen first (the nearer neighbour).
+        winner's weight / total weight; ties go to the value seen first (the better-ranked neighbour).
         A query with no valid neighbour gets ``(None, 0.0)``; one whose neighbours all have
         sim <= 0 gets a plain-count winner with confidence 0.0 (nothing is actually similar).
         ``labels`` lets a caller vote on a snapshot of ``self.labels`` taken with the search.

@@ -111,6 +111,7 @@ class Recognizer:
         self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
         self.density = density or DensityCorrection()
         self._density_r: np.ndarray | None = None  # each entry's local density, recomputed after changes
+        self._density_key: tuple | None = None
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -139,7 +140,7 @@ class Recognizer:
                     "(Recognizer.enroll) or build a gallery (python -m vericar.evaluate --gallery CSV)."
                 )
             depth = max(self.k, self.ood.k)
-            scores, cosine, idx = self._neighbours(emb, depth)
+            scores, cosine, idx = self.search(emb, depth)
             # A vehicle enrolled from 3 photos has only 3 neighbours of its own: its 10th neighbour
             # is another class, which would make it look unknown and let a similar class with many
             # photos outvote it. So k (voting and KNN+) is capped at the nearest class's photo count.
@@ -154,15 +155,21 @@ class Recognizer:
                 for q in range(len(emb))
             ]
 
-    def _neighbours(self, emb: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-``depth`` neighbours as ranked (scores for KNN+), their cosines and indices. Under the lock."""
-        if not self.density.active:
-            scores, idx = self.gallery.search(emb, depth)
-            return scores, scores, idx
-        if self._density_r is None or len(self._density_r) != len(self.gallery):
-            self._density_r = self.density.densities(self.gallery)
-        cosine, idx = self.gallery.search(emb, self.density.fetch_depth(depth, len(self.gallery)))
-        return self.density.rerank(cosine, idx, self._density_r, depth)
+    def search(self, emb: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top ``depth`` gallery entries per query as this recognizer ranks them.
+
+        Returns ``(scores, cosine, idx)``: the ranking scores (KNN+ reads them; the cosine itself
+        unless the density correction is on), the plain cosines and the entry indices.
+        """
+        with self._lock:
+            if not self.density.active:
+                scores, idx = self.gallery.search(emb, depth)
+                return scores, scores, idx
+            # Keyed on the gallery object, its size and k too: either may be swapped by a caller.
+            key = (id(self.gallery), len(self.gallery), self.density.k)
+            if self._density_r is None or self._density_key != key:
+                self._density_r, self._density_key = self.density.densities(self.gallery), key
+            return self.density.neighbours(self.gallery, emb, self._density_r, depth)
 
     def _class_counts(self) -> dict[str, int]:
         if self._counts is None:
