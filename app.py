@@ -370,7 +370,7 @@ if __name__ == "__main__":
     main()
 else:
     # `gradio app.py` and importers find `demo` here; a model that cannot load gives a page saying why.
-    if os.environ.get("SYSTEM") == "spaces" or "gradio" in Path(sys.argv[0]).name:
+    if os.environ.get("SYSTEM") == "spaces" or "gradio" in Path((getattr(sys, "argv", None) or [""])[0]).name:
         tune_malloc()  # served as a Space or by the gradio CLI: this process is the server
     try:
         demo = create_app()

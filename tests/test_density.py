@@ -163,3 +163,93 @@ def test_densities_are_recomputed_for_a_swapped_gallery_of_the_same_size():
     rec.gallery = other
     top = rec.search(q[:2], 4)[2]
     np.testing.assert_array_equal(top, _naive_top(q[:2], other, rec.density.densities(other), 0.5, 4))
+
+
+def test_densities_are_recomputed_after_an_in_place_change_of_the_same_size():
+    """Removing a class and adding as many other photos straight on ``rec.gallery`` (bypassing enroll)
+    leaves the size unchanged; the ranking must still use the new gallery's densities."""
+    rec, q = _tight_and_loose(0.5)
+    rec.predict_embeddings(q[:1])
+    rec.gallery.remove_label("Audi S6 Sedan 2011")
+    new = _unit(q[:1] + 0.1 * np.random.default_rng(3).standard_normal((20, q.shape[1])))
+    rec.gallery.add(new, ["Tesla Model 3 Sedan 2021"] * 20)
+    top = rec.search(q[:2], 4)[2]
+    np.testing.assert_array_equal(top, _naive_top(q[:2], rec.gallery, rec.density.densities(rec.gallery), 0.5, 4))
+
+
+class _CountingGallery(Gallery):
+    """A real HNSW gallery that records how deep each search went."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.fetches: list[tuple[int, int]] = []
+
+    def search(self, queries, k):
+        self.fetches.append((len(np.atleast_2d(queries)), k))
+        return super().search(queries, k)
+
+
+def test_approximate_search_stops_as_soon_as_the_top_is_complete():
+    """On a clustered HNSW gallery the corrected top is found without fetching towards max_fetch, and
+    only the queries not yet complete are searched again."""
+    rng = np.random.default_rng(4)
+    dim, n = 16, 3000
+    centres = _unit(rng.standard_normal((100, dim)))
+    g = _CountingGallery(dim, index="hnsw")
+    g.add(_unit(centres[np.arange(n) % 100] + 0.15 * rng.standard_normal((n, dim))),
+          [f"class {i % 100}" for i in range(n)])
+    dc = DensityCorrection(0.5, k=10)
+    r = dc.densities(g)
+    q = _unit(centres[:20] + 0.15 * rng.standard_normal((20, dim)))
+    g.fetches.clear()
+    _, _, top = dc.neighbours(g, q, r, 10)
+    assert max(k for _, k in g.fetches) <= 200 < dc.max_fetch
+    assert all(nq <= 20 for nq, _ in g.fetches[1:])
+    naive = _naive_top(q, g, r, 0.5, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, naive)]) > 0.9  # HNSW's own recall
+
+
+def test_depth_and_bad_density_settings_get_clear_errors():
+    from vericar.errors import ArtifactError
+    from vericar.gallery import GalleryError
+
+    g = _random_gallery(6, n=10)
+    dc = DensityCorrection(0.5, k=3)
+    for depth in (0, -1, 2.5, True):
+        with pytest.raises(GalleryError, match="depth"):
+            dc.neighbours(g, _unit(np.ones((1, 8))), dc.densities(g), depth)
+    for bad in (0.5, "csls", [0.5], {"wieght": 0.5}, {"weight": True}, {"weight": 0.5, "k": 2.7}, {"weight": -1}):
+        with pytest.raises(ArtifactError, match="density"):
+            DensityCorrection.from_dict(bad)
+
+
+def test_similar_follows_the_ranking_and_shows_cosines():
+    rec, q = _tight_and_loose(0.5)
+    img = np.zeros((32, 32, 3), np.uint8)
+    emb = rec.embed([img])
+    _, cosine, idx = rec.search(emb, 5)
+    got = rec.similar(img, 5)
+    assert [n.index for n in got] == idx[0].tolist()
+    np.testing.assert_allclose([n.score for n in got], cosine[0], atol=1e-6)
+
+
+def test_format_version_tells_older_readers_about_the_ranking(tmp_path):
+    """Plain-cosine artifacts stay version 1 (older vericar reads them); a density-ranked one is version 2,
+    whose OOD threshold an older reader must not apply to plain cosines; an unknown version is refused."""
+    import json
+
+    from vericar.errors import ArtifactError
+
+    plain, _ = _tight_and_loose(0.0)
+    csls, _ = _tight_and_loose(0.5)
+    save_pretrained(plain, tmp_path / "plain")
+    save_pretrained(csls, tmp_path / "csls")
+    cfg_plain = json.loads((tmp_path / "plain" / "config.json").read_text())
+    cfg_csls = json.loads((tmp_path / "csls" / "config.json").read_text())
+    assert cfg_plain["format_version"] == 1 and "density" not in cfg_plain
+    assert cfg_csls["format_version"] == 2 and cfg_csls["density"]["weight"] == 0.5
+    assert not load(f"local-dir:{tmp_path / 'plain'}").density.active
+    cfg_csls["format_version"] = 3
+    (tmp_path / "csls" / "config.json").write_text(json.dumps(cfg_csls))
+    with pytest.raises(ArtifactError, match="version 3"):
+        load(f"local-dir:{tmp_path / 'csls'}")

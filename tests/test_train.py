@@ -67,6 +67,21 @@ def test_train_resume_and_load(tiny_csv, tmp_path):
     assert json.loads((out / "config.json").read_text())["meta"]["command"].startswith("python train/train.py")
 
 
+def test_resume_finds_best_weights_of_the_older_checkpoint_layout(tiny_csv, tmp_path, capsys):
+    """Older versions kept best.safetensors beside checkpoints/last; resuming such a run keeps them,
+    and a checkpoint without best weights anywhere says so instead of silently shipping the last ones."""
+    out = tmp_path / "out"
+    main(_args(tiny_csv, out, "--epochs", "1"))
+    (out / "checkpoints" / "last" / "best.safetensors").rename(out / "checkpoints" / "best.safetensors")
+    capsys.readouterr()
+    main(_args(tiny_csv, out, "--epochs", "2", "--resume", "auto"))
+    assert "no best.safetensors" not in capsys.readouterr().out
+    (out / "checkpoints" / "best.safetensors").unlink(missing_ok=True)
+    (out / "checkpoints" / "last" / "best.safetensors").unlink()
+    main(_args(tiny_csv, out, "--epochs", "3", "--resume", "auto"))
+    assert "no best.safetensors" in capsys.readouterr().out
+
+
 def test_feature_cache_path_matches_full_model(tiny_csv, tmp_path):
     """The cached-feature CPU path trains, and its artifact's plain forward equals trunk → late stages."""
     import torch

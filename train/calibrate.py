@@ -85,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                          "can be re-calibrated (their validation slice is needed).")
     kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
     _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
-    val_refs = {s.ref for s in val_s}
+    # A shipped copy (train/ship.py) keeps refs as "dataset:folder/file": compare in that form too.
+    from train.ship import short_ref
+    val_refs = {s.ref for s in val_s} | {short_ref(s.ref) for s in val_s}
     is_val = np.array([r in val_refs for r in rec.gallery.refs])
     if is_val.sum() != len(val_s):
         raise SystemExit(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "

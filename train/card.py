@@ -53,6 +53,9 @@ def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict
         f"Backbone `{cfg.backbone}` + {cfg.embed_dim}-d projection head, trained with "
         f"{cfg.loss} + cosine-softmax on {meta['classes']} classes from `{cfg.data}`"
         + (f" (classes `{cfg.holdout_classes}` held out)." if cfg.holdout_classes else "."), "",
+        (f"Gallery neighbours are ranked by `cos - {cfg.density_weight:g} * density` (CSLS, density = mean cosine to "
+         f"the {cfg.density_k} nearest gallery entries); the unknown threshold is calibrated for that ranking."
+         if getattr(cfg, "density_weight", 0) else "Gallery neighbours are ranked by plain cosine similarity."), "",
         "## Validation (stratified slice of the training CSV, k-NN on the other training photos)", "",
         f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({100 * cfg.ood_tpr:.0f}% TPR) |", "|---|---|---|---|---|",
         f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "

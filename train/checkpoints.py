@@ -16,6 +16,8 @@ def swap_in(new: Path, last: Path) -> None:
     prev = last.with_name("prev")
     if last.exists():
         shutil.rmtree(prev, ignore_errors=True)
+        if prev.exists():
+            raise OSError(f"could not remove the old checkpoint {prev}; delete it by hand and resume with --resume auto.")
         last.rename(prev)
     # else a crash left prev as the only whole checkpoint: keep it until last is in place
     new.rename(last)

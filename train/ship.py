@@ -24,7 +24,8 @@ from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, read_config  # noqa: E402
 COPY = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training_curve.png", "metrics.csv", "train_config.yaml")
 
 
-def _short_ref(ref: str) -> str:
+def short_ref(ref: str) -> str:
+    """"dataset:folder/file" for a photo path: what a shipped gallery keeps of it (no local paths)."""
     p = Path(ref)
     return f"{p.parent.parent.name}:{p.parent.name}/{p.name}" if p.parent.name else ref
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutil.copy2(src / name, tmp / name)
     g = Gallery.load(src)
     slim = Gallery(g.dim)
-    slim.add(g.embeddings, g.labels, refs=[_short_ref(r) for r in g.refs])
+    slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
     slim.save(tmp)
     if args.eval_json:
         r = json.loads(Path(args.eval_json).read_text())

@@ -188,9 +188,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         accelerator.print(f"resumed from {rdir} at epoch {state['epoch']}")
     unwrapped = accelerator.unwrap_model(model)
     best_weights = copy.deepcopy(unwrapped.state_dict())
-    if cfg.resume and (rdir / "best.safetensors").is_file():
+    # Older versions kept the best weights beside the checkpoint folder, not in it.
+    best_file = next((p for p in (rdir / "best.safetensors", ckpt.parent / "best.safetensors") if p.is_file()),
+                     None) if cfg.resume else None
+    if best_file is not None:
         from safetensors.torch import load_file
-        best_weights = load_file(str(rdir / "best.safetensors"))
+        best_weights = load_file(str(best_file))
+    elif cfg.resume and state["best"] >= 0:
+        accelerator.print(f"warning: {rdir} has no best.safetensors; the best weights so far are lost, "
+                          "so the artifact will hold the best weights from here on (or the last ones).")
 
     def embed_rows(split: str, rows: list[int] | None = None) -> np.ndarray:
         imgs, ys = (tr_imgs, tr_y) if split == "train" else (va_imgs, va_y)

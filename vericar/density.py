@@ -20,9 +20,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+import warnings
 
-from .errors import VericarError
+import numpy as np
+import torch
+
+from .errors import ArtifactError, VericarError
+from .gallery import GalleryError
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A float32 tensor sharing ``a``'s memory (read-only views included: it is only read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
 class DensityCorrection:
@@ -69,28 +80,44 @@ class DensityCorrection:
         ``density`` is ``densities(gallery)``. Missing neighbours (a gallery smaller than
         ``depth``) are padded with ``-inf`` / ``-1`` at the end, as ``Gallery.search`` does.
         """
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth <= 0:
+            raise GalleryError(f"depth must be a positive integer, got {depth!r}.")
+        q = gallery._check_embeddings(queries, "queries")
+        if len(gallery) == 0:
+            return self._rank(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), density, depth)
         if gallery.exact:
-            # Exhaustive anyway: score every entry (in blocks of queries to bound memory).
-            q = gallery._check_embeddings(queries, "queries")
-            g, d = gallery.embeddings, min(depth, len(gallery))
+            # Exhaustive anyway: score every entry (in blocks of queries to bound memory). The
+            # product runs in torch, not numpy: OpenBLAS's threads spin after each call and, on a
+            # small CPU, made the next embedding 3x slower (benchmarks/predict_latency.py).
+            g, r = _tensor(gallery.embeddings), _tensor(density)
+            d = min(depth, len(gallery))
             cos = np.empty((len(q), d), np.float32)
             idx = np.empty((len(q), d), np.int64)
             step = max(1, 2**24 // max(len(gallery), 1))
-            for a in range(0, len(q), step):
-                c = q[a:a + step] @ g.T
-                top = np.argpartition(-(c - self.weight * density), d - 1, axis=1)[:, :d]
-                idx[a:a + step], cos[a:a + step] = top, np.take_along_axis(c, top, axis=1)
+            with torch.no_grad():
+                for a in range(0, len(q), step):
+                    c = torch.from_numpy(q[a:a + step]) @ g.T
+                    top = torch.topk(c - self.weight * r, d, dim=1).indices
+                    idx[a:a + step], cos[a:a + step] = top.numpy(), torch.gather(c, 1, top).numpy()
             return self._rank(cos, idx, density, depth)
+        # An unfetched entry has cosine <= the last fetched one and density >= the smallest, so it
+        # scores at most cos[-1] - weight * min(r): a query whose depth-th corrected score reaches
+        # that bound is complete; only the others are fetched again, deeper.
+        r_min = float(density.min())
+        limit = min(len(gallery), self.max_fetch)
         fetch = min(max(4 * depth, depth + 40), len(gallery))
-        while True:
-            cos, idx = gallery.search(queries, max(fetch, depth))
-            out = self._rank(cos, idx, density, depth)
-            # An unfetched entry has cosine <= the last fetched one and density >= the smallest:
-            # once that bound cannot beat the depth-th corrected score, the top is complete.
-            bound = cos[:, -1] - self.weight * float(density.min(initial=0.0))
-            if fetch >= min(len(gallery), self.max_fetch) or (out[0][:, -1] >= bound).all():
-                return out
-            fetch = min(2 * fetch, len(gallery), self.max_fetch)
+        out = [np.empty((len(q), depth), np.float32), np.empty((len(q), depth), np.float32),
+               np.empty((len(q), depth), np.int64)]
+        todo = np.arange(len(q))
+        while len(todo):
+            cos, idx = gallery.search(q[todo], max(fetch, depth))
+            part = self._rank(cos, idx, density, depth)
+            done = (part[0][:, -1] >= cos[:, -1] - self.weight * r_min) | (fetch >= limit)
+            for o, p in zip(out, part):
+                o[todo[done]] = p[done]
+            todo = todo[~done]
+            fetch = min(2 * fetch, limit)
+        return out[0], out[1], out[2]
 
     def _rank(self, cos: np.ndarray, idx: np.ndarray, density: np.ndarray, depth: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,12 +141,20 @@ class DensityCorrection:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DensityCorrection:
         """Settings from config.json; an artifact without them gets the plain cosine ranking."""
-        d = d or {}
+        if d is None:
+            return cls()
+        expected = "expected {'weight': number, 'k': int, 'max_fetch': int}; re-save the model with save_pretrained"
+        if not isinstance(d, dict) or set(d) - {"weight", "k", "max_fetch"}:
+            raise ArtifactError(f"config.json 'density' settings are invalid ({d!r}); {expected}.")
+        w, k, m = d.get("weight", 0.0), d.get("k", 10), d.get("max_fetch", 4096)
+        # A typo'd key or a bool would silently change the ranking the OOD threshold was calibrated for.
+        if (isinstance(w, bool) or not isinstance(w, (int, float))
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in (k, m))):
+            raise ArtifactError(f"config.json 'density' settings are invalid ({d!r}); {expected}.")
         try:
-            return cls(float(d.get("weight", 0.0)), int(d.get("k", 10)), int(d.get("max_fetch", 4096)))
-        except (TypeError, ValueError) as e:
-            raise VericarError(f"config.json 'density' settings are invalid ({e}); expected "
-                               "{'weight': float, 'k': int, 'max_fetch': int}.") from e
+            return cls(float(w), k, m)
+        except VericarError as e:
+            raise ArtifactError(f"config.json 'density' settings are invalid: {e} Re-save the model.") from e
 
     def __repr__(self) -> str:
         return f"DensityCorrection(weight={self.weight}, k={self.k}, max_fetch={self.max_fetch})"

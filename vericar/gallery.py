@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from ._io import atomic_write
 from .errors import ArtifactError, VericarError
 
 FORMAT_VERSION = 1
+_REVISIONS = itertools.count()
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 JSON_NAME = "gallery.json"
 _KIND = "vericar-gallery"
@@ -119,6 +121,12 @@ class Gallery:
         self._index = self._new_index()
         if len(self._emb):
             self._index.add(self._emb)
+        self._touch()
+
+    def _touch(self) -> None:
+        # Unique across all galleries of the process, so a cache keyed on it (the recognizer's
+        # densities) can tell apart two galleries as well as two states of one gallery.
+        self.revision = next(_REVISIONS)
 
     @property
     def exact(self) -> bool:
@@ -176,6 +184,7 @@ class Gallery:
             self._rebuild()  # enough vectors now: train the inverted lists
         else:
             self._index.add(emb)
+            self._touch()
 
     def remove_label(self, label: str) -> int:
         """Remove every entry labelled ``label``; returns how many were removed."""

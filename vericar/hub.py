@@ -31,7 +31,11 @@ if TYPE_CHECKING:
     from .recognizer import Recognizer
 
 FORMAT = "vericar"
-FORMAT_VERSION = 1
+# Version 2 added "density" (the neighbour ranking, for which the OOD threshold is calibrated).
+# An artifact that ranks by plain cosine is still written as version 1, so older vericar versions
+# keep reading it; they refuse a version-2 one instead of applying its threshold to other scores.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_DIR = Path(__file__).parent / "default"
@@ -59,17 +63,19 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     state = {k: v.detach().cpu().contiguous() for k, v in recognizer.model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
+    version = FORMAT_VERSION if recognizer.density.active else 1
+    atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT, "format_version": str(version)}))
     recognizer.gallery.save(out)
     config = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "model": recognizer.model.config(),
         "ood": recognizer.ood.to_dict(),
-        "density": recognizer.density.to_dict(),
         "k": recognizer.k,
         "meta": recognizer.meta,
     }
+    if recognizer.density.active:
+        config["density"] = recognizer.density.to_dict()
     # config.json last: a folder without it is not an artifact, so a crash mid-save is visible.
     _write_json_atomic(out / CONFIG_NAME, config)
     return str(out)
@@ -90,9 +96,10 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a vericar config (no \"format\": \"{FORMAT}\"); re-export the model.")
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{directory} uses artifact format version {version}, this vericar reads version {FORMAT_VERSION}. "
+            f"{directory} uses artifact format version {version}, this vericar reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. "
             "Install the vericar version that wrote it, or re-export the model with this one."
         )
     return config

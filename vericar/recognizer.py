@@ -3,7 +3,9 @@
 ``Recognizer(model, gallery, ood)`` answers "what vehicle is this?" with a k-NN vote at every
 level of the taxonomy (make, type, model, year), flags photos far from everything it knows as
 unknown (KNN+), shows the most similar gallery entries, explains itself with Grad-CAM++ and
-learns new vehicles by adding embeddings to the gallery (no retraining).
+learns new vehicles by adding embeddings to the gallery (no retraining). Neighbours are ranked
+by a ``DensityCorrection`` (CSLS in trained artifacts) so that enrolled vehicles compete fairly
+with the tightly clustered photos the model was trained on.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ PREDICTION_LEVELS = ("model", "make", "type", "year")
 
 @dataclass
 class Neighbour:
-    """One gallery entry close to the query."""
+    """One gallery entry close to the query; ``score`` is the plain cosine similarity (neighbours
+    come in the recognizer's ranking order, which the density correction may change)."""
 
     label: str
     score: float
@@ -165,8 +168,9 @@ class Recognizer:
             if not self.density.active:
                 scores, idx = self.gallery.search(emb, depth)
                 return scores, scores, idx
-            # Keyed on the gallery object, its size and k too: either may be swapped by a caller.
-            key = (id(self.gallery), len(self.gallery), self.density.k)
+            # The gallery's revision is unique per gallery state, so this also notices a gallery
+            # swapped or changed in place by a caller; k, because the density may be swapped too.
+            key = (self.gallery.revision, self.density.k)
             if self._density_r is None or self._density_key != key:
                 self._density_r, self._density_key = self.density.densities(self.gallery), key
             return self.density.neighbours(self.gallery, emb, self._density_r, depth)
@@ -209,13 +213,14 @@ class Recognizer:
         return lambda label: self.taxonomy.level_value(label, level)
 
     def similar(self, image: Any, k: int = 5) -> list[Neighbour]:
-        """The ``k`` gallery entries most similar to a photo, best first."""
+        """The ``k`` gallery entries most similar to a photo, in this recognizer's ranking (as the
+        neighbours of ``predict``); each ``score`` is the plain cosine similarity."""
         emb = self.embed([image])
         with self._lock:
-            scores, idx = self.gallery.search(emb, int(k))
+            _, cosine, idx = self.search(emb, int(k))
             return [
                 Neighbour(self.gallery.labels[j], float(s), self.gallery.refs[j] if self.gallery.refs else None, int(j))
-                for s, j in zip(scores[0], idx[0])
+                for s, j in zip(cosine[0], idx[0])
                 if j >= 0
             ]
 
