@@ -145,6 +145,18 @@ def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):
     assert rec.predict(_photo(1, 2)).label in NAMES
 
 
+def test_recalibrate_refuses_bad_input_with_a_message(tmp_path):
+    """A bad weight or a folder that is no artifact: one line saying what is wrong, nothing written."""
+    from train.calibrate import main as calibrate
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="density weight must be a number >= 0"):
+        calibrate(["--artifact", str(tmp_path), "--density-weight", "-1"])
+    with pytest.raises(SystemExit, match="not a vericar model folder"):
+        calibrate(["--artifact", str(tmp_path), "--density-weight", "0.5"])
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_checkpoint_swap_survives_a_crash_between_renames(tmp_path):
     """A crash after last -> prev but before next -> last: resume finds the whole previous checkpoint."""
     from train.checkpoints import MARKER, latest_checkpoint, swap_in

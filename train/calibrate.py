@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vericar.density import DensityCorrection  # noqa: E402
+from vericar.errors import VericarError  # noqa: E402
 from vericar.evaluate import evaluate_embeddings  # noqa: E402
 from vericar.gallery import Gallery  # noqa: E402
 from vericar.model import EmbeddingModel  # noqa: E402
@@ -78,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     tune_malloc()
     out = Path(args.artifact)
-    rec = load(f"local-dir:{out}")
+    try:  # bad settings and unloadable artifacts: one line saying what to do, no traceback
+        density = DensityCorrection(args.density_weight, args.density_k)
+        rec = load(f"local-dir:{out}")
+    except VericarError as e:
+        raise SystemExit(f"error: {e}") from None
     tc = dict(rec.meta.get("train_config") or {})
     if not tc.get("data"):
         raise SystemExit(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
@@ -93,7 +98,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "
                          f"run this from the folder training ran in (data was {tc['data']!r}).")
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
-    density = DensityCorrection(args.density_weight, args.density_k)
     ood, val_metrics = calibrate_ood(rec.model, emb[~is_val], labels[~is_val], emb[is_val], labels[is_val],
                                      k=rec.k, ood_k=rec.ood.k, tpr=tc.get("ood_tpr", 0.95), density=density)
     rec.ood, rec.density = ood, density

@@ -270,12 +270,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.k is not None:
         rec.k = args.k
     if args.density_weight is not None:
-        if args.density_weight != rec.density.weight and rec.ood.threshold is not None:
+        density = DensityCorrection(args.density_weight, rec.density.k, rec.density.max_fetch)  # checks it first
+        if density.weight != rec.density.weight and rec.ood.threshold is not None:
             # AUROC / FPR95 do not use the threshold; the share flagged unknown does.
             print(f"warning: the model's unknown threshold was calibrated for density weight {rec.density.weight}, "
                   f"not {args.density_weight}: the unknown flags use a mismatched threshold (AUROC/FPR95 do not "
                   "use it); re-calibrate with train/calibrate.py for a matching one.", file=sys.stderr)
-        rec.density = DensityCorrection(args.density_weight, rec.density.k, rec.density.max_fetch)
+        rec.density = density
     queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
