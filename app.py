@@ -13,51 +13,25 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from vericar import hub
 from vericar._runtime import tune_malloc
 from vericar.enrolled import EnrolledStore, default_data_dir
 from vericar.errors import VericarError
 from vericar.images import open_image
+from vericar.present import finite, make_examples, model_card, placeholder, prediction_dict, result_markdown
 from vericar.recognizer import Recognizer
 
 log = logging.getLogger("vericar.app")
 MAX_K = 50
-TILE = (160, 120)
 MAX_UPLOAD = "25mb"  # per file; a phone photo is a few MB, and enrolment takes at most 32 of them
-
-
-def make_examples(folder: Path) -> list[str]:
-    """Draw a few simple synthetic vehicles (never real photos) as the app's examples."""
-    folder.mkdir(parents=True, exist_ok=True)
-    glass, out = (200, 225, 245), []
-    for name, colour, tall in [("red-sedan", (200, 30, 40), 0.0), ("blue-suv", (30, 70, 170), 0.35),
-                               ("yellow-van", (235, 190, 20), 0.6)]:
-        path, top = folder / f"{name}.png", int(80 - 40 * tall)
-        if not path.is_file():
-            img = Image.new("RGB", (320, 200), (170, 205, 235))
-            d = ImageDraw.Draw(img)
-            d.rectangle([0, 150, 320, 200], fill=(90, 90, 95))  # road
-            d.rounded_rectangle([30, 95, 290, 150], radius=14, fill=colour)  # body
-            d.polygon([(80, 95), (110, top), (220 + 40 * tall, top), (255, 95)], fill=colour)  # cabin
-            d.polygon([(92, 93), (115, top + 8), (160, top + 8), (160, 93)], fill=glass)
-            d.polygon([(168, 93), (168, top + 8), (215 + 35 * tall, top + 8), (240, 93)], fill=glass)
-            for cx in (85, 235):  # wheels
-                d.ellipse([cx - 22, 128, cx + 22, 172], fill=(25, 25, 25))
-                d.ellipse([cx - 9, 141, cx + 9, 159], fill=(180, 180, 180))
-            tmp = path.with_suffix(".tmp.png")
-            img.save(tmp)
-            os.replace(tmp, path)  # several workers may draw at once
-        out.append(str(path))
-    return out
 
 
 def _user_errors(fn: Callable) -> Callable:
@@ -75,112 +49,10 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None  # JSON has no inf/NaN (OOD score of a tiny gallery)
-
-
 def _need(path: Any, what: str = "photo") -> Any:
     if not path:
         raise gr.Error(f"No {what} was given; upload a JPEG/PNG/WebP photo of a vehicle and try again.")
     return path
-
-
-def _placeholder(label: str, score: float) -> Image.Image:
-    """A tile for a gallery entry that has no thumbnail: its label and score, drawn."""
-    img = Image.new("RGB", TILE, (226, 232, 240))
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=13)
-    words, lines = label.split(), [""]
-    for w in words:  # greedy word wrap to the tile width
-        trial = f"{lines[-1]} {w}".strip()
-        if draw.textlength(trial, font=font) > TILE[0] - 12 and lines[-1]:
-            lines.append(w)
-        else:
-            lines[-1] = trial
-    text = "\n".join(lines[:5] + [f"sim {score:.2f}"])
-    draw.multiline_text((6, 6), text, fill=(30, 41, 59), font=font, spacing=3)
-    return img
-
-
-def prediction_dict(pred: Any) -> dict[str, Any]:
-    """The /identify answer: Prediction.to_dict() without refs (they may be server file paths).
-
-    An unknown vehicle gets no name and zero confidences: a client reading only ``label`` must not
-    take the nearest known vehicle for an answer. The nearest ones stay listed in ``neighbours``.
-    """
-    d = pred.to_dict()
-    d["ood_score"] = _finite(d["ood_score"])
-    d["confidence"] = {k: float(v) for k, v in d["confidence"].items()}
-    if d["unknown"]:
-        d.update(label=None, make=None, model=None, type=None, year=None)
-        d["confidence"] = {k: 0.0 for k in d["confidence"]}
-    d["neighbours"] = [{"label": n["label"], "score": _finite(n["score"])} for n in d["neighbours"]]
-    return d
-
-
-def _result_markdown(pred: Any, threshold: float | None) -> str:
-    if pred.unknown:
-        thr = f" (threshold {threshold:.3f})" if threshold is not None else ""
-        return (f"### Unknown vehicle\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
-                "every vehicle the model knows, so no name is given. If it is a new vehicle, add it in "
-                "the *Add a vehicle* tab.")
-    parts = [f"**{lvl}**: {getattr(pred, lvl)}" for lvl in ("make", "model", "type", "year") if getattr(pred, lvl)]
-    return f"### {pred.label}\n" + " · ".join(parts) + f"\n\nUnknown-vehicle score {pred.ood_score:.3f}"
-
-
-def _model_card(rec: Recognizer, spec: str) -> tuple[str, str | None]:
-    """Markdown for the Model card tab, and the training-curve image path if the artifact has one."""
-    meta = rec.meta or {}
-    lines = [f"**Model spec:** `{spec}` · backbone `{getattr(rec.model, 'spec', '?')}` · "
-             f"embedding {rec.model.output_dim}-d · gallery {len(rec.gallery)} photos of "
-             f"{len(rec.gallery.classes)} vehicles · k={rec.k} · unknown-vehicle threshold "
-             f"{'not calibrated' if rec.ood.threshold is None else format(rec.ood.threshold, '.4g')}"]
-    metrics = meta.get("metrics") or {}
-    if metrics:
-        lines += ["", "#### Metrics", "", "| metric | value |", "|---|---|"]
-        flat: list[tuple[str, Any]] = []
-
-        def walk(prefix: str, v: Any) -> None:
-            if isinstance(v, dict):
-                for k, sub in v.items():
-                    walk(f"{prefix}.{k}" if prefix else str(k), sub)
-            else:
-                flat.append((prefix, v))
-
-        walk("", metrics)
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat]
-    if meta.get("command"):
-        cmd = meta["command"] if isinstance(meta["command"], str) else " ".join(map(str, meta["command"]))
-        lines += ["", "#### Training command", "", f"```\n{cmd}\n```"]
-    folder = _artifact_dir(spec)
-    curve = None
-    if folder is not None:
-        readme = folder / "README.md"
-        if readme.is_file():
-            text = readme.read_text(encoding="utf-8", errors="replace")
-            if text.startswith("---"):  # drop the Hub card's YAML header
-                end = text.find("\n---", 3)
-                text = text[end + 4:] if end > 0 else text
-            lines += ["", "---", "", text.strip()]
-        if (folder / "training_curve.png").is_file():
-            curve = str(folder / "training_curve.png")
-    if len(lines) == 1:
-        lines += ["", "This model carries no metrics or training command (it was not saved by train/train.py)."]
-    return "\n".join(lines), curve
-
-
-def _artifact_dir(spec: str) -> Path | None:
-    """Folder of the served artifact (for its README.md / training_curve.png), if it has one."""
-    if spec == "default":
-        return hub.DEFAULT_DIR
-    if spec.startswith("local-dir:"):
-        return Path(spec[len("local-dir:"):])
-    if spec.startswith("hf-hub:"):
-        try:
-            return Path(hub.download(spec[len("hf-hub:"):]))  # already cached by load()
-        except VericarError:
-            return None
-    return None
 
 
 def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, spec: str = "default",
@@ -206,7 +78,7 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         """The k most similar gallery photos, best first."""
         if k is None or not 1 <= int(k) <= MAX_K:
             raise gr.Error(f"k must be between 1 and {MAX_K}, got {k}.")
-        return [{"label": n.label, "score": _finite(n.score)} for n in rec.similar(open_image(_need(image)), int(k))]
+        return [{"label": n.label, "score": finite(n.score)} for n in rec.similar(open_image(_need(image)), int(k))]
 
     @_user_errors
     def explain(image: str) -> Image.Image:
@@ -231,8 +103,8 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         tiles = []
         for n in pred.neighbours:
             thumb = rec.thumbnail(n.index, n.label)  # under the recognizer's lock: enrol/remove may run
-            tiles.append((thumb if thumb is not None else _placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
-        return _result_markdown(pred, rec.ood.threshold), conf, tiles
+            tiles.append((thumb if thumb is not None else placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
+        return result_markdown(pred, rec.ood.threshold), conf, tiles
 
     def listing_text() -> str:
         return "\n".join(f"- **{lab}** ({n} photos)" for lab, n in store.summary()) or "_No vehicles added yet._"
@@ -261,7 +133,7 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         out = store.remove(label)
         return f"Removed **{out['label']}** ({out['removed']} photos).", *enrolled_view()
 
-    card_md, curve = _model_card(rec, spec)
+    card_md, curve = model_card(rec, spec)
     with gr.Blocks(title="vericar: vehicle recognition") as demo:
         gr.Markdown("# vericar\nOpen-world vehicle recognition: make, model, type and year; unknown "
                     "vehicles are flagged, and new ones can be added without retraining.")

@@ -299,14 +299,16 @@ def test_enrolled_survive_restart(app_module, artifact, tmp_path):
         demo.close()
 
 
-def test_model_card_and_examples(app_module, artifact, tmp_path):
+def test_model_card_and_examples(artifact, tmp_path):
+    from vericar import present
+
     rec = hub.load(f"local-dir:{artifact}")
-    md, curve = app_module._model_card(rec, f"local-dir:{artifact}")
+    md, curve = present.model_card(rec, f"local-dir:{artifact}")
     assert "top1" in md and "train/train.py --config offline-cpu" in md and curve is None
-    paths = app_module.make_examples(tmp_path / "ex")
+    paths = present.make_examples(tmp_path / "ex")
     assert len(paths) == 3 and all(Image.open(p).size == (320, 200) for p in paths)
-    tile = app_module._placeholder("A very long vehicle label that needs wrapping 2012", 0.5)
-    assert tile.size == app_module.TILE
+    tile = present.placeholder("A very long vehicle label that needs wrapping 2012", 0.5)
+    assert tile.size == present.TILE
 
 
 def test_missing_model_gives_clear_error_page(app_module, tmp_path):
@@ -315,12 +317,13 @@ def test_missing_model_gives_clear_error_page(app_module, tmp_path):
     assert isinstance(app_module.error_demo("no model"), gr.Blocks)
 
 
-def test_unknown_notice_names_no_vehicle(app_module):
+def test_unknown_notice_names_no_vehicle():
+    from vericar.present import result_markdown
     from vericar.recognizer import Prediction
 
     pred = Prediction(label="Audi A4 Sedan 2012", make="Audi", model="A4", type="Sedan", year="2012",
                       confidence={"model": 0.4}, unknown=True, ood_score=0.731)
-    md = app_module._result_markdown(pred, 0.25)
+    md = result_markdown(pred, 0.25)
     assert "Unknown vehicle" in md and "0.731" in md and "0.250" in md and "Audi" not in md
     pred.unknown = False
-    assert "Audi A4 Sedan 2012" in app_module._result_markdown(pred, 0.25)
+    assert "Audi A4 Sedan 2012" in result_markdown(pred, 0.25)

@@ -105,6 +105,9 @@ def test_add_validates(emb, labels, match):
 
 
 def test_bad_settings():
+    for v in ("abc", None, float("inf")):
+        with pytest.raises(GalleryError, match="nprobe must be a positive integer"):
+            Gallery(4, nprobe=v)
     with pytest.raises(ValueError, match="index type"):
         Gallery(4, "lsh")
     with pytest.raises(ValueError, match="dim"):
@@ -232,6 +235,11 @@ def test_load_errors(tmp_path):
     jpath.write_text(json.dumps({**meta, "format_version": FORMAT_VERSION + 1}))
     with pytest.raises(ArtifactError, match="format version"):
         Gallery.load(tmp_path)
+    for bad in ({"index": "kd-tree"}, {"nprobe": 0}, {"nprobe": "many"}, {"nprobe": None}, {"leaf_size": 4}):
+        # edited by hand, or written by a newer vericar
+        jpath.write_text(json.dumps({**meta, "settings": {**meta["settings"], **bad}}))
+        with pytest.raises(ArtifactError, match="rebuild it"):
+            Gallery.load(tmp_path)
     jpath.write_text(json.dumps(meta))
 
     data = tfile.read_bytes()

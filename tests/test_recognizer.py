@@ -133,6 +133,12 @@ def test_default_spec_missing_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "nothing")
     with pytest.raises(ArtifactError, match="default model is not shipped"):
         load("default")
+    # A leftover default.old that is not a whole artifact is not served in its place.
+    (tmp_path / "nothing.old").mkdir()
+    (tmp_path / "nothing.old" / "config.json").write_text("{}")
+    assert hub.default_dir() == tmp_path / "nothing"
+    with pytest.raises(ArtifactError, match="default model is not shipped"):
+        load("default")
 
 
 def test_zeroshot_recognizer_from_class_names():

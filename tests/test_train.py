@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +111,50 @@ def test_holdout_keeps_classes_out(tiny_csv, tmp_path):
     assert NAMES[3] not in rec.gallery.classes and len(rec.gallery.classes) == 3
 
 
+def test_ood_scores_benchmark_runs_on_a_holdout_artifact(tiny_csv, tmp_path):
+    """benchmarks/ood_scores.py end to end (flip TTA + backbone features) on a tiny open-world artifact,
+    and its expanded Mahalanobis distance against the naive per-class loop."""
+    from benchmarks import ood_scores
+
+    rng = np.random.default_rng(0)
+    q, means = rng.normal(size=(7, 5)), rng.normal(size=(4, 5))
+    a = rng.normal(size=(5, 5))
+    cov = a @ a.T + np.eye(5)
+    naive = np.array([[(x - m) @ np.linalg.inv(cov) @ (x - m) for m in means] for x in q])
+    np.testing.assert_allclose(ood_scores._sq_mahalanobis(q, means, cov), naive, rtol=1e-8, atol=1e-8)
+    g, labels = rng.normal(size=(40, 5)), np.array(list("abcd") * 10)  # relative form: Ren et al. 2021, eq. 3
+    mus = {c: g[labels == c].mean(0) for c in "abcd"}
+    within = sum(np.outer(x - mus[c], x - mus[c]) for x, c in zip(g, labels)) / len(g)
+    mu0 = g.mean(0)
+    whole = sum(np.outer(x - mu0, x - mu0) for x in g) / len(g)
+    md = lambda x, m, c: (x - m) @ np.linalg.inv(c) @ (x - m)  # noqa: E731
+    want = [min(md(x, mus[c], within) - md(x, mu0, whole) for c in "abcd") for x in q]
+    np.testing.assert_allclose(ood_scores._mahalanobis(q, g, labels)["relative Mahalanobis"], want, rtol=1e-7)
+
+    out = tmp_path / "ow"
+    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "1", "--holdout-classes", "label%4==3"))
+    rows = ood_scores.main(["--model", f"local-dir:{out}", "--queries", str(tiny_csv), "--flip", "--backbone-features",
+                            "--json", str(tmp_path / "rows.json")])
+    # Mirroring the preprocessed tensor == preprocessing the mirrored photo (the eval crop is centred).
+    import vericar
+    from PIL import ImageOps
+
+    from vericar.data import Sample, load_csv
+    from vericar.evaluate import embed_samples
+
+    model = vericar.load(f"local-dir:{out}").model
+    samples = load_csv(tiny_csv)[:8]
+    mirrored = [Sample(ImageOps.mirror(Image.open(s.image).convert("RGB")), s.label, s.class_name) for s in samples]
+    got = ood_scores._embed_mirrored(model, samples)
+    want = embed_samples(model, mirrored, progress=False, num_workers=0)
+    plain = embed_samples(model, samples, progress=False, num_workers=0)
+    assert (got * want).sum(1).min() > 0.999 and np.abs(got - want).max() < np.abs(plain - want).max() / 5
+    names = [r["score"] for r in rows]
+    assert "relative Mahalanobis" in names and "backbone features: relative Mahalanobis" in names
+    assert all(0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["fpr95"] <= 1.0 for r in rows)
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+
+
 def test_config_overrides_and_errors(tmp_path):
     cfg = parse_args(["--config", "train/configs/offline-cpu.yaml", "--epochs", "3", "--lr-head", "1e-3"])
     assert cfg.epochs == 3 and cfg.lr_head == pytest.approx(1e-3) and cfg.backbone.startswith("timm:tf_efficientnet_lite")
@@ -185,3 +231,45 @@ def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
     rec = vericar.load(f"local-dir:{dest}")
     assert len(rec.gallery) == 24 and rec.gallery.thumbnail(0) is None
     assert all(not r.startswith("/") for r in rec.gallery.refs)
+
+
+def test_ship_interrupted_between_renames_still_serves_and_recovers(tiny_csv, tmp_path, monkeypatch):
+    """A crash after `default` -> `default.old` and before `default.tmp` -> `default`: the loader
+    serves default.old (with a warning), and the next ship restores it before replacing it."""
+    import vericar
+    import vericar.hub as hub
+    from train.ship import main as ship
+
+    out, dest = tmp_path / "art", tmp_path / "pkg" / "default"
+    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "1"))
+    ship(["--artifact", str(out), "--dest", str(dest)])
+    real_rename, calls = Path.rename, []
+
+    def crash_on_second_rename(self, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError("simulated power cut")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_on_second_rename)
+    with pytest.raises(OSError, match="power cut"):
+        ship(["--artifact", str(out), "--dest", str(dest)])
+    monkeypatch.setattr(Path, "rename", real_rename)
+    stranded = dest.with_name("default.old")
+    assert not dest.exists() and (stranded / "config.json").is_file()
+    monkeypatch.setattr(hub, "DEFAULT_DIR", dest)
+    with pytest.warns(UserWarning, match="interrupted"):
+        assert len(vericar.load("default").gallery) == 24
+    tmp = dest.with_name("default.tmp")
+    real_copy = shutil.copy2
+
+    def fail_copy(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copy2", fail_copy)
+    with pytest.raises(OSError, match="disk full"):  # fails again, but after putting the model back
+        ship(["--artifact", str(out), "--dest", str(dest)])
+    monkeypatch.setattr(shutil, "copy2", real_copy)
+    assert (dest / "config.json").is_file() and not stranded.exists()
+    ship(["--artifact", str(out), "--dest", str(dest)])
+    assert len(vericar.load("default").gallery) == 24 and not stranded.exists() and not tmp.exists()

@@ -19,7 +19,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vericar.gallery import Gallery  # noqa: E402
-from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, read_config  # noqa: E402
+from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_config  # noqa: E402
 
 COPY = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training_curve.png", "metrics.csv", "train_config.yaml")
 
@@ -39,6 +39,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     src, dest = Path(args.artifact), Path(args.dest)
     read_config(src)  # refuse to ship something that would not load
+    old = dest.with_name(dest.name + ".old")
+    if not dest.exists() and is_complete(old):
+        # An earlier ship stopped between its two renames: put the previous model back first, so
+        # a failure of this run too still leaves a whole model at dest.
+        old.rename(dest)
+        print(f"restored {dest} from {old.name} (an earlier ship was interrupted)")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -62,7 +68,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         card = tmp / "README.md"
         card.write_text(card.read_text() + "\n" + extra if card.is_file() else extra)
-    old = dest.with_name(dest.name + ".old")
     if dest.exists():
         shutil.rmtree(old, ignore_errors=True)
         dest.rename(old)  # two renames: there is always a whole model at dest or at dest.old

@@ -15,3 +15,7 @@ class ArtifactError(VericarError):
 
 class SpecError(VericarError, ValueError):
     """A model spec string (``local-dir:...``, ``timm:...``) is malformed or unknown."""
+
+
+class GalleryError(VericarError, ValueError):
+    """Embeddings, labels or settings given to a Gallery are not usable."""

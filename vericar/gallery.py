@@ -4,20 +4,12 @@ Embeddings are L2-normalised float32, so faiss inner product == cosine similarit
 embeddings are kept beside the faiss index: the index can then be rebuilt (after
 ``remove_label``, or after loading) and saved as plain safetensors, never faiss/pickle blobs.
 
-On disk (``save`` / ``load``) a gallery is two files in a directory that it may share with a
-model (config.json, model.safetensors):
-
-* ``gallery-<sha256[:16]>.safetensors`` - embeddings, thumbnails (JPEG bytes concatenated in one
-  uint8 tensor + offsets);
-* ``gallery.json`` - format version, index settings, labels, refs and the name, size and
-  SHA-256 of the tensors file. It is written last, so it always points at a complete file.
+On disk a gallery is two files in a directory that it may share with a model (config.json,
+model.safetensors): see ``_gallery_io``.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,21 +17,15 @@ from typing import Any
 
 import faiss
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
-from ._io import atomic_write
-from .errors import ArtifactError, VericarError
+from . import _gallery_io
+from ._gallery_io import FORMAT_VERSION, JSON_NAME, GalleryParts
+from .errors import ArtifactError, GalleryError
+from .voting import knn_vote
 
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "INDEX_TYPES", "JSON_NAME", "Gallery", "GalleryError"]
 _REVISIONS = itertools.count()
 INDEX_TYPES = ("flat", "hnsw", "ivf")
-JSON_NAME = "gallery.json"
-_KIND = "vericar-gallery"
-
-
-class GalleryError(VericarError, ValueError):
-    """Embeddings, labels or settings given to a Gallery are not usable."""
 
 
 class Gallery:
@@ -71,7 +57,11 @@ class Gallery:
             raise GalleryError(f"unknown index type {index!r}; use one of {', '.join(INDEX_TYPES)}.")
         for name, v in (("nprobe", nprobe), ("nlist", nlist), ("hnsw_m", hnsw_m),
                         ("ef_construction", ef_construction), ("ef_search", ef_search)):
-            if int(v) <= 0:
+            try:
+                ok = int(v) > 0
+            except (TypeError, ValueError, OverflowError):  # "abc", None, inf (e.g. an edited gallery.json)
+                ok = False
+            if not ok:
                 raise GalleryError(f"{name} must be a positive integer, got {v!r}.")
         self.dim = int(dim)
         self.index_type = index
@@ -172,7 +162,7 @@ class Gallery:
         refs = [""] * n if refs is None else [str(r) for r in refs]
         if len(refs) != n:
             raise GalleryError(f"got {n} embeddings but {len(refs)} refs; give one ref per embedding or none.")
-        thumbs = [None] * n if thumbnails is None else [_encode_thumbnail(t) for t in thumbnails]
+        thumbs = [None] * n if thumbnails is None else [_gallery_io.encode_thumbnail(t) for t in thumbnails]
         if len(thumbs) != n:
             raise GalleryError(f"got {n} embeddings but {len(thumbs)} thumbnails; give one per embedding or none.")
         was_trained = self.ivf_trained
@@ -217,14 +207,7 @@ class Gallery:
 
     def thumbnail(self, i: int) -> Any:
         """Entry ``i``'s thumbnail as a PIL image, or None when it has none."""
-        data = self._thumbs[i]
-        if not data:
-            return None
-        from PIL import Image
-
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img
+        return _gallery_io.decode_thumbnail(self._thumbs[i])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine similarities and entry indices per query, best first.
@@ -252,138 +235,30 @@ class Gallery:
 
     def vote(self, scores: np.ndarray, idx: np.ndarray, level_of: Callable[[str], Any] | None = None,
              *, labels: Sequence[str] | None = None) -> list[tuple[Any, float]]:
-        """Similarity-weighted kNN vote per query at one taxonomy level.
+        """Similarity-weighted kNN vote per query at one taxonomy level (see ``voting.knn_vote``).
 
-        Each valid neighbour (idx >= 0) votes for ``level_of(label)`` (identity when None) with
-        weight ``max(sim, 0)``. Returns per query ``(winner, confidence)`` with confidence =
-        winner's weight / total weight; ties go to the value seen first (the better-ranked neighbour).
-        A query with no valid neighbour gets ``(None, 0.0)``; one whose neighbours all have
-        sim <= 0 gets a plain-count winner with confidence 0.0 (nothing is actually similar).
         ``labels`` lets a caller vote on a snapshot of ``self.labels`` taken with the search.
         """
-        # Weight max(sim, 0) rather than exp(sim / tau): it has no temperature to tune, it is 0
-        # for dissimilar entries, and the confidence it gives is scale-free in the similarities.
-        labels = self.labels if labels is None else labels
-        scores, idx = np.atleast_2d(scores), np.atleast_2d(idx)
-        if scores.shape != idx.shape:
-            raise GalleryError(f"scores {scores.shape} and idx {idx.shape} must have the same shape; pass what "
-                               "search() returned.")
-        out: list[tuple[Any, float]] = []
-        for s_row, i_row in zip(scores, idx):
-            weights: dict[Any, float] = {}
-            counts: dict[Any, int] = {}
-            for s, j in zip(s_row, i_row):
-                if j < 0 or not np.isfinite(s):
-                    continue
-                value = labels[int(j)] if level_of is None else level_of(labels[int(j)])
-                weights[value] = weights.get(value, 0.0) + max(float(s), 0.0)
-                counts[value] = counts.get(value, 0) + 1
-            if not weights:
-                out.append((None, 0.0))
-                continue
-            total = sum(weights.values())
-            if total <= 0.0:
-                winner = max(counts, key=counts.__getitem__)  # max keeps the first of equals
-                out.append((winner, 0.0))
-                continue
-            winner = max(weights, key=weights.__getitem__)
-            out.append((winner, float(weights[winner] / total)))
-        return out
+        return knn_vote(scores, idx, self.labels if labels is None else labels, level_of)
 
     # --------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the gallery to ``directory`` atomically; returns the gallery.json path.
-
-        The tensors go to a new file named by their hash, then gallery.json is replaced to
-        point at it, then older gallery tensors are deleted: a crash at any step leaves a
-        directory whose gallery.json names a complete tensors file (old or new).
-        """
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        offsets = np.zeros(len(self) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(t or b"") for t in self._thumbs])
-        blob = np.frombuffer(b"".join(t or b"" for t in self._thumbs), dtype=np.uint8)
-        data = st_save({"embeddings": self._emb, "thumbnails": blob, "thumbnail_offsets": offsets},
-                       metadata={"format": _KIND, "format_version": str(FORMAT_VERSION)})
-        digest = hashlib.sha256(data).hexdigest()
-        tensors_name = f"gallery-{digest[:16]}.safetensors"
-        meta = {
-            "kind": _KIND, "format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self),
-            "settings": self.settings(),
-            "tensors": {"file": tensors_name, "size": len(data), "sha256": digest},
-            "labels": self.labels, "refs": self.refs,
-        }
-        atomic_write(d / tensors_name, data)
-        atomic_write(d / JSON_NAME, json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8"))
-        for old in d.glob("gallery-*.safetensors"):
-            if old.name != tensors_name:
-                old.unlink(missing_ok=True)  # unreferenced now that gallery.json moved on
-        return d / JSON_NAME
+        """Write the gallery to ``directory`` atomically (crash-safe); returns the gallery.json path."""
+        return _gallery_io.write(directory, GalleryParts(self.dim, self.settings(), self._emb, self.labels,
+                                                         self.refs, self._thumbs))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Gallery:
         """Read a gallery written by ``save`` (ArtifactError when missing, corrupt or of another version)."""
-        d = Path(directory)
-        jpath = d / JSON_NAME
-        if not jpath.is_file():
-            raise ArtifactError(f"no {JSON_NAME} in {d}; point at a directory written by Gallery.save / "
-                                "save_pretrained, or build a gallery (python -m vericar.evaluate --gallery CSV).")
+        parts = _gallery_io.read(directory)
         try:
-            meta = json.loads(jpath.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{jpath} is not valid JSON ({e}); the gallery is corrupt, rebuild it.") from e
-        if not isinstance(meta, dict) or meta.get("kind") != _KIND:
-            raise ArtifactError(f"{jpath} is not a vericar gallery file; rebuild the gallery.")
-        ver = meta.get("format_version")
-        if ver != FORMAT_VERSION:
-            raise ArtifactError(f"{jpath} has gallery format version {ver!r} but this vericar reads version "
-                                f"{FORMAT_VERSION}; rebuild the gallery with this vericar, or install the vericar "
-                                "version that wrote it.")
-        try:
-            tinfo = meta["tensors"]
-            tpath = d / Path(tinfo["file"]).name  # never follow a path out of the directory
-            if not tpath.is_file():
-                raise ArtifactError(f"{jpath} refers to {tpath.name}, which is missing; copy the whole gallery "
-                                    "directory, or rebuild the gallery.")
-            data = tpath.read_bytes()
-            if len(data) != tinfo["size"] or hashlib.sha256(data).hexdigest() != tinfo["sha256"]:
-                raise ArtifactError(f"{tpath} does not match the size/SHA-256 recorded in {jpath} (truncated or "
-                                    "modified); restore it from the original copy or rebuild the gallery.")
-            t = st_load(data)
-            emb, blob, offsets = t["embeddings"], t["thumbnails"], t["thumbnail_offsets"]
-            labels, refs = list(meta["labels"]), list(meta["refs"])
-            g = cls(int(meta["dim"]), **meta["settings"])
-        except ArtifactError:
-            raise
-        except (KeyError, TypeError, ValueError, OSError) as e:
-            raise ArtifactError(f"gallery in {d} is corrupt ({type(e).__name__}: {e}); rebuild it.") from e
-        n = len(labels)
-        if emb.shape != (n, g.dim) or len(refs) != n or offsets.shape != (n + 1,):
-            raise ArtifactError(f"gallery in {d} is inconsistent: {emb.shape} embeddings, {n} labels, {len(refs)} "
-                                "refs; rebuild it.")
-        g._emb = np.ascontiguousarray(emb, dtype=np.float32)
-        g.labels, g.refs = [str(x) for x in labels], [str(x) for x in refs]
-        raw = blob.tobytes()
-        g._thumbs = [raw[a:b] or None for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+            g = cls(parts.dim, **parts.settings)
+        except (GalleryError, TypeError) as e:  # TypeError: a setting this vericar does not know
+            raise ArtifactError(f"gallery in {directory} has unusable settings ({e}); rebuild it.") from e
+        g._emb, g.labels, g.refs, g._thumbs = parts.embeddings, parts.labels, parts.refs, parts.thumbnails
         g._rebuild()
         return g
 
     def __repr__(self) -> str:
         return f"Gallery(dim={self.dim}, index={self.index_type!r}, entries={len(self)}, classes={len(set(self.labels))})"
 
-
-def _encode_thumbnail(t: Any) -> bytes | None:
-    """PIL image (or JPEG/PNG bytes, or None) -> JPEG bytes for storage."""
-    if t is None:
-        return None
-    if isinstance(t, (bytes, bytearray)):
-        return bytes(t) or None
-    from PIL import Image
-
-    if isinstance(t, np.ndarray):
-        t = Image.fromarray(t)
-    if not isinstance(t, Image.Image):
-        raise GalleryError(f"a thumbnail must be a PIL image, JPEG bytes or None, got {type(t).__name__}.")
-    buf = io.BytesIO()
-    t.convert("RGB").save(buf, format="JPEG", quality=85)
-    return buf.getvalue()

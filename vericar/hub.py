@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save
 
 from ._io import atomic_write
 from .errors import ArtifactError, SpecError
+from .gallery import JSON_NAME as GALLERY_JSON
 from .gallery import Gallery
 from .model import EmbeddingModel, create_model
 from .density import DensityCorrection
@@ -157,12 +159,32 @@ def from_backbone(
     return Recognizer(model, Gallery(model.output_dim), KNNOOD(), **recognizer_kw)
 
 
+def is_complete(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds the three files of a saved artifact (config, weights, gallery)."""
+    return all((Path(folder) / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME, GALLERY_JSON))
+
+
+def default_dir() -> Path:
+    """Folder of the shipped default model.
+
+    ``vericar/default``, or ``vericar/default.old`` while ``default`` is missing: train/ship.py
+    swaps folders with two renames, and a crash between them leaves the previous model there.
+    """
+    stranded = DEFAULT_DIR.with_name(DEFAULT_DIR.name + ".old")
+    return stranded if not DEFAULT_DIR.exists() and is_complete(stranded) else DEFAULT_DIR
+
+
 def load(spec: str = "default", **kw: Any) -> "Recognizer":
     """Build a Recognizer from a spec: 'default', 'local-dir:PATH', 'hf-hub:ORG/NAME[@REV]' or a backbone spec."""
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError(f"empty model spec; {SPEC_HELP}.")
     spec = spec.strip()
     if spec == "default":
+        folder = default_dir()
+        if folder != DEFAULT_DIR:
+            warnings.warn(f"{DEFAULT_DIR} is missing but {folder.name} holds the previous default model (an "
+                          "interrupted train/ship.py); loading that. Run train/ship.py again to finish.", stacklevel=2)
+            return load_local(folder, **kw)
         if not (DEFAULT_DIR / CONFIG_NAME).is_file():
             raise ArtifactError(
                 f"the default model is not shipped in this installation ({DEFAULT_DIR} has no {CONFIG_NAME}). "
