@@ -4,7 +4,9 @@
     python benchmarks/app_latency.py --url http://127.0.0.1:7860   # an app that is already running
 
 Without --url the app is launched in-process (app.build_demo) on a free port over --model, with a
-throw-away data dir. The photo is a synthetic drawing unless --image names a file.
+throw-away data dir. The photo is a synthetic drawing unless --image names a file. ``--floor``
+also times the same upload to an endpoint that does nothing (a bare Gradio app served the same
+way): the part of the round trip no model or app code can remove.
 """
 from __future__ import annotations
 
@@ -45,18 +47,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(url: str, photo: str, calls: int, clients: int, warmup: int = 3) -> dict:
-    """Sequential latency over ``calls`` requests, then throughput with ``clients`` threads."""
+def sequential_ms(url: str, photo: str, calls: int, api_name: str = "/identify", warmup: int = 3) -> np.ndarray:
+    """Round-trip times (ms) of ``calls`` sequential requests from one gradio_client."""
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False)
     for _ in range(warmup):  # first calls pay for lazy imports, thread pools and caches
-        client.predict(handle_file(photo), api_name="/identify")
+        client.predict(handle_file(photo), api_name=api_name)
     lat = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        client.predict(handle_file(photo), api_name="/identify")
+        client.predict(handle_file(photo), api_name=api_name)
         lat.append(time.perf_counter() - t0)
+    return np.array(lat) * 1000
+
+
+def gradio_floor(photo: str, calls: int) -> dict:
+    """p50/p95 of the same upload to a bare Gradio app whose endpoint does nothing."""
+    import gradio as gr
+
+    with gr.Blocks() as bare:
+        f, out, go = gr.File(type="filepath"), gr.JSON(), gr.Button()
+        go.click(lambda path: {"label": None}, [f], [out], api_name="noop")
+    bare.queue()
+    bare.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)
+    try:
+        ms = sequential_ms(bare.local_url, photo, calls, "/noop")
+    finally:
+        bare.close()
+    return {"floor_p50_ms": float(np.percentile(ms, 50)), "floor_p95_ms": float(np.percentile(ms, 95))}
+
+
+def run(url: str, photo: str, calls: int, clients: int) -> dict:
+    """Sequential latency over ``calls`` requests, then throughput with ``clients`` threads."""
+    from gradio_client import Client, handle_file
+
+    ms = sequential_ms(url, photo, calls)
     pool_clients = [Client(url, verbose=False) for _ in range(clients)]
     per = max(1, calls // clients)
 
@@ -69,7 +95,6 @@ def run(url: str, photo: str, calls: int, clients: int, warmup: int = 3) -> dict
     with ThreadPoolExecutor(clients) as pool:
         done = sum(pool.map(worker, pool_clients))
     wall = time.perf_counter() - t0
-    ms = np.array(lat) * 1000
     return {
         "calls": calls, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
         "mean_ms": float(statistics.fmean(ms)), "clients": clients, "concurrent_calls": done,
@@ -85,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=None, help="app queue concurrency (default: the app's)")
+    ap.add_argument("--floor", action="store_true", help="also time the same upload to a do-nothing endpoint")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     from vericar.errors import VericarError
@@ -97,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':<28} {'calls':>5} {'p50 ms':>8} {'p95 ms':>8} {'clients':>7} {'req/s':>7}")
     print(f"{res['model'][:28]:<28} {res['calls']:>5} {res['p50_ms']:>8.1f} {res['p95_ms']:>8.1f} "
           f"{res['clients']:>7} {res['throughput_rps']:>7.1f}")
+    if "floor_p50_ms" in res:
+        print(f"{'do-nothing endpoint (floor)':<28} {res['calls']:>5} {res['floor_p50_ms']:>8.1f} {res['floor_p95_ms']:>8.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
@@ -128,6 +156,8 @@ def _bench(args: argparse.Namespace) -> dict:
         finally:
             if demo is not None:
                 demo.close()
+        if args.floor:
+            res.update(gradio_floor(photo, args.calls))
     res["model"] = args.model if args.url is None else args.url
     return res
 
