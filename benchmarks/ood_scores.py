@@ -48,14 +48,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     rec = vericar.load(args.model)
     queries = load_source(args.queries, "test")
-    q = embed_samples(rec.model, queries, progress=False, num_workers=0)
-    if args.flip:
-        q = q + _embed_mirrored(rec.model, queries)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
+    # Refuse what cannot work before minutes of embedding.
     g, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     known = np.array([s.class_name in set(labels) for s in queries])
     if known.all() or not known.any():
         raise SystemExit("the queries need both known and unknown classes (e.g. a model trained with --holdout-classes).")
+    missing = [r for r in rec.gallery.refs if not Path(r).is_file()] if args.backbone_features else []
+    if missing:
+        raise SystemExit(f"--backbone-features re-embeds the gallery's photos, but {len(missing)} refs are not files "
+                         f"here (e.g. {missing[0]!r}); use an artifact trained on this machine (local-dir:OUT).")
+    q = embed_samples(rec.model, queries, progress=False, num_workers=0)
+    if args.flip:
+        q = q + _embed_mirrored(rec.model, queries)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
     preds = rec.predict_embeddings(q)
     if args.flip:
         acc = np.mean([p.label == s.class_name for p, s, k in zip(preds, queries, known) if k])
@@ -111,10 +116,6 @@ def _backbone_features(rec: "Recognizer", queries: Sequence["Sample"]) -> tuple[
     from vericar.evaluate import _PhotoDataset
     from vericar.transforms import eval_transform
 
-    missing = [r for r in rec.gallery.refs if not Path(r).is_file()]
-    if missing:
-        raise SystemExit(f"--backbone-features re-embeds the gallery's photos, but {len(missing)} refs are not files "
-                         f"here (e.g. {missing[0]!r}); use an artifact trained on this machine (local-dir:OUT).")
     photos = [Sample(r, -1, lab) for r, lab in zip(rec.gallery.refs, rec.gallery.labels)]
     rec.model.eval()
     out = []

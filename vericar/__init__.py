@@ -17,7 +17,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ArtifactError": "errors", "GalleryError": "errors", "ImageError": "errors", "SpecError": "errors", "VericarError": "errors",
+    "ArtifactError": "errors", "GalleryError": "errors", "ImageError": "errors", "SpecError": "errors",
+    "VericarError": "errors",
     "DensityCorrection": "density", "Gallery": "gallery", "KNNOOD": "ood", "open_image": "images",
     "tune_malloc": "_runtime",
     "load": "hub", "push_to_hub": "hub", "save_pretrained": "hub",

@@ -25,8 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import ArtifactError, VericarError
-from .gallery import GalleryError
+from .errors import ArtifactError, GalleryError, VericarError
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

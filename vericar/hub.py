@@ -23,8 +23,7 @@ from safetensors.torch import load_file, save
 
 from ._io import atomic_write
 from .errors import ArtifactError, SpecError
-from .gallery import JSON_NAME as GALLERY_JSON
-from .gallery import Gallery
+from .gallery import JSON_NAME as GALLERY_JSON, Gallery
 from .model import EmbeddingModel, create_model
 from .density import DensityCorrection
 from .ood import KNNOOD
