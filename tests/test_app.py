@@ -66,7 +66,7 @@ def make_artifact(out: Path) -> Path:
     held_out = embed_images(model, [vehicle_photo(c, 100 + i) for c in range(len(BASE)) for i in range(4)])
     ood.calibrate(gallery.search(held_out, ood.k)[0])
     meta = {"metrics": {"dev": {"top1": 0.5}}, "command": "python train/train.py --config offline-cpu"}
-    Recognizer(model, gallery, ood, k=3, meta=meta).save_pretrained(out)
+    hub.save_pretrained(Recognizer(model, gallery, ood, k=3, meta=meta), out)
     return out
 
 
@@ -206,7 +206,7 @@ def test_bad_input_then_still_serving(served, photo, tmp_path):
     corrupt = tmp_path / "half.jpg"
     data = Path(_photos(tmp_path, 7, 1, "c")[0]).read_bytes()
     corrupt.write_bytes(data[: len(data) // 3])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="(?i)corrupt or truncated"):
         client.predict(handle_file(str(corrupt)), api_name="/identify")
     with pytest.raises(Exception, match="(?i)no photos"):
         client.predict([], "Some Car", api_name="/enroll")
@@ -314,7 +314,9 @@ def test_model_card_and_examples(artifact, tmp_path):
 def test_missing_model_gives_clear_error_page(app_module, tmp_path):
     with pytest.raises(Exception, match="config.json"):
         app_module.create_app(f"local-dir:{tmp_path}", tmp_path)
-    assert isinstance(app_module.error_demo("no model"), gr.Blocks)
+    page = app_module.error_demo("the model folder has no config.json")
+    text = " ".join(b.value for b in page.blocks.values() if isinstance(b, gr.Markdown))
+    assert "could not start" in text and "the model folder has no config.json" in text and "VERICAR_MODEL" in text
 
 
 def test_unknown_notice_names_no_vehicle():

@@ -84,7 +84,7 @@ def test_vit_non_square_grid() -> None:
 
 def test_hooks_removed_on_error(vit: EmbeddingModel) -> None:
     hooks = _hook_count(vit)
-    with pytest.raises(Exception):  # wrong input size for the ViT's grid
+    with pytest.raises(VericarError, match=r"grid is 10x10; feed images of size \(160, 160\)"):
         gradcam_pp(vit, torch.randn(1, 3, 64, 64), _targets(vit))
     assert _hook_count(vit) == hooks
     assert all(p.requires_grad for p in vit.parameters())

@@ -1,0 +1,21 @@
+"""Exceptions raised by vericar. Each message says what is wrong and how to fix it."""
+
+
+class VericarError(Exception):
+    """Base class of every error vericar raises on purpose."""
+
+
+class ImageError(VericarError, ValueError):
+    """An input could not be used as a photo (corrupt, wrong type, too large, too small)."""
+
+
+class ArtifactError(VericarError):
+    """A saved model or gallery is missing, corrupt, or from an incompatible version."""
+
+
+class SpecError(VericarError, ValueError):
+    """A model spec string (``local-dir:...``, ``timm:...``) is malformed or unknown."""
+
+
+class GalleryError(VericarError, ValueError):
+    """Embeddings, labels or settings given to a Gallery are not usable."""

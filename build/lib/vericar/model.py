@@ -1,0 +1,171 @@
+"""EmbeddingModel: backbone + projection head -> L2-normalised embedding."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from vericar.backbones import Backbone, create_backbone
+from vericar.errors import ArtifactError, ImageError, SpecError, VericarError
+from vericar.transforms import eval_transform
+
+__all__ = ["EmbeddingModel", "create_model", "embed_images"]
+
+_CFG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "resize_mode")
+
+
+class EmbeddingModel(nn.Module):
+    """Backbone features -> Linear head (or Identity when ``embed_dim == 0``) -> unit-norm embedding.
+
+    For ViTs, ``prefix_tokens`` (class/register tokens) and ``grid_size`` (patch rows, cols)
+    describe the token layout that ``reshape_transform`` turns back into a feature map.
+    """
+
+    def __init__(self, backbone: Backbone, embed_dim: int = 128) -> None:
+        super().__init__()
+        if not isinstance(embed_dim, int) or embed_dim < 0:
+            raise SpecError(f"embed_dim must be an int >= 0 (0 = raw backbone features), got {embed_dim!r}")
+        self.spec = backbone.name
+        self.embed_dim = embed_dim
+        self.num_features = backbone.num_features
+        self.output_dim = embed_dim or backbone.num_features
+        self.pretrained_cfg = dict(backbone.pretrained_cfg)
+        self.kind = backbone.kind
+        self.backbone = backbone.module
+        self.head: nn.Module = nn.Linear(self.num_features, embed_dim) if embed_dim else nn.Identity()
+        # Kept in a tuple so the text tower is not registered as a submodule: it is not part
+        # of the embedding model's weights (state_dict) and is only used for zero-shot prompts.
+        self._text: tuple[nn.Module | None, Any] = (backbone.clip_model, backbone.tokenizer)
+        self.prefix_tokens: int | None = None
+        self.grid_size: tuple[int, int] | None = None
+        if self.kind == "vit":
+            self.prefix_tokens, self.grid_size = _token_layout(self.backbone)
+
+    @property
+    def clip_model(self) -> nn.Module | None:
+        """The full open_clip model (image + text towers) when created with ``keep_text=True``."""
+        return self._text[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        """open_clip tokenizer matching ``clip_model`` (None unless ``keep_text=True``)."""
+        return self._text[1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``(B, num_features)``."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` -> L2-normalised embeddings ``(B, output_dim)``."""
+        return F.normalize(self.head(self.features(x)), dim=-1)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which :meth:`from_config` rebuilds the same architecture."""
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.pretrained_cfg.items()}
+        return {"spec": self.spec, "embed_dim": self.embed_dim, "pretrained_cfg": cfg}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], pretrained: bool = False) -> "EmbeddingModel":
+        """Rebuild from :meth:`config` output (random weights unless ``pretrained``; load a state dict after)."""
+        if not isinstance(cfg, dict) or "spec" not in cfg or "embed_dim" not in cfg:
+            raise ArtifactError(
+                f"model config must be a dict with 'spec' and 'embed_dim' (from EmbeddingModel.config()), got {cfg!r}"
+            )
+        model = create_model(cfg["spec"], int(cfg["embed_dim"]), pretrained=pretrained)
+        saved = cfg.get("pretrained_cfg")
+        if saved is not None:
+            missing = [k for k in _CFG_KEYS if k not in saved]
+            if missing:
+                raise ArtifactError(f"model config's pretrained_cfg lacks {missing}; re-save the model")
+            # The saved preprocessing is what the weights were trained with: it wins.
+            model.pretrained_cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()}
+        return model
+
+    def target_layers(self) -> list[nn.Module]:
+        """Layers whose activations Grad-CAM uses: the last block's norm for ViTs, the last conv stage for CNNs."""
+        b = self.backbone
+        if self.kind == "vit":
+            if hasattr(b, "blocks"):  # timm
+                return [b.blocks[-1].norm1]
+            return [b.transformer.resblocks[-1].ln_1]  # open_clip
+        if hasattr(b, "conv_head") and hasattr(b, "bn2"):  # timm EfficientNet family: bn2 includes the activation
+            return [b.bn2]
+        if hasattr(b, "feature_info"):  # other timm CNNs: the deepest feature stage
+            return [b.get_submodule(b.feature_info[-1]["module"])]
+        if hasattr(b, "layer4"):  # open_clip ModifiedResNet
+            return [b.layer4]
+        raise VericarError(f"no Grad-CAM target layer known for backbone {self.spec!r}; explain() is unavailable")
+
+    @property
+    def reshape_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """None for CNNs; for ViTs a callable tokens ``(B, N, C)`` -> feature map ``(B, C, rows, cols)``."""
+        if self.kind != "vit":
+            return None
+        prefix, (rows, cols) = self.prefix_tokens, self.grid_size
+
+        def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+            patches = tokens[:, prefix:, :]
+            if patches.shape[1] != rows * cols:
+                raise VericarError(
+                    f"ViT produced {patches.shape[1]} patch tokens but its grid is {rows}x{cols}; "
+                    f"feed images of size {tuple(self.pretrained_cfg['input_size'][1:])} (use eval_transform)"
+                )
+            return patches.reshape(tokens.shape[0], rows, cols, tokens.shape[2]).permute(0, 3, 1, 2)
+
+        return tokens_to_map
+
+
+def _token_layout(module: nn.Module) -> tuple[int, tuple[int, int]]:
+    """(number of prefix tokens, (rows, cols)) of a timm or open_clip ViT."""
+    if hasattr(module, "patch_embed"):  # timm
+        rows, cols = module.patch_embed.grid_size
+        return int(module.num_prefix_tokens), (int(rows), int(cols))
+    rows, cols = module.grid_size  # open_clip VisionTransformer: one class token before the patches
+    return 1, (int(rows), int(cols))
+
+
+def create_model(spec: str, embed_dim: int = 128, pretrained: bool = True, *, keep_text: bool = False) -> EmbeddingModel:
+    """Build an EmbeddingModel from a spec (``timm:NAME`` | ``open_clip:ARCH/TAG``).
+
+    ``embed_dim=0`` keeps the raw pooled features (L2-normalised): the frozen baseline.
+    ``keep_text=True`` (open_clip only) keeps the CLIP text tower for zero-shot prototypes.
+    """
+    if not isinstance(embed_dim, int) or embed_dim < 0:
+        raise SpecError(f"embed_dim must be an int >= 0 (0 = raw backbone features), got {embed_dim!r}")
+    return EmbeddingModel(create_backbone(spec, pretrained=pretrained, keep_text=keep_text), embed_dim)
+
+
+def embed_images(
+    model: EmbeddingModel, images: Sequence[Image.Image], batch_size: int = 32, progress: bool = False
+) -> np.ndarray:
+    """Embed PIL images with the model's own eval preprocessing -> float32 array ``(N, output_dim)``."""
+    for i, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            raise ImageError(
+                f"images[{i}] is a {type(img).__name__}, not a PIL image; open files with vericar.images.open_image"
+            )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = np.zeros((len(images), model.output_dim), dtype=np.float32)
+    transform = eval_transform(model.pretrained_cfg)
+    device = next(model.parameters()).device
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="embedding", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in starts:
+                batch = [transform(img.convert("RGB")) for img in images[start : start + batch_size]]
+                out[start : start + len(batch)] = model(torch.stack(batch).to(device)).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,317 @@
+"""Recognizer: an embedding model, a gallery and an unknown-vehicle detector, passed in.
+
+``Recognizer(model, gallery, ood)`` answers "what vehicle is this?" with a k-NN vote at every
+level of the taxonomy (make, type, model, year), flags photos far from everything it knows as
+unknown (KNN+), shows the most similar gallery entries, explains itself with Grad-CAM++ and
+learns new vehicles by adding embeddings to the gallery (no retraining). Neighbours are ranked
+by a ``DensityCorrection`` (CSLS in trained artifacts) so that enrolled vehicles compete fairly
+with the tightly clustered photos the model was trained on.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .density import DensityCorrection
+from .errors import VericarError
+from .gallery import Gallery
+from .images import make_thumbnail, open_image
+from .model import EmbeddingModel, embed_images
+from .ood import KNNOOD
+from .taxonomy import Taxonomy
+from .transforms import eval_transform
+
+# Levels reported in a Prediction, finest first. "model" is the full class label.
+PREDICTION_LEVELS = ("model", "make", "type", "year")
+
+
+@dataclass
+class Neighbour:
+    """One gallery entry close to the query; ``score`` is the plain cosine similarity (neighbours
+    come in the recognizer's ranking order, which the density correction may change)."""
+
+    label: str
+    score: float
+    ref: str | None = None
+    index: int = -1
+
+
+@dataclass
+class Prediction:
+    """What the recognizer says about one photo."""
+
+    label: str | None
+    make: str | None
+    model: str | None
+    type: str | None
+    year: str | None
+    confidence: dict[str, float]
+    unknown: bool
+    ood_score: float
+    neighbours: list[Neighbour] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the app's ``/identify`` answer)."""
+        d = asdict(self)
+        d["neighbours"] = [{"label": n.label, "score": n.score, "ref": n.ref} for n in self.neighbours]
+        return d
+
+
+@dataclass
+class Explanation:
+    """A Grad-CAM++ heatmap (H×W in [0, 1]) and the photo with it overlaid."""
+
+    heatmap: np.ndarray
+    overlay: Any  # PIL.Image.Image
+    label: str | None
+
+
+class Recognizer:
+    """Open-world vehicle recognizer over collaborators that are passed in.
+
+    Args:
+        model: embedding model (carries its own preprocessing config).
+        gallery: the known vehicles' embeddings and labels.
+        ood: KNN+ detector with its calibrated threshold (``threshold=None`` flags nothing).
+        k: neighbours that vote.
+        density: how neighbours are ranked (``DensityCorrection``); plain cosine if omitted.
+        taxonomy: maps labels to make / type / year; built from the gallery's labels if omitted.
+        meta: free-form facts saved with the artifact (metrics, training command, …).
+    """
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        gallery: Gallery,
+        ood: KNNOOD,
+        *,
+        k: int = 10,
+        density: DensityCorrection | None = None,
+        taxonomy: Taxonomy | None = None,
+        meta: dict[str, Any] | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        if gallery.dim != model.output_dim:
+            raise VericarError(
+                f"gallery holds {gallery.dim}-d embeddings but the model makes {model.output_dim}-d ones; "
+                "rebuild the gallery with this model (python -m vericar.evaluate --gallery CSV does it)."
+            )
+        self.model = model.eval()
+        self.gallery = gallery
+        self.ood = ood
+        self.k = int(k)
+        self.taxonomy = taxonomy or Taxonomy.from_labels(list(gallery.classes))
+        self.meta = dict(meta or {})
+        self.batch_size = batch_size
+        self._transform = eval_transform(model.pretrained_cfg)  # for explain()
+        # One lock for gallery reads and writes: enrolment from one request must never be seen
+        # half-done by a search from another (the app serves requests from several threads).
+        self._lock = threading.RLock()
+        self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
+        self.density = density or DensityCorrection()
+        self._density_r: np.ndarray | None = None  # each entry's local density, recomputed after changes
+        self._density_key: tuple | None = None
+
+    # ---------------------------------------------------------------- embedding
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        """Embed photos (paths, bytes, PIL or arrays) → (N, D) float32, L2-normalised."""
+        pil = [open_image(im) for im in images]
+        return self._embed_pil(pil)
+
+    def _embed_pil(self, pil: Sequence[Any]) -> np.ndarray:
+        return embed_images(self.model, pil, batch_size=self.batch_size)
+
+    # --------------------------------------------------------------- prediction
+    def predict(self, image: Any) -> Prediction:
+        """Identify one photo."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[Any]) -> list[Prediction]:
+        """Identify several photos in one forward pass."""
+        return self.predict_embeddings(self.embed(images))
+
+    def predict_embeddings(self, emb: np.ndarray) -> list[Prediction]:
+        """Predictions for already-computed query embeddings (evaluation reuses this)."""
+        with self._lock:  # votes read labels by index: no enrolment/removal may interleave
+            if len(self.gallery) == 0:
+                raise VericarError(
+                    "the gallery is empty, so there is nothing to compare with; enroll photos "
+                    "(Recognizer.enroll) or build a gallery (python -m vericar.evaluate --gallery CSV)."
+                )
+            depth = max(self.k, self.ood.k)
+            scores, cosine, idx = self.search(emb, depth)
+            # A vehicle enrolled from 3 photos has only 3 neighbours of its own: its 10th neighbour
+            # is another class, which would make it look unknown and let a similar class with many
+            # photos outvote it. So k (voting and KNN+) is capped at the nearest class's photo count.
+            counts = self._class_counts()
+            cap = np.array([counts.get(self.gallery.labels[j], 1) if j >= 0 else 1 for j in idx[:, 0]])
+            s_ood = scores[:, : self.ood.k].copy()
+            s_ood[np.arange(self.ood.k)[None, :] >= cap[:, None]] = -np.inf
+            ood_scores = self.ood.score(s_ood)
+            unknown = self.ood.is_unknown(ood_scores)
+            return [
+                self._prediction(cosine[q], idx[q], min(self.k, int(cap[q])), float(ood_scores[q]), bool(unknown[q]))
+                for q in range(len(emb))
+            ]
+
+    def search(self, emb: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The top ``depth`` gallery entries per query as this recognizer ranks them.
+
+        Returns ``(scores, cosine, idx)``: the ranking scores (KNN+ reads them; the cosine itself
+        unless the density correction is on), the plain cosines and the entry indices.
+        """
+        with self._lock:
+            if not self.density.active:
+                scores, idx = self.gallery.search(emb, depth)
+                return scores, scores, idx
+            # The gallery's revision is unique per gallery state, so this also notices a gallery
+            # swapped or changed in place by a caller; k, because the density may be swapped too.
+            key = (self.gallery.revision, self.density.k)
+            if self._density_r is None or self._density_key != key:
+                self._density_r, self._density_key = self.density.densities(self.gallery), key
+            return self.density.neighbours(self.gallery, emb, self._density_r, depth)
+
+    def _class_counts(self) -> dict[str, int]:
+        if self._counts is None:
+            self._counts = dict(Counter(self.gallery.labels))
+        return self._counts
+
+    def _prediction(self, scores: np.ndarray, idx: np.ndarray, k: int, ood_score: float, unknown: bool) -> Prediction:
+        s, ix = scores[None, :k], idx[None, :k]
+        conf: dict[str, float] = {}
+        values: dict[str, str | None] = {}
+        for level in PREDICTION_LEVELS:
+            values[level], c = self.gallery.vote(s, ix, self._level_fn(level))[0]
+            conf[level] = float(c)
+        label = values["model"]
+        hier = label is not None and self.taxonomy.is_hierarchical(label)
+        labels, refs = self.gallery.labels, self.gallery.refs
+        neigh = [
+            Neighbour(labels[j], float(sc), refs[j] if refs else None, int(j))
+            for sc, j in zip(s[0], ix[0])
+            if j >= 0
+        ]
+        return Prediction(
+            label=label,
+            make=values["make"] if hier else None,
+            model=self.taxonomy.name(label).model if label is not None else None,
+            type=values["type"] if hier else None,
+            year=values["year"] if hier else None,
+            confidence=conf if hier else {"model": conf["model"]},
+            unknown=unknown,
+            ood_score=ood_score,
+            neighbours=neigh,
+        )
+
+    def _level_fn(self, level: str):
+        if level == "model":
+            return lambda label: label
+        return lambda label: self.taxonomy.level_value(label, level)
+
+    def similar(self, image: Any, k: int = 5) -> list[Neighbour]:
+        """The ``k`` gallery entries most similar to a photo, in this recognizer's ranking (as the
+        neighbours of ``predict``); each ``score`` is the plain cosine similarity."""
+        emb = self.embed([image])
+        with self._lock:
+            _, cosine, idx = self.search(emb, int(k))
+            return [
+                Neighbour(self.gallery.labels[j], float(s), self.gallery.refs[j] if self.gallery.refs else None, int(j))
+                for s, j in zip(cosine[0], idx[0])
+                if j >= 0
+            ]
+
+    # ---------------------------------------------------------------- enrolment
+    def enroll(self, images: Sequence[Any], label: str, refs: Sequence[str] | None = None) -> int:
+        """Add photos of a (new or known) vehicle to the gallery; no retraining. Returns how many."""
+        label = (label or "").strip()
+        if not label:
+            raise VericarError("the vehicle label is empty; give a name such as 'Tesla Model 3 Sedan 2021'.")
+        if not images:
+            raise VericarError("no photos were given; enroll at least one photo of the vehicle.")
+        pil = [open_image(im) for im in images]  # every photo is checked before anything is added
+        emb = self._embed_pil(pil)
+        if refs is None:
+            refs = [f"enrolled:{label}:{i}" for i in range(len(pil))]
+        with self._lock:
+            self.gallery.add(emb, [label] * len(pil), refs=list(refs), thumbnails=[make_thumbnail(p) for p in pil])
+            self._changed()
+        return len(pil)
+
+    def add_embeddings(
+        self,
+        embeddings: np.ndarray,
+        labels: Sequence[str],
+        refs: Sequence[str] | None = None,
+        thumbnails: Sequence[Any] | None = None,
+    ) -> int:
+        """Add already-computed embeddings (e.g. a saved gallery of enrolled vehicles) under the lock."""
+        with self._lock:
+            self.gallery.add(embeddings, list(labels), refs=None if refs is None else list(refs), thumbnails=thumbnails)
+            self._changed()
+        return len(labels)
+
+    def remove(self, label: str) -> int:
+        """Remove every gallery entry of ``label``. Returns how many were removed."""
+        with self._lock:
+            n = self.gallery.remove_label(label)
+            self._changed()
+        return n
+
+    def _changed(self) -> None:
+        """The gallery's label set changed: refresh what is derived from it."""
+        self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
+        self._counts = None
+        self._density_r = None
+
+    def thumbnail(self, index: int, label: str) -> Any:
+        """Thumbnail of gallery entry ``index`` if it still holds ``label`` (else None), under the lock."""
+        with self._lock:
+            g = self.gallery
+            if 0 <= index < len(g) and g.labels[index] == label:
+                return g.thumbnail(index)
+            return None
+
+    # ----------------------------------------------------------------- explain
+    def explain(self, image: Any) -> Explanation:
+        """Grad-CAM++ of the similarity to the predicted vehicle's gallery embeddings."""
+        from .explain import gradcam_pp, overlay  # lazy: pytorch-grad-cam is only needed here
+
+        pil = open_image(image)
+        pred = self.predict(pil)
+        with self._lock:
+            rows = [i for i, lab in enumerate(self.gallery.labels) if lab == pred.label]
+            if not rows:  # removed by another request between predict() and here
+                raise VericarError(f"{pred.label!r} was just removed from the gallery; try again.")
+            targets = self.gallery.embeddings[rows]
+        x = self._transform(pil).unsqueeze(0)
+        heat = gradcam_pp(self.model, x, targets)
+        return Explanation(heatmap=heat, overlay=overlay(self._input_view(pil), heat), label=pred.label)
+
+    def _input_view(self, pil: Any) -> Any:
+        """The part of the photo the model saw, so the heatmap lands on the right pixels."""
+        cfg = self.model.pretrained_cfg
+        if cfg.get("resize_mode", "shortest") == "squash":
+            return pil  # the whole photo, stretched: stretching the heatmap back is exact
+        h, w = cfg["input_size"][1:]
+        short = int(max(h, w) / float(cfg.get("crop_pct", 1.0)))
+        scale = short / min(pil.size)
+        rw, rh = max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale))
+        left, top = (rw - w) // 2, (rh - h) // 2
+        return pil.resize((rw, rh)).crop((left, top, left + w, top + h))
+
+    # ------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str, **kw: Any) -> str:
+        """Write config.json + model.safetensors + gallery files to ``directory`` (offline)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **kw)
+
+    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
+        """Save to a temporary folder and upload it to the Hugging Face Hub."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kw)
