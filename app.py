@@ -25,8 +25,9 @@ from vericar import hub
 from vericar._runtime import tune_malloc
 from vericar.enrolled import default_data_dir
 from vericar.errors import VericarError
+from vericar.gallery_images import image_source, page_examples
 from vericar.labels import md_text
-from vericar.present import finite, make_examples, model_card, placeholder, prediction_dict, result_markdown
+from vericar.present import finite, model_card, placeholder, prediction_dict, result_markdown
 from vericar.recognizer import Recognizer
 from vericar.visitors import make_vehicles
 from vericar.webui import DELETE_CACHE, PhotoInput, open_upload, user_message
@@ -57,7 +58,7 @@ def _sid(request: gr.Request | None) -> str | None:
 
 
 def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, spec: str = "default",
-               concurrency: int | None = None) -> gr.Blocks:
+               concurrency: int | None = None, gallery_images: str | None = None) -> gr.Blocks:
     """The Gradio app over one shared recognizer; enrolled vehicles persist under ``data_dir``
     (local mode), or belong to each visitor's session ($VERICAR_PUBLIC=1, see vericar.visitors)."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -72,7 +73,9 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
     # calls run at once in all (a per-event limit would let identify + explain + similar + ... each
     # take that many, thrashing a small CPU); the rest wait in the queue.
     model_q: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": concurrency}
-    examples = make_examples(data_dir / "examples")
+    # Photos for the similar-vehicle tiles and real examples: --gallery-images DIR, or the Hub dataset on a Space.
+    source = image_source(gallery_images if gallery_images is not None else os.environ.get("VERICAR_GALLERY_IMAGES"))
+    examples, examples_label, examples_note = page_examples(source, data_dir / "examples")
 
     @_user_errors
     def identify(image: str, request: gr.Request) -> dict[str, Any]:
@@ -91,8 +94,11 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         """Grad-CAM++ overlay: where the photo looks like the predicted vehicle."""
         return _rec(request).explain(open_upload(image)).overlay
 
-    def ui_explain(image: str, request: gr.Request) -> Image.Image:
-        return explain(image, request)
+    @_user_errors
+    def ui_explain(image: str, request: gr.Request) -> tuple[Image.Image, Image.Image]:
+        r, pil = _rec(request), open_upload(image)
+        after = r.explain(pil).overlay
+        return r._input_view(pil).resize(after.size), after  # before / after, for the slider
 
     @_user_errors
     def enroll(images: list[str] | None, label: str, request: gr.Request) -> dict[str, Any]:
@@ -112,7 +118,7 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                                           for lvl, c in pred.confidence.items()}
         tiles = []
         for n in pred.neighbours:
-            thumb = r.thumbnail(n.index, n.label)  # under the recognizer's lock: enrol/remove may run
+            thumb = (source.tile(n.ref, n.label) if source and n.ref else None) or r.thumbnail(n.index, n.label)
             tiles.append((thumb if thumb is not None else placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
         return result_markdown(pred, rec.ood.threshold), conf, tiles
 
@@ -156,14 +162,16 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                     image = PhotoInput(label="Vehicle photo", sources=["upload", "webcam", "clipboard"],
                                        elem_id="vericar-photo")
                     go = gr.Button("Identify", variant="primary", elem_id="vericar-identify")
-                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples (synthetic drawings)")
+                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label=examples_label)
+                    if examples_note:
+                        gr.Markdown(examples_note, elem_id="vericar-examples-note")
                 with gr.Column():
                     result = gr.Markdown(elem_id="vericar-result")
                     levels = gr.Label(label="Confidence per level", elem_id="vericar-levels", show_heading=False)
-                    overlay = gr.Image(label="Grad-CAM++: what the match rests on", type="pil", interactive=False,
-                                       elem_id="vericar-overlay")
+                    overlay = gr.ImageSlider(label="Grad-CAM++: the photo / what the match rests on", type="pil",
+                                             interactive=False, elem_id="vericar-overlay")
             neighbours = gr.Gallery(label="Most similar known vehicles", columns=6, height=220, object_fit="contain",
-                                    fit_columns=False, interactive=False)
+                                    fit_columns=False, interactive=False, elem_id="vericar-neighbours")
             go.click(ui_identify, [image], [result, levels, neighbours], api_visibility="private", **model_q).success(
                 ui_explain, [image], [overlay], api_visibility="private", **model_q)
         with gr.Tab("Add a vehicle"):
@@ -172,15 +180,15 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
             with gr.Row():
                 with gr.Column():
                     photos = gr.File(label="Photos (2-10 work best)", file_count="multiple", file_types=["image"],
-                                     type="filepath")
+                                     type="filepath", elem_id="vericar-photos")
                     with gr.Row():
                         make, model = gr.Textbox(label="Make"), gr.Textbox(label="Model")
                         vtype, year = gr.Textbox(label="Type (e.g. Sedan, SUV)"), gr.Textbox(label="Year")
-                    free = gr.Textbox(label="…or a free label (overrides the fields)")
-                    add = gr.Button("Add vehicle", variant="primary")
+                    free = gr.Textbox(label="…or a free label (overrides the fields)", elem_id="vericar-free")
+                    add = gr.Button("Add vehicle", variant="primary", elem_id="vericar-add")
                 with gr.Column():
-                    status = gr.Markdown()
-                    listing = gr.Markdown(listing_text())
+                    status = gr.Markdown(elem_id="vericar-status")
+                    listing = gr.Markdown(listing_text(), elem_id="vericar-listing")
                     pick = gr.Dropdown(label="Added vehicles", choices=[lab for lab, _ in vehicles.summary(None)])
                     drop = gr.Button("Remove", variant="stop")
             add.click(ui_enroll, [photos, free, make, model, vtype, year], [status, listing, pick],
@@ -240,11 +248,13 @@ def error_demo(message: str) -> gr.Blocks:
     return demo
 
 
-def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None) -> gr.Blocks:
+def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None,
+               gallery_images: str | None = None) -> gr.Blocks:
     """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it."""
     spec = spec or os.environ.get("VERICAR_MODEL", "default")
     rec = hub.load(spec)
-    return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec)
+    return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec,
+                      gallery_images=gallery_images)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,12 +262,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="vericar Gradio app")
     ap.add_argument("--model", default=None, help=f"model spec (default $VERICAR_MODEL or 'default'); {hub.SPEC_HELP}")
     ap.add_argument("--data-dir", default=None, help="where added vehicles are kept (default $VERICAR_DATA_DIR)")
+    ap.add_argument("--gallery-images", default=None, help="a local copy of the gallery's dataset (e.g. "
+                    "../shared/data/stanford_cars) or hf-dataset:ORG/NAME: similar vehicles then show photos "
+                    "(default $VERICAR_GALLERY_IMAGES)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     global demo
     try:
-        demo = create_app(args.model, args.data_dir)
+        demo = create_app(args.model, args.data_dir, args.gallery_images)
     except VericarError as e:
         sys.exit(f"error: {e}")
     demo.launch(**launch_options())  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself

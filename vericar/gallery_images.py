@@ -141,3 +141,25 @@ def image_source(spec: str | None) -> LocalImages | HubImages | None:
     if spec.startswith("hf-dataset:"):
         return HubImages(spec[len("hf-dataset:"):] or HUB_DATASET)
     return LocalImages(spec)
+
+
+DRAWINGS_NOTE = ("These examples are drawings, not photos: the model was trained on photos of real cars, so a "
+                 "drawing comes back as an *unknown vehicle*. Upload a photo of a car to see it named.")
+
+
+def page_examples(source: LocalImages | HubImages | None, folder: Path) -> tuple[list[str], str, str]:
+    """The Identify tab's examples: (paths, their label, a note for the page).
+
+    Real test photos from ``source`` when it has them (fetched at start-up into ``folder``, which
+    is a data folder, never the repository); else the drawn vehicles, said to be drawings.
+    """
+    from .present import make_examples  # present draws the fallback examples
+
+    if source is not None:
+        try:
+            real = (source.examples(3, folder / "real") if isinstance(source, HubImages) else source.examples(3))
+            if real:
+                return [p for p, _ in real], "Examples (Stanford Cars test photos)", ""
+        except Exception as e:  # no network on the Space's first start: the drawings still work
+            log.warning("no real example photos from %s (%s); using drawings", source, e)
+    return make_examples(folder), "Examples (drawings, not photos)", DRAWINGS_NOTE

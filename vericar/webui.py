@@ -54,20 +54,22 @@ def check_upload(path: Any, name: str | None = None) -> str:
     return str(path)
 
 
-class PhotoInput(gr.Image):
-    """``gr.Image`` (type "filepath") whose uploads are checked by vericar before anything opens them."""
+def PhotoInput(**kwargs: Any) -> gr.Image:  # noqa: N802 - used like a component class
+    """A ``gr.Image`` (type "filepath") whose uploads are checked by vericar before anything opens them.
 
-    is_template = True  # the browser shows the plain gr.Image widget
+    A plain gr.Image instance (the page knows its widget; a subclass would be a custom component
+    the browser cannot load) with its ``preprocess`` replaced on the instance.
+    """
+    kwargs.update(type="filepath", image_mode=None)
+    image = gr.Image(**kwargs)
+    plain = image.preprocess
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.update(type="filepath", image_mode=None)
-        super().__init__(**kwargs)
-
-    def preprocess(self, payload: Any) -> str | None:
-        """The uploaded file's path, after ``check_upload``; data: URLs go through gr.Image first."""
+    def preprocess(payload: Any) -> str | None:
         if payload is None:
             return None
-        if getattr(payload, "path", None) is None:
-            return check_upload(super().preprocess(payload))
+        if getattr(payload, "path", None) is None:  # a data: URL: gr.Image writes it to a file first
+            return check_upload(plain(payload))
         return check_upload(payload.path, getattr(payload, "orig_name", None))
 
+    image.preprocess = preprocess
+    return image

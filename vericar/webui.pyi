@@ -58,7 +58,11 @@ from gradio.events import Dependency
 class PhotoInput(gr.Image):
     """``gr.Image`` (type "filepath") whose uploads are checked by vericar before anything opens them."""
 
-    is_template = True  # the browser shows the plain gr.Image widget
+    is_template = True  # the browser shows the plain gr.Image widget...
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()  # ...which the page looks up by gr.Image's class id
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.update(type="filepath", image_mode=None)
