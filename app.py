@@ -195,9 +195,9 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                       api_visibility="private", **model_q)
             drop.click(ui_remove, [pick], [status, listing, pick], api_visibility="private", **model_q)
         with gr.Tab("Model card"):
-            gr.Markdown(card_md)
+            gr.Markdown(card_md, elem_id="vericar-card")
             if curve:
-                gr.Image(curve, label="Training curve", interactive=False)
+                gr.Image(curve, label="Training curve", interactive=False, elem_id="vericar-curve")
         # API endpoints: hidden components, explicit names (gradio_client: api_name="/identify", ...).
         with gr.Row(visible=False):
             a_img = gr.File(label="image", type="filepath")

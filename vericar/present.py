@@ -139,7 +139,8 @@ def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
             if text.startswith("---"):  # drop the Hub card's YAML header
                 end = text.find("\n---", 3)
                 text = text[end + 4:] if end > 0 else text
-            lines += ["", "---", "", public_text(_MD_IMAGE.sub("", text).strip())]  # the curve is shown below
+            text = _SETTINGS.sub("", _MD_IMAGE.sub("", text))  # the curve is shown below; settings are for developers
+            lines += ["", "---", "", public_text(text.strip())]
         if (folder / "training_curve.png").is_file():
             curve = str(folder / "training_curve.png")
     if len(lines) == 1:
@@ -147,6 +148,7 @@ def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
     return "\n".join(lines), curve
 
 
+_SETTINGS = re.compile(r"^## Settings\n.*?(?=^## |\Z)", re.S | re.M)  # the training config dump
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)\n?")  # relative images cannot load in the app's Markdown
 # Folders of the machine that trained the model (output dirs, data paths): not a visitor's business.
 _PATH = re.compile(r"(?<![\w.:/])(?:\.\./|/)[\w.-]+(?:/[\w.-]+)*")

@@ -163,3 +163,50 @@ def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monk
                 browser.close()
     finally:
         demo.close()
+
+
+CARS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "stanford_cars"
+
+
+@pytest.mark.skipif(not (CARS / "dev.csv").is_file(), reason=f"no Stanford Cars copy at {CARS}")
+def test_photo_tiles_and_model_card_screenshots(tmp_path, monkeypatch):
+    """The shipped model with --gallery-images: similar vehicles are photos; the model card's curve loads.
+
+    Screenshots go to tmp_path, or to $VERICAR_DOCS_DIR (docs/identify.png, docs/model_card.png):
+        VERICAR_DOCS_DIR=docs python -m pytest tests/browser -q -k screenshots
+    """
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{make_artifact(tmp_path / 'model')}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app_module = importlib.import_module("app")
+    demo = app_module.create_app("default", tmp_path / "data", gallery_images=str(CARS))
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app_module.launch_options())
+    out = Path(os.environ.get("VERICAR_DOCS_DIR") or tmp_path)
+    photo = CARS / "dev" / "00009.jpg"  # a BMW X5 SUV 2007 of the test split
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(demo.local_url, wait_until="load")
+                expect(page.get_by_text("Examples (Stanford Cars test photos)")).to_be_visible(timeout=60_000)
+                page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
+                page.locator("#vericar-identify").click()
+                expect(page.locator("#vericar-result")).to_contain_text("threshold", timeout=60_000)
+                tiles = page.locator("#vericar-neighbours img")
+                expect(tiles.first).to_be_visible(timeout=60_000)
+                expect(page.locator("#vericar-overlay img").last).to_be_visible(timeout=60_000)
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(out / "identify.png"), full_page=True)
+                page.get_by_role("tab", name="Model card").click()
+                curve = page.locator("#vericar-curve img")
+                expect(curve).to_be_visible(timeout=60_000)
+                assert curve.evaluate("img => img.complete && img.naturalWidth > 0")
+                card = page.locator("#vericar-card").inner_text()
+                assert "/work" not in card and "None" not in card and "../shared" not in card
+                page.screenshot(path=str(out / "model_card.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert (out / "identify.png").stat().st_size > 50_000
