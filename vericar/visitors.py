@@ -259,8 +259,11 @@ class SessionVehicles:
 
 
 def public_mode() -> bool:
-    """$VERICAR_PUBLIC is set to 1/true/yes."""
-    return os.environ.get("VERICAR_PUBLIC", "").strip().lower() in {"1", "true", "yes"}
+    """$VERICAR_PUBLIC is 1/true/yes; when it is unset, a Hugging Face Space ($SYSTEM=spaces) is public."""
+    flag = os.environ.get("VERICAR_PUBLIC")
+    if flag is None or not flag.strip():
+        return os.environ.get("SYSTEM") == "spaces"
+    return flag.strip().lower() in {"1", "true", "yes"}
 
 
 def make_vehicles(rec: Recognizer, data_dir: str | os.PathLike, *, public: bool | None = None,
