@@ -232,12 +232,16 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
 
 
 def launch_options() -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch()``: the upload cap ($VERICAR_MAX_UPLOAD, default MAX_UPLOAD).
+    """Keyword arguments for ``demo.launch()``: the upload cap ($VERICAR_MAX_UPLOAD, default MAX_UPLOAD),
+    and Gradio's MCP server when $VERICAR_MCP=1.
 
     They can only be given to launch(): Blocks.launch() overwrites any max_file_size set on the
     Blocks beforehand, so build_demo() cannot carry them.
     """
-    return {"max_file_size": os.environ.get("VERICAR_MAX_UPLOAD") or MAX_UPLOAD}
+    opts: dict[str, Any] = {"max_file_size": os.environ.get("VERICAR_MAX_UPLOAD") or MAX_UPLOAD}
+    if os.environ.get("VERICAR_MCP", "").strip().lower() in {"1", "true", "yes"}:
+        opts["mcp_server"] = True  # LLM agents call /identify, /similar, ... as MCP tools (needs gradio[mcp])
+    return opts
 
 
 def error_demo(message: str) -> gr.Blocks:
