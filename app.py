@@ -67,6 +67,7 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
 
     def _rec(request: gr.Request | None) -> Recognizer:  # the shared recognizer, or this visitor's view of it
         return vehicles.recognizer(_sid(request))
+
     if concurrency is None:
         concurrency = int(os.environ.get("VERICAR_CONCURRENCY", "2"))
     # Every event that runs the model shares one concurrency group, so at most `concurrency` model
@@ -176,7 +177,10 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                 ui_explain, [image], [overlay], api_visibility="private", **model_q)
         with gr.Tab("Add a vehicle"):
             gr.Markdown("Add a vehicle the model does not know: a few photos and its name. It is recognised on "
-                        "the very next request and kept across restarts; no retraining.")
+                        "the very next request and kept across restarts; no retraining." if not vehicles.public else
+                        "Add a vehicle the model does not know: a few photos and its name. It is recognised in your "
+                        "next requests, no retraining. On this public demo the vehicles you add are yours alone "
+                        "(other visitors never see them, at most 5) and are forgotten when you close the page.")
             with gr.Row():
                 with gr.Column():
                     photos = gr.File(label="Photos (2-10 work best)", file_count="multiple", file_types=["image"],
