@@ -9,7 +9,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from test_app import BASE, NEW, _launch, _photos, make_artifact, vehicle_photo, app_module  # noqa: F401
+from test_app import NEW, _launch, _photos, make_artifact, vehicle_photo, app_module  # noqa: F401
 
 OTHER = "Othermake Wagon Wagon 2023"
 TOKEN = "correct horse battery staple"

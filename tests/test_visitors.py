@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_enrolled import BASE, NEW, OTHER, fresh_rec, photos, weights  # noqa: F401 (fixture)
+from test_enrolled import NEW, OTHER, fresh_rec, photos, weights  # noqa: F401 (fixture)
 from vericar.density import DensityCorrection
 from vericar.errors import VericarError
 from vericar.labels import LabelError, check_not_confusable, md_text, normalise_label, skeleton

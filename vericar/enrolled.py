@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Sequence
 from .errors import ArtifactError, VericarError
 from .gallery import Gallery
 from .images import open_image
-from .labels import MAX_LABEL_LEN, check_not_confusable, html_text, normalise_label
+from .labels import MAX_LABEL_LEN  # noqa: F401 - re-exported: the label rules live in labels.py
+from .labels import check_not_confusable, html_text, normalise_label
 from .recognizer import Recognizer
 
 log = logging.getLogger(__name__)
