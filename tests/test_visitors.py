@@ -134,3 +134,19 @@ def test_label_text_rules():
     md = md_text(hostile)
     assert "<" not in md and "](" not in md and "**" not in md and "$$" not in md
     assert md.replace("\\", "").replace("&lt;", "<") == hostile
+
+
+def test_merged_gallery_search_is_the_search_of_the_union():
+    from vericar.gallery import Gallery
+    from vericar.sessions import MergedGallery
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(7, 8)).astype(np.float32)
+    merged = MergedGallery(Gallery.from_arrays(a, [f"s{i}" for i in range(50)]),
+                           Gallery.from_arrays(b, [f"o{i}" for i in range(7)]))
+    union = Gallery.from_arrays(np.concatenate([a, b]), merged.labels)
+    q = rng.normal(size=(4, 8)).astype(np.float32)
+    (s1, i1), (s2, i2) = merged.search(q, 60), union.search(q, 60)  # deeper than both: -1 padding too
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, atol=1e-6)
+    assert len(merged) == 57 and merged.classes == union.classes

@@ -31,7 +31,8 @@ class MergedGallery:
     """Read-only view of ``shared`` entries followed by ``own`` ones (indices ``len(shared) + j``).
 
     It offers what a Recognizer reads from its gallery (labels, refs, thumbnails, embeddings,
-    classes, vote); it is never searched directly (SessionRecognizer.search merges the two).
+    classes, vote, a plain-cosine search); SessionRecognizer.search merges the two in the
+    recognizer's own ranking.
     """
 
     def __init__(self, shared: Gallery, own: Gallery) -> None:
@@ -60,6 +61,21 @@ class MergedGallery:
     @property
     def revision(self) -> tuple[int, int]:
         return self.shared.revision, self.own.revision
+
+    @property
+    def exact(self) -> bool:
+        return self.shared.exact
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Plain-cosine top ``k`` over both parts (as Gallery.search; the recognizer ranks via its own search)."""
+        s, i = self.shared.search(queries, k)
+        if len(self.own):
+            o_s, o_i = self.own.search(queries, min(k, len(self.own)))
+            o_i = np.where(o_i >= 0, o_i + len(self.shared), -1)
+            s, i = np.concatenate([s, o_s], axis=1), np.concatenate([i, o_i], axis=1)
+            order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+        return s, i
 
     def thumbnail(self, i: int) -> Any:
         n = len(self.shared)
