@@ -159,6 +159,7 @@ def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monk
                 assert "pixel.png" in a.locator("#vericar-result").inner_text()
                 assert "pixel.png" not in b.locator("#vericar-result").inner_text()
                 assert a.locator("img[src*='pixel.png']").count() == 0 and not fetched
+                assert a.locator("a[href*='127.0.0.1:9']").count() == 0  # the Markdown link stayed text everywhere
             finally:
                 browser.close()
     finally:
