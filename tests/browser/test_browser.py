@@ -160,6 +160,14 @@ def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monk
                 assert "pixel.png" not in b.locator("#vericar-result").inner_text()
                 assert a.locator("img[src*='pixel.png']").count() == 0 and not fetched
                 assert a.locator("a[href*='127.0.0.1:9']").count() == 0  # the Markdown link stayed text everywhere
+                # A closes the page: the session ends and its vehicles are freed.
+                assert demo.vericar_vehicles.sessions() == 1
+                a.close()
+                for _ in range(120):
+                    if demo.vericar_vehicles.sessions() == 0:
+                        break
+                    b.wait_for_timeout(500)
+                assert demo.vericar_vehicles.sessions() == 0
             finally:
                 browser.close()
     finally:
