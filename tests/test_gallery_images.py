@@ -40,8 +40,8 @@ def fake_hub(calls: list):
     """`datasets.load_dataset` stand-in: a real in-memory Dataset with an Image column and ClassLabel."""
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
 
-    def load(repo, split):
-        calls.append((repo, split))
+    def load(repo, split, streaming=False):
+        calls.append((repo, split, streaming))
         rows = {"image": [make_car_image(s, (120, 80)) for s in range(3)], "label": [0, 1, 0]}
         return datasets.Dataset.from_dict(rows, features=features)
 
@@ -50,20 +50,37 @@ def fake_hub(calls: list):
 
 def test_hub_dataset_tiles_and_examples(tmp_path):
     calls: list = []
-    src = HubImages("org/cars", load=fake_hub(calls))
+    src = HubImages("org/cars", load=fake_hub(calls), background=False)
     assert src.tile("stanford_cars:train/00002.jpg", NAMES[1]) is not None  # row 1 is a BMW
     assert src.tile("stanford_cars:train/00002.jpg", NAMES[0]) is None  # not the gallery's label: no photo
     assert src.tile("stanford_cars:dev/00099.jpg", NAMES[0]) is None  # no such row
     paths, label, note = page_examples(src, tmp_path / "ex")
-    assert len(paths) == 3 and all(p.endswith(".jpg") for p in paths) and "test photos" in label and not note
-    assert ("org/cars", "train") in calls and ("org/cars", "test") in calls
+    assert len(paths) == 1 and paths[0].endswith(".jpg") and "test photos" in label and not note  # 3 rows: 1 taken
+    assert calls[0] == ("org/cars", "train", False) and calls[-1] == ("org/cars", "test", True)  # examples stream
+
+
+def test_hub_split_downloads_in_the_background():
+    import threading
+
+    gate, calls = threading.Event(), []
+    slow = fake_hub(calls)
+
+    def load(repo, split, streaming=False):
+        gate.wait(10)
+        return slow(repo, split, streaming)
+
+    src = HubImages("org/cars", load=load)
+    assert src.tile("stanford_cars:train/00002.jpg", NAMES[1]) is None  # not there yet: a text tile, no wait
+    gate.set()
+    src.warm("train").join(10)
+    assert src.tile("stanford_cars:train/00002.jpg", NAMES[1]) is not None
 
 
 def test_no_source_or_a_failing_one_gives_labelled_drawings(tmp_path):
-    def down(repo, split):
+    def down(repo, split, streaming=False):
         raise ConnectionError("the Hub is not reachable")
 
     for src in (None, HubImages("org/cars", load=down)):
         paths, label, note = page_examples(src, tmp_path / "ex")
         assert len(paths) == 3 and "drawings" in label and note == DRAWINGS_NOTE
-    assert HubImages("org/cars", load=down).tile("stanford_cars:train/00001.jpg", NAMES[0]) is None
+    assert HubImages("org/cars", load=down, background=False).tile("stanford_cars:train/00001.jpg", NAMES[0]) is None

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,10 +81,15 @@ def _thumb(path: str) -> Image.Image | None:
 
 
 class HubImages:
-    """A Hugging Face image-classification dataset (columns ``image``, ``label`` as a ClassLabel)."""
+    """A Hugging Face image-classification dataset (columns ``image``, ``label`` as a ClassLabel).
 
-    def __init__(self, repo: str = HUB_DATASET, *, load: Callable[..., Any] | None = None) -> None:
-        self.repo = repo
+    A split is downloaded once, in a background thread, so no request waits for it: until it is
+    there (or when the Hub cannot be reached) tiles are text. Examples stream only a few rows.
+    """
+
+    def __init__(self, repo: str = HUB_DATASET, *, load: Callable[..., Any] | None = None,
+                 background: bool = True) -> None:
+        self.repo, self.background = repo, background
         if load is None:
             try:
                 from datasets import load_dataset as load  # lazy: only a Space (or a test) needs it
@@ -91,46 +98,67 @@ class HubImages:
                                    "datasets") from e
         self._load = load
         self._splits: dict[str, Any] = {}
+        self._loading: dict[str, threading.Thread] = {}
+        self._tiles: dict[tuple[str, str | None], Image.Image] = {}
+        self._lock = threading.Lock()
 
-    def _split(self, name: str) -> Any:
-        if name not in self._splits:
-            self._splits[name] = self._load(self.repo, split=name)
-        return self._splits[name]
+    def warm(self, split: str = "train") -> threading.Thread | None:
+        """Start downloading ``split`` (once); returns the loading thread (None when run inline / loaded)."""
+        with self._lock:
+            if split in self._splits or split in self._loading:
+                return self._loading.get(split)
+            if not self.background:
+                self._fetch(split)
+                return None
+            t = threading.Thread(target=self._fetch, args=(split,), daemon=True, name=f"vericar-hub-{split}")
+            self._loading[split] = t
+        t.start()
+        return t
 
-    def _row(self, split: str, index: int) -> tuple[Image.Image, str] | None:
-        ds = self._split(split)
-        if not 0 <= index < len(ds):
-            return None
-        row = ds[index]
-        return row["image"], ds.features["label"].int2str(int(row["label"]))
+    def _fetch(self, split: str) -> None:
+        try:
+            ds = self._load(self.repo, split=split)
+        except Exception as e:  # the Hub is down, the dataset moved: text tiles, and say why once
+            log.warning("gallery images from %s unavailable (%s); showing text tiles", self.repo, e)
+            ds = None
+        self._splits[split] = ds
 
-    @functools.lru_cache(maxsize=256)
     def tile(self, ref: str, label: str | None = None) -> Image.Image | None:
-        """The photo behind ``ref`` if the dataset holds it under ``label``."""
+        """The photo behind ``ref`` if the dataset holds it under ``label`` (None while it downloads)."""
         m = _REF.match(ref or "")
         if not m:
             return None
-        try:
-            got = self._row(HUB_SPLITS[m["split"]], int(m["stem"]) - 1)
-        except Exception as e:  # the Hub is down, the dataset moved: text tiles, and say why once
-            log.warning("gallery images from %s unavailable (%s); showing text tiles", self.repo, e)
+        if (ref, label) in self._tiles:
+            return self._tiles[(ref, label)]
+        split, index = HUB_SPLITS[m["split"]], int(m["stem"]) - 1
+        self.warm(split)
+        ds = self._splits.get(split)
+        if ds is None or not 0 <= index < len(ds):
             return None
-        if got is None or (label is not None and got[1] != label):
-            return None
-        return make_thumbnail(open_image(got[0]), TILE_SIZE)
+        row = ds[index]
+        if label is not None and ds.features["label"].int2str(int(row["label"])) != label:
+            return None  # the dataset is in another order than the gallery's refs: never a wrong car
+        tile = make_thumbnail(open_image(row["image"]), TILE_SIZE)
+        if len(self._tiles) < 512:
+            self._tiles[(ref, label)] = tile
+        return tile
 
     def examples(self, n: int = 3, folder: Path | None = None) -> list[tuple[str, str]]:
-        """``n`` photos of the test split saved under ``folder`` (at start-up; never committed)."""
-        ds = self._split("test")
-        out = []
-        for i in range(n):
-            j = (i * 997 + 11) % len(ds)  # spread over the split (it is ordered by nothing we rely on)
-            img, name = open_image(ds[j]["image"]), ds.features["label"].int2str(int(ds[j]["label"]))
-            folder = folder or Path(".")
-            folder.mkdir(parents=True, exist_ok=True)
+        """``n`` photos of the test split saved under ``folder`` (at start-up; never committed).
+
+        Streams the first rows only, so a Space starts without downloading the split.
+        """
+        ds = self._load(self.repo, split="test", streaming=True)
+        names = ds.features["label"]
+        folder = folder or Path(".")
+        folder.mkdir(parents=True, exist_ok=True)
+        out: list[tuple[str, str]] = []
+        for j, row in enumerate(itertools.islice(ds, 0, 40 * n)):
+            if j % 40:  # every 40th row: a few different cars
+                continue
             path = folder / f"test-{j:05d}.jpg"
-            img.save(path, quality=90)
-            out.append((str(path), name))
+            open_image(row["image"]).save(path, quality=90)
+            out.append((str(path), names.int2str(int(row["label"]))))
         return out
 
 
@@ -139,7 +167,9 @@ def image_source(spec: str | None) -> LocalImages | HubImages | None:
     if not spec:
         return None
     if spec.startswith("hf-dataset:"):
-        return HubImages(spec[len("hf-dataset:"):] or HUB_DATASET)
+        source = HubImages(spec[len("hf-dataset:"):] or HUB_DATASET)
+        source.warm("train")  # the shipped gallery's refs are train photos: fetch them before anyone asks
+        return source
     return LocalImages(spec)
 
 
