@@ -1,12 +1,14 @@
 """vericar demo: identify a vehicle, add new ones without retraining, read the model card.
 
-    python app.py [--model SPEC] [--data-dir DIR]      # or: gradio app.py / a Hugging Face Space
+    python app.py [--model SPEC] [--data-dir DIR] [--gallery-images DIR]   # or: gradio app.py / a Space
 
 Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME").
 Enrolled vehicles live under $VERICAR_DATA_DIR (default ~/.cache/vericar). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar,
 /explain, /enroll, /remove. $VERICAR_CONCURRENCY (default 2) model calls run at once across all of
-them; uploads above $VERICAR_MAX_UPLOAD (default 25mb) are refused.
+them; uploads above $VERICAR_MAX_UPLOAD (default 25mb) are refused. $VERICAR_PUBLIC=1 (the default on
+a Space) keeps each visitor's vehicles in their session (vericar.visitors); $VERICAR_MCP=1 also
+serves Gradio's MCP server.
 """
 from __future__ import annotations
 
