@@ -1,12 +1,14 @@
 """vericar demo: identify a vehicle, add new ones without retraining, read the model card.
 
-    python app.py [--model SPEC] [--data-dir DIR]      # or: gradio app.py / a Hugging Face Space
+    python app.py [--model SPEC] [--data-dir DIR] [--gallery-images DIR]   # or: gradio app.py / a Space
 
 Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME").
 Enrolled vehicles live under $VERICAR_DATA_DIR (default ~/.cache/vericar). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar,
 /explain, /enroll, /remove. $VERICAR_CONCURRENCY (default 2) model calls run at once across all of
-them; uploads above $VERICAR_MAX_UPLOAD (default 25mb) are refused.
+them; uploads above $VERICAR_MAX_UPLOAD (default 25mb) are refused. $VERICAR_PUBLIC=1 (the default on
+a Space) keeps each visitor's vehicles in their session (vericar.visitors); $VERICAR_MCP=1 also
+serves Gradio's MCP server.
 """
 from __future__ import annotations
 
@@ -23,11 +25,14 @@ from PIL import Image
 
 from vericar import hub
 from vericar._runtime import tune_malloc
-from vericar.enrolled import EnrolledStore, default_data_dir
+from vericar.enrolled import default_data_dir
 from vericar.errors import VericarError
-from vericar.images import open_image
-from vericar.present import finite, make_examples, model_card, placeholder, prediction_dict, result_markdown
+from vericar.gallery_images import image_source, page_examples
+from vericar.labels import md_text
+from vericar.present import finite, model_card, placeholder, prediction_dict, result_markdown
 from vericar.recognizer import Recognizer
+from vericar.visitors import make_vehicles
+from vericar.webui import DELETE_CACHE, PhotoInput, open_upload, user_message
 
 log = logging.getLogger("vericar.app")
 MAX_K = 50
@@ -44,77 +49,94 @@ def _user_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except (VericarError, ValueError) as e:  # ValueError: taxonomy.vehicle_label's form checks
-            raise gr.Error(str(e), print_exception=False) from e
+            raise gr.Error(user_message(str(e)), print_exception=False) from e
 
     return wrapper
 
 
-def _need(path: Any, what: str = "photo") -> Any:
-    if not path:
-        raise gr.Error(f"No {what} was given; upload a JPEG/PNG/WebP photo of a vehicle and try again.")
-    return path
+def _sid(request: gr.Request | None) -> str | None:
+    """The visitor's Gradio session (one per page load / gradio_client.Client)."""
+    return getattr(request, "session_hash", None)
 
 
 def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, spec: str = "default",
-               concurrency: int | None = None) -> gr.Blocks:
-    """The Gradio app over one shared recognizer; enrolled vehicles persist under ``data_dir``."""
+               concurrency: int | None = None, gallery_images: str | None = None) -> gr.Blocks:
+    """The Gradio app over one shared recognizer; enrolled vehicles persist under ``data_dir``
+    (local mode), or belong to each visitor's session ($VERICAR_PUBLIC=1, see vericar.visitors)."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
-    store = EnrolledStore(rec, data_dir)
+    vehicles = make_vehicles(rec, data_dir)
+    store = vehicles.store
+
+    def _rec(request: gr.Request | None) -> Recognizer:  # the shared recognizer, or this visitor's view of it
+        return vehicles.recognizer(_sid(request))
+
     if concurrency is None:
         concurrency = int(os.environ.get("VERICAR_CONCURRENCY", "2"))
     # Every event that runs the model shares one concurrency group, so at most `concurrency` model
     # calls run at once in all (a per-event limit would let identify + explain + similar + ... each
     # take that many, thrashing a small CPU); the rest wait in the queue.
     model_q: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": concurrency}
-    examples = make_examples(data_dir / "examples")
+    # Photos for the similar-vehicle tiles and real examples: --gallery-images DIR, or the Hub dataset on a Space.
+    source = image_source(gallery_images if gallery_images is not None else os.environ.get("VERICAR_GALLERY_IMAGES"))
+    examples, examples_label, examples_note = page_examples(source, data_dir / "examples")
 
     @_user_errors
-    def identify(image: str) -> dict[str, Any]:
+    def identify(image: str, request: gr.Request) -> dict[str, Any]:
         """Identify one photo: label, make, model, type, year, confidences, unknown flag, neighbours."""
-        return prediction_dict(rec.predict(open_image(_need(image))))
+        return prediction_dict(_rec(request).predict(open_upload(image)))
 
     @_user_errors
-    def similar(image: str, k: float) -> list[dict[str, Any]]:
+    def similar(image: str, k: float, request: gr.Request) -> list[dict[str, Any]]:
         """The k most similar gallery photos, best first."""
         if k is None or not 1 <= int(k) <= MAX_K:
             raise gr.Error(f"k must be between 1 and {MAX_K}, got {k}.")
-        return [{"label": n.label, "score": finite(n.score)} for n in rec.similar(open_image(_need(image)), int(k))]
+        return [{"label": n.label, "score": finite(n.score)} for n in _rec(request).similar(open_upload(image), int(k))]
 
     @_user_errors
-    def explain(image: str) -> Image.Image:
+    def explain(image: str, request: gr.Request) -> Image.Image:
         """Grad-CAM++ overlay: where the photo looks like the predicted vehicle."""
-        return rec.explain(open_image(_need(image))).overlay
+        return _rec(request).explain(open_upload(image)).overlay
 
     @_user_errors
-    def enroll(images: list[str] | None, label: str) -> dict[str, Any]:
-        """Add photos of a new vehicle under ``label`` (no retraining)."""
-        return store.enroll(list(images or []), label)
+    def ui_explain(image: str, request: gr.Request) -> tuple[Image.Image, Image.Image]:
+        r, pil = _rec(request), open_upload(image)
+        after = r.explain(pil).overlay
+        return r._input_view(pil).resize(after.size), after  # before / after, for the slider
 
     @_user_errors
-    def remove(label: str) -> dict[str, Any]:
-        """Remove a vehicle that was added with /enroll."""
-        return store.remove(label)
+    def enroll(images: list[str] | None, label: str, request: gr.Request) -> dict[str, Any]:
+        """Add photos of a new vehicle under ``label`` (no retraining; public mode: for this session only)."""
+        return vehicles.enroll(_sid(request), list(images or []), label)
 
     @_user_errors
-    def ui_identify(image: str) -> tuple[str, dict[str, float] | None, list[tuple[Image.Image, str]]]:
-        pred = rec.predict(open_image(_need(image)))
+    def remove(label: str, request: gr.Request) -> dict[str, Any]:
+        """Remove a vehicle that was added with /enroll (public mode: one this session added)."""
+        return vehicles.remove(_sid(request), label)
+
+    @_user_errors
+    def ui_identify(image: str, request: gr.Request) -> tuple[str, dict[str, float] | None, list]:
+        r = _rec(request)
+        pred = r.predict(open_upload(image))
         conf = None if pred.unknown else {f"{lvl}: {getattr(pred, lvl) or pred.label}": c
                                           for lvl, c in pred.confidence.items()}
         tiles = []
         for n in pred.neighbours:
-            thumb = rec.thumbnail(n.index, n.label)  # under the recognizer's lock: enrol/remove may run
+            thumb = (source.tile(n.ref, n.label) if source and n.ref else None) or r.thumbnail(n.index, n.label)
             tiles.append((thumb if thumb is not None else placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
         return result_markdown(pred, rec.ood.threshold), conf, tiles
 
-    def listing_text() -> str:
-        return "\n".join(f"- **{lab}** ({n} photos)" for lab, n in store.summary()) or "_No vehicles added yet._"
+    def listing_text(request: gr.Request | None = None) -> str:
+        return ("\n".join(f"- **{md_text(lab)}** ({n} photos)" for lab, n in vehicles.summary(_sid(request)))
+                or "_No vehicles added yet._")
 
-    def enrolled_view() -> tuple[str, Any]:
+    def enrolled_view(request: gr.Request) -> tuple[str, Any]:
         # An update, not a component: called only from events (inside Blocks it would render a new one).
-        return listing_text(), gr.update(choices=[lab for lab, _ in store.summary()], value=None)
+        return listing_text(request), gr.update(choices=[lab for lab, _ in vehicles.summary(_sid(request))],
+                                                value=None)
 
     @_user_errors
-    def ui_enroll(photos: list[str] | None, free: str, make: str, model: str, vtype: str, year: str) -> tuple:
+    def ui_enroll(photos: list[str] | None, free: str, make: str, model: str, vtype: str, year: str,
+                  request: gr.Request) -> tuple:
         label = (free or "").strip()
         if not label:
             if not any((make, model, vtype, year)):
@@ -122,61 +144,66 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
             from vericar.taxonomy import vehicle_label
 
             label = vehicle_label(make, model, vtype, year)
-        out = store.enroll(list(photos or []), label)
-        return (f"Added **{out['label']}** from {out['added']} photos; it is recognised from the next photo on.",
-                *enrolled_view())
+        out = vehicles.enroll(_sid(request), list(photos or []), label)
+        return (f"Added **{md_text(out['label'])}** from {out['added']} photos; it is recognised from the next "
+                "photo on.", *enrolled_view(request))
 
     @_user_errors
-    def ui_remove(label: str | None) -> tuple:
+    def ui_remove(label: str | None, request: gr.Request) -> tuple:
         if not label:
             raise gr.Error("Pick an added vehicle to remove.")
-        out = store.remove(label)
-        return f"Removed **{out['label']}** ({out['removed']} photos).", *enrolled_view()
+        out = vehicles.remove(_sid(request), label)
+        return f"Removed **{md_text(out['label'])}** ({out['removed']} photos).", *enrolled_view(request)
 
     card_md, curve = model_card(rec, spec)
-    with gr.Blocks(title="vericar: vehicle recognition") as demo:
+    with gr.Blocks(title="vericar: vehicle recognition", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# vericar\nOpen-world vehicle recognition: make, model, type and year; unknown "
                     "vehicles are flagged, and new ones can be added without retraining.")
         with gr.Tab("Identify"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Vehicle photo", sources=["upload", "webcam", "clipboard"],
-                                     elem_id="vericar-photo")
+                    image = PhotoInput(label="Vehicle photo", sources=["upload", "webcam", "clipboard"],
+                                       elem_id="vericar-photo")
                     go = gr.Button("Identify", variant="primary", elem_id="vericar-identify")
-                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples (synthetic drawings)")
+                    gr.Examples(examples=[[p] for p in examples], inputs=[image], label=examples_label)
+                    if examples_note:
+                        gr.Markdown(examples_note, elem_id="vericar-examples-note")
                 with gr.Column():
                     result = gr.Markdown(elem_id="vericar-result")
                     levels = gr.Label(label="Confidence per level", elem_id="vericar-levels", show_heading=False)
-                    overlay = gr.Image(label="Grad-CAM++: what the match rests on", type="pil", interactive=False,
-                                       elem_id="vericar-overlay")
+                    overlay = gr.ImageSlider(label="Grad-CAM++: the photo / what the match rests on", type="pil",
+                                             interactive=False, elem_id="vericar-overlay")
             neighbours = gr.Gallery(label="Most similar known vehicles", columns=6, height=220, object_fit="contain",
-                                    fit_columns=False, interactive=False)
+                                    fit_columns=False, interactive=False, elem_id="vericar-neighbours")
             go.click(ui_identify, [image], [result, levels, neighbours], api_visibility="private", **model_q).success(
-                lambda path: explain(path), [image], [overlay], api_visibility="private", **model_q)
+                ui_explain, [image], [overlay], api_visibility="private", **model_q)
         with gr.Tab("Add a vehicle"):
             gr.Markdown("Add a vehicle the model does not know: a few photos and its name. It is recognised on "
-                        "the very next request and kept across restarts; no retraining.")
+                        "the very next request and kept across restarts; no retraining." if not vehicles.public else
+                        "Add a vehicle the model does not know: a few photos and its name. It is recognised in your "
+                        "next requests, no retraining. On this public demo the vehicles you add are yours alone "
+                        "(other visitors never see them, at most 5) and are forgotten when you close the page.")
             with gr.Row():
                 with gr.Column():
                     photos = gr.File(label="Photos (2-10 work best)", file_count="multiple", file_types=["image"],
-                                     type="filepath")
+                                     type="filepath", elem_id="vericar-photos")
                     with gr.Row():
                         make, model = gr.Textbox(label="Make"), gr.Textbox(label="Model")
                         vtype, year = gr.Textbox(label="Type (e.g. Sedan, SUV)"), gr.Textbox(label="Year")
-                    free = gr.Textbox(label="…or a free label (overrides the fields)")
-                    add = gr.Button("Add vehicle", variant="primary")
+                    free = gr.Textbox(label="…or a free label (overrides the fields)", elem_id="vericar-free")
+                    add = gr.Button("Add vehicle", variant="primary", elem_id="vericar-add")
                 with gr.Column():
-                    status = gr.Markdown()
-                    listing = gr.Markdown(listing_text())
-                    pick = gr.Dropdown(label="Added vehicles", choices=[lab for lab, _ in store.summary()])
+                    status = gr.Markdown(elem_id="vericar-status")
+                    listing = gr.Markdown(listing_text(), elem_id="vericar-listing")
+                    pick = gr.Dropdown(label="Added vehicles", choices=[lab for lab, _ in vehicles.summary(None)])
                     drop = gr.Button("Remove", variant="stop")
             add.click(ui_enroll, [photos, free, make, model, vtype, year], [status, listing, pick],
                       api_visibility="private", **model_q)
             drop.click(ui_remove, [pick], [status, listing, pick], api_visibility="private", **model_q)
         with gr.Tab("Model card"):
-            gr.Markdown(card_md)
+            gr.Markdown(card_md, elem_id="vericar-card")
             if curve:
-                gr.Image(curve, label="Training curve", interactive=False)
+                gr.Image(curve, label="Training curve", interactive=False, elem_id="vericar-curve")
         # API endpoints: hidden components, explicit names (gradio_client: api_name="/identify", ...).
         with gr.Row(visible=False):
             a_img = gr.File(label="image", type="filepath")
@@ -191,20 +218,36 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         trigger.click(explain, [a_img], [a_overlay], api_name="explain", **model_q)
         trigger.click(enroll, [a_imgs, a_label], [a_json], api_name="enroll", **model_q)
         trigger.click(remove, [a_label], [a_json], api_name="remove", **model_q)
+        if vehicles.public:  # the shared gallery changes only with the admin token; a closed page frees its vehicles
+            a_token = gr.Textbox(label="token", visible=False)
+            trigger.click(_user_errors(lambda tok, ims, lab: vehicles.admin_enroll(tok, list(ims or []), lab)),
+                          [a_token, a_imgs, a_label], [a_json], api_name="admin_enroll", **model_q)
+            trigger.click(_user_errors(vehicles.admin_remove), [a_token, a_label], [a_json],
+                          api_name="admin_remove", **model_q)
+
+            def session_ended(request: gr.Request) -> None:
+                vehicles.end(_sid(request))
+
+            demo.unload(session_ended)
         demo.load(enrolled_view, None, [listing, pick], api_visibility="private")  # fresh list per page load
     # Events outside the "model" group (the page-load listing) get the same per-event limit.
     demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("VERICAR_QUEUE_SIZE", "256")))
     demo.vericar_store = store  # for tests and callers that want the enrolled-vehicle store
+    demo.vericar_vehicles = vehicles
     return demo
 
 
 def launch_options() -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch()``: the upload cap ($VERICAR_MAX_UPLOAD, default MAX_UPLOAD).
+    """Keyword arguments for ``demo.launch()``: the upload cap ($VERICAR_MAX_UPLOAD, default MAX_UPLOAD),
+    and Gradio's MCP server when $VERICAR_MCP=1.
 
     They can only be given to launch(): Blocks.launch() overwrites any max_file_size set on the
     Blocks beforehand, so build_demo() cannot carry them.
     """
-    return {"max_file_size": os.environ.get("VERICAR_MAX_UPLOAD") or MAX_UPLOAD}
+    opts: dict[str, Any] = {"max_file_size": os.environ.get("VERICAR_MAX_UPLOAD") or MAX_UPLOAD}
+    if os.environ.get("VERICAR_MCP", "").strip().lower() in {"1", "true", "yes"}:
+        opts["mcp_server"] = True  # LLM agents call /identify, /similar, ... as MCP tools (needs gradio[mcp])
+    return opts
 
 
 def error_demo(message: str) -> gr.Blocks:
@@ -215,11 +258,13 @@ def error_demo(message: str) -> gr.Blocks:
     return demo
 
 
-def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None) -> gr.Blocks:
+def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None,
+               gallery_images: str | None = None) -> gr.Blocks:
     """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it."""
     spec = spec or os.environ.get("VERICAR_MODEL", "default")
     rec = hub.load(spec)
-    return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec)
+    return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec,
+                      gallery_images=gallery_images)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,12 +272,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="vericar Gradio app")
     ap.add_argument("--model", default=None, help=f"model spec (default $VERICAR_MODEL or 'default'); {hub.SPEC_HELP}")
     ap.add_argument("--data-dir", default=None, help="where added vehicles are kept (default $VERICAR_DATA_DIR)")
+    ap.add_argument("--gallery-images", default=None, help="a local copy of the gallery's dataset (e.g. "
+                    "../shared/data/stanford_cars) or hf-dataset:ORG/NAME: similar vehicles then show photos "
+                    "(default $VERICAR_GALLERY_IMAGES)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     global demo
     try:
-        demo = create_app(args.model, args.data_dir)
+        demo = create_app(args.model, args.data_dir, args.gallery_images)
     except VericarError as e:
         sys.exit(f"error: {e}")
     demo.launch(**launch_options())  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself

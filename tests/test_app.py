@@ -239,7 +239,7 @@ def test_upload_cap(served, app_module, photo, tmp_path):
     assert client.predict(handle_file(photo), api_name="/identify")["label"] == BASE[0]
 
 
-MODEL_EVENTS = {"identify", "similar", "explain", "enroll", "remove", "ui_identify", "<lambda>", "ui_enroll",
+MODEL_EVENTS = {"identify", "similar", "explain", "enroll", "remove", "ui_identify", "ui_explain", "ui_enroll",
                 "ui_remove"}
 
 

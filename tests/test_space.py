@@ -11,6 +11,7 @@ import yaml
 from vericar import space
 
 ROOT = Path(__file__).resolve().parents[1]
+PUBLIC = {"VERICAR_PUBLIC": "1", "VERICAR_GALLERY_IMAGES": "hf-dataset:tanganke/stanford_cars"}  # space.yaml
 
 
 def _fake_repo(tmp: Path, *, readme_matter: str | None = None, default_model: bool = True) -> Path:
@@ -69,7 +70,7 @@ def test_space_files_and_stage_default(tmp_path):
     assert {"app.py", "README.md", "requirements.txt", "space.yaml", "vericar/__init__.py",
             "vericar/default/config.json"} == set(files)
     out = tmp_path / "out"
-    assert space.stage(out, model="default", root=repo) == {"VERICAR_MODEL": "default"}
+    assert space.stage(out, model="default", root=repo) == {"VERICAR_MODEL": "default", **PUBLIC}
     assert (out / "vericar" / "default" / "config.json").is_file() and not (out / "vericar" / "__pycache__").exists()
 
 
@@ -80,10 +81,10 @@ def test_stage_local_dir_and_hub_models(tmp_path):
     (model / "config.json").write_text('{"format": "vericar"}')
     (model / "model.safetensors").write_bytes(b"w")
     out = tmp_path / "a"
-    assert space.stage(out, model=f"local-dir:{model}", root=repo) == {"VERICAR_MODEL": "default"}
+    assert space.stage(out, model=f"local-dir:{model}", root=repo) == {"VERICAR_MODEL": "default", **PUBLIC}
     assert (out / "vericar" / "default" / "model.safetensors").read_bytes() == b"w"
     out = tmp_path / "b"
-    assert space.stage(out, model="hf-hub:org/cars", root=repo) == {"VERICAR_MODEL": "hf-hub:org/cars"}
+    assert space.stage(out, model="hf-hub:org/cars", root=repo) == {"VERICAR_MODEL": "hf-hub:org/cars", **PUBLIC}
     assert not (out / "vericar" / "default").exists()
     with pytest.raises(space.SpaceError, match="default model is not in vericar/default"):
         space.stage(tmp_path / "c", model="default", root=repo)
@@ -102,3 +103,11 @@ def test_deploy_dry_run_and_refusals(tmp_path):
     (repo / "space.yaml").write_text(yaml.safe_dump(settings))
     with pytest.raises(space.SpaceError, match="sdk_version"):
         space.deploy("me/vericar", root=repo, dry_run=True)
+
+
+def test_check_requires_public_mode(tmp_path):
+    repo = _fake_repo(tmp_path)
+    settings = yaml.safe_load((repo / "space.yaml").read_text())
+    settings["variables"]["VERICAR_PUBLIC"] = "0"
+    (repo / "space.yaml").write_text(yaml.safe_dump(settings))
+    assert any("VERICAR_PUBLIC" in p for p in space.check(repo))

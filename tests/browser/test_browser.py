@@ -79,7 +79,7 @@ def test_upload_identify_screenshot(tmp_path, monkeypatch):
                 else:
                     assert want["label"] in shown
                 # The Grad-CAM++ overlay comes from a chained event: wait for its image.
-                expect(page.locator("#vericar-overlay img")).to_be_visible(timeout=60_000)
+                expect(page.locator("#vericar-overlay img").last).to_be_visible(timeout=60_000)  # the slider: before, after
                 page.wait_for_timeout(300)
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot), full_page=True)
@@ -88,3 +88,134 @@ def test_upload_identify_screenshot(tmp_path, monkeypatch):
     finally:
         demo.close()
     assert screenshot.stat().st_size > 10_000
+
+
+HOSTILE = '<img src="http://127.0.0.1:9/pixel.png" width=400> [click](http://127.0.0.1:9/x)'
+
+
+def _public_app(tmp_path, monkeypatch):
+    """The app in public mode over the tiny model (its module imported as above)."""
+    tiny = make_artifact(tmp_path / "model")
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{tiny}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.setenv("VERICAR_PUBLIC", "1")
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app_module = importlib.import_module("app")
+    return _launch(app_module, tiny, tmp_path / "data")
+
+
+def _toast(page) -> str:
+    """The text of the error toast(s) on the page, waiting for one to appear."""
+    toast = page.get_by_test_id("toast-text").first
+    expect(toast).to_be_visible(timeout=60_000)
+    return " ".join(page.get_by_test_id("toast-text").all_inner_texts())
+
+
+def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monkeypatch):
+    demo, client = _public_app(tmp_path, monkeypatch)
+    photos = []
+    for shot in range(2):
+        p = tmp_path / f"new{shot}.png"
+        vehicle_photo(77, shot).save(p)
+        photos.append(str(p))
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("this is not a picture")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                a = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+                b = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+                fetched = []
+                a.on("request", lambda r: fetched.append(r.url) if "pixel.png" in r.url else None)
+                for page in (a, b):  # (public mode keeps a heartbeat open for the unload event: no "networkidle")
+                    page.goto(demo.local_url, wait_until="load")
+                    expect(page.locator("#vericar-photo input[type=file]")).to_have_count(1, timeout=60_000)
+                # A non-image in the Identify tab: vericar's message, naming the file, not the server path.
+                b.locator("#vericar-photo input[type=file]").set_input_files(str(notes))
+                b.locator("#vericar-identify").click()
+                shown = _toast(b)
+                assert "notes.jpg: The upload is not an image" in shown and "/tmp" not in shown
+                # Visitor A adds a vehicle with a hostile name: it is shown as text, no <img> made of it.
+                a.get_by_role("tab", name="Add a vehicle").click()
+                a.locator("#vericar-photos input[type=file]").set_input_files(photos)
+                a.locator("#vericar-free textarea, #vericar-free input").first.fill(HOSTILE)
+                a.locator("#vericar-add").click()
+                expect(a.locator("#vericar-status")).to_contain_text("Added", timeout=60_000)
+                expect(a.locator("#vericar-listing")).to_contain_text(HOSTILE)
+                assert a.locator("img[src*='pixel.png']").count() == 0 and not fetched
+                assert a.locator("#vericar-listing a, #vericar-status a").count() == 0  # no link either
+                # Visitor B, another browser context, sees none of A's vehicles.
+                b.reload(wait_until="load")
+                b.get_by_role("tab", name="Add a vehicle").click()
+                expect(b.locator("#vericar-listing")).to_contain_text("No vehicles added yet")
+                assert "pixel" not in b.content()
+                # A's photo identified by A names A's vehicle (escaped); by B it does not.
+                for page in (a, b):
+                    page.get_by_role("tab", name="Identify").click()
+                    page.locator("#vericar-photo input[type=file]").set_input_files(photos[0])
+                    page.locator("#vericar-identify").click()
+                    expect(page.locator("#vericar-result")).to_contain_text(re.compile("Unknown|score"), timeout=60_000)
+                assert "pixel.png" in a.locator("#vericar-result").inner_text()
+                assert "pixel.png" not in b.locator("#vericar-result").inner_text()
+                assert a.locator("img[src*='pixel.png']").count() == 0 and not fetched
+                assert a.locator("a[href*='127.0.0.1:9']").count() == 0  # the Markdown link stayed text everywhere
+                # A closes the page: the session ends and its vehicles are freed.
+                assert demo.vericar_vehicles.sessions() == 1
+                a.close()
+                for _ in range(120):
+                    if demo.vericar_vehicles.sessions() == 0:
+                        break
+                    b.wait_for_timeout(500)
+                assert demo.vericar_vehicles.sessions() == 0
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+
+
+CARS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "stanford_cars"
+
+
+@pytest.mark.skipif(not (CARS / "dev.csv").is_file(), reason=f"no Stanford Cars copy at {CARS}")
+def test_photo_tiles_and_model_card_screenshots(tmp_path, monkeypatch):
+    """The shipped model with --gallery-images: similar vehicles are photos; the model card's curve loads.
+
+    Screenshots go to tmp_path, or to $VERICAR_DOCS_DIR (docs/identify.png, docs/model_card.png):
+        VERICAR_DOCS_DIR=docs python -m pytest tests/browser -q -k screenshots
+    """
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{make_artifact(tmp_path / 'model')}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app_module = importlib.import_module("app")
+    demo = app_module.create_app("default", tmp_path / "data", gallery_images=str(CARS))
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app_module.launch_options())
+    out = Path(os.environ.get("VERICAR_DOCS_DIR") or tmp_path)
+    photo = CARS / "dev" / "00009.jpg"  # a BMW X5 SUV 2007 of the test split
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(demo.local_url, wait_until="load")
+                expect(page.get_by_text("Examples (Stanford Cars test photos)")).to_be_visible(timeout=60_000)
+                page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
+                page.locator("#vericar-identify").click()
+                expect(page.locator("#vericar-result")).to_contain_text("threshold", timeout=60_000)
+                tiles = page.locator("#vericar-neighbours img")
+                expect(tiles.first).to_be_visible(timeout=60_000)
+                expect(page.locator("#vericar-overlay img").last).to_be_visible(timeout=60_000)
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(out / "identify.png"), full_page=True)
+                page.get_by_role("tab", name="Model card").click()
+                curve = page.locator("#vericar-curve img")
+                expect(curve).to_be_visible(timeout=60_000)
+                assert curve.evaluate("img => img.complete && img.naturalWidth > 0")
+                card = page.locator("#vericar-card").inner_text()
+                assert "/work" not in card and "None" not in card and "../shared" not in card
+                page.screenshot(path=str(out / "model_card.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert (out / "identify.png").stat().st_size > 50_000
