@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -21,11 +20,12 @@ from typing import Any, Callable, Iterable, Sequence
 from .errors import ArtifactError, VericarError
 from .gallery import Gallery
 from .images import open_image
+from .labels import MAX_LABEL_LEN  # noqa: F401 - re-exported: the label rules live in labels.py
+from .labels import check_not_confusable, html_text, normalise_label
 from .recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 MAX_ENROL_PHOTOS = 32
-MAX_LABEL_LEN = 120
 
 
 def default_data_dir() -> Path:
@@ -54,13 +54,9 @@ def _copy(src: Gallery, rows: Iterable[int], add: Callable[..., Any]) -> None:
 
 
 def clean_label(label: Any) -> str:
-    """``label`` with runs of whitespace collapsed; VericarError when empty, too long or not plain text."""
-    label = " ".join(str(label or "").split())
-    if not label:
-        raise VericarError("The vehicle label is empty; give a name such as 'Tesla Model 3 Sedan 2021'.")
-    if len(label) > MAX_LABEL_LEN or re.search(r"[\x00-\x1f]", label):
-        raise VericarError(f"The label must be plain text of at most {MAX_LABEL_LEN} characters.")
-    return label
+    """``label`` as plain text (vericar.labels.normalise_label: NFKC, whitespace collapsed); VericarError
+    when empty, too long, or holding control / zero-width / bidi characters."""
+    return normalise_label(label)
 
 
 class EnrolledStore:
@@ -127,10 +123,11 @@ class EnrolledStore:
                 raise VericarError(f"{name}: {e} Nothing was added; replace that photo and try again.") from e
         with self.lock:
             if label.casefold() in self.base:
-                raise VericarError(f"'{label}' is already a vehicle the model knows; choose another name.")
+                raise VericarError(f"'{html_text(label)}' is already a vehicle the model knows; choose another name.")
             if label.casefold() in {lab.casefold() for lab in self.gallery.classes}:
-                raise VericarError(f"'{label}' was already added; remove it first to add it again with new "
-                                   "photos, or choose another name.")
+                raise VericarError(f"'{html_text(label)}' was already added; remove it first to add it again with "
+                                   "new photos, or choose another name.")
+            check_not_confusable(label, self.rec.gallery.classes)
             n = self.rec.enroll(pil, label)
 
             def undo() -> None:
@@ -155,10 +152,10 @@ class EnrolledStore:
         with self.lock:
             if label not in self.gallery.classes:
                 if label.casefold() in self.base:
-                    raise VericarError(f"'{label}' is one of the model's own vehicles, not an added one; only "
-                                       "vehicles added in this app can be removed.")
-                have = ", ".join(self.gallery.classes) or "none"
-                raise VericarError(f"No added vehicle is called '{label}' (added: {have}).")
+                    raise VericarError(f"'{html_text(label)}' is one of the model's own vehicles, not an added one; "
+                                       "only vehicles added in this app can be removed.")
+                have = ", ".join(html_text(c) for c in self.gallery.classes) or "none"
+                raise VericarError(f"No added vehicle is called '{html_text(label)}' (added: {have}).")
             kept = Gallery(self.gallery.dim)  # a copy of the entries, to put back if the save fails
             _copy(self.gallery, [i for i, lab in enumerate(self.gallery.labels) if lab == label], kept.add)
             n = self.rec.remove(label)

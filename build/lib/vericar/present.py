@@ -5,6 +5,7 @@ plain functions a test (or another front end) can call.
 from __future__ import annotations
 
 import math
+import re
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import hub
 from .errors import VericarError
+from .labels import md_text
 
 if TYPE_CHECKING:
     from .recognizer import Recognizer
@@ -86,12 +88,21 @@ def prediction_dict(pred: Any) -> dict[str, Any]:
 def result_markdown(pred: Any, threshold: float | None) -> str:
     """The Identify tab's verdict: the vehicle and its levels, or an unknown-vehicle notice naming none."""
     if pred.unknown:
-        thr = f" (threshold {threshold:.3f})" if threshold is not None else ""
+        thr = f", above the threshold of {threshold:.3f}" if threshold is not None else ""
         return (f"### Unknown vehicle\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
                 "every vehicle the model knows, so no name is given. If it is a new vehicle, add it in "
                 "the *Add a vehicle* tab.")
-    parts = [f"**{lvl}**: {getattr(pred, lvl)}" for lvl in ("make", "model", "type", "year") if getattr(pred, lvl)]
-    return f"### {pred.label}\n" + " · ".join(parts) + f"\n\nUnknown-vehicle score {pred.ood_score:.3f}"
+    parts = [f"**{lvl}**: {md_text(getattr(pred, lvl))}" for lvl in ("make", "model", "type", "year")
+             if getattr(pred, lvl)]
+    return f"### {md_text(pred.label)}\n" + " · ".join(parts) + "\n\n" + score_words(pred.ood_score, threshold)
+
+
+def score_words(score: float, threshold: float | None) -> str:
+    """The unknown-vehicle score with its threshold, in words."""
+    if threshold is None:
+        return f"Unknown-vehicle score {score:.3f} (no threshold calibrated, so no photo is called unknown)."
+    return (f"Unknown-vehicle score {score:.3f}, below the threshold of {threshold:.3f} above which a photo "
+            "counts as a vehicle the model does not know (lower is more familiar).")
 
 
 def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
@@ -114,10 +125,11 @@ def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
                 flat.append((prefix, v))
 
         walk("", metrics)
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat
+                  if v is not None and v != "" and v != {}]  # a visitor has no use for an empty row
     if meta.get("command"):
         cmd = meta["command"] if isinstance(meta["command"], str) else " ".join(map(str, meta["command"]))
-        lines += ["", "#### Training command", "", f"```\n{cmd}\n```"]
+        lines += ["", "#### Training command", "", f"```\n{public_text(cmd)}\n```"]
     folder = artifact_dir(spec)
     curve = None
     if folder is not None:
@@ -127,12 +139,28 @@ def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
             if text.startswith("---"):  # drop the Hub card's YAML header
                 end = text.find("\n---", 3)
                 text = text[end + 4:] if end > 0 else text
-            lines += ["", "---", "", text.strip()]
+            text = _SETTINGS.sub("", _MD_IMAGE.sub("", text))  # the curve is shown below; settings are for developers
+            lines += ["", "---", "", public_text(text.strip())]
         if (folder / "training_curve.png").is_file():
             curve = str(folder / "training_curve.png")
     if len(lines) == 1:
         lines += ["", "This model carries no metrics or training command (it was not saved by train/train.py)."]
     return "\n".join(lines), curve
+
+
+_SETTINGS = re.compile(r"^## Settings\n.*?(?=^## |\Z)", re.S | re.M)  # the training config dump
+_MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)\n?")  # relative images cannot load in the app's Markdown
+# Folders of the machine that trained the model (output dirs, data paths): not a visitor's business.
+_PATH = re.compile(r"(?<![\w.:/])(?:\.\./|/)[\w.-]+(?:/[\w.-]+)*")
+
+
+def public_text(text: str) -> str:
+    """``text`` without the training machine's folders: dataset paths from the dataset's name on
+    (``../shared/data/stanford_cars/train.csv`` -> ``stanford_cars/train.csv``), other paths -> ``OUT``."""
+    def short(m: re.Match) -> str:
+        parts = m.group(0).split("/")
+        return "/".join(parts[parts.index("stanford_cars"):]) if "stanford_cars" in parts[:-1] else "OUT"
+    return _PATH.sub(short, text)
 
 
 def artifact_dir(spec: str) -> Path | None:

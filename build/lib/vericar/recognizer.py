@@ -302,16 +302,3 @@ class Recognizer:
         rw, rh = max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale))
         left, top = (rw - w) // 2, (rh - h) // 2
         return pil.resize((rw, rh)).crop((left, top, left + w, top + h))
-
-    # ------------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str, **kw: Any) -> str:
-        """Write config.json + model.safetensors + gallery files to ``directory`` (offline)."""
-        from .hub import save_pretrained
-
-        return save_pretrained(self, directory, **kw)
-
-    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
-        """Save to a temporary folder and upload it to the Hugging Face Hub."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kw)

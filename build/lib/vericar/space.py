@@ -42,6 +42,9 @@ def read_settings(root: str | Path = ROOT) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("space"), dict):
         raise SpaceError(f"{path} must hold a mapping with a 'space:' block (the README front matter).")
     data.setdefault("model", "default")
+    data.setdefault("variables", {})
+    if not isinstance(data["variables"], dict):
+        raise SpaceError(f"{path}: 'variables:' must map Space variable names to values.")
     return data
 
 
@@ -82,6 +85,9 @@ def check(root: str | Path = ROOT) -> list[str]:
     for key in ("sdk", "sdk_version", "app_file", "python_version"):
         if key not in want:
             problems.append(f"space.yaml's space: block lacks {key!r}; a Space needs it.")
+    if str(settings["variables"].get("VERICAR_PUBLIC")) != "1":
+        problems.append("space.yaml's variables: must set VERICAR_PUBLIC: '1': a Space is used by strangers at once, "
+                        "so each visitor's vehicles must stay in their session (see README, 'Public mode').")
     if want.get("app_file") and not (root / str(want["app_file"])).is_file():
         problems.append(f"app_file {want['app_file']!r} does not exist in {root}.")
     try:
@@ -111,7 +117,8 @@ def space_files(root: str | Path = ROOT, *, with_default_model: bool = True) -> 
 
 
 def stage(dest: str | Path, *, model: str, root: str | Path = ROOT) -> dict[str, str]:
-    """Copy the Space's files into ``dest``; returns the Space variables to set (VERICAR_MODEL).
+    """Copy the Space's files into ``dest``; returns the Space variables to set (VERICAR_MODEL and
+    space.yaml's ``variables:``, e.g. VERICAR_PUBLIC).
 
     A ``local-dir:PATH`` model is copied in as ``vericar/default`` so the Space serves it
     offline; ``hf-hub:`` models are downloaded by the Space itself at startup.
@@ -133,7 +140,7 @@ def stage(dest: str | Path, *, model: str, root: str | Path = ROOT) -> dict[str,
             "the default model is not in vericar/default, so the Space would have nothing to serve; "
             "train one and pass --model local-dir:OUT, or --model hf-hub:ORG/NAME."
         )
-    return {"VERICAR_MODEL": model}
+    return {"VERICAR_MODEL": model, **{k: str(v) for k, v in read_settings(root)["variables"].items()}}
 
 
 def deploy(space_id: str, *, model: str | None = None, root: str | Path = ROOT, private: bool = False,
