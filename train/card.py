@@ -39,6 +39,14 @@ def write_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _stopped(meta: dict[str, Any]) -> str:
+    why = meta.get("stopped")
+    if not why or why == "early stop":
+        return " Early stopping on validation top-1." if why else ""
+    return (f" Training was stopped ({why}) after {meta.get('epochs_done', '?')} whole epoch(s), "
+            f"{meta.get('steps_done', '?')} steps; the weights are the best validated so far (or the last, if none was).")
+
+
 def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
@@ -60,7 +68,7 @@ def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict
         f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({100 * cfg.ood_tpr:.0f}% TPR) |", "|---|---|---|---|---|",
         f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "
         f"{_pct((v.get('top5') or {}).get('model'))} | {meta.get('ood_threshold', float('nan')):.4f} |", "",
-        f"Training wall time: {meta['train_seconds'] / 60:.1f} min.", "",
+        f"Training wall time: {meta['train_seconds'] / 60:.1f} min." + _stopped(meta), "",
         "## Reproduce", "", "```", meta["command"], "```", "",
         "![training curve](training_curve.png)", "",
         "## Settings", "", "```json", json.dumps(meta["train_config"], indent=1), "```",
