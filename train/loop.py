@@ -18,6 +18,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from train.augment import color_jitter
 from train.cache import TensorPhotos
 from train.card import write_curve
 from train.checkpoints import swap_in
@@ -108,7 +109,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], str | None]:
             if cfg.feature_cache_stages:
                 x = train_views(run.feats_tr, x, cfg.feature_crop_min).to(acc.device)
             else:  # uint8 on the device already (accelerate moved it, from pinned memory on a GPU)
-                x = normalize_batch(x, run.train_pre)
+                x = normalize_batch(color_jitter(x.float() / 255.0, cfg.color_jitter), run.train_pre)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
             loss = _loss(run, run.net(x), y)

@@ -87,6 +87,7 @@ def start(cfg: TrainConfig, t_start: float) -> Run:
     accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=not cuda,
                               dataloader_config=DataLoaderConfiguration(non_blocking=cuda))  # with pinned memory
     set_seed(cfg.seed)
+    torch.backends.cudnn.benchmark = cuda  # fixed input sizes: let cuDNN pick its fastest kernels once
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,8 @@ def prepare_training(run: Run) -> None:
     if fc:
         train_ds: Any = list(zip(range(len(run.tr_y)), run.tr_y))  # (cache row, class id)
     else:  # uint8 crops: normalised on the device (normalize_batch), a quarter of float32's bytes
-        tf = train_transform(run.train_pre, scale=(cfg.scale_min, 1.0), color_jitter=cfg.color_jitter, normalize=False)
+        # colour jitter happens on the device, per batch (train/augment.py): it was most of a worker's time
+        tf = train_transform(run.train_pre, scale=(cfg.scale_min, 1.0), color_jitter=0, normalize=False)
         train_ds = TensorPhotos(run.tr_imgs, run.tr_y, tf)
     workers = 0 if fc else cfg.num_workers
     loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,

@@ -94,10 +94,12 @@ def train_transform(
 
 
 def normalize_batch(x: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
-    """uint8 batch ``(B, 3, H, W)`` -> float32 scaled to [0, 1] and normalised, on ``x``'s device.
+    """uint8 batch ``(B, 3, H, W)`` (or float already in [0, 1]) -> normalised float32, on ``x``'s device.
 
     The same arithmetic as the ``normalize=True`` transforms, done where the model runs.
     """
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
     mean = torch.tensor([float(m) for m in cfg["mean"]], device=x.device).view(1, -1, 1, 1)
     std = torch.tensor([float(s) for s in cfg["std"]], device=x.device).view(1, -1, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return (x - mean) / std
