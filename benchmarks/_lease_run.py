@@ -31,7 +31,7 @@ HOLDOUT = "label%5==4"
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease", default="/tmp/lease", help="where `stage` unpacked the parts")
     p.add_argument("--out", default=os.environ.get("OUT", "lease-out"), help="what comes back ($OUT on the machine)")
-    p.add_argument("--time-limit", type=float, default=400.0,
+    p.add_argument("--time-limit", type=float, default=360.0,
                    help="seconds per training run (from its start); then it stops and writes its artifact")
     p.add_argument("--workers", type=int, help="DataLoader workers per run (default: half the cores, less 1)")
     p.add_argument("--dry-run", action="store_true", help="tiny random model on the CPU: checks every step")
