@@ -7,7 +7,6 @@ import base64
 import csv
 import hashlib
 import json
-import sys
 import zipfile
 from pathlib import Path
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 
 from test_train import _args, tiny_csv  # noqa: F401  (tiny_csv is a fixture)
 from train.train import main
