@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         build_model(run)  # backbone + head, frozen stages or the cached trunk (CPU path), losses
         prepare_training(run)  # m-per-class loader, AdamW, warm-up + cosine; accelerator.prepare
         resume(run)  # --resume: accelerate's state + ours (epoch, best weights, history)
-        stopped = run.stopper.reason if run.stopper.local() else None
+        stopped = run.stopper.reason if run.stopper.should_stop(run.accelerator) else None  # every process agrees
         for epoch in range(run.state["epoch"], cfg.epochs):
             if stopped:
                 break
