@@ -221,6 +221,7 @@ def stage(args: argparse.Namespace) -> list[int]:
     if wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--no-cache-dir", "--upgrade", "--target", str(into / "site"), *map(str, wheels)], check=True)
+        _check_imports(into / "site", wheels)
     for z in sorted(part.glob("*.zip")):
         with zipfile.ZipFile(z) as f:
             f.extractall(data)
@@ -232,6 +233,18 @@ def stage(args: argparse.Namespace) -> list[int]:
     print(f"staged part {manifest['part']} of {manifest['parts']} into {into}; have {have}"
           + (f", still to send {missing}" if missing else ", all there: next `run`"))
     return have
+
+
+def _check_imports(site: Path, wheels: list[Path]) -> None:
+    """Import what was just installed (and torch), so a wheel that does not fit fails in this short call."""
+    names = [{"faiss_cpu": "faiss"}.get(w.name.split("-")[0], w.name.split("-")[0]) for w in wheels]
+    code = ("import importlib, torch; [importlib.import_module(n) for n in %r]; "
+            "print('imports ok:', %r, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" % (names, names))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise SystemExit(f"installed {names} but importing them failed:\n{r.stderr[-2000:]}")
+    print(r.stdout.strip())
 
 
 def staged_ok(into: Path) -> None:
