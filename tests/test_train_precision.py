@@ -26,8 +26,15 @@ def test_bf16_training_embeds_the_artifact_in_float32_like_evaluate(tiny_csv, tm
     from vericar.data import load_csv
     from vericar.evaluate import embed_samples
 
+    from accelerate.state import AcceleratorState
+
     out = tmp_path / "bf16"
-    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--mixed-precision", "bf16"))
+    # accelerate keeps one AcceleratorState per process: earlier tests fixed mixed_precision="no" in it
+    AcceleratorState._reset_state()
+    try:
+        main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--mixed-precision", "bf16"))
+    finally:
+        AcceleratorState._reset_state()
     rec = vericar.load(f"local-dir:{out}")
     by_ref = {s.ref: s for s in load_csv(tiny_csv)}
     queries = embed_samples(rec.model, [by_ref[r] for r in rec.gallery.refs], progress=False, num_workers=0)
