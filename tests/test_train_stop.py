@@ -62,3 +62,19 @@ def test_sigterm_stops_training_at_the_next_step_and_the_artifact_loads(tiny_csv
     epochs = rec.meta["epochs_done"]
     r = main(_args(tiny_csv, out, "--epochs", str(epochs + 1), "--resume", "auto"))
     assert [h["epoch"] for h in r["history"]][-1] == epochs + 1 and r["stopped"] is None
+
+
+def test_fit_to_time_limit_shortens_the_plan_and_its_schedule(tiny_csv, tmp_path):
+    """With --fit-to-time-limit the run plans the epochs that fit (not 100,000) and anneals the
+    learning rate over them, instead of being cut off at a high one."""
+    import vericar
+
+    out = tmp_path / "fit"
+    r = main(_args(tiny_csv, out, *FOREVER, "--time-limit", "10", "--fit-to-time-limit", "true"))
+    rec = vericar.load(f"local-dir:{out}")
+    planned = rec.meta["epochs_planned"]
+    assert 2 <= planned < 1000 and rec.meta["epochs_done"] <= planned
+    lrs = [h["lr"] for h in r["history"]]
+    assert lrs[-1] < lrs[0]
+    if r["stopped"] is None:  # finished the plan before the limit: annealed to ~0
+        assert rec.meta["epochs_done"] == planned and lrs[-1] < 0.05 * max(lrs)

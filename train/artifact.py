@@ -15,7 +15,7 @@ import numpy as np
 from train.calibrate import calibrate_ood
 from train.card import write_card
 from train.loop import embed_rows
-from train.steps import Run
+from train.steps import Run, planned_epochs
 from vericar.gallery import Gallery
 from vericar.hub import push_to_hub, save_pretrained
 from vericar.recognizer import Recognizer
@@ -41,6 +41,7 @@ def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) ->
             "train_seconds": round(wall, 1), "classes": len(names), "holdout_classes": cfg.holdout_classes,
             "train_config": cfg.to_dict(), "held_out_class_names": sorted({s.class_name for s in run.held}),
             "stopped": stopped, "epochs_done": state["epoch"], "steps_done": state["step"],
+            "epochs_planned": planned_epochs(run),
             "processes": acc.num_processes}
     if run.main_proc:
         rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=run.density, meta=meta)

@@ -25,7 +25,7 @@ from train.checkpoints import swap_in
 from train.featcache import embed_cached, train_views
 from train.heads import cap_per_class
 from train.stopping import ignore_sigint
-from train.steps import Run, current_weights
+from train.steps import Run, current_weights, planned_epochs
 from vericar.evaluate import evaluate_embeddings
 from vericar.gallery import Gallery
 from vericar.losses import HiMSMin, level_label_tensors
@@ -103,7 +103,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[dict[str, Any], str | None]:
     for m in run.frozen:  # frozen BatchNorms keep their ImageNet statistics
         m.eval()
     t_epoch, losses, stop = time.time(), [], None
-    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress)
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{planned_epochs(run)}", disable=not run.progress)
     for x, y in bar:
         with acc.accumulate(run.net, run.classifier):
             if cfg.feature_cache_stages:
@@ -140,7 +140,7 @@ def end_epoch(run: Run, epoch: int, row: dict[str, Any], stop: str | None) -> bo
     """
     cfg, state, acc = run.cfg, run.state, run.accelerator
     by_signal = stop is not None and run.stopper.by_signal
-    if not by_signal and ((epoch + 1) % cfg.eval_every == 0 or stop or epoch + 1 == cfg.epochs):
+    if not by_signal and ((epoch + 1) % cfg.eval_every == 0 or stop or epoch + 1 == planned_epochs(run)):
         r = validate(run)
         row.update({f"val_top1_{k}": v for k, v in (r["top1"] or {}).items()})
         score = row.get("val_top1_model", -1.0)
@@ -184,3 +184,28 @@ def save_checkpoint(run: Run) -> None:
         swap_in(nxt, ckpt)
         write_curve(run.state["history"], run.out / "training_curve.png")
     acc.wait_for_everyone()
+
+
+def fit_to_time_limit(run: Run, epoch: int, epoch_cost: float) -> None:
+    """Shorten the run so its last epoch ends before ``--time-limit``, with the cosine schedule
+    compressed to match: a run cut by the limit would stop at a high learning rate instead.
+
+    ``epoch_cost``: seconds the epoch just done took, validation and checkpoint included. The main
+    process decides; every process gets its decision (they must run the same epochs).
+    """
+    from accelerate.utils import broadcast_object_list
+
+    state, deadline = run.state, run.stopper.deadline
+    if deadline is None or epoch_cost <= 0:
+        return
+    fits = epoch + 1 + int(0.95 * (deadline - time.monotonic()) / epoch_cost)
+    planned = [min(run.cfg.epochs, max(epoch + 1, fits))]  # the 2nd look may also give back epochs
+    broadcast_object_list(planned)
+    if planned[0] == planned_epochs(run):
+        return
+    state["epochs_fit"] = planned[0]
+    total = planned[0] * run.steps_per_epoch
+    sched = getattr(run.scheduler, "scheduler", run.scheduler)  # accelerate's wrapper around LambdaLR
+    for f in sched.lr_lambdas:
+        f.total = total if run.cfg.max_steps is None else min(run.cfg.max_steps, total)
+    run.accelerator.print(f"--time-limit: {planned[0]} epochs fit ({epoch_cost:.1f} s each); the schedule ends there")

@@ -67,6 +67,7 @@ class Run:
     optimizer: Any = None
     scheduler: Any = None
     state: dict = field(default_factory=dict)
+    steps_per_epoch: int = 1
     best_weights: dict | None = None
 
     @property
@@ -144,13 +145,22 @@ def build_model(run: Run) -> None:
         run.net = LateStages(model, fc)
 
 
-def lr_lambda(total: int, warmup: int):
+class WarmupCosine:
+    """Linear warm-up, then cosine decay to 0 (per optimizer step). A callable object, not a
+    function, so LambdaLR's state_dict keeps ``total`` (a shortened schedule survives a resume)."""
+
+    def __init__(self, total: int, warmup: int) -> None:
+        self.total, self.warmup = total, warmup
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))))
+
+
+def lr_lambda(total: int, warmup: int) -> WarmupCosine:
     """Linear warm-up, then cosine decay to 0 (per optimizer step)."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
+    return WarmupCosine(total, warmup)
 
 
 def prepare_training(run: Run) -> None:
@@ -179,6 +189,7 @@ def prepare_training(run: Run) -> None:
     steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch)))
+    run.steps_per_epoch = steps_per_epoch
     run.net, run.classifier, run.optimizer, run.loader, run.scheduler = run.accelerator.prepare(
         run.net, run.classifier, optimizer, loader, scheduler)
 
@@ -206,6 +217,12 @@ def resume(run: Run) -> None:
     elif run.state["best"] >= 0:
         acc.print(f"warning: {rdir} has no best.safetensors; the best weights so far are lost, "
                   "so the artifact will hold the best weights from here on (or the last ones).")
+
+
+def planned_epochs(run: Run) -> int:
+    """``--epochs``, or fewer once ``--fit-to-time-limit`` shortened the run (kept across a resume,
+    like the compressed schedule it goes with)."""
+    return min(run.cfg.epochs, run.state.get("epochs_fit") or run.cfg.epochs)
 
 
 def current_weights(run: Run) -> dict:

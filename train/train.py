@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from train.artifact import write_artifact  # noqa: E402
 from train.config import parse_args  # noqa: E402
-from train.loop import end_epoch, train_epoch  # noqa: E402
-from train.steps import build_model, load_data, prepare_training, resume, start  # noqa: E402
+from train.loop import end_epoch, fit_to_time_limit, train_epoch  # noqa: E402
+from train.steps import build_model, load_data, planned_epochs, prepare_training, resume, start  # noqa: E402
 from vericar._runtime import tune_malloc  # noqa: E402
 
 
@@ -37,13 +37,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         prepare_training(run)  # m-per-class loader, AdamW, warm-up + cosine; accelerator.prepare
         resume(run)  # --resume: accelerate's state + ours (epoch, best weights, history)
         stopped = run.stopper.reason if run.stopper.should_stop(run.accelerator) else None  # every process agrees
-        for epoch in range(run.state["epoch"], cfg.epochs):
-            if stopped:
-                break
+        epoch = first = run.state["epoch"]
+        while epoch < planned_epochs(run) and not stopped:  # --fit-to-time-limit may lower the plan
+            t_epoch = time.monotonic()
             row, stopped = train_epoch(run, epoch)  # ends at the next step on a stop
             if end_epoch(run, epoch, row, stopped):  # validate, best weights, checkpoint
                 stopped = stopped or "early stop"
                 break
+            if cfg.fit_to_time_limit and epoch < first + 2:  # the 1st epoch pays for warm-ups: look twice
+                fit_to_time_limit(run, epoch, time.monotonic() - t_epoch)
+            epoch += 1
         result = write_artifact(run, argv, stopped)  # best weights → gallery, calibration, card; push
     finally:
         run.stopper.restore()
