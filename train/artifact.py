@@ -24,7 +24,9 @@ from vericar.recognizer import Recognizer
 def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) -> dict[str, Any]:
     """Embed every kept photo with the best weights, calibrate, save (main process), push if asked."""
     cfg, acc, names, state = run.cfg, run.accelerator, run.class_names, run.state
-    final = acc.unwrap_model(run.model)
+    # Training is over: drop accelerate's autocast wrapper for good, so that whatever embeds with
+    # ``final`` from here on (gallery, calibration, the saved model) runs in float32.
+    final = acc.unwrap_model(run.model, keep_fp32_wrapper=False)
     if run.best_weights is not None:
         final.load_state_dict(run.best_weights)
     else:
