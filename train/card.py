@@ -68,9 +68,10 @@ def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict
         f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({100 * cfg.ood_tpr:.0f}% TPR) |", "|---|---|---|---|---|",
         f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "
         f"{_pct((v.get('top5') or {}).get('model'))} | {meta.get('ood_threshold', float('nan')):.4f} |", "",
-        f"Training wall time: {meta['train_seconds'] / 60:.1f} min." + _stopped(meta), "",
+        f"Training wall time: {meta['train_seconds'] / 60:.1f} min.", "",
         "## Reproduce", "", "```", meta["command"], "```", "",
         "![training curve](training_curve.png)", "",
+        *([_stopped(meta).strip(), ""] if _stopped(meta) else []),
         "## Settings", "", "```json", json.dumps(meta["train_config"], indent=1), "```",
     ]
     extra = meta.get("card_extra")
