@@ -39,6 +39,14 @@ def write_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _stopped(meta: dict[str, Any]) -> str:
+    why = meta.get("stopped")
+    if not why or why == "early stop":
+        return " Early stopping on validation top-1." if why else ""
+    return (f" Training was stopped ({why}) after {meta.get('epochs_done', '?')} whole epoch(s), "
+            f"{meta.get('steps_done', '?')} steps; the weights are the best validated so far (or the last, if none was).")
+
+
 def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
@@ -63,6 +71,7 @@ def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict
         f"Training wall time: {meta['train_seconds'] / 60:.1f} min.", "",
         "## Reproduce", "", "```", meta["command"], "```", "",
         "![training curve](training_curve.png)", "",
+        *([_stopped(meta).strip(), ""] if _stopped(meta) else []),
         "## Settings", "", "```json", json.dumps(meta["train_config"], indent=1), "```",
     ]
     extra = meta.get("card_extra")

@@ -65,7 +65,10 @@ class TrainConfig:
     ood_tpr: float = 0.95
     thumbnails: bool = True
     weights_half: bool = False
-    num_workers: int = 1
+    num_workers: int = 1  # DataLoader workers for training batches, validation and gallery embedding
+    decode_workers: int | None = None  # workers decoding the photos into RAM at the start (None: num_workers)
+    time_limit: float | None = None  # seconds from the start: then stop at the next step and write the artifact
+    fit_to_time_limit: bool = False  # after epochs 1-2, cut --epochs (and the cosine schedule) to what fits the limit
     resume: str | None = None  # a checkpoint folder, or "auto" (OUTPUT_DIR/checkpoints/last)
     push_to_hub: str | None = None
     progress: bool = True

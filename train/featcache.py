@@ -109,3 +109,26 @@ def embed_cached(late: LateStages, feats: torch.Tensor, batch_size: int = 128) -
             for i in range(0, len(feats), batch_size)
         ]
     )
+
+
+def cached_trunk(model: nn.Module, cfg, pre: dict, samples, imgs, n: int, progress: bool) -> torch.Tensor:
+    """Early-stage maps of every photo, from ``cfg.feature_cache_dir`` when an identical run made them."""
+    path = None
+    if cfg.feature_cache_dir:
+        import hashlib
+        import json
+        from pathlib import Path
+
+        key = json.dumps([cfg.backbone, cfg.pretrained, n, cfg.cache_flip, cfg.cache_short_side, pre,
+                          [s.ref for s in samples]], sort_keys=True, default=str)
+        path = Path(cfg.feature_cache_dir) / f"trunk-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
+        if path.is_file():
+            from safetensors.torch import load_file
+            return load_file(str(path))["feats"]
+    feats = cache_features(model, imgs, pre, n, flip=cfg.cache_flip, progress=progress)
+    if path is not None:
+        from safetensors.torch import save_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"feats": feats.contiguous()}, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)  # atomic: never a half-written cache
+    return feats

@@ -27,7 +27,7 @@ from .images import open_image
 from .model import EmbeddingModel
 from .recognizer import Recognizer
 from .taxonomy import Taxonomy
-from .transforms import eval_transform
+from .transforms import eval_transform, normalize_batch
 
 RANK_DEPTH = 50  # neighbours looked at to rank classes for top-5
 
@@ -52,19 +52,24 @@ def embed_samples(
     progress: bool = True,
     desc: str = "embedding",
 ) -> np.ndarray:
-    """Embed labelled photos with the model's own eval preprocessing (decoding in a worker)."""
+    """Embed labelled photos with the model's own eval preprocessing (decoding in workers), on the
+    model's device: uint8 batches (pinned on a GPU) normalised there, forward in float32 (no autocast),
+    exactly as train/train.py embeds an artifact's gallery and calibration photos."""
     from tqdm.auto import tqdm
 
+    device = next(model.parameters()).device
     loader = DataLoader(
-        _PhotoDataset(samples, eval_transform(model.pretrained_cfg)),
+        _PhotoDataset(samples, eval_transform(model.pretrained_cfg, normalize=False)),
         batch_size=batch_size,
         num_workers=num_workers,
+        pin_memory=device.type == "cuda",
     )
     model.eval()
     out = []
     with torch.inference_mode():
         for x in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-            out.append(model(x).float().numpy())
+            x = normalize_batch(x.to(device, non_blocking=True), model.pretrained_cfg)
+            out.append(model(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.output_dim), np.float32)
 
 
@@ -240,11 +245,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--limit", type=int, default=None, help="only the first N queries (quick checks)")
     ap.add_argument("--input-size", type=int, help="override the model's input size (bare backbones: try others)")
     ap.add_argument("--resize-mode", choices=("shortest", "squash"), help="override the model's resize mode")
+    ap.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:1 (float32 either way)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
     rec = load(args.model)
+    rec.model.to(args.device)
     if args.input_size or args.resize_mode:  # an experiment on preprocessing: the embeddings follow it
         cfg = rec.model.pretrained_cfg
         if args.input_size:

@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 
 from vericar.errors import SpecError
 
-__all__ = ["eval_transform", "train_transform"]
+__all__ = ["eval_transform", "normalize_batch", "train_transform"]
 
 _INTERPOLATION = {
     "bicubic": InterpolationMode.BICUBIC,
@@ -45,7 +45,9 @@ def _parse(cfg: dict[str, Any]) -> tuple[tuple[int, int], InterpolationMode, flo
     return (size[1], size[2]), _INTERPOLATION[name], crop_pct, mode
 
 
-def _to_tensor(cfg: dict[str, Any]) -> list[Callable]:
+def _to_tensor(cfg: dict[str, Any], normalize: bool = True) -> list[Callable]:
+    if not normalize:  # uint8 out: a quarter of the bytes to move; normalize_batch finishes on the device
+        return [v2.ToImage()]
     return [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
@@ -53,8 +55,11 @@ def _to_tensor(cfg: dict[str, Any]) -> list[Callable]:
     ]
 
 
-def eval_transform(cfg: dict[str, Any]) -> Callable:
-    """Deterministic transform: PIL RGB image -> normalised float tensor (3, H, W)."""
+def eval_transform(cfg: dict[str, Any], *, normalize: bool = True) -> Callable:
+    """Deterministic transform: PIL RGB image (or uint8 tensor) -> normalised float tensor (3, H, W).
+
+    ``normalize=False`` stops at the uint8 tensor; :func:`normalize_batch` then does the rest on a batch.
+    """
     (height, width), interpolation, crop_pct, mode = _parse(cfg)
     if mode == "squash":
         resize = [v2.Resize((height, width), interpolation=interpolation, antialias=True)]
@@ -62,7 +67,7 @@ def eval_transform(cfg: dict[str, Any]) -> Callable:
         # Short side to max(H, W) / crop_pct covers both sides of a non-square target too.
         short = int(max(height, width) / crop_pct)
         resize = [v2.Resize(short, interpolation=interpolation, antialias=True), v2.CenterCrop((height, width))]
-    return v2.Compose([*resize, *_to_tensor(cfg)])
+    return v2.Compose([*resize, *_to_tensor(cfg, normalize)])
 
 
 def train_transform(
@@ -71,6 +76,7 @@ def train_transform(
     scale: tuple[float, float] = (0.35, 1.0),
     hflip: bool = True,
     color_jitter: float = 0.2,
+    normalize: bool = True,
 ) -> Callable:
     """Augmenting transform for metric learning: random resized crop, horizontal flip, color jitter.
 
@@ -84,4 +90,16 @@ def train_transform(
         ops.append(v2.RandomHorizontalFlip())
     if color_jitter > 0:
         ops.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-    return v2.Compose([*ops, *_to_tensor(cfg)])
+    return v2.Compose([*ops, *_to_tensor(cfg, normalize)])
+
+
+def normalize_batch(x: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
+    """uint8 batch ``(B, 3, H, W)`` (or float already in [0, 1]) -> normalised float32, on ``x``'s device.
+
+    The same arithmetic as the ``normalize=True`` transforms, done where the model runs.
+    """
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    mean = torch.tensor([float(m) for m in cfg["mean"]], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor([float(s) for s in cfg["std"]], device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
