@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -38,9 +39,13 @@ def test_pyproject_declares_the_requirements_files():
 @pytest.mark.slow
 def test_installed_package_loads_the_default_model_from_any_folder(tmp_path):
     """`pip install .` (dependencies already present here), then import and load from elsewhere."""
-    target = tmp_path / "site"
+    src, target = tmp_path / "src", tmp_path / "site"
+    # A copy, because setuptools builds in the source folder (build/, *.egg-info) and the repo stays clean.
+    shutil.copytree(PKG, src / "vericar", ignore=shutil.ignore_patterns("__pycache__", "default.old"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, cwd=tmp_path, timeout=300)
+                    "--target", str(target), str(src)], check=True, cwd=tmp_path, timeout=300)
     assert (target / "vericar" / "py.typed").is_file()
     code = ("import vericar, sys; r = vericar.load('default'); "
             "assert vericar.__file__.startswith(sys.argv[1]), vericar.__file__; print(len(r.gallery.classes))")
