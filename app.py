@@ -98,8 +98,8 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
     @_user_errors
     def ui_identify(image: str) -> tuple[str, dict[str, float] | None, list[tuple[Image.Image, str]]]:
         pred = rec.predict(open_image(_need(image)))
-        conf = None if pred.unknown else {f"{lvl}: {getattr(pred, lvl) or pred.label}": c
-                                          for lvl, c in pred.confidence.items()}
+        conf = {f"{lvl}: {getattr(pred, lvl) or pred.label}": c for lvl, c in pred.confidence.items()
+                if pred.is_known(lvl)} or None  # an unknown vehicle: only its confident levels
         tiles = []
         for n in pred.neighbours:
             thumb = rec.thumbnail(n.index, n.label)  # under the recognizer's lock: enrol/remove may run
