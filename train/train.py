@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from train.cache import TensorPhotos, decode_all  # noqa: E402
-from train.calibrate import calibrate_ood  # noqa: E402
+from train.calibrate import calibrate  # noqa: E402
 from train.card import write_card, write_curve  # noqa: E402
 from train.checkpoints import latest_checkpoint, swap_in  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
@@ -290,19 +290,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     final = accelerator.unwrap_model(model)
     final.load_state_dict(best_weights)
     g_tr, g_va = embed_rows("train"), embed_rows("val")
-    ood, val_metrics = calibrate_ood(final, g_tr, [class_names[y] for y in tr_y], g_va, [class_names[y] for y in va_y],
-                                     k=cfg.k, ood_k=cfg.ood_k, tpr=cfg.ood_tpr, density=density)
+    # Threshold and confidences fitted on the validation photos as the product sees them (train/realinput.py).
+    ood, calibration, cal_metrics = calibrate(final, g_tr, [class_names[y] for y in tr_y], [s.image for s in val_s],
+                                              [class_names[y] for y in va_y], k=cfg.k, ood_k=cfg.ood_k, tpr=cfg.ood_tpr,
+                                              density=density, g_va_clean=g_va, seed=cfg.seed)
+    val_metrics = cal_metrics["validation"]
     gallery = Gallery(g_tr.shape[1])
     gallery.add(np.concatenate([g_tr, g_va]), [class_names[y] for y in tr_y + va_y],
                 refs=[s.ref for s in train_s + val_s], thumbnails=_thumbs(thumbs) if cfg.thumbnails else None)
     wall = time.time() - t_start
     command = "python train/train.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    meta = {"metrics": {"validation": val_metrics}, "command": command, "ood_threshold": ood.threshold,
+    meta = {"metrics": cal_metrics, "command": command, "ood_threshold": ood.threshold,
             "train_seconds": round(wall, 1),
             "classes": len(class_names), "holdout_classes": cfg.holdout_classes, "train_config": cfg.to_dict(),
             "held_out_class_names": sorted({s.class_name for s in held})}
     if main_proc:
-        rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=density, meta=meta)
+        rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=density, meta=meta, calibration=calibration)
         save_pretrained(rec, out, half=cfg.weights_half)
         write_card(out, cfg, meta, state["history"])
         accelerator.print(f"wrote {out} in {wall / 60:.1f} min; validation top-1 model "
