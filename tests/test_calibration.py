@@ -9,7 +9,7 @@ import pytest
 from scipy.special import softmax
 
 from vericar.calibration import (Calibration, LevelVotes, collect_votes, expected_calibration_error,
-                                 fit_calibration, fit_temperature, softmax_confidence, threshold_at_precision)
+                                 fit_calibration, fit_softmax, softmax_confidence, threshold_at_precision)
 from vericar.errors import ArtifactError
 from vericar.gallery import Gallery
 from vericar.hub import load, save_pretrained
@@ -56,8 +56,8 @@ def make_rec(model, calibration=None, per_class=8) -> Recognizer:
     return rec
 
 
-def naive_softmax(weights: dict, winner, k: int, n_values: int, t: float) -> float:
-    logits = np.zeros(n_values)  # every value the gallery knows; the voted ones first
+def naive_softmax(weights: dict, winner, k: int, n_values: int, t: float, b: float = 0.0) -> float:
+    logits = np.full(n_values, b)  # every value the gallery knows; the voted ones first
     for i, w in enumerate(weights.values()):
         logits[i] = w / (k * t)
     return float(softmax(logits)[list(weights).index(winner)])
@@ -67,7 +67,8 @@ def test_softmax_confidence_matches_a_full_softmax():
     w = {"a": 3.1, "b": 0.7, "c": 0.0}
     for t in (0.02, 0.1, 1.0, 5.0):
         for n in (3, 10, 196):
-            assert softmax_confidence(w, "a", 5, n, t) == pytest.approx(naive_softmax(w, "a", 5, n, t), rel=1e-9)
+            for b in (-4.0, 0.0, 2.5):
+                assert softmax_confidence(w, "a", 5, n, t, b) == pytest.approx(naive_softmax(w, "a", 5, n, t, b), rel=1e-9)
     assert softmax_confidence(w, "b", 5, 3, 1e-3) == pytest.approx(0.0, abs=1e-12)  # no overflow either
     assert softmax_confidence(w, None, 5, 3, 1.0) == 0.0
 
@@ -84,21 +85,29 @@ def random_votes(rng, n=300) -> LevelVotes:
     return LevelVotes(weights, winners, [5] * n, 20, np.array(correct))
 
 
-def test_fit_temperature_matches_a_grid_search():
+def test_fit_softmax_matches_a_grid_search():
     votes = random_votes(np.random.default_rng(0))
-    t = fit_temperature(votes)
-
+    t, b = fit_softmax(votes)
     logits = np.zeros((len(votes.winners), 20))
     logits[:, :2] = [[w["win"], w["other"]] for w in votes.weights]
 
-    def nll(temp):  # the full softmax over 20 values, for every photo at once
-        p = np.clip(softmax(logits / (5 * temp), axis=1)[:, 0], 1e-7, 1 - 1e-7)
+    def nll(temp, bias):  # the full softmax over 20 values, for every photo at once
+        z = logits / (5 * temp)
+        z[:, 2:] = bias
+        p = np.clip(softmax(z, axis=1)[:, 0], 1e-7, 1 - 1e-7)
         return -np.mean(np.where(votes.correct, np.log(p), np.log(1 - p)))
 
-    grid = np.exp(np.linspace(math.log(1e-3), math.log(10), 1501))
-    best = grid[np.argmin([nll(g) for g in grid])]
-    assert t == pytest.approx(best, rel=0.01)
-    assert nll(t) <= nll(best) + 1e-6
+    grid = [(g, h) for g in np.exp(np.linspace(math.log(1e-2), math.log(10), 121)) for h in np.linspace(-8, 8, 81)]
+    best = min(grid, key=lambda p: nll(*p))
+    assert nll(t, b) <= nll(*best) + 1e-5  # at least as good as the best point of a fine grid
+    assert t == pytest.approx(best[0], rel=0.1) and b == pytest.approx(best[1], abs=0.3)
+    assert nll(t, b) < nll(fit_softmax_t_only(votes), 0.0)  # the bias earns its place on these votes
+
+
+def fit_softmax_t_only(votes):
+    grid = np.exp(np.linspace(math.log(1e-2), math.log(10), 150))
+    return grid[np.argmin([-np.mean(np.where(votes.correct, np.log(np.clip(votes.confidences(g), 1e-7, 1)),
+                                             np.log(np.clip(1 - votes.confidences(g), 1e-7, 1)))) for g in grid])]
 
 
 def test_threshold_and_ece_match_naive_loops():
@@ -145,7 +154,7 @@ def test_fit_calibration_on_noisy_photos(model):
     assert 0.5 < model_level["accuracy"] < 1.0
     assert model_level["ece_calibrated"] < model_level["ece_vote_share"]
     loo = collect_votes(rec, q, truth, exclude_own=True)["make"]
-    given = loo.confidences(cal.temperatures["make"]) >= cal.thresholds["make"]
+    given = loo.confidences(cal.temperatures["make"], cal.biases["make"]) >= cal.thresholds["make"]
     assert given.any() and loo.correct[given].mean() >= 0.9
     assert report["levels"]["make"]["partial_given_right"] == pytest.approx((given & loo.correct).mean())
 
