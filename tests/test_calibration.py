@@ -9,7 +9,7 @@ import pytest
 from scipy.special import softmax
 
 from vericar.calibration import (Calibration, LevelVotes, collect_votes, expected_calibration_error,
-                                 fit_calibration, fit_softmax, softmax_confidence, threshold_at_precision)
+                                 fit_calibration, fit_softmax, softmax_confidence, threshold_at_max_wrong)
 from vericar.errors import ArtifactError
 from vericar.gallery import Gallery
 from vericar.hub import load, save_pretrained
@@ -114,10 +114,10 @@ def test_threshold_and_ece_match_naive_loops():
     rng = np.random.default_rng(1)
     conf = np.round(rng.random(400), 2)  # ties on purpose
     correct = rng.random(400) < conf
-    t = threshold_at_precision(conf, correct, 0.85)
-    ok = [c for c in sorted(set(conf)) if correct[conf >= c].mean() >= 0.85]
+    t = threshold_at_max_wrong(conf, correct, 0.1)
+    ok = [c for c in sorted(set(conf)) if ((conf >= c) & ~correct).mean() <= 0.1]
     assert t == min(ok)
-    assert threshold_at_precision(np.array([0.9, 0.8]), np.array([False, False]), 0.9) is None
+    assert threshold_at_max_wrong(np.array([0.9, 0.8]), np.array([False, False]), 0.1) is None
     ece = sum(abs(correct[m].mean() - conf[m].mean()) * m.sum()
               for b in range(10) if (m := (np.minimum((conf * 10).astype(int), 9) == b)).any()) / len(conf)
     assert expected_calibration_error(conf, correct) == pytest.approx(ece)
@@ -144,18 +144,18 @@ def test_collect_votes_vote_as_the_recognizer_does(model):
 
 def test_fit_calibration_on_noisy_photos(model):
     """Fitted on photos that the votes sometimes get wrong: calibrated confidences beat vote shares on
-    the fitting photos, and the partial-answer thresholds keep 90% of the given makes right."""
+    the fitting photos, and the partial-answer thresholds keep wrong makes to 10% of the photos."""
     q = np.concatenate([photos(lab, 12, seed=300 + i, spread=0.75) for i, lab in enumerate(CLASSES)])
     truth = [lab for lab in CLASSES for _ in range(12)]
     rec = make_rec(model)
-    cal, report = fit_calibration(rec, q, truth, precision=0.9)
+    cal, report = fit_calibration(rec, q, truth, max_wrong=0.1)
     assert set(cal.temperatures) == {"model", "make", "type", "year"} and set(cal.thresholds) == {"make", "type"}
     model_level = report["levels"]["model"]
     assert 0.5 < model_level["accuracy"] < 1.0
     assert model_level["ece_calibrated"] < model_level["ece_vote_share"]
     loo = collect_votes(rec, q, truth, exclude_own=True)["make"]
     given = loo.confidences(cal.temperatures["make"], cal.biases["make"]) >= cal.thresholds["make"]
-    assert given.any() and loo.correct[given].mean() >= 0.9
+    assert given.any() and (given & ~loo.correct).mean() <= 0.1
     assert report["levels"]["make"]["partial_given_right"] == pytest.approx((given & loo.correct).mean())
 
 

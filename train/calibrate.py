@@ -71,7 +71,7 @@ def calibrate(
     ood_k: int,
     tpr: float,
     density: DensityCorrection,
-    precision: float = 0.9,
+    max_wrong: float = 0.1,
     g_va_clean: np.ndarray | None = None,
     seed: int = 0,
 ) -> tuple[KNNOOD, Calibration, dict[str, Any]]:
@@ -92,8 +92,8 @@ def calibrate(
     cal_g = Gallery(g_tr.shape[1])
     cal_g.add(g_tr, list(tr_labels))
     rec = Recognizer(model, cal_g, ood, k=k, density=density)
-    info = {"fitted_on": f"{len(va_labels)} validation photos, views: {recipe}", "precision_target": precision}
-    calibration, report = fit_calibration(rec, q, list(va_labels), precision=precision, info=info)
+    info = {"fitted_on": f"{len(va_labels)} validation photos, views: {recipe}", "max_wrong": max_wrong}
+    calibration, report = fit_calibration(rec, q, list(va_labels), max_wrong=max_wrong, info=info)
     metrics = {"validation_real_input" if isinstance(recipe, dict) else "validation": m_real, "calibration": report}
     if g_va_clean is not None and isinstance(recipe, dict):
         metrics["validation"] = evaluate_embeddings(rec, g_va_clean, list(va_labels))
@@ -121,8 +121,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
     ap.add_argument("--density-weight", type=float, help="0 = plain cosine, 0.5 = CSLS (default: the artifact's)")
     ap.add_argument("--density-k", type=int, help="default: the artifact's")
-    ap.add_argument("--precision", type=float, default=0.9,
-                    help="share of partial answers (make/type of an unknown model) that must be right on validation")
+    ap.add_argument("--max-wrong", type=float, default=0.1,
+                    help="partial answers (make/type of an unknown model): the largest share of validation photos, "
+                         "their own class taken out of the gallery, that may get a wrong one")
     ap.add_argument("--clean-views", action="store_true",
                     help="fit on the stored tight crops instead of real-input views of them (the old behaviour)")
     args = ap.parse_args(argv)
@@ -131,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:  # bad settings and unloadable artifacts: one line saying what to do, no traceback
         if args.density_weight is not None:
             DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work
-        if not 0.0 < args.precision <= 1.0:
-            raise VericarError(f"--precision must be in (0, 1], got {args.precision}.")
+        if not 0.0 <= args.max_wrong <= 1.0:
+            raise VericarError(f"--max-wrong must be in [0, 1], got {args.max_wrong}.")
         rec = load(f"local-dir:{out}")
         density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
                                     args.density_k or rec.density.k)
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ood, calibration, metrics = calibrate(
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
         labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=tc.get("ood_tpr", 0.95), density=density,
-        precision=args.precision, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
+        max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
     rec.ood, rec.density, rec.calibration = ood, density, calibration
     tc.update(density_weight=density.weight, density_k=density.k)
     command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

@@ -51,8 +51,9 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
     lines = ["## Confidence calibration (validation photos as the product sees them: train/realinput.py)", "",
              f"Fitted on {rep['n']} validation photos (margin, lower resolution, 224x224 squash, JPEG); the "
              "unknown threshold above comes from the same views. Partial answers: make / type are still named "
-             f"for an unknown model when their confidence clears the threshold at which {100 * rep['precision_target']:.0f}% "
-             "of them were right with each photo's own class taken out of the gallery.", "",
+             "for an unknown model when their confidence clears the lowest threshold at which at most "
+             f"{100 * rep['max_wrong']:.0f}% of these photos, each with its own class taken out of the gallery, "
+             "got a wrong one.", "",
              "| level | temperature | accuracy | ECE vote share → calibrated | partial-answer threshold |",
              "|---|---|---|---|---|"]
     for lvl, r in rep["levels"].items():

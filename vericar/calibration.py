@@ -13,8 +13,9 @@ nobody voted for dominates: a temperature alone left the model level's ECE at 5.
 with ``b`` 2.7% (README).
 
 Partial answers: when the model-level answer is unknown (KNN+), make and type are still given
-when their own calibrated confidence clears their own threshold (``threshold_at_precision``,
-fitted on photos whose own class was taken out of the gallery). An artifact without a
+when their own calibrated confidence clears their own threshold (``threshold_at_max_wrong``:
+the lowest at which at most 10% of held-out photos, with their own class taken out of the
+gallery, get a wrong make / type named). An artifact without a
 calibration keeps the plain vote share and withholds every level of an unknown vehicle.
 """
 from __future__ import annotations
@@ -174,16 +175,17 @@ def fit_softmax(votes: LevelVotes) -> tuple[float, float]:
     return float(math.exp(min(max(best[0], lo), hi))), float(min(max(best[1], B_BOUNDS[0]), B_BOUNDS[1]))
 
 
-def threshold_at_precision(conf: np.ndarray, correct: np.ndarray, precision: float) -> float | None:
-    """Lowest confidence threshold whose given answers (conf >= it) are right at least ``precision``
-    of the time, taking the largest such set; None when no threshold reaches it."""
+def threshold_at_max_wrong(conf: np.ndarray, correct: np.ndarray, max_wrong: float) -> float | None:
+    """Lowest confidence threshold at which the answers given (conf >= it) that are wrong make up at
+    most ``max_wrong`` of all photos; None when even the highest observed confidence gives more."""
     conf, correct = np.asarray(conf, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if len(conf) == 0:
+        return None
     order = np.argsort(-conf, kind="stable")
-    c, ok = conf[order], correct[order]
-    prec = np.cumsum(ok) / np.arange(1, len(ok) + 1)
+    c, wrong = conf[order], np.cumsum(~correct[order]) / len(conf)
     # Only cut between different values: a threshold gives every photo with that confidence or none.
-    last_of_value = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, bool)
-    good = np.flatnonzero((prec >= precision) & last_of_value)
+    last_of_value = np.r_[c[1:] != c[:-1], True]
+    good = np.flatnonzero((wrong <= max_wrong) & last_of_value)  # wrong only grows down the list
     return None if len(good) == 0 else float(c[good[-1]])
 
 
@@ -247,11 +249,11 @@ def collect_votes(rec: Any, emb: np.ndarray, true_labels: Sequence[str], *,
     return out
 
 
-def fit_calibration(rec: Any, emb: np.ndarray, true_labels: Sequence[str], *, precision: float = 0.9,
+def fit_calibration(rec: Any, emb: np.ndarray, true_labels: Sequence[str], *, max_wrong: float = 0.1,
                     info: dict[str, Any] | None = None) -> tuple[Calibration, dict[str, Any]]:
     """Fit per-level temperatures on held-out photos of known vehicles and the partial-answer
     thresholds (make, type) on the same photos with their own class taken out of the gallery:
-    the lowest confidence at which ``precision`` of the partial answers given are right.
+    the lowest confidence at which at most ``max_wrong`` of them get a wrong answer at that level.
 
     ``rec`` must not hold these photos in its gallery (a query would find itself). Returns the
     calibration and a report (per level: photos, ECE before and after, the threshold's coverage).
@@ -259,7 +261,7 @@ def fit_calibration(rec: Any, emb: np.ndarray, true_labels: Sequence[str], *, pr
     known = collect_votes(rec, emb, true_labels)
     fits = {lvl: fit_softmax(v) for lvl, v in known.items()}
     temps, biases = {lvl: f[0] for lvl, f in fits.items()}, {lvl: f[1] for lvl, f in fits.items()}
-    report: dict[str, Any] = {"n": len(true_labels), "precision_target": precision, "levels": {}}
+    report: dict[str, Any] = {"n": len(true_labels), "max_wrong": max_wrong, "levels": {}}
     for lvl, v in known.items():
         report["levels"][lvl] = {
             "temperature": temps[lvl], "bias": biases[lvl], "accuracy": float(v.correct.mean()),
@@ -271,10 +273,11 @@ def fit_calibration(rec: Any, emb: np.ndarray, true_labels: Sequence[str], *, pr
         for lvl in PARTIAL_LEVELS:
             v = loo[lvl]
             conf = v.confidences(temps[lvl], biases[lvl])
-            t = threshold_at_precision(conf, v.correct, precision)
+            t = threshold_at_max_wrong(conf, v.correct, max_wrong)
             given = conf >= t if t is not None else np.zeros(len(conf), bool)
             report["levels"][lvl].update(
-                partial_threshold=t, partial_given_right=float((given & v.correct).mean()),
+                partial_threshold=t, partial_accuracy=float(v.correct.mean()),
+                partial_given_right=float((given & v.correct).mean()),
                 partial_given_wrong=float((given & ~v.correct).mean()))
             if t is not None:
                 thresholds[lvl] = t
