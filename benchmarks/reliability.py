@@ -54,11 +54,15 @@ def partial_figures(preds, truth, tax: Taxonomy, known_makes: set) -> dict:
     """Make / type of unknown-class queries whose make the gallery knows: given right / wrong / withheld."""
     keep = [i for i, t in enumerate(truth) if tax.level_value(t, "make") in known_makes]
     out = {"n": len(keep), "flagged_unknown": float(np.mean([preds[i].unknown for i in keep])) if keep else None}
+    flagged = np.array([preds[i].unknown for i in keep], dtype=bool)
     for lvl in ("make", "type"):
-        given = np.array([preds[i].is_known(lvl) for i in keep])
-        right = np.array([getattr(preds[i], lvl) == tax.level_value(truth[i], lvl) for i in keep])
+        given = np.array([preds[i].is_known(lvl) for i in keep], dtype=bool)
+        right = np.array([getattr(preds[i], lvl) == tax.level_value(truth[i], lvl) for i in keep], dtype=bool)
         out[lvl] = {"given_right": float((given & right).mean()), "given_wrong": float((given & ~right).mean()),
-                    "withheld": float((~given).mean())}
+                    "withheld": float((~given).mean()),
+                    # the partial answers alone: photos the unknown check caught
+                    "flagged_given_right": float((given & right)[flagged].mean()) if flagged.any() else None,
+                    "flagged_given_wrong": float((given & ~right)[flagged].mean()) if flagged.any() else None}
     return out
 
 
@@ -92,6 +96,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default="default")
     ap.add_argument("--queries", required=True)
     ap.add_argument("--cache", default=None, help="embedding cache folder (as vericar.evaluate --cache)")
+    ap.add_argument("--gallery-holdout", help="remove the classes matching this rule (e.g. \"label%%5==4\") from the "
+                    "model's gallery first: a proxy of the open-world protocol for a model that was trained on them")
     ap.add_argument("--png", help="write the reliability diagram here")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args(argv)
@@ -99,6 +105,12 @@ def main(argv=None) -> dict:
     samples = load_source(args.queries, "test")
     q = cached_embeddings(rec.model, samples, args.cache, "queries", batch_size=32, num_workers=0, progress=False)
     names = [s.class_name for s in samples]
+    if args.gallery_holdout:
+        from vericar.data import parse_holdout
+
+        out = parse_holdout(args.gallery_holdout)
+        for name in sorted({s.class_name for s in samples if out(s.label)}):
+            rec.remove(name)
     classes = set(rec.gallery.classes)
     tax = Taxonomy.from_labels(sorted(classes | set(names)))
     kn = [i for i, n in enumerate(names) if n in classes]
@@ -131,7 +143,9 @@ def main(argv=None) -> dict:
         print(f"\nunknown-class queries whose make is known: {u['n']} (flagged unknown {100 * u['flagged_unknown']:.2f}%)")
         for lvl in ("make", "type"):
             print(f"  {lvl}: given and right {100 * u[lvl]['given_right']:.2f}%, given and wrong "
-                  f"{100 * u[lvl]['given_wrong']:.2f}%, withheld {100 * u[lvl]['withheld']:.2f}%")
+                  f"{100 * u[lvl]['given_wrong']:.2f}%, withheld {100 * u[lvl]['withheld']:.2f}%; of the photos "
+                  f"flagged unknown (partial answers): right {100 * (u[lvl]['flagged_given_right'] or 0):.2f}%, "
+                  f"wrong {100 * (u[lvl]['flagged_given_wrong'] or 0):.2f}%")
         print(f"ID top-1 model {100 * e['top1']['model']:.2f}% / make {100 * e['top1']['make']:.2f}% / type "
               f"{100 * e['top1']['type']:.2f}%; OOD AUROC {100 * e['ood']['auroc']:.2f}%, FPR95 {100 * e['ood']['fpr95']:.2f}%")
     if args.png:
