@@ -117,10 +117,13 @@ class Calibration:
             thr = {str(k): float(v) for k, v in (d.get("thresholds") or {}).items()}
             biases = {str(k): float(v) for k, v in (d.get("biases") or {}).items()}
         except (TypeError, ValueError, AttributeError) as e:
-            raise ArtifactError(f"calibration values must be numbers ({e}); re-calibrate with train/calibrate.py.") from e
+            raise ArtifactError(f"calibration values must be numbers ({e}); "
+                                "re-calibrate with train/calibrate.py.") from e
         bad = [k for k in list(temps) + list(thr) + list(biases) if k not in LEVELS]
-        if bad or any(not (np.isfinite(t) and t > 0) for t in temps.values()) or not np.isfinite(list(biases.values())).all():
-            raise ArtifactError(f"calibration has unknown levels {bad} or non-positive temperatures {temps}; "
+        finite = all(math.isfinite(x) for x in list(temps.values()) + list(biases.values()))
+        if bad or not finite or any(t <= 0 for t in temps.values()):
+            raise ArtifactError(f"calibration has unknown levels {bad}, or temperatures {temps} / biases {biases} "
+                                "that are not finite (temperatures > 0); "
                                 f"levels are {LEVELS}. Re-calibrate with train/calibrate.py.")
         return cls(temps, thr, dict(d.get("info") or {}), biases)
 
