@@ -117,8 +117,8 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
     def ui_identify(image: str, request: gr.Request) -> tuple[str, dict[str, float] | None, list]:
         r = _rec(request)
         pred = r.predict(open_upload(image))
-        conf = None if pred.unknown else {f"{lvl}: {getattr(pred, lvl) or pred.label}": c
-                                          for lvl, c in pred.confidence.items()}
+        conf = {f"{lvl}: {getattr(pred, lvl) or pred.label}": c for lvl, c in pred.confidence.items()
+                if pred.is_known(lvl)} or None  # an unknown vehicle: only its confident levels
         tiles = []
         for n in pred.neighbours:
             thumb = (source.tile(n.ref, n.label) if source and n.ref else None) or r.thumbnail(n.index, n.label)

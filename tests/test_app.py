@@ -163,6 +163,27 @@ def test_unknown_gets_no_name(served, photo):
     assert out["neighbours"] == known["neighbours"]  # the nearest guesses stay visible
 
 
+def test_identify_gives_a_partial_answer(served, photo):
+    """The model-level check fires but the make is confident: /identify names the make only."""
+    from vericar.calibration import Calibration
+
+    demo, client = served
+    rec = demo.vericar_store.rec
+    threshold, calibration = rec.ood.threshold, rec.calibration
+    rec.ood.threshold = -1.0  # every score is above it: the model level is unknown
+    # make: named when its confidence clears 0.5; type: no threshold, so never named for an unknown model
+    rec.calibration = Calibration({lvl: 0.05 for lvl in ("model", "make", "type", "year")}, {"make": 0.5})
+    try:
+        out = client.predict(handle_file(photo), api_name="/identify")
+    finally:
+        rec.ood.threshold, rec.calibration = threshold, calibration
+    assert out["unknown"] is True and (out["label"], out["model"], out["year"], out["type"]) == (None,) * 4
+    assert out["make"] == "Audi" and 0.5 <= out["confidence"]["make"] <= 1.0
+    assert out["confidence"] == {"model": 0.0, "make": out["confidence"]["make"], "type": 0.0, "year": 0.0}
+    assert out["unknown_levels"] == ["model", "type", "year"]
+    json.dumps(out, allow_nan=False)
+
+
 def test_similar_and_explain(served, photo):
     _, client = served
     sim = client.predict(handle_file(photo), 4, api_name="/similar")
@@ -327,5 +348,8 @@ def test_unknown_notice_names_no_vehicle():
                       confidence={"model": 0.4}, unknown=True, ood_score=0.731)
     md = result_markdown(pred, 0.25)
     assert "Unknown vehicle" in md and "0.731" in md and "0.250" in md and "Audi" not in md
-    pred.unknown = False
+    pred.unknown_levels = ["model", "type", "year"]  # the make is confident on its own
+    md = result_markdown(pred, 0.25)
+    assert md.startswith("### Audi — model not in the gallery") and "A4" not in md and "Sedan" not in md
+    pred.unknown, pred.unknown_levels = False, []
     assert "Audi A4 Sedan 2012" in result_markdown(pred, 0.25)

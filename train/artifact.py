@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from train.calibrate import calibrate_ood
+from train.calibrate import calibrate
 from train.card import write_card
 from train.loop import embed_rows
 from train.steps import Run, planned_epochs
@@ -32,21 +32,25 @@ def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) ->
     else:
         acc.print("no validated weights yet: the artifact holds the current ones")
     g_tr, g_va = embed_rows(run, "train"), embed_rows(run, "val")
-    ood, val_metrics = calibrate_ood(final, g_tr, [names[y] for y in run.tr_y], g_va, [names[y] for y in run.va_y],
-                                     k=cfg.k, ood_k=cfg.ood_k, tpr=cfg.ood_tpr, density=run.density)
+    # Threshold and confidences fitted on the validation photos as the product sees them (train/realinput.py).
+    ood, calibration, cal_metrics = calibrate(final, g_tr, [names[y] for y in run.tr_y], [s.image for s in run.val_s],
+                                              [names[y] for y in run.va_y], k=cfg.k, ood_k=cfg.ood_k, tpr=cfg.ood_tpr,
+                                              density=run.density, g_va_clean=g_va, seed=cfg.seed)
+    val_metrics = cal_metrics["validation"]
     gallery = Gallery(g_tr.shape[1])
     gallery.add(np.concatenate([g_tr, g_va]), [names[y] for y in run.tr_y + run.va_y],
                 refs=[s.ref for s in run.train_s + run.val_s], thumbnails=_thumbs(run.thumbs) if cfg.thumbnails else None)
     wall = time.time() - run.t_start
     command = "python train/train.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    meta = {"metrics": {"validation": val_metrics}, "command": command, "ood_threshold": ood.threshold,
+    meta = {"metrics": cal_metrics, "command": command, "ood_threshold": ood.threshold,
             "train_seconds": round(wall, 1), "classes": len(names), "holdout_classes": cfg.holdout_classes,
             "train_config": cfg.to_dict(), "held_out_class_names": sorted({s.class_name for s in run.held}),
             "stopped": stopped, "epochs_done": state["epoch"], "steps_done": state["step"],
             "epochs_planned": planned_epochs(run),
             "processes": acc.num_processes}
     if run.main_proc:
-        rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=run.density, meta=meta)
+        rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=run.density, meta=meta,
+                         calibration=calibration)
         save_pretrained(rec, run.out, half=cfg.weights_half)
         write_card(run.out, cfg, meta, state["history"])
         acc.print(f"wrote {run.out} in {wall / 60:.1f} min; validation top-1 model "

@@ -1,11 +1,15 @@
-"""The unknown-vehicle threshold of an artifact, from its validation slice; re-calibration in place.
+"""The unknown-vehicle threshold and the confidence calibration of an artifact, from its
+validation slice; re-calibration in place.
 
-    python train/calibrate.py --artifact OUT --density-weight 0.5 [--density-k 10]
+    python train/calibrate.py --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
 
-train.py calls ``calibrate_ood`` at the end of training. The command line re-does that step for
-a saved artifact with other ranking settings (e.g. turning on the density correction of
-vericar/density.py) without retraining: the artifact's gallery holds its validation photos, found
-again from the split its train_config describes, so nothing is re-embedded.
+train.py calls ``calibrate`` at the end of training. The command line re-does that step for a
+saved artifact without retraining (e.g. with the density correction of vericar/density.py turned
+on): the artifact's gallery holds its validation photos, found again from the split its
+train_config describes; the calibration gallery is the other training photos (a query never meets
+itself). Threshold and calibration are fitted on the validation photos as the product sees them
+(train/realinput.py: margin, lower resolution, 224x224 squash, JPEG), re-embedded from the files;
+``--clean-views`` fits on the tight crops as stored instead (the previous behaviour).
 """
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vericar.calibration import Calibration, fit_calibration  # noqa: E402
 from vericar.density import DensityCorrection  # noqa: E402
 from vericar.errors import VericarError  # noqa: E402
 from vericar.evaluate import evaluate_embeddings  # noqa: E402
 from vericar.gallery import Gallery  # noqa: E402
-from vericar.model import EmbeddingModel  # noqa: E402
+from vericar.model import EmbeddingModel, embed_images  # noqa: E402
 from vericar.ood import KNNOOD  # noqa: E402
 from vericar.recognizer import Recognizer  # noqa: E402
 
@@ -55,6 +60,46 @@ def calibrate_ood(
     return ood, evaluate_embeddings(rec, g_va, list(va_labels))
 
 
+def calibrate(
+    model: EmbeddingModel,
+    g_tr: np.ndarray,
+    tr_labels: Sequence[str],
+    val_paths: Sequence[str],
+    va_labels: Sequence[str],
+    *,
+    k: int,
+    ood_k: int,
+    tpr: float,
+    density: DensityCorrection,
+    max_wrong: float = 0.1,
+    g_va_clean: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[KNNOOD, Calibration, dict[str, Any]]:
+    """Unknown threshold and per-level confidence calibration from the validation photos as the
+    product sees them (``real_input_views`` of ``val_paths``), against the training photos only.
+
+    ``g_va_clean`` (the stored embeddings of the tight crops) skips the re-embedding and fits on
+    them instead. Returns the detector, the calibration and the metrics (``validation``: on the
+    clean crops when given, ``validation_real_input``: on the views; ``calibration``: the fit report).
+    """
+    from train.realinput import RECIPE, real_input_views
+
+    if g_va_clean is not None and not val_paths:
+        q, recipe = g_va_clean, "clean crops"
+    else:
+        q, recipe = embed_images(model, real_input_views(val_paths, seed)), {**RECIPE, "seed": seed}
+    ood, m_real = calibrate_ood(model, g_tr, tr_labels, q, va_labels, k=k, ood_k=ood_k, tpr=tpr, density=density)
+    cal_g = Gallery(g_tr.shape[1])
+    cal_g.add(g_tr, list(tr_labels))
+    rec = Recognizer(model, cal_g, ood, k=k, density=density)
+    info = {"fitted_on": f"{len(va_labels)} validation photos, views: {recipe}", "max_wrong": max_wrong}
+    calibration, report = fit_calibration(rec, q, list(va_labels), max_wrong=max_wrong, info=info)
+    metrics = {"validation_real_input" if isinstance(recipe, dict) else "validation": m_real, "calibration": report}
+    if g_va_clean is not None and isinstance(recipe, dict):
+        metrics["validation"] = evaluate_embeddings(rec, g_va_clean, list(va_labels))
+    return ood, calibration, metrics
+
+
 def _history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -74,14 +119,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
-    ap.add_argument("--density-weight", type=float, required=True, help="0 = plain cosine, 0.5 = CSLS")
-    ap.add_argument("--density-k", type=int, default=10)
+    ap.add_argument("--density-weight", type=float, help="0 = plain cosine, 0.5 = CSLS (default: the artifact's)")
+    ap.add_argument("--density-k", type=int, help="default: the artifact's")
+    ap.add_argument("--max-wrong", type=float, default=0.1,
+                    help="partial answers (make/type of an unknown model): the largest share of validation photos, "
+                         "their own class taken out of the gallery, that may get a wrong one")
+    ap.add_argument("--clean-views", action="store_true",
+                    help="fit on the stored tight crops instead of real-input views of them (the old behaviour)")
     args = ap.parse_args(argv)
     tune_malloc()
     out = Path(args.artifact)
     try:  # bad settings and unloadable artifacts: one line saying what to do, no traceback
-        density = DensityCorrection(args.density_weight, args.density_k)
+        if args.density_weight is not None:
+            DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work
+        if not 0.0 <= args.max_wrong <= 1.0:
+            raise VericarError(f"--max-wrong must be in [0, 1], got {args.max_wrong}.")
         rec = load(f"local-dir:{out}")
+        density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
+                                    args.density_k or rec.density.k)
     except VericarError as e:
         raise SystemExit(f"error: {e}") from None
     tc = dict(rec.meta.get("train_config") or {})
@@ -98,19 +153,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "
                          f"run this from the folder training ran in (data was {tc['data']!r}).")
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
-    ood, val_metrics = calibrate_ood(rec.model, emb[~is_val], labels[~is_val], emb[is_val], labels[is_val],
-                                     k=rec.k, ood_k=rec.ood.k, tpr=tc.get("ood_tpr", 0.95), density=density)
-    rec.ood, rec.density = ood, density
+    # The validation photos in gallery order, so their files line up with their stored embeddings.
+    by_ref = {r: s for s in val_s for r in (s.ref, short_ref(s.ref))}
+    val_in_g = [by_ref[r] for r, v in zip(rec.gallery.refs, is_val) if v]
+    ood, calibration, metrics = calibrate(
+        rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
+        labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=tc.get("ood_tpr", 0.95), density=density,
+        max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
+    rec.ood, rec.density, rec.calibration = ood, density, calibration
     tc.update(density_weight=density.weight, density_k=density.k)
     command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(train_config=tc, ood_threshold=ood.threshold, command=f"{rec.meta.get('command', '')}\n{command}")
-    rec.meta.setdefault("metrics", {})["validation"] = val_metrics
+    rec.meta.setdefault("metrics", {}).update(metrics)
+    val_metrics = metrics["validation"]
     save_pretrained(rec, out, half=bool(tc.get("weights_half")))
     write_card(out, TrainConfig(**{k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}),
                rec.meta, _history(out / "metrics.csv"))
     top1 = (val_metrics.get("top1") or {}).get("model", float("nan"))
+    temps = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.temperatures.items())
+    thr = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.thresholds.items()) or "none"
     print(f"re-calibrated {out}: density weight {density.weight}, OOD threshold {ood.threshold:.4f}, "
-          f"validation top-1 {top1:.4f}")
+          f"validation top-1 {top1:.4f}; temperatures {temps}; partial-answer thresholds {thr}")
     return val_metrics
 
 

@@ -51,6 +51,27 @@ def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
+def _calibration_lines(meta: dict[str, Any]) -> list[str]:
+    """The confidence calibration's fit (train/calibrate.py), if the artifact has one."""
+    rep = (meta.get("metrics") or {}).get("calibration")
+    if not rep:
+        return []
+    lines = ["## Confidence calibration (validation photos as the product sees them: train/realinput.py)", "",
+             f"Fitted on {rep['n']} validation photos (margin, lower resolution, 224x224 squash, JPEG); the "
+             "unknown threshold above comes from the same views. Partial answers: make / type are still named "
+             "for an unknown model when their confidence clears the lowest threshold at which at most "
+             f"{100 * rep['max_wrong']:.0f}% of these photos, each with its own class taken out of the gallery, "
+             "got a wrong one.", "",
+             "| level | temperature | logit of unvoted values | accuracy | ECE vote share → calibrated (these photos) "
+             "| partial-answer threshold |", "|---|---|---|---|---|---|"]
+    for lvl, r in rep["levels"].items():
+        thr = r.get("partial_threshold")
+        lines.append(f"| {lvl} | {r['temperature']:.4f} | {r.get('bias', 0.0):.2f} | {_pct(r['accuracy'])} | "
+                     f"{_pct(r['ece_vote_share'])} → "
+                     f"{_pct(r['ece_calibrated'])} | {'—' if thr is None else format(thr, '.3f')} |")
+    return lines + [""]
+
+
 def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
     """README.md of the artifact: what it is, how well it does, how to reproduce it."""
     v = meta["metrics"]["validation"]
@@ -68,6 +89,7 @@ def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict
         f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({100 * cfg.ood_tpr:.0f}% TPR) |", "|---|---|---|---|---|",
         f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "
         f"{_pct((v.get('top5') or {}).get('model'))} | {meta.get('ood_threshold', float('nan')):.4f} |", "",
+        *_calibration_lines(meta),
         f"Training wall time: {meta['train_seconds'] / 60:.1f} min.", "",
         "## Reproduce", "", "```", meta["command"], "```", "",
         "![training curve](training_curve.png)", "",

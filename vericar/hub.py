@@ -25,6 +25,7 @@ from ._io import atomic_write
 from .errors import ArtifactError, SpecError
 from .gallery import JSON_NAME as GALLERY_JSON, Gallery
 from .model import EmbeddingModel, create_model
+from .calibration import Calibration
 from .density import DensityCorrection
 from .ood import KNNOOD
 
@@ -77,6 +78,8 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     }
     if recognizer.density.active:
         config["density"] = recognizer.density.to_dict()
+    if recognizer.calibration.active:  # optional: older readers ignore it and keep plain vote shares
+        config["calibration"] = recognizer.calibration.to_dict()
     # config.json last: a folder without it is not an artifact, so a crash mid-save is visible.
     _write_json_atomic(out / CONFIG_NAME, config)
     return str(out)
@@ -133,7 +136,8 @@ def load_local(directory: str | os.PathLike, **recognizer_kw: Any) -> "Recognize
     gallery = Gallery.load(directory)
     ood = KNNOOD.from_dict(config.get("ood", {}))
     kw = {"k": config.get("k", 10), "meta": config.get("meta", {}),
-          "density": DensityCorrection.from_dict(config.get("density")), **recognizer_kw}
+          "density": DensityCorrection.from_dict(config.get("density")),
+          "calibration": Calibration.from_dict(config.get("calibration")), **recognizer_kw}
     return Recognizer(model, gallery, ood, **kw)
 
 

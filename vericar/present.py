@@ -72,15 +72,18 @@ def placeholder(label: str, score: float) -> Image.Image:
 def prediction_dict(pred: Any) -> dict[str, Any]:
     """The /identify answer: Prediction.to_dict() without refs (they may be server file paths).
 
-    An unknown vehicle gets no name and zero confidences: a client reading only ``label`` must not
-    take the nearest known vehicle for an answer. The nearest ones stay listed in ``neighbours``.
+    An unknown vehicle gets no label, model or year, and make / type only where that level is
+    confident on its own (``Prediction.unknown_levels``); a withheld level's confidence is 0: a
+    client reading only ``label`` must not take the nearest known vehicle for an answer. The
+    nearest ones stay listed in ``neighbours``. ``confidence`` always has all four levels.
     """
     d = pred.to_dict()
     d["ood_score"] = finite(d["ood_score"])
-    d["confidence"] = {k: float(v) for k, v in d["confidence"].items()}
+    d["confidence"] = {lvl: float(d["confidence"].get(lvl, 0.0)) for lvl in ("model", "make", "type", "year")}
     if d["unknown"]:
-        d.update(label=None, make=None, model=None, type=None, year=None)
-        d["confidence"] = {k: 0.0 for k in d["confidence"]}
+        withheld = {lvl for lvl in d["confidence"] if not pred.is_known(lvl)} | {"model", "year"}
+        d.update(label=None, **{lvl: None for lvl in ("make", "model", "type", "year") if lvl in withheld})
+        d["confidence"] = {k: 0.0 if k in withheld else v for k, v in d["confidence"].items()}
     d["neighbours"] = [{"label": n["label"], "score": finite(n["score"])} for n in d["neighbours"]]
     return d
 
@@ -89,6 +92,13 @@ def result_markdown(pred: Any, threshold: float | None) -> str:
     """The Identify tab's verdict: the vehicle and its levels, or an unknown-vehicle notice naming none."""
     if pred.unknown:
         thr = f", above the threshold of {threshold:.3f}" if threshold is not None else ""
+        named = [getattr(pred, lvl) for lvl in ("make", "type") if pred.is_known(lvl) and getattr(pred, lvl)]
+        if named:  # a partial answer: "Jeep · SUV — model not in the gallery"
+            conf = ", ".join(f"{lvl} {pred.confidence.get(lvl, 0):.0%}" for lvl in ("make", "type")
+                             if pred.is_known(lvl))
+            return (f"### {' · '.join(md_text(n) for n in named)} — model not in the gallery\nConfidence: {conf}. "
+                    f"Unknown-vehicle score **{pred.ood_score:.3f}**{thr}: the exact model is unlike every vehicle "
+                    "the model knows. If it is a new vehicle, add it in the *Add a vehicle* tab.")
         return (f"### Unknown vehicle\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
                 "every vehicle the model knows, so no name is given. If it is a new vehicle, add it in "
                 "the *Add a vehicle* tab.")

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .calibration import Calibration
 from .density import DensityCorrection
 from .errors import VericarError
 from .gallery import Gallery
@@ -53,6 +54,13 @@ class Prediction:
     unknown: bool
     ood_score: float
     neighbours: list[Neighbour] = field(default_factory=list)
+    # Levels whose answer is withheld ("model", "year", and "make"/"type" unless confident enough):
+    # empty for a known vehicle; the values above stay the nearest guesses (vericar/calibration.py).
+    unknown_levels: list[str] = field(default_factory=list)
+
+    def is_known(self, level: str) -> bool:
+        """Whether ``level``'s answer is given (an unknown one built without ``unknown_levels``: none)."""
+        return not self.unknown or (bool(self.unknown_levels) and level not in self.unknown_levels)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the app's ``/identify`` answer)."""
@@ -81,6 +89,8 @@ class Recognizer:
         density: how neighbours are ranked (``DensityCorrection``); plain cosine if omitted.
         taxonomy: maps labels to make / type / year; built from the gallery's labels if omitted.
         meta: free-form facts saved with the artifact (metrics, training command, …).
+        calibration: per-level confidence temperatures and partial-answer thresholds; plain vote
+            shares and no partial answers if omitted.
     """
 
     def __init__(
@@ -94,6 +104,7 @@ class Recognizer:
         taxonomy: Taxonomy | None = None,
         meta: dict[str, Any] | None = None,
         batch_size: int = 16,
+        calibration: Calibration | None = None,
     ) -> None:
         if gallery.dim != model.output_dim:
             raise VericarError(
@@ -113,6 +124,8 @@ class Recognizer:
         self._lock = threading.RLock()
         self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
         self.density = density or DensityCorrection()
+        self.calibration = calibration or Calibration()
+        self._n_values: dict[str, int] = {}  # distinct values per level, for the calibrated softmax
         self._density_r: np.ndarray | None = None  # each entry's local density, recomputed after changes
         self._density_key: tuple | None = None
 
@@ -147,8 +160,7 @@ class Recognizer:
             # A vehicle enrolled from 3 photos has only 3 neighbours of its own: its 10th neighbour
             # is another class, which would make it look unknown and let a similar class with many
             # photos outvote it. So k (voting and KNN+) is capped at the nearest class's photo count.
-            counts = self._class_counts()
-            cap = np.array([counts.get(self.gallery.labels[j], 1) if j >= 0 else 1 for j in idx[:, 0]])
+            cap = self.k_cap(idx[:, 0])
             s_ood = scores[:, : self.ood.k].copy()
             s_ood[np.arange(self.ood.k)[None, :] >= cap[:, None]] = -np.inf
             ood_scores = self.ood.score(s_ood)
@@ -175,6 +187,17 @@ class Recognizer:
                 self._density_r, self._density_key = self.density.densities(self.gallery), key
             return self.density.neighbours(self.gallery, emb, self._density_r, depth)
 
+    def k_cap(self, nearest: np.ndarray) -> np.ndarray:
+        """Per query, the photo count of its nearest entry's class (the cap on k; see predict_embeddings)."""
+        counts = self._class_counts()
+        return np.array([counts.get(self.gallery.labels[j], 1) if j >= 0 else 1 for j in nearest], dtype=int)
+
+    def n_values(self, level: str) -> int:
+        """How many distinct values the gallery knows at ``level`` (the calibrated softmax's size)."""
+        if level not in self._n_values:
+            self._n_values[level] = len(self.taxonomy.values(level))
+        return self._n_values[level]
+
     def _class_counts(self) -> dict[str, int]:
         if self._counts is None:
             self._counts = dict(Counter(self.gallery.labels))
@@ -185,7 +208,8 @@ class Recognizer:
         conf: dict[str, float] = {}
         values: dict[str, str | None] = {}
         for level in PREDICTION_LEVELS:
-            values[level], c = self.gallery.vote(s, ix, self._level_fn(level))[0]
+            values[level], c = self.calibration.vote(s[0], ix[0], self.gallery.labels, self._level_fn(level),
+                                                     level, k, self.n_values(level))
             conf[level] = float(c)
         label = values["model"]
         hier = label is not None and self.taxonomy.is_hierarchical(label)
@@ -205,6 +229,7 @@ class Recognizer:
             unknown=unknown,
             ood_score=ood_score,
             neighbours=neigh,
+            unknown_levels=self.calibration.unknown_levels(conf if hier else {}, unknown),
         )
 
     def _level_fn(self, level: str):
@@ -265,6 +290,7 @@ class Recognizer:
         """The gallery's label set changed: refresh what is derived from it."""
         self.taxonomy = Taxonomy.from_labels(list(self.gallery.classes))
         self._counts = None
+        self._n_values = {}
         self._density_r = None
 
     def thumbnail(self, index: int, label: str) -> Any:

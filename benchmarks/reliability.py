@@ -1,0 +1,159 @@
+"""Do the confidences mean what they say? Does the unknown flag fire at its stated rate? How often
+is a partial answer ("Jeep · SUV — model not in the gallery") right?
+
+    python benchmarks/reliability.py --model default --queries $D/dev.csv --png benchmarks/reliability.png
+    python benchmarks/reliability.py --model local-dir:OUT --queries $D/dev.csv     # open-world run
+
+Queries of classes the gallery knows ("known"): per level (model, make, type, year) accuracy of
+the answer, mean confidence, expected calibration error (ECE, 10 equal-width bins) of the
+artifact's calibrated confidences and of the plain vote shares, and the share of photos shown a
+wrong answer with confidence >= 0.8 (model level: shown = not flagged unknown); the share
+flagged unknown (false-unknown rate, against the nominal 1 - TPR); where the make and type
+shown are right. Queries of classes the gallery does not know, whose make it knows: make and type
+given and right / given and wrong / withheld, as /identify answers them. With unknown queries
+also top-1 and OOD AUROC / FPR95 (``vericar.evaluate``). The PNG is the reliability diagram.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vericar.calibration import Calibration, expected_calibration_error, reliability  # noqa: E402
+from vericar.data import load_source  # noqa: E402
+from vericar.evaluate import cached_embeddings, evaluate_embeddings  # noqa: E402
+from vericar.hub import load  # noqa: E402
+from vericar.taxonomy import Taxonomy  # noqa: E402
+
+LEVELS = ("model", "make", "type", "year")
+
+
+def level_figures(preds, truth, tax: Taxonomy) -> dict:
+    """Per level on known queries: accuracy, mean confidence, ECE, wrong shown at >= 0.8."""
+    out = {}
+    for lvl in LEVELS:
+        ans = [p.label if lvl == "model" else getattr(p, lvl) for p in preds]
+        ok = np.array([a == tax.level_value(t, lvl) for a, t in zip(ans, truth)])
+        conf = np.array([p.confidence.get(lvl, 0.0) for p in preds])
+        shown = np.array([p.is_known(lvl) for p in preds])
+        out[lvl] = {"accuracy": float(ok.mean()), "mean_confidence": float(conf.mean()),
+                    "ece": expected_calibration_error(conf, ok),
+                    "wrong_shown_conf_ge_0.8": float((shown & ~ok & (conf >= 0.8)).mean()),
+                    "shown": float(shown.mean()), "shown_right": float((shown & ok).mean()),
+                    "precision_shown": float(ok[shown].mean()) if shown.any() else None,
+                    "bins": reliability(conf, ok)}
+    return out
+
+
+def partial_figures(preds, truth, tax: Taxonomy, known_makes: set) -> dict:
+    """Make / type of unknown-class queries whose make the gallery knows: given right / wrong / withheld."""
+    keep = [i for i, t in enumerate(truth) if tax.level_value(t, "make") in known_makes]
+    out = {"n": len(keep), "flagged_unknown": float(np.mean([preds[i].unknown for i in keep])) if keep else None}
+    flagged = np.array([preds[i].unknown for i in keep], dtype=bool)
+    for lvl in ("make", "type"):
+        given = np.array([preds[i].is_known(lvl) for i in keep], dtype=bool)
+        right = np.array([getattr(preds[i], lvl) == tax.level_value(truth[i], lvl) for i in keep], dtype=bool)
+        out[lvl] = {"given_right": float((given & right).mean()), "given_wrong": float((given & ~right).mean()),
+                    "withheld": float((~given).mean()),
+                    # the partial answers alone: photos the unknown check caught
+                    "flagged_given_right": float((given & right)[flagged].mean()) if flagged.any() else None,
+                    "flagged_given_wrong": float((given & ~right)[flagged].mean()) if flagged.any() else None}
+    return out
+
+
+def plot(figs: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.8), dpi=100)
+    for ax, lvl in zip(axes, LEVELS):
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        for key, style, name in (("vote_share", "s--", "vote share (before)"), ("calibrated", "o-", "calibrated")):
+            f = figs[key][lvl]
+            bins = [b for b in f["bins"] if b[2] >= 5]  # bins with < 5 photos say little
+            ax.plot([b[3] for b in bins], [b[4] for b in bins], style, label=f"{name}, ECE {100 * f['ece']:.1f}%")
+        ax.set(title=lvl, xlabel="confidence", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    from vericar._runtime import tune_malloc
+
+    tune_malloc()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--queries", required=True)
+    ap.add_argument("--cache", default=None, help="embedding cache folder (as vericar.evaluate --cache)")
+    ap.add_argument("--gallery-holdout", help="remove the classes matching this rule (e.g. \"label%%5==4\") from the "
+                    "model's gallery first: a proxy of the open-world protocol for a model that was trained on them")
+    ap.add_argument("--png", help="write the reliability diagram here")
+    ap.add_argument("--json", help="write every figure here")
+    args = ap.parse_args(argv)
+    rec = load(args.model)
+    samples = load_source(args.queries, "test")
+    q = cached_embeddings(rec.model, samples, args.cache, "queries", batch_size=32, num_workers=0, progress=False)
+    names = [s.class_name for s in samples]
+    if args.gallery_holdout:
+        from vericar.data import parse_holdout
+
+        out = parse_holdout(args.gallery_holdout)
+        for name in sorted({s.class_name for s in samples if out(s.label)}):
+            rec.remove(name)
+    classes = set(rec.gallery.classes)
+    tax = Taxonomy.from_labels(sorted(classes | set(names)))
+    kn = [i for i, n in enumerate(names) if n in classes]
+    preds = rec.predict_embeddings(q)
+    calibration = rec.calibration
+    rec.calibration = Calibration()  # the plain vote shares, for comparison (same answers, same flags)
+    plain = rec.predict_embeddings(q[kn])
+    rec.calibration = calibration
+    truth = [names[i] for i in kn]
+    res = {"model": args.model, "n_known": len(kn), "nominal_unknown_rate": 1 - (rec.ood.tpr or 0.95),
+           "false_unknown_rate": float(np.mean([preds[i].unknown for i in kn])),
+           "calibrated": level_figures([preds[i] for i in kn], truth, tax),
+           "vote_share": level_figures(plain, truth, tax), "calibration": calibration.to_dict()}
+    unk = [i for i, n in enumerate(names) if n not in classes]
+    if unk:
+        makes = {tax.level_value(c, "make") for c in classes}
+        res["unknown_classes"] = partial_figures([preds[i] for i in unk], [names[i] for i in unk], tax, makes)
+        res["evaluate"] = evaluate_embeddings(rec, q, names)
+    print(f"{args.model}: {len(kn)} known-class queries, false-unknown rate {100 * res['false_unknown_rate']:.2f}% "
+          f"(nominal {100 * res['nominal_unknown_rate']:.0f}%)")
+    print("| level | accuracy | mean conf. (before → after) | ECE (before → after) | wrong shown at ≥ 0.8 (before → after) | shown right / shown |")
+    print("|---|---|---|---|---|---|")
+    for lvl in LEVELS:
+        a, b = res["vote_share"][lvl], res["calibrated"][lvl]
+        print(f"| {lvl} | {100 * b['accuracy']:.2f}% | {a['mean_confidence']:.3f} → {b['mean_confidence']:.3f} | "
+              f"{100 * a['ece']:.2f}% → {100 * b['ece']:.2f}% | {100 * a['wrong_shown_conf_ge_0.8']:.2f}% → "
+              f"{100 * b['wrong_shown_conf_ge_0.8']:.2f}% | {100 * b['shown_right']:.2f}% / {100 * b['shown']:.2f}% |")
+    if unk:
+        u, e = res["unknown_classes"], res["evaluate"]
+        print(f"\nunknown-class queries whose make is known: {u['n']} (flagged unknown {100 * u['flagged_unknown']:.2f}%)")
+        for lvl in ("make", "type"):
+            print(f"  {lvl}: given and right {100 * u[lvl]['given_right']:.2f}%, given and wrong "
+                  f"{100 * u[lvl]['given_wrong']:.2f}%, withheld {100 * u[lvl]['withheld']:.2f}%; of the photos "
+                  f"flagged unknown (partial answers): right {100 * (u[lvl]['flagged_given_right'] or 0):.2f}%, "
+                  f"wrong {100 * (u[lvl]['flagged_given_wrong'] or 0):.2f}%")
+        print(f"ID top-1 model {100 * e['top1']['model']:.2f}% / make {100 * e['top1']['make']:.2f}% / type "
+              f"{100 * e['top1']['type']:.2f}%; OOD AUROC {100 * e['ood']['auroc']:.2f}%, FPR95 {100 * e['ood']['fpr95']:.2f}%")
+    if args.png:
+        plot(res, args.png, f"{args.model} on {args.queries} ({len(kn)} known-class photos)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Calibrated confidences and partial answers (vericar/calibration.py) against naive references,
+on embeddings placed by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from vericar.calibration import (Calibration, LevelVotes, collect_votes, expected_calibration_error,
+                                 fit_calibration, fit_softmax, softmax_confidence, threshold_at_max_wrong)
+from vericar.errors import ArtifactError
+from vericar.gallery import Gallery
+from vericar.hub import load, save_pretrained
+from vericar.model import create_model
+from vericar.ood import KNNOOD
+from vericar.present import prediction_dict, result_markdown
+from vericar.recognizer import Recognizer
+
+DIM = 16
+# Make "Jeep": three models far apart; "Audi": two models far apart from the Jeeps.
+CLASSES = {"Jeep Compass SUV 2012": 0, "Jeep Liberty SUV 2012": 1, "Jeep Wrangler SUV 2012": 2,
+           "Audi A4 Sedan 2012": 8, "Audi S6 Sedan 2011": 9}
+JEEP_AXIS = 5  # a direction the Jeeps share (the make), on top of their own axis (the model)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def class_centre(label: str) -> np.ndarray:
+    c = np.zeros(DIM)
+    c[CLASSES[label]] = 1.0
+    if label.startswith("Jeep"):
+        c[JEEP_AXIS] = 0.8
+    return c
+
+
+def photos(label: str, n: int, seed: int, spread: float = 0.08) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return unit(class_centre(label) + spread * rng.normal(size=(n, DIM)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("timm:test_efficientnet", embed_dim=DIM, pretrained=False).eval()
+
+
+def make_rec(model, calibration=None, per_class=8) -> Recognizer:
+    labels = [lab for lab in CLASSES for _ in range(per_class)]
+    emb = np.concatenate([photos(lab, per_class, seed=i) for i, lab in enumerate(CLASSES)])
+    rec = Recognizer(model, Gallery.from_arrays(emb, labels), KNNOOD(k=5), k=5, calibration=calibration)
+    held = np.concatenate([photos(lab, 6, seed=100 + i) for i, lab in enumerate(CLASSES)])
+    rec.ood.calibrate(np.array([p.ood_score for p in rec.predict_embeddings(held)]), tpr=0.95)
+    return rec
+
+
+def naive_softmax(weights: dict, winner, k: int, n_values: int, t: float, b: float = 0.0) -> float:
+    logits = np.full(n_values, b)  # every value the gallery knows; the voted ones first
+    for i, w in enumerate(weights.values()):
+        logits[i] = w / (k * t)
+    return float(softmax(logits)[list(weights).index(winner)])
+
+
+def test_softmax_confidence_matches_a_full_softmax():
+    w = {"a": 3.1, "b": 0.7, "c": 0.0}
+    for t in (0.02, 0.1, 1.0, 5.0):
+        for n in (3, 10, 196):
+            for b in (-4.0, 0.0, 2.5):
+                assert softmax_confidence(w, "a", 5, n, t, b) == pytest.approx(naive_softmax(w, "a", 5, n, t, b), rel=1e-9)
+    assert softmax_confidence(w, "b", 5, 3, 1e-3) == pytest.approx(0.0, abs=1e-12)  # no overflow either
+    assert softmax_confidence(w, None, 5, 3, 1.0) == 0.0
+
+
+def random_votes(rng, n=300) -> LevelVotes:
+    """Held-out votes whose right answers get more weight, so some temperature fits best."""
+    weights, winners, correct = [], [], []
+    for _ in range(n):
+        right = rng.random() < 0.7
+        w = {"win": rng.uniform(1.5, 4.5) if right else rng.uniform(0.8, 3.0), "other": rng.uniform(0, 1.5)}
+        weights.append(w)
+        winners.append("win")
+        correct.append(right)
+    return LevelVotes(weights, winners, [5] * n, 20, np.array(correct))
+
+
+def test_fit_softmax_matches_a_grid_search():
+    votes = random_votes(np.random.default_rng(0))
+    t, b = fit_softmax(votes)
+    logits = np.zeros((len(votes.winners), 20))
+    logits[:, :2] = [[w["win"], w["other"]] for w in votes.weights]
+
+    def nll(temp, bias):  # the full softmax over 20 values, for every photo at once
+        z = logits / (5 * temp)
+        z[:, 2:] = bias
+        p = np.clip(softmax(z, axis=1)[:, 0], 1e-7, 1 - 1e-7)
+        return -np.mean(np.where(votes.correct, np.log(p), np.log(1 - p)))
+
+    grid = [(g, h) for g in np.exp(np.linspace(math.log(1e-2), math.log(10), 121)) for h in np.linspace(-8, 8, 81)]
+    best = min(grid, key=lambda p: nll(*p))
+    assert nll(t, b) <= nll(*best) + 1e-5  # at least as good as the best point of a fine grid
+    assert t == pytest.approx(best[0], rel=0.1) and b == pytest.approx(best[1], abs=0.3)
+    assert nll(t, b) < nll(fit_softmax_t_only(votes), 0.0)  # the bias earns its place on these votes
+
+
+def fit_softmax_t_only(votes):
+    grid = np.exp(np.linspace(math.log(1e-2), math.log(10), 150))
+    return grid[np.argmin([-np.mean(np.where(votes.correct, np.log(np.clip(votes.confidences(g), 1e-7, 1)),
+                                             np.log(np.clip(1 - votes.confidences(g), 1e-7, 1)))) for g in grid])]
+
+
+def test_threshold_and_ece_match_naive_loops():
+    rng = np.random.default_rng(1)
+    conf = np.round(rng.random(400), 2)  # ties on purpose
+    correct = rng.random(400) < conf
+    t = threshold_at_max_wrong(conf, correct, 0.1)
+    ok = [c for c in sorted(set(conf)) if ((conf >= c) & ~correct).mean() <= 0.1]
+    assert t == min(ok)
+    assert threshold_at_max_wrong(np.array([0.9, 0.8]), np.array([False, False]), 0.1) is None
+    ece = sum(abs(correct[m].mean() - conf[m].mean()) * m.sum()
+              for b in range(10) if (m := (np.minimum((conf * 10).astype(int), 9) == b)).any()) / len(conf)
+    assert expected_calibration_error(conf, correct) == pytest.approx(ece)
+    assert expected_calibration_error(np.array([0.25, 0.25, 0.25, 0.25]), np.array([1, 0, 0, 0])) == 0.0
+
+
+def test_collect_votes_vote_as_the_recognizer_does(model):
+    rec = make_rec(model)
+    q = np.concatenate([photos(lab, 3, seed=200 + i, spread=0.5) for i, lab in enumerate(CLASSES)])
+    truth = [lab for lab in CLASSES for _ in range(3)]
+    votes = collect_votes(rec, q, truth)
+    preds = rec.predict_embeddings(q)
+    assert votes["model"].winners == [p.label for p in preds]
+    assert votes["make"].winners == [p.make for p in preds]
+    np.testing.assert_allclose(votes["make"].confidences(None), [p.confidence["make"] for p in preds], rtol=1e-6)
+    rec.calibration = Calibration({"model": 0.2, "make": 0.3})
+    preds = rec.predict_embeddings(q)
+    np.testing.assert_allclose(votes["model"].confidences(0.2), [p.confidence["model"] for p in preds], rtol=1e-6)
+    # With its own class taken out, a Jeep photo's model vote is never right, its make vote usually is.
+    loo = collect_votes(rec, q, truth, exclude_own=True)
+    assert not loo["model"].correct.any() and loo["make"].correct[:9].all()
+    assert loo["model"].n_values_per_query == [len(CLASSES) - 1] * len(truth)
+
+
+def test_fit_calibration_on_noisy_photos(model):
+    """Fitted on photos that the votes sometimes get wrong: calibrated confidences beat vote shares on
+    the fitting photos, and the partial-answer thresholds keep wrong makes to 10% of the photos."""
+    q = np.concatenate([photos(lab, 12, seed=300 + i, spread=0.75) for i, lab in enumerate(CLASSES)])
+    truth = [lab for lab in CLASSES for _ in range(12)]
+    rec = make_rec(model)
+    cal, report = fit_calibration(rec, q, truth, max_wrong=0.1)
+    assert set(cal.temperatures) == {"model", "make", "type", "year"} and set(cal.thresholds) == {"make", "type"}
+    model_level = report["levels"]["model"]
+    assert 0.5 < model_level["accuracy"] < 1.0
+    assert model_level["ece_calibrated"] < model_level["ece_vote_share"]
+    loo = collect_votes(rec, q, truth, exclude_own=True)["make"]
+    given = loo.confidences(cal.temperatures["make"], cal.biases["make"]) >= cal.thresholds["make"]
+    assert given.any() and (given & ~loo.correct).mean() <= 0.1
+    assert report["levels"]["make"]["partial_given_right"] == pytest.approx((given & loo.correct).mean())
+
+
+def test_partial_answer_on_a_hand_built_gallery(model, tmp_path):
+    """A photo near the Jeeps' shared direction but far from every Jeep model: Jeep, SUV, model unknown."""
+    cal = Calibration({lvl: 0.1 for lvl in ("model", "make", "type", "year")}, {"make": 0.6, "type": 0.6})
+    rec = make_rec(model, calibration=cal)
+    centre = np.zeros(DIM)
+    centre[[0, 1, 2]] = 0.45  # between the three Jeep models, on the Jeep direction
+    centre[JEEP_AXIS] = 1.0
+    (pred,) = rec.predict_embeddings(unit(centre[None, :]))
+    assert pred.unknown and pred.make == "Jeep" and pred.type == "SUV"
+    assert pred.unknown_levels == ["model", "year"] and pred.is_known("make") and not pred.is_known("model")
+    assert pred.confidence["make"] >= cal.thresholds["make"]
+    d = prediction_dict(pred)
+    assert (d["label"], d["model"], d["year"], d["make"], d["type"]) == (None, None, None, "Jeep", "SUV")
+    assert d["confidence"]["model"] == 0.0 and d["confidence"]["make"] == pytest.approx(pred.confidence["make"])
+    assert "Jeep · SUV — model not in the gallery" in result_markdown(pred, rec.ood.threshold)
+    # Far from everything: nothing is named.
+    far = np.zeros(DIM)
+    far[12] = 1.0
+    (pred,) = rec.predict_embeddings(unit(far[None, :]))
+    assert pred.unknown and not any(pred.is_known(lvl) for lvl in ("model", "make", "type", "year"))
+    assert "Unknown vehicle" in result_markdown(pred, rec.ood.threshold)
+    # The calibration travels with the artifact; one written before it existed loads uncalibrated.
+    save_pretrained(rec, tmp_path / "a")
+    assert load(f"local-dir:{tmp_path / 'a'}").calibration == cal
+    rec.calibration = Calibration()
+    save_pretrained(rec, tmp_path / "b")
+    assert not load(f"local-dir:{tmp_path / 'b'}").calibration.active
+
+
+def test_calibration_from_dict_refuses_bad_input():
+    assert not Calibration.from_dict(None).active
+    for bad in ({"method": "platt"}, {"method": "knn-softmax", "temperatures": {"model": -1}},
+                {"method": "knn-softmax", "thresholds": {"colour": 0.5}},
+                {"method": "knn-softmax", "temperatures": {"model": "hot"}}):
+        with pytest.raises(ArtifactError, match="calibrat"):
+            Calibration.from_dict(bad)
