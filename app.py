@@ -2,7 +2,8 @@
 
     python app.py [--model SPEC] [--data-dir DIR]      # or: gradio app.py / a Hugging Face Space
 
-Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME").
+Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME"); vehicle
+detector: ``--detector`` or $VERICAR_DETECTOR (default: the model's; see vericar/detect.py).
 Enrolled vehicles live under $VERICAR_DATA_DIR (default ~/.cache/vericar). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar,
 /explain, /enroll, /remove. $VERICAR_CONCURRENCY (default 2) model calls run at once across all of
@@ -28,6 +29,8 @@ from vericar.errors import VericarError
 from vericar.images import open_image
 from vericar.present import finite, make_examples, model_card, placeholder, prediction_dict, result_markdown
 from vericar.recognizer import Recognizer
+from vericar.scene import no_vehicle
+from vericar.scene_view import draw_vehicles, identify_answer, no_vehicle_markdown, others_markdown
 
 log = logging.getLogger("vericar.app")
 MAX_K = 50
@@ -70,8 +73,10 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
 
     @_user_errors
     def identify(image: str) -> dict[str, Any]:
-        """Identify one photo: label, make, model, type, year, confidences, unknown flag, neighbours."""
-        return prediction_dict(rec.predict(open_image(_need(image))))
+        """Identify the main vehicle of a photo (label, make, model, type, year, confidences, unknown
+        flag, neighbours, box) and list every vehicle in ``vehicles``, largest first."""
+        preds = rec.predict_all(open_image(_need(image)))
+        return identify_answer(preds, preds[0] if preds else no_vehicle())
 
     @_user_errors
     def similar(image: str, k: float) -> list[dict[str, Any]]:
@@ -96,15 +101,20 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         return store.remove(label)
 
     @_user_errors
-    def ui_identify(image: str) -> tuple[str, dict[str, float] | None, list[tuple[Image.Image, str]]]:
-        pred = rec.predict(open_image(_need(image)))
+    def ui_identify(image: str) -> tuple[str, dict[str, float] | None, list[tuple[Image.Image, str]], Image.Image]:
+        photo = open_image(_need(image))
+        preds = rec.predict_all(photo)
+        if not preds:
+            return no_vehicle_markdown(), None, [], photo
+        pred = preds[0]
         conf = None if pred.unknown else {f"{lvl}: {getattr(pred, lvl) or pred.label}": c
                                           for lvl, c in pred.confidence.items()}
         tiles = []
         for n in pred.neighbours:
             thumb = rec.thumbnail(n.index, n.label)  # under the recognizer's lock: enrol/remove may run
             tiles.append((thumb if thumb is not None else placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
-        return result_markdown(pred, rec.ood.threshold), conf, tiles
+        return (result_markdown(pred, rec.ood.threshold) + others_markdown(preds), conf, tiles,
+                draw_vehicles(photo, preds))
 
     def listing_text() -> str:
         return "\n".join(f"- **{lab}** ({n} photos)" for lab, n in store.summary()) or "_No vehicles added yet._"
@@ -145,13 +155,14 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                     go = gr.Button("Identify", variant="primary", elem_id="vericar-identify")
                     gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples (synthetic drawings)")
                 with gr.Column():
+                    found = gr.Image(label="Vehicles found", type="pil", interactive=False, elem_id="vericar-boxes")
                     result = gr.Markdown(elem_id="vericar-result")
                     levels = gr.Label(label="Confidence per level", elem_id="vericar-levels", show_heading=False)
                     overlay = gr.Image(label="Grad-CAM++: what the match rests on", type="pil", interactive=False,
                                        elem_id="vericar-overlay")
             neighbours = gr.Gallery(label="Most similar known vehicles", columns=6, height=220, object_fit="contain",
                                     fit_columns=False, interactive=False)
-            go.click(ui_identify, [image], [result, levels, neighbours], api_visibility="private", **model_q).success(
+            go.click(ui_identify, [image], [result, levels, neighbours, found], api_visibility="private", **model_q).success(
                 lambda path: explain(path), [image], [overlay], api_visibility="private", **model_q)
         with gr.Tab("Add a vehicle"):
             gr.Markdown("Add a vehicle the model does not know: a few photos and its name. It is recognised on "
@@ -215,10 +226,13 @@ def error_demo(message: str) -> gr.Blocks:
     return demo
 
 
-def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None) -> gr.Blocks:
-    """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it."""
+def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None,
+               detector: str | None = None) -> gr.Blocks:
+    """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it; the
+    vehicle detector is the model's own unless ``detector`` / $VERICAR_DETECTOR names another."""
     spec = spec or os.environ.get("VERICAR_MODEL", "default")
-    rec = hub.load(spec)
+    detector = detector or os.environ.get("VERICAR_DETECTOR") or None
+    rec = hub.load(spec, **({"detector": detector} if detector else {}))
     return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec)
 
 
@@ -227,12 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="vericar Gradio app")
     ap.add_argument("--model", default=None, help=f"model spec (default $VERICAR_MODEL or 'default'); {hub.SPEC_HELP}")
     ap.add_argument("--data-dir", default=None, help="where added vehicles are kept (default $VERICAR_DATA_DIR)")
+    ap.add_argument("--detector", default=None, help="vehicle detector (default $VERICAR_DETECTOR or the model's): "
+                    "'opencv-ssd:mobilenet_v2_coco', 'hf-hub:ORG/NAME' or 'none'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     global demo
     try:
-        demo = create_app(args.model, args.data_dir)
+        demo = create_app(args.model, args.data_dir, args.detector)
     except VericarError as e:
         sys.exit(f"error: {e}")
     demo.launch(**launch_options())  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself

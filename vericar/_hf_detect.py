@@ -48,7 +48,7 @@ class HFDetector(Detector):
 
     def _detect(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float, str]]:
         h, w = rgb.shape[:2]
-        inputs = self.processor(images=rgb, return_tensors="pt")
+        inputs = self.processor(images=rgb.copy(), return_tensors="pt")  # writable: torch.from_numpy warns otherwise
         with self._torch.inference_mode():
             out = self.model(**inputs)
         # threshold 0: Detector.detect applies the score threshold itself (one rule for every detector).

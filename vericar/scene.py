@@ -64,20 +64,29 @@ def main_first(boxes: Sequence[Box], size: tuple[int, int]) -> list[Box]:
     return sorted(boxes, key=key)
 
 
-def locate(detector: Detector, photo: Any, *, margin: float = CROP_MARGIN, tight_area: float = TIGHT_AREA,
+def locate(detector: Detector, photo: Any, *, margin: float | None = None,
            max_vehicles: int = MAX_VEHICLES) -> list[Region]:
     """The vehicles in ``photo`` (PIL, EXIF already applied), main vehicle first. An empty list
     means the detector found nothing (the caller decides between "tight crop" and "no vehicle")."""
-    w, h = photo.size
-    whole = (0, 0, w, h)
     if isinstance(detector, NoDetector):
-        return [Region(None, whole, whole=True)]
-    floor = min(FAINT_SCORE, detector.score_threshold)
-    found = main_first(detector.detect(photo, min_score=floor), (w, h))
+        w, h = photo.size
+        return [Region(None, (0, 0, w, h), whole=True)]
+    found = detector.detect(photo, min_score=min(FAINT_SCORE, detector.score_threshold))
+    return plan(found, photo.size, score_threshold=detector.score_threshold, margin=margin,
+                max_vehicles=max_vehicles)
+
+
+def plan(found: Sequence[Box], size: tuple[int, int], *, score_threshold: float, margin: float | None = None,
+         tight_area: float = TIGHT_AREA, max_vehicles: int = MAX_VEHICLES) -> list[Region]:
+    """Regions from detections (any score ≥ ``FAINT_SCORE``) in a photo of ``size``: the rules in
+    this module's docstring, as pure geometry."""
+    w, h = size
+    margin = CROP_MARGIN if margin is None else margin
+    found = main_first(found, size)
     if found and found[0].area >= tight_area * w * h:
-        return [Region(found[0], whole, whole=True)]
-    sure = [b for b in found if b.score >= detector.score_threshold][:max_vehicles]
-    return [Region(b, grow(b, margin, (w, h))) for b in sure]
+        return [Region(found[0], (0, 0, w, h), whole=True)]
+    sure = [b for b in found if b.score >= score_threshold][:max_vehicles]
+    return [Region(b, grow(b, margin, size)) for b in sure]
 
 
 def whole_photo(photo: Any) -> Region:
@@ -86,7 +95,8 @@ def whole_photo(photo: Any) -> Region:
     return Region(clip_box(Box(0, 0, w, h), (w, h)), (0, 0, w, h), whole=True)
 
 
-def recognise(rec: Any, photos: Sequence[Any], *, max_vehicles: int = MAX_VEHICLES) -> list[list[Any]]:
+def recognise(rec: Any, photos: Sequence[Any], *, max_vehicles: int = MAX_VEHICLES,
+              margin: float | None = None) -> list[list[Any]]:
     """Every vehicle in each photo (PIL, EXIF applied) as ``Prediction``s with their ``box``,
     main vehicle first; all crops of all photos go through the network in one batch.
 
@@ -96,7 +106,7 @@ def recognise(rec: Any, photos: Sequence[Any], *, max_vehicles: int = MAX_VEHICL
     plans: list[list[Region]] = []
     missed: list[bool] = []
     for photo in photos:
-        regions = locate(rec.detector, photo, max_vehicles=max_vehicles)
+        regions = locate(rec.detector, photo, max_vehicles=max_vehicles, margin=margin)
         missed.append(not regions)
         plans.append(regions or [whole_photo(photo)])
     crops = [r.image(p) for p, regions in zip(photos, plans) for r in regions]
@@ -130,3 +140,25 @@ def no_vehicle() -> Any:
 
     return Prediction(label=None, make=None, model=None, type=None, year=None, confidence={}, unknown=True,
                       ood_score=float("inf"), vehicle_found=False)
+
+
+def embed_main_vehicles(rec: Any, sources: Sequence[Any], *, batch_size: int = 32,
+                        progress: bool = False) -> tuple[Any, Any]:
+    """Embeddings of each photo's main vehicle (as ``predict`` crops it) and a mask of the photos
+    in which the detector found nothing (embedded whole): evaluation of the whole pipeline."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .images import open_image
+
+    out, missed = [], []
+    for i in tqdm(range(0, len(sources), batch_size), desc="queries", unit="batch", disable=not progress):
+        crops = []
+        for src in sources[i:i + batch_size]:
+            photo = open_image(src)
+            regions = locate(rec.detector, photo, max_vehicles=1)
+            missed.append(not regions)
+            crops.append(regions[0].image(photo) if regions else photo)
+        out.append(rec._embed_pil(crops))
+    emb = np.concatenate(out) if out else np.zeros((0, rec.model.output_dim), np.float32)
+    return emb, np.array(missed, dtype=bool)
