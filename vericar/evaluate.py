@@ -299,9 +299,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rec.predict_embeddings(q)  # timed: search + vote + OOD
     elapsed = time.perf_counter() - t0
     result = evaluate_embeddings(rec, q, [s.class_name for s in queries], missed)
-    result["detector"] = rec.detector.spec
     if missed is not None:
-        result["no_detection"] = int(missed.sum())
+        result.update(detector=rec.detector.spec, no_detection=int(missed.sum()))
     result["ms_per_image"] = 1000.0 * elapsed / max(1, len(queries))
     print(format_table(result))
     if args.json:
