@@ -164,7 +164,7 @@ def evaluate_embeddings(
 
 
 def _level_of(pred: Any, level: str, taxonomy: Taxonomy) -> str | None:
-    if level == "model":
+    if level == "model" or pred.label is None:  # None: no vehicle found
         return pred.label
     value = getattr(pred, level)
     return value if value is not None else taxonomy.level_value(pred.label, level)
