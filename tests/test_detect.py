@@ -68,7 +68,7 @@ def test_clip_and_iou():
 def test_detect_downscales_clips_filters_and_merges():
     # Raw detections in the pixels of the (downscaled) array: 640x480 for a 1280x960 photo.
     raw = [(-20, 10, 320, 200, 0.9, "car"), (-18, 12, 322, 198, 0.8, "truck"),  # one van, two classes
-           (400, 300, 700, 520, 0.7, "bus"), (10, 10, 50, 50, 0.99, "person"), (100, 100, 150, 150, 0.3, "car")]
+           (400, 300, 700, 520, 0.7, "bus"), (10, 10, 50, 50, 0.99, "person"), (100, 100, 150, 150, 0.25, "car")]
     det = FixedDetector(raw, max_side=640)
     boxes = det.detect(Image.new("RGB", (1280, 960)))
     assert det.seen == [(480, 640, 3)]
