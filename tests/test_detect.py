@@ -19,7 +19,7 @@ from vericar.gallery import Gallery
 from vericar.model import embed_images
 from vericar.ood import KNNOOD
 from vericar.recognizer import Recognizer
-from vericar.scene import Region, grow, main_first, plan
+from vericar.scene import CROP_MARGIN, Region, grow, main_first, plan
 
 SSD = "opencv-ssd:mobilenet_v2_coco"
 
@@ -213,7 +213,7 @@ def test_enroll_from_whole_photo_uses_the_largest_vehicle(rec, make_car_image):
     photo.paste(make_car_image(8, (80, 50)), (20, 200))
     rec.detector = FixedDetector([(250, 150, 450, 270, 0.9, "car"), (20, 200, 100, 250, 0.9, "car")])
     rec.enroll([photo], "Newmake Thing Coupe 2024")
-    crop = photo.crop(grow(Box(250, 150, 450, 270), 0.1, photo.size))
+    crop = photo.crop(grow(Box(250, 150, 450, 270), CROP_MARGIN, photo.size))
     np.testing.assert_allclose(rec.gallery.embeddings[-1], rec._embed_pil([crop])[0], atol=1e-5)
 
 
