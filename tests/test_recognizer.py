@@ -190,7 +190,8 @@ def test_shipped_default_model_loads_and_predicts():
 
     if not (DEFAULT_DIR / "config.json").is_file():
         pytest.skip("no default model shipped in this checkout")
-    rec = vericar.load("default")
+    rec = vericar.load("default", detector="none")  # a drawing, not a photo: no detector looks at it
     assert len(rec.gallery.classes) == 196 and rec.ood.threshold is not None
+    assert vericar.load("default").detector.spec == "opencv-ssd:mobilenet_v2_coco"
     pred = rec.predict(photo(2, 1, size=(120, 80)))
     assert pred.label in rec.gallery.classes and 0 <= pred.confidence["model"] <= 1

@@ -1,7 +1,8 @@
 """From a whole photo to the vehicle crops the recognizer embeds.
 
 The embedding model was trained on tight bounding-box crops, so each detected vehicle is cut out
-with a small margin (``CROP_MARGIN``, chosen by measurement: README "Whole photos"). A photo that
+at its box grown by ``CROP_MARGIN`` (chosen by measurement, README "Whole photos": 0, the SSD's
+boxes already hold the whole car). A photo that
 already is such a crop goes through whole, exactly as without a detector, so nothing that works
 on tight crops changes:
 
