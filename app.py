@@ -2,7 +2,8 @@
 
     python app.py [--model SPEC] [--data-dir DIR] [--gallery-images DIR]   # or: gradio app.py / a Space
 
-Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME").
+Model: ``--model`` or $VERICAR_MODEL ("default", "local-dir:PATH", "hf-hub:ORG/NAME"); vehicle
+detector: ``--detector`` or $VERICAR_DETECTOR (default: the model's; see vericar/detect.py).
 Enrolled vehicles live under $VERICAR_DATA_DIR (default ~/.cache/vericar). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar,
 /explain, /enroll, /remove. $VERICAR_CONCURRENCY (default 2) model calls run at once across all of
@@ -29,8 +30,10 @@ from vericar.enrolled import default_data_dir
 from vericar.errors import VericarError
 from vericar.gallery_images import image_source, page_examples
 from vericar.labels import md_text
-from vericar.present import finite, model_card, placeholder, prediction_dict, result_markdown
+from vericar.present import finite, model_card, placeholder, result_markdown
 from vericar.recognizer import Recognizer
+from vericar.scene import main_crop, no_vehicle
+from vericar.scene_view import draw_vehicles, identify_answer, no_vehicle_markdown, others_markdown
 from vericar.visitors import make_vehicles
 from vericar.webui import DELETE_CACHE, PhotoInput, open_upload, user_message
 
@@ -82,8 +85,10 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
 
     @_user_errors
     def identify(image: str, request: gr.Request) -> dict[str, Any]:
-        """Identify one photo: label, make, model, type, year, confidences, unknown flag, neighbours."""
-        return prediction_dict(_rec(request).predict(open_upload(image)))
+        """Identify the main vehicle of a photo (label, make, model, type, year, confidences, unknown
+        flag, neighbours, box) and list every vehicle in ``vehicles``, largest first."""
+        preds = _rec(request).predict_all(open_upload(image))
+        return identify_answer(preds, preds[0] if preds else no_vehicle())
 
     @_user_errors
     def similar(image: str, k: float, request: gr.Request) -> list[dict[str, Any]]:
@@ -101,7 +106,7 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
     def ui_explain(image: str, request: gr.Request) -> tuple[Image.Image, Image.Image]:
         r, pil = _rec(request), open_upload(image)
         after = r.explain(pil).overlay
-        return r._input_view(pil).resize(after.size), after  # before / after, for the slider
+        return r._input_view(main_crop(r, pil)).resize(after.size), after  # before / after, for the slider
 
     @_user_errors
     def enroll(images: list[str] | None, label: str, request: gr.Request) -> dict[str, Any]:
@@ -114,16 +119,20 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         return vehicles.remove(_sid(request), label)
 
     @_user_errors
-    def ui_identify(image: str, request: gr.Request) -> tuple[str, dict[str, float] | None, list]:
-        r = _rec(request)
-        pred = r.predict(open_upload(image))
+    def ui_identify(image: str, request: gr.Request) -> tuple[str, dict[str, float] | None, list, Image.Image]:
+        r, photo = _rec(request), open_upload(image)
+        preds = r.predict_all(photo)
+        if not preds:
+            return no_vehicle_markdown(), None, [], photo
+        pred = preds[0]
         conf = {f"{lvl}: {getattr(pred, lvl) or pred.label}": c for lvl, c in pred.confidence.items()
                 if pred.is_known(lvl)} or None  # an unknown vehicle: only its confident levels
         tiles = []
         for n in pred.neighbours:
             thumb = (source.tile(n.ref, n.label) if source and n.ref else None) or r.thumbnail(n.index, n.label)
             tiles.append((thumb if thumb is not None else placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
-        return result_markdown(pred, rec.ood.threshold), conf, tiles
+        return (result_markdown(pred, rec.ood.threshold) + others_markdown(preds), conf, tiles,
+                draw_vehicles(photo, preds))
 
     def listing_text(request: gr.Request | None = None) -> str:
         return ("\n".join(f"- **{md_text(lab)}** ({n} photos)" for lab, n in vehicles.summary(_sid(request)))
@@ -169,14 +178,15 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                     if examples_note:
                         gr.Markdown(examples_note, elem_id="vericar-examples-note")
                 with gr.Column():
+                    found = gr.Image(label="Vehicles found", type="pil", interactive=False, elem_id="vericar-boxes")
                     result = gr.Markdown(elem_id="vericar-result")
                     levels = gr.Label(label="Confidence per level", elem_id="vericar-levels", show_heading=False)
                     overlay = gr.ImageSlider(label="Grad-CAM++: the photo / what the match rests on", type="pil",
                                              interactive=False, elem_id="vericar-overlay")
             neighbours = gr.Gallery(label="Most similar known vehicles", columns=6, height=220, object_fit="contain",
                                     fit_columns=False, interactive=False, elem_id="vericar-neighbours")
-            go.click(ui_identify, [image], [result, levels, neighbours], api_visibility="private", **model_q).success(
-                ui_explain, [image], [overlay], api_visibility="private", **model_q)
+            go.click(ui_identify, [image], [result, levels, neighbours, found], api_visibility="private",
+                     **model_q).success(ui_explain, [image], [overlay], api_visibility="private", **model_q)
         with gr.Tab("Add a vehicle"):
             gr.Markdown("Add a vehicle the model does not know: a few photos and its name. It is recognised on "
                         "the very next request and kept across restarts; no retraining." if not vehicles.public else
@@ -259,10 +269,12 @@ def error_demo(message: str) -> gr.Blocks:
 
 
 def create_app(spec: str | None = None, data_dir: str | os.PathLike | None = None,
-               gallery_images: str | None = None) -> gr.Blocks:
-    """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it."""
+               gallery_images: str | None = None, detector: str | None = None) -> gr.Blocks:
+    """Load the model named by ``spec`` / $VERICAR_MODEL once and build the app around it; the
+    vehicle detector is the model's own unless ``detector`` / $VERICAR_DETECTOR names another."""
     spec = spec or os.environ.get("VERICAR_MODEL", "default")
-    rec = hub.load(spec)
+    detector = detector or os.environ.get("VERICAR_DETECTOR") or None
+    rec = hub.load(spec, **({"detector": detector} if detector else {}))
     return build_demo(rec, data_dir or os.environ.get("VERICAR_DATA_DIR") or None, spec=spec,
                       gallery_images=gallery_images)
 
@@ -275,12 +287,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gallery-images", default=None, help="a local copy of the gallery's dataset (e.g. "
                     "../shared/data/stanford_cars) or hf-dataset:ORG/NAME: similar vehicles then show photos "
                     "(default $VERICAR_GALLERY_IMAGES)")
+    ap.add_argument("--detector", default=None, help="vehicle detector (default $VERICAR_DETECTOR or the model's): "
+                    "'opencv-ssd:mobilenet_v2_coco', 'hf-hub:ORG/NAME' or 'none'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     global demo
     try:
-        demo = create_app(args.model, args.data_dir, args.gallery_images)
+        demo = create_app(args.model, args.data_dir, args.gallery_images, args.detector)
     except VericarError as e:
         sys.exit(f"error: {e}")
     demo.launch(**launch_options())  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself

@@ -109,3 +109,33 @@ def test_holdout_rules_and_splits():
 def test_metrics_reference():
     assert metrics.topk_accuracy(["a", "b"], [["b", "a"], ["b"]], 1) == 0.5
     assert metrics.auroc([0.1, 0.2], [0.3, 0.4]) == 1.0
+
+
+def test_detector_runs_queries_through_the_whole_pipeline(data):
+    tmp, g, q = data
+    plain = main(["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--queries", q, "--no-progress"])
+    # The drawn squares are no cars: nothing is detected, every query goes through whole (as without
+    # a detector) unless the unknown check rejects it too, which then counts as "no vehicle" (wrong).
+    r = main(["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--queries", q, "--no-progress",
+              "--detector", "opencv-ssd:mobilenet_v2_coco"])
+    assert r["detector"] == "opencv-ssd:mobilenet_v2_coco" and r["no_detection"] == 5
+    assert r["top1"] == plain["top1"]  # uncalibrated KNN+ (threshold None) flags nothing
+    with pytest.raises(VericarError, match="unknown detector spec"):
+        main(["--model", f"local-dir:{tmp / 'm'}", "--queries", q, "--detector", "yolo"])
+
+
+def test_no_vehicle_queries_count_as_wrong(data):
+    from vericar.evaluate import evaluate_embeddings
+    from vericar.hub import load
+
+    tmp, g, q = data
+    rec = load(f"local-dir:{tmp / 'm'}")
+    gs = load_csv(g)
+    rec.add_embeddings(rec.embed([s.image for s in gs]), [s.class_name for s in gs])
+    qs = load_csv(q)
+    emb = rec.embed([s.image for s in qs])
+    rec.ood.threshold = -1.0  # unknown, and the detector missed them: no vehicle
+    r = evaluate_embeddings(rec, emb, [s.class_name for s in qs], np.ones(len(qs), bool))
+    assert r["top1"] == {"model": 0.0, "make": 0.0, "type": 0.0} and r["macro_f1"] == 0.0
+    kept = evaluate_embeddings(rec, emb, [s.class_name for s in qs], np.zeros(len(qs), bool))
+    assert kept["top1"]["model"] > 0.0

@@ -198,7 +198,8 @@ def test_shipped_default_model_loads_and_predicts():
         pytest.skip("no default model shipped in this checkout")
     if not (CARS_DIR / "dev.csv").is_file():
         pytest.skip("Stanford Cars dev photos not found beside the repo")
-    rec = vericar.load("default")
+    assert vericar.load("default").detector.spec == "opencv-ssd:mobilenet_v2_coco"
+    rec = vericar.load("default", detector="none")  # dev photos are tight crops: the recogniser alone
     assert len(rec.gallery.classes) == 196 and rec.ood.threshold is not None
     with open(CARS_DIR / "dev.csv", newline="") as f:
         rows = list(csv.DictReader(f))[::100][:8]  # 8 real test-split photos of different classes

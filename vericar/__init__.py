@@ -3,6 +3,7 @@
     import vericar
     rec = vericar.load("default")            # or "local-dir:PATH", "hf-hub:ORG/NAME", "timm:tf_efficientnet_lite2"
     pred = rec.predict("car.jpg")            # make / model / type / year, confidences, unknown flag, neighbours
+    rec.predict_all("street.jpg")            # every vehicle in a whole photo, largest first (needs a detector)
     rec.enroll(["a.jpg", "b.jpg"], "Tesla Model 3 Sedan 2021")   # learn a new vehicle, no retraining
     rec.explain("car.jpg").overlay           # Grad-CAM++
 
@@ -25,6 +26,7 @@ _EXPORTS = {
     "EmbeddingModel": "model", "create_model": "model",
     "Explanation": "recognizer", "Neighbour": "recognizer", "Prediction": "recognizer", "Recognizer": "recognizer",
     "Taxonomy": "taxonomy", "parse_class_name": "taxonomy",
+    "Box": "detect", "Detector": "detect", "create_detector": "detect",
 }
 __all__ = sorted(_EXPORTS)
 

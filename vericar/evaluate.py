@@ -113,12 +113,17 @@ def build_gallery(
 
 
 def evaluate_embeddings(
-    recognizer: Recognizer, query_emb: np.ndarray, query_names: Sequence[str]
+    recognizer: Recognizer, query_emb: np.ndarray, query_names: Sequence[str], missed: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """Every figure of the evaluation for already-embedded queries (no timing)."""
+    """Every figure of the evaluation for already-embedded queries (no timing). ``missed``: queries
+    in which the detector found nothing; those the OOD check rejects too are "no vehicle" (wrong)."""
     known_classes = set(recognizer.gallery.classes)
     taxonomy = Taxonomy.from_labels(sorted(known_classes | set(query_names)))
     preds = recognizer.predict_embeddings(query_emb)
+    if missed is not None:
+        from .scene import no_vehicle
+
+        preds = [no_vehicle() if m and p.unknown else p for p, m in zip(preds, missed)]
     depth = min(RANK_DEPTH, len(recognizer.gallery))
     _, _, idx = recognizer.search(query_emb, depth)  # top-5: classes in the order the product ranks them
     plain = recognizer.gallery.search(query_emb, 1)[1]  # Recall@1: the embedding's own nearest photo
@@ -164,7 +169,7 @@ def evaluate_embeddings(
 
 
 def _level_of(pred: Any, level: str, taxonomy: Taxonomy) -> str | None:
-    if level == "model":
+    if level == "model" or pred.label is None:  # None: no vehicle found
         return pred.label
     value = getattr(pred, level)
     return value if value is not None else taxonomy.level_value(pred.label, level)
@@ -226,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     ap = argparse.ArgumentParser(prog="python -m vericar.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="model spec (default, local-dir:PATH, hf-hub:ORG/NAME, timm:...)")
+    ap.add_argument("--detector", help="vehicle detector: queries go through the whole pipeline (detect, crop the "
+                    "main vehicle); 'opencv-ssd:mobilenet_v2_coco', 'hf-hub:ORG/NAME' or 'none' (default: the model's)")
     ap.add_argument("--queries", required=True, help="CSV (file,label,class_name) or hf:ORG/NAME")
     ap.add_argument("--gallery", help="build the gallery from this CSV instead of the model's own")
     ap.add_argument("--gallery-filter", help="keep only gallery classes matching a rule, e.g. \"label%%5!=4\"")
@@ -250,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    rec = load(args.model)
+    rec = load(args.model, **({"detector": args.detector} if args.detector else {}))
     rec.model.to(args.device)
     if args.input_size or args.resize_mode:  # an experiment on preprocessing: the embeddings follow it
         cfg = rec.model.pretrained_cfg
@@ -265,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          args.cache, "gallery", kw)
         gallery = Gallery(rec.model.output_dim)
         gallery.add(emb, [s.class_name for s in g_samples], refs=[s.ref for s in g_samples])
-        rec = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density)
+        rec = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density, detector=rec.detector)
     elif args.gallery_filter:
         raise VericarError("--gallery-filter needs --gallery CSV (it filters the photos the gallery is built from).")
     if args.enroll:
@@ -288,10 +295,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
     t0 = time.perf_counter()
-    q = embed_samples(rec.model, queries, desc="queries", **kw)
+    missed = None
+    if rec.detector.spec == "none":
+        q = embed_samples(rec.model, queries, desc="queries", **kw)
+    else:  # timed too: detection and cropping are part of each answer
+        from .scene import embed_main_vehicles
+
+        q, missed = embed_main_vehicles(rec, [s.image for s in queries], batch_size=args.batch_size,
+                                        progress=not args.no_progress)
     rec.predict_embeddings(q)  # timed: search + vote + OOD
     elapsed = time.perf_counter() - t0
-    result = evaluate_embeddings(rec, q, [s.class_name for s in queries])
+    result = evaluate_embeddings(rec, q, [s.class_name for s in queries], missed)
+    if missed is not None:
+        result.update(detector=rec.detector.spec, no_detection=int(missed.sum()))
     result["ms_per_image"] = 1000.0 * elapsed / max(1, len(queries))
     print(format_table(result))
     if args.json:

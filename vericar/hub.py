@@ -2,7 +2,8 @@
 
 The only module that imports huggingface_hub. An artifact is a folder:
 
-    config.json         format + format_version, model architecture & preprocessing, OOD, k, meta
+    config.json         format + format_version, model architecture & preprocessing, OOD, k, meta,
+                        detector (spec of the vehicle detector, vericar.detect; absent = "none")
     model.safetensors   the embedding model's weights
     gallery.json + gallery tensors (written by Gallery.save, atomically)
     README.md           model card (optional; written by training)
@@ -75,6 +76,7 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
         "ood": recognizer.ood.to_dict(),
         "k": recognizer.k,
         "meta": recognizer.meta,
+        "detector": recognizer.detector.spec,
     }
     if recognizer.density.active:
         config["density"] = recognizer.density.to_dict()
@@ -135,7 +137,9 @@ def load_local(directory: str | os.PathLike, **recognizer_kw: Any) -> "Recognize
         )
     gallery = Gallery.load(directory)
     ood = KNNOOD.from_dict(config.get("ood", {}))
-    kw = {"k": config.get("k", 10), "meta": config.get("meta", {}),
+    # An artifact saved before detection existed has no "detector": it keeps working as it did
+    # (the whole photo is the vehicle). load(..., detector=SPEC) overrides either.
+    kw = {"k": config.get("k", 10), "meta": config.get("meta", {}), "detector": config.get("detector", "none"),
           "density": DensityCorrection.from_dict(config.get("density")),
           "calibration": Calibration.from_dict(config.get("calibration")), **recognizer_kw}
     return Recognizer(model, gallery, ood, **kw)

