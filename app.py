@@ -103,7 +103,9 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         return _rec(request).explain(open_upload(image)).overlay
 
     @_user_errors
-    def ui_explain(image: str, request: gr.Request) -> tuple[Image.Image, Image.Image]:
+    def ui_explain(image: str, found_vehicle: bool, request: gr.Request) -> tuple[Image.Image, Image.Image] | None:
+        if not found_vehicle:  # "no vehicle found": nothing to explain, and no model call for it
+            return None
         r, pil = _rec(request), open_upload(image)
         after = r.explain(pil).overlay
         return r._input_view(main_crop(r, pil)).resize(after.size), after  # before / after, for the slider
@@ -119,11 +121,11 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
         return vehicles.remove(_sid(request), label)
 
     @_user_errors
-    def ui_identify(image: str, request: gr.Request) -> tuple[str, dict[str, float] | None, list, Image.Image]:
+    def ui_identify(image: str, request: gr.Request) -> tuple[str, dict[str, float] | None, list, Image.Image, bool]:
         r, photo = _rec(request), open_upload(image)
         preds = r.predict_all(photo)
         if not preds:
-            return no_vehicle_markdown(), None, [], photo
+            return no_vehicle_markdown(), None, [], photo, False
         pred = preds[0]
         conf = {f"{lvl}: {getattr(pred, lvl) or pred.label}": c for lvl, c in pred.confidence.items()
                 if pred.is_known(lvl)} or None  # an unknown vehicle: only its confident levels
@@ -132,7 +134,7 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
             thumb = (source.tile(n.ref, n.label) if source and n.ref else None) or r.thumbnail(n.index, n.label)
             tiles.append((thumb if thumb is not None else placeholder(n.label, n.score), f"{n.label} · {n.score:.2f}"))
         return (result_markdown(pred, rec.ood.threshold) + others_markdown(preds), conf, tiles,
-                draw_vehicles(photo, preds))
+                draw_vehicles(photo, preds), True)
 
     def listing_text(request: gr.Request | None = None) -> str:
         return ("\n".join(f"- **{md_text(lab)}** ({n} photos)" for lab, n in vehicles.summary(_sid(request)))
@@ -185,8 +187,10 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
                                              interactive=False, elem_id="vericar-overlay")
             neighbours = gr.Gallery(label="Most similar known vehicles", columns=6, height=220, object_fit="contain",
                                     fit_columns=False, interactive=False, elem_id="vericar-neighbours")
-            go.click(ui_identify, [image], [result, levels, neighbours, found], api_visibility="private",
-                     **model_q).success(ui_explain, [image], [overlay], api_visibility="private", **model_q)
+            found_vehicle = gr.State(False)
+            go.click(ui_identify, [image], [result, levels, neighbours, found, found_vehicle], api_visibility="private",
+                     **model_q).success(ui_explain, [image, found_vehicle], [overlay], api_visibility="private",
+                                        **model_q)
         with gr.Tab("Add a vehicle"):
             gr.Markdown("Add a vehicle the model does not know: a few photos and its name. It is recognised on "
                         "the very next request and kept across restarts; no retraining." if not vehicles.public else

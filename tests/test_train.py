@@ -231,6 +231,11 @@ def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
     rec = vericar.load(f"local-dir:{dest}")
     assert len(rec.gallery) == 24 and rec.gallery.thumbnail(0) is None
     assert all(not r.startswith("/") for r in rec.gallery.refs)
+    # Training writes no detector; the shipped model runs the SSD unless told otherwise.
+    assert vericar.load(f"local-dir:{out}").detector.spec == "none"
+    assert rec.detector.spec == "opencv-ssd:mobilenet_v2_coco"
+    ship(["--artifact", str(out), "--dest", str(dest), "--detector", "none"])
+    assert vericar.load(f"local-dir:{dest}").detector.spec == "none"
 
 
 def test_ship_interrupted_between_renames_still_serves_and_recovers(tiny_csv, tmp_path, monkeypatch):

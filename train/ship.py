@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "vericar" / "default"))
     ap.add_argument("--eval-json", help="python -m vericar.evaluate --json output on dev, quoted in the card")
     ap.add_argument("--eval-command", help="the command that produced --eval-json")
+    ap.add_argument("--detector", default="opencv-ssd:mobilenet_v2_coco",
+                    help="the vehicle detector the shipped model runs (training writes 'none': the training "
+                         "machine may lack the detector's files); 'none' keeps the artifact's own setting")
     args = ap.parse_args(argv)
     src, dest = Path(args.artifact), Path(args.dest)
     read_config(src)  # refuse to ship something that would not load
@@ -51,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in COPY:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
+    if args.detector != "none":
+        # tmp is not served yet, so a plain write is safe (the renames below make the swap atomic).
+        (tmp / CONFIG_NAME).write_text(json.dumps({**read_config(src), "detector": args.detector}, indent=2,
+                                                  sort_keys=True))
     g = Gallery.load(src)
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])

@@ -12,6 +12,7 @@ the boxes scaled back), clipped to it, vehicles only (COCO car / bus / truck), o
 from __future__ import annotations
 
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -150,13 +151,17 @@ class OpenCVSSD(Detector):
         pb, pbtxt = ssd_model_files()
         self._cv2 = cv2
         self._net = cv2.dnn.readNetFromTensorflow(str(pb), str(pbtxt))
+        # One network object holds its input between setInput and forward: the app serves several
+        # requests at once, so each detection has the network to itself.
+        self._lock = threading.Lock()
 
     def _detect(self, rgb: np.ndarray) -> list[tuple[float, float, float, float, float, str]]:
         h, w = rgb.shape[:2]
         # blobFromImage wants BGR with swapRB=True; the array is RGB, so no swap is needed.
         blob = self._cv2.dnn.blobFromImage(rgb, size=(300, 300), swapRB=False)
-        self._net.setInput(blob)
-        out = self._net.forward().reshape(-1, 7)
+        with self._lock:
+            self._net.setInput(blob)
+            out = self._net.forward().reshape(-1, 7)
         return [
             (float(r[3]) * w, float(r[4]) * h, float(r[5]) * w, float(r[6]) * h, float(r[2]), SSD_VEHICLE_IDS[int(r[1])])
             for r in out

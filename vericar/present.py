@@ -122,7 +122,9 @@ def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
              f"embedding {rec.model.output_dim}-d · gallery {len(rec.gallery)} photos of "
              f"{len(rec.gallery.classes)} vehicles · k={rec.k} · unknown-vehicle threshold "
              f"{'not calibrated' if rec.ood.threshold is None else format(rec.ood.threshold, '.4g')}"]
-    metrics = meta.get("metrics") or {}
+    # The calibration fit's report (temperatures, biases, per-level ECE) is in the card's own
+    # calibration table below; dumped here it would be 30 rows of internals for a visitor.
+    metrics = {k: v for k, v in (meta.get("metrics") or {}).items() if k != "calibration"}
     if metrics:
         lines += ["", "#### Metrics", "", "| metric | value |", "|---|---|"]
         flat: list[tuple[str, Any]] = []

@@ -140,7 +140,8 @@ def no_vehicle() -> Any:
     from .recognizer import Prediction
 
     return Prediction(label=None, make=None, model=None, type=None, year=None, confidence={}, unknown=True,
-                      ood_score=float("inf"), vehicle_found=False)
+                      ood_score=float("inf"), vehicle_found=False,
+                      unknown_levels=["model", "make", "type", "year"])
 
 
 def embed_main_vehicles(rec: Any, sources: Sequence[Any], *, batch_size: int = 32,

@@ -114,6 +114,7 @@ class SessionRecognizer(Recognizer):
         view.base, view.own, view.own_density = base, own, own_density
         view.gallery = MergedGallery(base.gallery, own)
         view._view_key = None
+        view._n_values = {}  # its own level sizes: a visitor's makes must not leak into the base's cache
         view._refresh()
         return view
 
@@ -122,6 +123,7 @@ class SessionRecognizer(Recognizer):
         if key != self._view_key:
             self.taxonomy = Taxonomy.from_labels(self.gallery.classes)
             self._counts = dict(Counter(self.gallery.labels))
+            self._n_values = {}
             self._view_key = key
 
     def _class_counts(self) -> dict[str, int]:

@@ -31,6 +31,7 @@ from .images import make_thumbnail, open_image
 from .labels import check_not_confusable, html_text, normalise_label
 from .recognizer import Recognizer
 from .sessions import SessionRecognizer, own_densities
+from .scene import main_crop
 
 MAX_VEHICLES = 5  # per session; with MAX_ENROL_PHOTOS photos each
 MAX_SESSIONS = 500  # sessions holding vehicles at once; the longest idle one is dropped beyond this
@@ -202,6 +203,7 @@ class SessionVehicles:
                 pil.append(open_image(im))
             except VericarError as e:
                 raise VericarError(f"Photo {i + 1}: {e} Nothing was added; replace that photo and try again.") from e
+        pil = [main_crop(self.rec, p) for p in pil]  # as local enrolment: the photo's largest vehicle
         emb = self.rec._embed_pil(pil)
         with self.rec._lock:
             if label in s.own.labels or len(set(s.own.labels)) >= self.max_vehicles:  # a concurrent request won

@@ -212,6 +212,7 @@ def test_photo_tiles_and_model_card_screenshots(tmp_path, monkeypatch):
                 page.screenshot(path=str(out / "identify.png"), full_page=True)
                 page.get_by_role("tab", name="Model card").click()
                 curve = page.locator("#vericar-curve img")
+                curve.scroll_into_view_if_needed(timeout=60_000)  # Gradio loads images lazily
                 expect(curve).to_be_visible(timeout=60_000)
                 assert curve.evaluate("img => img.complete && img.naturalWidth > 0")
                 card = page.locator("#vericar-card").inner_text()
