@@ -24,7 +24,7 @@ _EXPORTS = {
     "tune_malloc": "_runtime",
     "load": "hub", "push_to_hub": "hub", "save_pretrained": "hub",
     "EmbeddingModel": "model", "create_model": "model",
-    "Explanation": "recognizer", "Neighbour": "recognizer", "Prediction": "recognizer", "Recognizer": "recognizer",
+    "Explanation": "prediction", "Neighbour": "prediction", "Prediction": "prediction", "Recognizer": "recognizer",
     "Taxonomy": "taxonomy", "parse_class_name": "taxonomy",
     "Box": "detect", "Detector": "detect", "create_detector": "detect",
 }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,64 +24,9 @@ from .images import make_thumbnail, open_image
 from .model import EmbeddingModel, embed_images
 from .scene import main_crop, main_predictions, recognise
 from .ood import KNNOOD
+from .prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
 from .taxonomy import Taxonomy
 from .transforms import eval_transform
-
-# Levels reported in a Prediction, finest first. "model" is the full class label.
-PREDICTION_LEVELS = ("model", "make", "type", "year")
-
-
-@dataclass
-class Neighbour:
-    """One gallery entry close to the query; ``score`` is the plain cosine similarity (neighbours
-    come in the recognizer's ranking order, which the density correction may change)."""
-
-    label: str
-    score: float
-    ref: str | None = None
-    index: int = -1
-
-
-@dataclass
-class Prediction:
-    """What the recognizer says about one photo."""
-
-    label: str | None
-    make: str | None
-    model: str | None
-    type: str | None
-    year: str | None
-    confidence: dict[str, float]
-    unknown: bool
-    ood_score: float
-    neighbours: list[Neighbour] = field(default_factory=list)
-    # Levels whose answer is withheld ("model", "year", and "make"/"type" unless confident enough):
-    # empty for a known vehicle; the values above stay the nearest guesses (vericar/calibration.py).
-    unknown_levels: list[str] = field(default_factory=list)
-    # Where the vehicle is: [x1, y1, x2, y2] in the photo's pixels (EXIF orientation applied);
-    # None when no detector ran. vehicle_found=False: the detector found no vehicle in the photo.
-    box: list[int] | None = None
-    vehicle_found: bool = True
-
-    def is_known(self, level: str) -> bool:
-        """Whether ``level``'s answer is given (an unknown one built without ``unknown_levels``: none)."""
-        return not self.unknown or (bool(self.unknown_levels) and level not in self.unknown_levels)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the app's ``/identify`` answer)."""
-        d = asdict(self)
-        d["neighbours"] = [{"label": n.label, "score": n.score, "ref": n.ref} for n in self.neighbours]
-        return d
-
-
-@dataclass
-class Explanation:
-    """A Grad-CAM++ heatmap (H×W in [0, 1]) and the photo with it overlaid."""
-
-    heatmap: np.ndarray
-    overlay: Any  # PIL.Image.Image
-    label: str | None
-
 
 class Recognizer:
     """Open-world vehicle recognizer over collaborators that are passed in.

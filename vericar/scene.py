@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .detect import Box, Detector, NoDetector, clip_box
+from .prediction import Prediction
 
 #: Margin added on each side of a detected box, as a fraction of the box's width / height.
 CROP_MARGIN = 0.0  # best of 0-0.2 on scene frames of train photos (README "Whole photos")
@@ -137,8 +138,6 @@ def main_predictions(rec: Any, photos: Sequence[Any]) -> list[Any]:
 
 def no_vehicle() -> Any:
     """The answer for a photo in which no vehicle was found: no name, flagged, ``vehicle_found=False``."""
-    from .recognizer import Prediction
-
     return Prediction(label=None, make=None, model=None, type=None, year=None, confidence={}, unknown=True,
                       ood_score=float("inf"), vehicle_found=False,
                       unknown_levels=["model", "make", "type", "year"])

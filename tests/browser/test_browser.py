@@ -66,7 +66,7 @@ def test_upload_identify_screenshot(tmp_path, monkeypatch):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(demo.local_url, wait_until="networkidle")
+                page.goto(demo.local_url, wait_until="load")
                 page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
                 page.locator("#vericar-identify").click()
                 result = page.locator("#vericar-result")
@@ -251,7 +251,7 @@ def test_boxes_on_every_vehicle_screenshot(tmp_path, monkeypatch):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1100})
-                page.goto(demo.local_url, wait_until="networkidle")
+                page.goto(demo.local_url, wait_until="load")
                 page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
                 page.locator("#vericar-identify").click()
                 result = page.locator("#vericar-result")
