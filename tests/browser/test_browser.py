@@ -258,7 +258,7 @@ def test_boxes_on_every_vehicle_screenshot(tmp_path, monkeypatch):
                 expect(result).to_contain_text("Other vehicles in the photo", timeout=120_000)
                 assert result.inner_text().count("unknown-vehicle score") >= 2  # one line per other vehicle
                 expect(page.locator("#vericar-boxes img")).to_be_visible(timeout=60_000)
-                expect(page.locator("#vericar-overlay img")).to_be_visible(timeout=120_000)
+                expect(page.locator("#vericar-overlay img").last).to_be_visible(timeout=120_000)  # the slider has two
                 page.wait_for_timeout(300)
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot), full_page=True)
