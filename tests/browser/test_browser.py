@@ -40,6 +40,14 @@ pytestmark = [
 ]
 
 
+def _overlay_then_screenshot(page, path: Path, timeout: int) -> None:
+    """The Grad-CAM++ slider (before, after) comes from a chained event: wait for it, then shoot."""
+    expect(page.locator("#vericar-overlay img").last).to_be_visible(timeout=timeout)
+    page.wait_for_timeout(300)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+
+
 def test_upload_identify_screenshot(tmp_path, monkeypatch):
     tiny = make_artifact(tmp_path / "model")
     # Importing app builds its module-level demo from these: the tiny model, data under tmp_path
@@ -81,11 +89,7 @@ def test_upload_identify_screenshot(tmp_path, monkeypatch):
                     assert "Unknown vehicle" in shown
                 else:
                     assert want["label"] in shown
-                # The Grad-CAM++ overlay comes from a chained event: wait for its image.
-                expect(page.locator("#vericar-overlay img").last).to_be_visible(timeout=60_000)  # the slider: before, after
-                page.wait_for_timeout(300)
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot), full_page=True)
+                _overlay_then_screenshot(page, screenshot, timeout=60_000)
             finally:
                 browser.close()
     finally:
@@ -258,10 +262,7 @@ def test_boxes_on_every_vehicle_screenshot(tmp_path, monkeypatch):
                 expect(result).to_contain_text("Other vehicles in the photo", timeout=120_000)
                 assert result.inner_text().count("unknown-vehicle score") >= 2  # one line per other vehicle
                 expect(page.locator("#vericar-boxes img")).to_be_visible(timeout=60_000)
-                expect(page.locator("#vericar-overlay img").last).to_be_visible(timeout=120_000)  # the slider has two
-                page.wait_for_timeout(300)
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot), full_page=True)
+                _overlay_then_screenshot(page, screenshot, timeout=120_000)
             finally:
                 browser.close()
     finally:
