@@ -233,23 +233,29 @@ def test_similar_follows_the_ranking_and_shows_cosines():
     np.testing.assert_allclose([n.score for n in got], cosine[0], atol=1e-6)
 
 
-def test_format_version_tells_older_readers_about_the_ranking(tmp_path):
-    """Plain-cosine artifacts stay version 1 (older vericar reads them); a density-ranked one is version 2,
-    whose OOD threshold an older reader must not apply to plain cosines; an unknown version is refused."""
+def test_the_threshold_is_bound_to_the_ranking_it_was_fitted_under(tmp_path):
+    """The artifact records the ranking its OOD threshold was calibrated for; a ranking changed after
+    calibration is refused on save and on load (with the command that fixes it), not warned about."""
+    import dataclasses
     import json
 
     from vericar.errors import ArtifactError
 
-    plain, _ = _tight_and_loose(0.0)
-    csls, _ = _tight_and_loose(0.5)
-    save_pretrained(plain, tmp_path / "plain")
+    csls, q = _tight_and_loose(0.5)
+    csls.ood.calibrate(np.array([p.ood_score for p in csls.predict_embeddings(q)]), tpr=0.95)
+    csls.ood.calibrated_for = csls.density.cfg
     save_pretrained(csls, tmp_path / "csls")
-    cfg_plain = json.loads((tmp_path / "plain" / "config.json").read_text())
-    cfg_csls = json.loads((tmp_path / "csls" / "config.json").read_text())
-    assert cfg_plain["format_version"] == 1 and "density" not in cfg_plain
-    assert cfg_csls["format_version"] == 2 and cfg_csls["density"]["weight"] == 0.5
-    assert not load(f"local-dir:{tmp_path / 'plain'}").density.active
-    cfg_csls["format_version"] = 3
-    (tmp_path / "csls" / "config.json").write_text(json.dumps(cfg_csls))
-    with pytest.raises(ArtifactError, match="version 3"):
+    cfg = json.loads((tmp_path / "csls" / "config.json").read_text())
+    assert cfg["ood"]["calibrated_for"] == cfg["ranking"]["density"] == {"weight": 0.5, "k": 10, "max_fetch": 4096}
+    assert load(f"local-dir:{tmp_path / 'csls'}").config.ood.calibrated_for == csls.density.cfg
+    cfg["ranking"]["density"]["weight"] = 0.25  # a hand edit: the threshold no longer fits
+    (tmp_path / "csls" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match=r"fitted for cos - 0.5 \* density.*cos - 0.25.*train/calibrate.py"):
         load(f"local-dir:{tmp_path / 'csls'}")
+    csls.density = DensityCorrection(0.0)  # changed in code after calibration
+    with pytest.raises(ArtifactError, match="plain cosine.*train/calibrate.py"):
+        save_pretrained(csls, tmp_path / "other")
+    assert not (tmp_path / "other" / "config.json").exists()
+    csls.ood = KNNOOD.from_cfg(dataclasses.replace(csls.ood.cfg, calibrated_for=csls.density.cfg))
+    save_pretrained(csls, tmp_path / "other")  # re-fitted (here: declared) for the new ranking: accepted
+    assert not load(f"local-dir:{tmp_path / 'other'}").density.active

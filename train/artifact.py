@@ -42,9 +42,9 @@ def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) ->
                 refs=[s.ref for s in run.train_s + run.val_s], thumbnails=_thumbs(run.thumbs) if cfg.thumbnails else None)
     wall = time.time() - run.t_start
     command = "python train/train.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    meta = {"metrics": cal_metrics, "command": command, "ood_threshold": ood.threshold,
+    meta = {"metrics": cal_metrics, "command": command,
             "train_seconds": round(wall, 1), "classes": len(names), "holdout_classes": cfg.holdout_classes,
-            "train_config": cfg.to_dict(), "held_out_class_names": sorted({s.class_name for s in run.held}),
+            "train_config": cfg.optimisation_dict(), "held_out_class_names": sorted({s.class_name for s in run.held}),
             "stopped": stopped, "epochs_done": state["epoch"], "steps_done": state["step"],
             "epochs_planned": planned_epochs(run),
             "processes": acc.num_processes}
@@ -52,7 +52,7 @@ def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) ->
         rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=run.density, meta=meta,
                          calibration=calibration)
         save_pretrained(rec, run.out, half=cfg.weights_half)
-        write_card(run.out, cfg, meta, state["history"])
+        write_card(run.out, rec.config, meta, state["history"])
         acc.print(f"wrote {run.out} in {wall / 60:.1f} min; validation top-1 model "
                   f"{(val_metrics['top1'] or {}).get('model', float('nan')):.4f}")
         if cfg.push_to_hub:

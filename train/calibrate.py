@@ -57,6 +57,7 @@ def calibrate_ood(
     ood = KNNOOD(ood_k)
     rec = Recognizer(model, cal, ood, k=k, density=density)
     ood.calibrate(np.array([p.ood_score for p in rec.predict_embeddings(g_va)]), tpr=tpr)
+    ood.calibrated_for = density.cfg  # the artifact refuses to load under another ranking
     return ood, evaluate_embeddings(rec, g_va, list(va_labels))
 
 
@@ -115,7 +116,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from vericar.hub import load, save_pretrained
 
     from train.card import write_card
-    from train.config import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
@@ -158,17 +158,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     val_in_g = [by_ref[r] for r, v in zip(rec.gallery.refs, is_val) if v]
     ood, calibration, metrics = calibrate(
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
-        labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=tc.get("ood_tpr", 0.95), density=density,
+        labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or 0.95, density=density,
         max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
     rec.ood, rec.density, rec.calibration = ood, density, calibration
-    tc.update(density_weight=density.weight, density_k=density.k)
     command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    rec.meta.update(train_config=tc, ood_threshold=ood.threshold, command=f"{rec.meta.get('command', '')}\n{command}")
+    rec.meta.update(command=f"{rec.meta.get('command', '')}\n{command}")
     rec.meta.setdefault("metrics", {}).update(metrics)
     val_metrics = metrics["validation"]
     save_pretrained(rec, out, half=bool(tc.get("weights_half")))
-    write_card(out, TrainConfig(**{k: v for k, v in tc.items() if k in TrainConfig.__dataclass_fields__}),
-               rec.meta, _history(out / "metrics.csv"))
+    write_card(out, rec.config, rec.meta, _history(out / "metrics.csv"))
     top1 = (val_metrics.get("top1") or {}).get("model", float("nan"))
     temps = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.temperatures.items())
     thr = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.thresholds.items()) or "none"

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from vericar.config import VericarConfig
+
 
 def write_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
     """Loss and validation top-1 per epoch → PNG; the same rows → metrics.csv beside it."""
@@ -72,29 +74,35 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def write_card(out: Path, cfg: Any, meta: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
-    """README.md of the artifact: what it is, how well it does, how to reproduce it."""
-    v = meta["metrics"]["validation"]
+def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
+    """README.md of the artifact: what it is, how well it does, how to reproduce it. Every setting is
+    read from the artifact itself (its config tree, and meta.train_config for data and optimisation)."""
+    v, tc, density, ood = meta["metrics"]["validation"], meta.get("train_config") or {}, config.ranking.density, config.ood
     top1 = v.get("top1") or {}
+    holdout = tc.get("holdout_classes")
+    tpr = "" if ood.tpr is None else f"{100 * ood.tpr:.0f}% TPR"
     lines = [
         "---", "library_name: vericar", "tags: [vehicle-recognition, metric-learning, stanford-cars]", "---",
         "# vericar embedding model", "",
-        f"Backbone `{cfg.backbone}` + {cfg.embed_dim}-d projection head, trained with "
-        f"{cfg.loss} + cosine-softmax on {meta['classes']} classes from `{cfg.data}`"
-        + (f" (classes `{cfg.holdout_classes}` held out)." if cfg.holdout_classes else "."), "",
-        (f"Gallery neighbours are ranked by `cos - {cfg.density_weight:g} * density` (CSLS, density = mean cosine to "
-         f"the {cfg.density_k} nearest gallery entries); the unknown threshold is calibrated for that ranking."
-         if getattr(cfg, "density_weight", 0) else "Gallery neighbours are ranked by plain cosine similarity."), "",
+        f"Backbone `{config.model.spec}` + {config.model.embed_dim}-d projection head, trained with "
+        f"{tc.get('loss', '?')} + cosine-softmax on {meta['classes']} classes from `{tc.get('data', '?')}`"
+        + (f" (classes `{holdout}` held out)." if holdout else "."), "",
+        (f"Gallery neighbours are ranked by `cos - {density.weight:g} * density` (CSLS, density = mean cosine to "
+         f"the {density.k} nearest gallery entries); the unknown threshold is calibrated for that ranking."
+         if density.weight else "Gallery neighbours are ranked by plain cosine similarity."), "",
         "## Validation (stratified slice of the training CSV, k-NN on the other training photos)", "",
-        f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({100 * cfg.ood_tpr:.0f}% TPR) |", "|---|---|---|---|---|",
+        f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({tpr}) |", "|---|---|---|---|---|",
         f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "
-        f"{_pct((v.get('top5') or {}).get('model'))} | {meta.get('ood_threshold', float('nan')):.4f} |", "",
+        f"{_pct((v.get('top5') or {}).get('model'))} | "
+        f"{'—' if ood.threshold is None else format(ood.threshold, '.4f')} |", "",
         *_calibration_lines(meta),
         f"Training wall time: {meta['train_seconds'] / 60:.1f} min.", "",
         "## Reproduce", "", "```", meta["command"], "```", "",
         "![training curve](training_curve.png)", "",
         *([_stopped(meta).strip(), ""] if _stopped(meta) else []),
-        "## Settings", "", "```json", json.dumps(meta["train_config"], indent=1), "```",
+        "## Settings", "", "```json",
+        json.dumps({**{key: val for key, val in config.to_dict().items() if key not in ("calibration", "source")},
+                    "train_config": tc}, indent=1), "```",
     ]
     extra = meta.get("card_extra")
     if extra:

@@ -8,10 +8,16 @@ from typing import Any, Sequence
 
 import yaml
 
+from vericar.config import TRAIN_SETTINGS_IN_TREE
+
 
 @dataclass
 class TrainConfig:
-    """Every training setting; a preset YAML sets any subset."""
+    """Every training setting; a preset YAML sets any subset.
+
+    The artifact's settings (backbone, preprocessing, ranking, OOD: ``TRAIN_SETTINGS_IN_TREE``) become
+    its vericar.config.VericarConfig; the rest (data, optimisation) its meta.train_config.
+    """
 
     backbone: str = "timm:tf_efficientnet_lite0"
     pretrained: bool = True
@@ -75,6 +81,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def optimisation_dict(self) -> dict[str, Any]:
+        """The settings an artifact keeps in meta.train_config: all but those its config tree holds
+        (backbone, preprocessing, ranking, OOD: vericar.config.TRAIN_SETTINGS_IN_TREE)."""
+        return {k: v for k, v in asdict(self).items() if k not in TRAIN_SETTINGS_IN_TREE}
 
 
 def _coerce(value: str, default: Any, name: str) -> Any:

@@ -10,6 +10,7 @@ References are rewritten to dataset-relative ids (no local paths in the package)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -19,7 +20,8 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vericar.gallery import Gallery  # noqa: E402
-from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_config  # noqa: E402
+from vericar.config import DetectorCfg  # noqa: E402
+from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config  # noqa: E402
 
 COPY = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training_curve.png", "metrics.csv", "train_config.yaml")
 
@@ -56,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutil.copy2(src / name, tmp / name)
     if args.detector != "none":
         # tmp is not served yet, so a plain write is safe (the renames below make the swap atomic).
-        (tmp / CONFIG_NAME).write_text(json.dumps({**read_config(src), "detector": args.detector}, indent=2,
-                                                  sort_keys=True))
+        config, meta = read_artifact(src)
+        write_config(tmp, dataclasses.replace(config, detector=DetectorCfg(args.detector)), meta)
     g = Gallery.load(src)
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])

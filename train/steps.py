@@ -117,13 +117,9 @@ def build_model(run: Run) -> None:
     """Backbone + head (its preprocessing fixed here, once), frozen stages / feature cache, losses."""
     cfg = run.cfg
     model = create_model(cfg.backbone, embed_dim=cfg.embed_dim, pretrained=cfg.pretrained)
-    if cfg.eval_size:
-        model.pretrained_cfg["input_size"] = (3, cfg.eval_size, cfg.eval_size)
-    if cfg.resize_mode:
-        model.pretrained_cfg["resize_mode"] = cfg.resize_mode
-        model.pretrained_cfg["crop_pct"] = 1.0 if cfg.resize_mode == "squash" else model.pretrained_cfg.get("crop_pct", 1.0)
-    run.pre = dict(model.pretrained_cfg)
-    run.train_pre = dict(run.pre, input_size=(3, cfg.train_size, cfg.train_size))
+    model.preprocess = model.preprocess.override(size=cfg.eval_size, crop_mode=cfg.resize_mode)
+    run.pre = model.preprocess.to_dict()
+    run.train_pre = model.preprocess.override(size=cfg.train_size).to_dict()
     fc = cfg.feature_cache_stages
     if fc:  # CPU path: early stages frozen and run once per photo; epochs train the rest
         check_supported(model)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from torch import nn
 
 from vericar.errors import SpecError
+from vericar.spec import BACKBONE_KINDS, parse_spec as _parse_model_spec
 from vericar.weights import LITE_VARIANTS, load_efficientnet_lite_state_dict
 
 __all__ = ["Backbone", "create_backbone", "parse_spec", "TINY_CLIP_NAME", "SPEC_FORMS"]
@@ -51,13 +52,15 @@ class Backbone:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split ``"prefix:name"`` into ``(prefix, name)``; SpecError on an unknown prefix."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise SpecError(f"model spec {spec!r} has no 'prefix:'; {SPEC_FORMS}")
-    prefix, _, name = spec.partition(":")
-    if prefix not in ("timm", "open_clip") or not name:
-        raise SpecError(f"unknown model spec {spec!r}; {SPEC_FORMS}")
-    return prefix, name
+    """Split a backbone spec into ``(prefix, name)`` (vericar.spec.parse_spec does the parsing);
+    SpecError for anything but 'timm:NAME' / 'open_clip:ARCH/TAG'."""
+    try:
+        parsed = _parse_model_spec(spec)
+    except SpecError:
+        parsed = None
+    if parsed is None or parsed.kind not in BACKBONE_KINDS:
+        raise SpecError(f"unknown backbone spec {spec!r}; {SPEC_FORMS}")
+    return parsed.kind, parsed.name
 
 
 def create_backbone(spec: str, pretrained: bool = True, *, keep_text: bool = False) -> Backbone:
@@ -90,14 +93,17 @@ def _timm_backbone(name: str, pretrained: bool) -> Backbone:
         # num_classes=0 removed the ImageNet classifier; its weights have nowhere to go.
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         module.load_state_dict(state, strict=True)
-    cfg = module.pretrained_cfg
+    from timm.data import resolve_model_data_config
+
+    # timm's own data config (input_size, mean, std, interpolation, crop_pct, crop_mode): same vocabulary.
+    cfg = resolve_model_data_config(module)
     pretrained_cfg = {
         "input_size": tuple(int(v) for v in cfg["input_size"]),
         "mean": tuple(float(v) for v in cfg["mean"]),
         "std": tuple(float(v) for v in cfg["std"]),
         "interpolation": cfg.get("interpolation", "bicubic"),
         "crop_pct": float(cfg.get("crop_pct", 0.875)),
-        "resize_mode": "shortest",
+        "crop_mode": "squash" if cfg.get("crop_mode") == "squash" else "center",
     }
     kind = "vit" if _is_timm_vit(module) else "cnn"
     return Backbone(module, int(module.num_features), pretrained_cfg, kind, f"timm:{name}")
@@ -145,7 +151,7 @@ def _open_clip_backbone(name: str, pretrained: bool, keep_text: bool) -> Backbon
         "interpolation": pp.get("interpolation", "bicubic"),
         # CLIP resizes the short side straight to the input size and center-crops: no margin.
         "crop_pct": 1.0,
-        "resize_mode": "squash" if pp.get("resize_mode") == "squash" else "shortest",
+        "crop_mode": "squash" if pp.get("resize_mode") == "squash" else "center",
     }
     kind = "vit" if isinstance(visual, open_clip.transformer.VisionTransformer) else "cnn"
     # the visual tower ends in the joint image-text embedding space of width embed_dim.

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 import torch
 
+from .config import DensityCfg
 from .errors import ArtifactError, GalleryError, VericarError
 
 
@@ -52,6 +53,15 @@ class DensityCorrection:
         if int(k) <= 0 or int(max_fetch) <= 0:
             raise VericarError(f"density k and max_fetch must be positive integers, got k={k!r}, max_fetch={max_fetch!r}.")
         self.weight, self.k, self.max_fetch = float(weight), int(k), int(max_fetch)
+
+    @property
+    def cfg(self) -> DensityCfg:
+        """These settings as a node of the config tree (vericar.config.DensityCfg)."""
+        return DensityCfg(self.weight, self.k, self.max_fetch)
+
+    @classmethod
+    def from_cfg(cls, cfg: DensityCfg) -> DensityCorrection:
+        return cls(cfg.weight, cfg.k, cfg.max_fetch)
 
     @property
     def active(self) -> bool:

@@ -23,6 +23,7 @@ from .images import open_image
 from .labels import MAX_LABEL_LEN  # noqa: F401 - re-exported: the label rules live in labels.py
 from .labels import check_not_confusable, html_text, normalise_label
 from .recognizer import Recognizer
+from ._config_io import legacy_model_dict
 
 log = logging.getLogger(__name__)
 MAX_ENROL_PHOTOS = 32
@@ -38,7 +39,8 @@ def default_data_dir() -> Path:
 
 def model_key(rec: Recognizer) -> str:
     """Short fingerprint of the served model: enrolled embeddings only make sense for the model that made them."""
-    h = hashlib.sha256(json.dumps(rec.model.config(), sort_keys=True, default=str).encode())
+    # The pre-tree form of the model's description, so enrolments saved before it still match.
+    h = hashlib.sha256(json.dumps(legacy_model_dict(rec.model.model_cfg), sort_keys=True, default=str).encode())
     params = list(rec.model.parameters())
     for p in (params[:1] + params[-1:]):  # first and last tensors tell trained weights apart cheaply
         h.update(p.detach().float().cpu().numpy().tobytes())

@@ -251,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     ap.add_argument("--limit", type=int, default=None, help="only the first N queries (quick checks)")
     ap.add_argument("--input-size", type=int, help="override the model's input size (bare backbones: try others)")
-    ap.add_argument("--resize-mode", choices=("shortest", "squash"), help="override the model's resize mode")
+    ap.add_argument("--crop-mode", "--resize-mode", choices=("center", "squash", "shortest"),
+                    help="override the model's crop mode (timm's names; 'shortest' = 'center')")
     ap.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:1 (float32 either way)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--no-progress", action="store_true")
@@ -259,13 +260,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     rec = load(args.model, **({"detector": args.detector} if args.detector else {}))
     rec.model.to(args.device)
-    if args.input_size or args.resize_mode:  # an experiment on preprocessing: the embeddings follow it
-        cfg = rec.model.pretrained_cfg
-        if args.input_size:
-            cfg["input_size"] = (3, args.input_size, args.input_size)
-        if args.resize_mode:
-            cfg["resize_mode"] = args.resize_mode
-            cfg["crop_pct"] = 1.0 if args.resize_mode == "squash" else cfg.get("crop_pct", 1.0)
+    # An experiment on preprocessing: the embeddings (and explanations) follow it.
+    rec.model.preprocess = rec.model.preprocess.override(size=args.input_size, crop_mode=args.crop_mode)
     kw = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
     if args.gallery:
         g_samples, emb = _embed_filtered(rec.model, load_source(args.gallery, "train"), args.gallery_filter,
@@ -285,11 +281,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rec.k = args.k
     if args.density_weight is not None:
         density = DensityCorrection(args.density_weight, rec.density.k, rec.density.max_fetch)  # checks it first
-        if density.weight != rec.density.weight and rec.ood.threshold is not None:
-            # AUROC / FPR95 do not use the threshold; the share flagged unknown does.
-            print(f"warning: the model's unknown threshold was calibrated for density weight {rec.density.weight}, "
-                  f"not {args.density_weight}: the unknown flags use a mismatched threshold (AUROC/FPR95 do not "
-                  "use it); re-calibrate with train/calibrate.py for a matching one.", file=sys.stderr)
+        if rec.ood.threshold is not None and density.cfg != rec.ood.calibrated_for:
+            # An experiment: AUROC / FPR95 do not use the threshold; the share flagged unknown does.
+            print(f"warning: the model's unknown threshold was calibrated for {rec.ood.calibrated_for}, not "
+                  f"{density.cfg}: the unknown flags use a mismatched threshold (AUROC/FPR95 do not use it); "
+                  "re-calibrate with train/calibrate.py for a matching one.", file=sys.stderr)
         rec.density = density
     queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
     if len(rec.gallery) == 0:

@@ -2,8 +2,8 @@
 
 The only module that imports huggingface_hub. An artifact is a folder:
 
-    config.json         format + format_version, model architecture & preprocessing, OOD, k, meta,
-                        detector (spec of the vehicle detector, vericar.detect; absent = "none")
+    config.json         format + format_version, the config tree (vericar.config.VericarConfig: model
+                        & preprocessing, ranking, OOD, calibration, detector) and meta
     model.safetensors   the embedding model's weights
     gallery.json + gallery tensors (written by Gallery.save, atomically)
     README.md           model card (optional; written by training)
@@ -13,7 +13,6 @@ The only module that imports huggingface_hub. An artifact is a folder:
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -22,8 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save
 
+from . import _config_io
+from ._config_io import CONFIG_NAME, FORMAT, FORMAT_VERSION
 from ._io import atomic_write
+from .config import SourceCfg, VericarConfig
 from .errors import ArtifactError, SpecError
+from .spec import BACKBONE_KINDS, SPEC_HELP, ModelSpec, parse_spec
 from .gallery import JSON_NAME as GALLERY_JSON, Gallery
 from .model import EmbeddingModel, create_model
 from .calibration import Calibration
@@ -33,31 +36,17 @@ from .ood import KNNOOD
 if TYPE_CHECKING:
     from .recognizer import Recognizer
 
-FORMAT = "vericar"
-# Version 2 added "density" (the neighbour ranking, for which the OOD threshold is calibrated).
-# An artifact that ranks by plain cosine is still written as version 1, so older vericar versions
-# keep reading it; they refuse a version-2 one instead of applying its threshold to other scores.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_DIR = Path(__file__).parent / "default"
-BACKBONE_PREFIXES = ("timm:", "open_clip:")
-SPEC_HELP = (
-    "use 'default', 'local-dir:PATH', 'hf-hub:ORG/NAME[@REVISION]', or a backbone such as "
-    "'timm:tf_efficientnet_lite2' / 'open_clip:ViT-B-16/laion2b_s34b_b88k'"
-)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, half: bool = False) -> str:
     """Write a recognizer to ``directory`` as config.json + model.safetensors + gallery files.
 
     ``half=True`` stores weights as float16 (half the size; they are cast back to float32 on load).
+    An unknown threshold fitted under another neighbour ranking is refused before anything is written.
     """
+    config = recognizer.config.check("save_pretrained")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     # Overwriting: drop config.json first, so a crash midway leaves "not an artifact" (a clear
@@ -66,61 +55,36 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     state = {k: v.detach().cpu().contiguous() for k, v in recognizer.model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    version = FORMAT_VERSION if recognizer.density.active else 1
-    atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT, "format_version": str(version)}))
+    atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
     recognizer.gallery.save(out)
-    config = {
-        "format": FORMAT,
-        "format_version": version,
-        "model": recognizer.model.config(),
-        "ood": recognizer.ood.to_dict(),
-        "k": recognizer.k,
-        "meta": recognizer.meta,
-        "detector": recognizer.detector.spec,
-    }
-    if recognizer.density.active:
-        config["density"] = recognizer.density.to_dict()
-    if recognizer.calibration.active:  # optional: older readers ignore it and keep plain vote shares
-        config["calibration"] = recognizer.calibration.to_dict()
     # config.json last: a folder without it is not an artifact, so a crash mid-save is visible.
-    _write_json_atomic(out / CONFIG_NAME, config)
+    write_config(out, config, recognizer.meta)
     return str(out)
 
 
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read and check an artifact's config.json; ArtifactError says what is wrong and what to do."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise ArtifactError(
-            f"{path} not found: {directory} is not a vericar model folder. Point at a folder written by "
-            "save_pretrained or train/train.py --output-dir."
-        )
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e}); re-export the model with save_pretrained.") from e
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not a vericar config (no \"format\": \"{FORMAT}\"); re-export the model.")
-    version = config.get("format_version")
-    if version not in READABLE_VERSIONS:
-        raise ArtifactError(
-            f"{directory} uses artifact format version {version}, this vericar reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}. "
-            "Install the vericar version that wrote it, or re-export the model with this one."
-        )
-    return config
+def read_config(directory: str | os.PathLike) -> VericarConfig:
+    """An artifact's checked config tree (older formats translated); ArtifactError says what is wrong and what to do."""
+    return _config_io.read(directory)[0]
 
 
-def load_local(directory: str | os.PathLike, **recognizer_kw: Any) -> "Recognizer":
+def read_artifact(directory: str | os.PathLike) -> tuple[VericarConfig, dict[str, Any]]:
+    """An artifact's checked config tree and its meta (training facts: metrics, command, ...)."""
+    config, meta, _ = _config_io.read(directory)
+    return config, meta
+
+
+def write_config(directory: str | os.PathLike, config: VericarConfig, meta: dict[str, Any]) -> None:
+    """Write ``config`` (checked) and ``meta`` as ``directory``/config.json, atomically."""
+    _config_io.write(directory, config.check(str(directory)), meta)
+
+
+def load_local(directory: str | os.PathLike, *, source: SourceCfg | None = None, **recognizer_kw: Any) -> "Recognizer":
     """Load a recognizer from a folder written by ``save_pretrained``."""
     from .recognizer import Recognizer
 
     directory = Path(directory)
-    config = read_config(directory)
-    try:
-        model = EmbeddingModel.from_config(config["model"], pretrained=False)
-    except KeyError as e:
-        raise ArtifactError(f"{directory}/config.json lacks {e}; re-export the model.") from e
+    config, meta, _ = _config_io.read(directory)
+    model = EmbeddingModel.from_config(config.model, pretrained=False)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ArtifactError(f"{weights} not found; the artifact is incomplete — copy or download it again.")
@@ -136,13 +100,12 @@ def load_local(directory: str | os.PathLike, **recognizer_kw: Any) -> "Recognize
             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); the files come from different models."
         )
     gallery = Gallery.load(directory)
-    ood = KNNOOD.from_dict(config.get("ood", {}))
-    # An artifact saved before detection existed has no "detector": it keeps working as it did
-    # (the whole photo is the vehicle). load(..., detector=SPEC) overrides either.
-    kw = {"k": config.get("k", 10), "meta": config.get("meta", {}), "detector": config.get("detector", "none"),
-          "density": DensityCorrection.from_dict(config.get("density")),
-          "calibration": Calibration.from_dict(config.get("calibration")), **recognizer_kw}
-    return Recognizer(model, gallery, ood, **kw)
+    # load(..., detector=SPEC) overrides the saved detector; an artifact from before detection has "none".
+    kw = {"k": config.ranking.k, "meta": meta, "detector": config.detector.spec,
+          "density": DensityCorrection.from_cfg(config.ranking.density),
+          "calibration": Calibration.from_dict(None if config.calibration is None else dict(config.calibration)),
+          "source": source or SourceCfg(f"local-dir:{directory}", str(directory)), **recognizer_kw}
+    return Recognizer(model, gallery, KNNOOD.from_cfg(config.ood), **kw)
 
 
 def from_backbone(
@@ -182,38 +145,44 @@ def default_dir() -> Path:
 
 
 def load(spec: str = "default", **kw: Any) -> "Recognizer":
-    """Build a Recognizer from a spec: 'default', 'local-dir:PATH', 'hf-hub:ORG/NAME[@REV]' or a backbone spec."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise SpecError(f"empty model spec; {SPEC_HELP}.")
-    spec = spec.strip()
-    if spec == "default":
-        folder = default_dir()
-        if folder != DEFAULT_DIR:
-            warnings.warn(f"{DEFAULT_DIR} is missing but {folder.name} holds the previous default model (an "
-                          "interrupted train/ship.py); loading that. Run train/ship.py again to finish.", stacklevel=2)
-            return load_local(folder, **kw)
-        if not (DEFAULT_DIR / CONFIG_NAME).is_file():
-            raise ArtifactError(
-                f"the default model is not shipped in this installation ({DEFAULT_DIR} has no {CONFIG_NAME}). "
-                "Train one (train/train.py --output-dir OUT) and load 'local-dir:OUT', or use 'hf-hub:ORG/NAME'."
-            )
-        return load_local(DEFAULT_DIR, **kw)
-    if spec.startswith("local-dir:"):
-        return load_local(spec[len("local-dir:") :], **kw)
-    if spec.startswith("hf-hub:"):
-        return load_local(download(spec[len("hf-hub:") :]), **kw)
-    if spec.startswith(BACKBONE_PREFIXES):
-        return from_backbone(spec, **kw)
-    raise SpecError(f"unknown model spec {spec!r}; {SPEC_HELP}.")
+    """Build a Recognizer from a spec: 'default', 'local-dir:PATH', 'hf-hub:ORG/NAME[@REV]' or a backbone spec.
+
+    The recognizer keeps where it came from in ``rec.config.source`` (spec and resolved folder).
+    """
+    parsed = parse_spec(spec)
+    if parsed.kind in BACKBONE_KINDS:
+        return from_backbone(str(parsed), source=SourceCfg(str(parsed)), **kw)
+    folder = resolve(parsed)
+    return load_local(folder, source=SourceCfg(str(parsed), str(folder)), **kw)
+
+
+def resolve(spec: str | ModelSpec) -> Path:
+    """The folder a saved-artifact spec names (downloading an hf-hub one); SpecError for a backbone spec."""
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if parsed.kind == "local-dir":
+        return Path(parsed.name)
+    if parsed.kind == "hf-hub":
+        return Path(download(parsed.name + (f"@{parsed.revision}" if parsed.revision else "")))
+    if parsed.kind != "default":
+        raise SpecError(f"{parsed} is a bare backbone, not a saved model folder; {SPEC_HELP}.")
+    folder = default_dir()
+    if folder != DEFAULT_DIR:
+        warnings.warn(f"{DEFAULT_DIR} is missing but {folder.name} holds the previous default model (an "
+                      "interrupted train/ship.py); loading that. Run train/ship.py again to finish.", stacklevel=3)
+    elif not (DEFAULT_DIR / CONFIG_NAME).is_file():
+        raise ArtifactError(
+            f"the default model is not shipped in this installation ({DEFAULT_DIR} has no {CONFIG_NAME}). "
+            "Train one (train/train.py --output-dir OUT) and load 'local-dir:OUT', or use 'hf-hub:ORG/NAME'."
+        )
+    return folder
 
 
 def download(repo: str) -> str:
     """Download a model repo from the Hub (``ORG/NAME`` or ``ORG/NAME@REVISION``) and return its folder."""
     from huggingface_hub import snapshot_download
 
-    repo_id, _, revision = repo.partition("@")
-    if repo_id.count("/") != 1:
-        raise SpecError(f"hf-hub spec needs ORG/NAME, got {repo!r}; {SPEC_HELP}.")
+    parsed = parse_spec(f"hf-hub:{repo}")
+    repo_id, revision = parsed.name, parsed.revision
     try:
         return snapshot_download(repo_id=repo_id, revision=revision or None)
     except Exception as e:  # network, auth, missing repo: all end up here with the Hub's own message

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from dataclasses import asdict
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -11,12 +13,11 @@ from PIL import Image
 from torch import nn
 
 from vericar.backbones import Backbone, create_backbone
+from vericar.config import ModelCfg, PreprocessCfg
 from vericar.errors import ArtifactError, ImageError, SpecError, VericarError
 from vericar.transforms import eval_transform
 
 __all__ = ["EmbeddingModel", "create_model", "embed_images"]
-
-_CFG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "resize_mode")
 
 
 class EmbeddingModel(nn.Module):
@@ -34,7 +35,7 @@ class EmbeddingModel(nn.Module):
         self.embed_dim = embed_dim
         self.num_features = backbone.num_features
         self.output_dim = embed_dim or backbone.num_features
-        self.pretrained_cfg = dict(backbone.pretrained_cfg)
+        self.preprocess = PreprocessCfg.from_dict(backbone.pretrained_cfg)  # frozen: change with dataclasses.replace
         self.kind = backbone.kind
         self.backbone = backbone.module
         self.head: nn.Module = nn.Linear(self.num_features, embed_dim) if embed_dim else nn.Identity()
@@ -45,6 +46,17 @@ class EmbeddingModel(nn.Module):
         self.grid_size: tuple[int, int] | None = None
         if self.kind == "vit":
             self.prefix_tokens, self.grid_size = _token_layout(self.backbone)
+
+    @property
+    def pretrained_cfg(self) -> Mapping[str, Any]:
+        """``preprocess`` as a read-only dict in timm's vocabulary (input_size, mean, std, interpolation,
+        crop_mode, crop_pct). Read-only on purpose: set ``model.preprocess = dataclasses.replace(...)``."""
+        return MappingProxyType(asdict(self.preprocess))
+
+    @property
+    def model_cfg(self) -> ModelCfg:
+        """This model's node of the config tree (vericar.config.ModelCfg)."""
+        return ModelCfg(self.spec, self.embed_dim, self.preprocess)
 
     @property
     def clip_model(self) -> nn.Module | None:
@@ -66,24 +78,30 @@ class EmbeddingModel(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """JSON-able description from which :meth:`from_config` rebuilds the same architecture."""
-        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.pretrained_cfg.items()}
-        return {"spec": self.spec, "embed_dim": self.embed_dim, "pretrained_cfg": cfg}
+        return self.model_cfg.to_dict()
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], pretrained: bool = False) -> "EmbeddingModel":
-        """Rebuild from :meth:`config` output (random weights unless ``pretrained``; load a state dict after)."""
-        if not isinstance(cfg, dict) or "spec" not in cfg or "embed_dim" not in cfg:
-            raise ArtifactError(
-                f"model config must be a dict with 'spec' and 'embed_dim' (from EmbeddingModel.config()), got {cfg!r}"
-            )
-        model = create_model(cfg["spec"], int(cfg["embed_dim"]), pretrained=pretrained)
-        saved = cfg.get("pretrained_cfg")
-        if saved is not None:
-            missing = [k for k in _CFG_KEYS if k not in saved]
-            if missing:
-                raise ArtifactError(f"model config's pretrained_cfg lacks {missing}; re-save the model")
-            # The saved preprocessing is what the weights were trained with: it wins.
-            model.pretrained_cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()}
+    def from_config(cls, cfg: ModelCfg | dict[str, Any], pretrained: bool = False) -> "EmbeddingModel":
+        """Rebuild from a ModelCfg or :meth:`config` output (random weights unless ``pretrained``;
+        load a state dict after). The dict form of artifact format < 3 (``pretrained_cfg``) is read too."""
+        if isinstance(cfg, dict):
+            if "spec" not in cfg or "embed_dim" not in cfg:
+                raise ArtifactError(
+                    f"model config must be a dict with 'spec' and 'embed_dim' (from EmbeddingModel.config()), got {cfg!r}"
+                )
+            saved = cfg.get("preprocess", cfg.get("pretrained_cfg"))
+            try:
+                pre = None if saved is None else PreprocessCfg.from_dict(saved)
+            except SpecError as e:
+                raise ArtifactError(f"model config's preprocess/pretrained_cfg is invalid ({e}); re-save the model") from e
+            spec, embed_dim = cfg["spec"], int(cfg["embed_dim"])
+        elif isinstance(cfg, ModelCfg):
+            spec, embed_dim, pre = cfg.spec, cfg.embed_dim, cfg.preprocess
+        else:
+            raise ArtifactError(f"model config must be a ModelCfg or a dict, got {type(cfg).__name__}")
+        model = create_model(spec, int(embed_dim), pretrained=pretrained)
+        if pre is not None:  # the saved preprocessing is what the weights were trained with: it wins
+            model.preprocess = pre
         return model
 
     def target_layers(self) -> list[nn.Module]:
@@ -113,7 +131,7 @@ class EmbeddingModel(nn.Module):
             if patches.shape[1] != rows * cols:
                 raise VericarError(
                     f"ViT produced {patches.shape[1]} patch tokens but its grid is {rows}x{cols}; "
-                    f"feed images of size {tuple(self.pretrained_cfg['input_size'][1:])} (use eval_transform)"
+                    f"feed images of size {tuple(self.preprocess.input_size[1:])} (use eval_transform)"
                 )
             return patches.reshape(tokens.shape[0], rows, cols, tokens.shape[2]).permute(0, 3, 1, 2)
 
@@ -152,7 +170,7 @@ def embed_images(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = np.zeros((len(images), model.output_dim), dtype=np.float32)
-    transform = eval_transform(model.pretrained_cfg)
+    transform = eval_transform(model.preprocess)
     device = next(model.parameters()).device
     starts = range(0, len(images), batch_size)
     if progress:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import OODCfg
 from .errors import ArtifactError, VericarError
 
 # Largest possible cosine distance; the score of a query with no neighbour at all.
@@ -55,6 +56,9 @@ class KNNOOD:
         self.k = int(k)
         self.threshold = None if threshold is None else float(threshold)
         self.tpr: float | None = None
+        # The neighbour ranking (vericar.config.DensityCfg) the threshold was fitted under: its scores
+        # mean nothing under another one. Set by whoever calibrates (train/calibrate.py).
+        self.calibrated_for: Any = None
 
     def score(self, scores: np.ndarray, exclude_self: bool = False) -> np.ndarray:
         """OOD scores (Q,) from the similarities ``Gallery.search`` returned (Q, K >= k), best first.
@@ -126,6 +130,17 @@ class KNNOOD:
         except (OODError, TypeError, ValueError) as e:
             raise ArtifactError(f"invalid KNN+ OOD config {d!r}: {e}; re-save the model.") from e
         o.tpr = None if d.get("tpr") is None else float(d["tpr"])
+        return o
+
+    @property
+    def cfg(self) -> OODCfg:
+        """These settings as a node of the config tree (vericar.config.OODCfg)."""
+        return OODCfg(self.k, self.threshold, self.tpr, self.calibrated_for)
+
+    @classmethod
+    def from_cfg(cls, cfg: OODCfg) -> KNNOOD:
+        o = cls(cfg.k, cfg.threshold)
+        o.tpr, o.calibrated_for = cfg.tpr, cfg.calibrated_for
         return o
 
     def __repr__(self) -> str:

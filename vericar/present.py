@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from . import hub
-from .errors import VericarError
 from .labels import md_text
 
 if TYPE_CHECKING:
@@ -115,9 +113,15 @@ def score_words(score: float, threshold: float | None) -> str:
             "counts as a vehicle the model does not know (lower is more familiar).")
 
 
-def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
-    """Markdown for the Model card tab, and the training-curve image path if the artifact has one."""
+def model_card(rec: "Recognizer", spec: str | None = None) -> tuple[str, str | None]:
+    """Markdown for the Model card tab, and the training-curve image path if the artifact has one.
+
+    The artifact's folder (README.md, training curve) is the one ``rec`` was loaded from
+    (``rec.config.source``): nothing is resolved or downloaded again. ``spec``: the name to show
+    (default: the spec it was loaded with)."""
     meta = rec.meta or {}
+    source = rec.config.source
+    spec = spec or (source.spec if source else "(built in code)")
     lines = [f"**Model spec:** `{spec}` · backbone `{getattr(rec.model, 'spec', '?')}` · "
              f"embedding {rec.model.output_dim}-d · gallery {len(rec.gallery)} photos of "
              f"{len(rec.gallery.classes)} vehicles · k={rec.k} · unknown-vehicle threshold "
@@ -142,7 +146,7 @@ def model_card(rec: "Recognizer", spec: str) -> tuple[str, str | None]:
     if meta.get("command"):
         cmd = meta["command"] if isinstance(meta["command"], str) else " ".join(map(str, meta["command"]))
         lines += ["", "#### Training command", "", f"```\n{public_text(cmd)}\n```"]
-    folder = artifact_dir(spec)
+    folder = Path(source.folder) if source and source.folder else None
     curve = None
     if folder is not None:
         readme = folder / "README.md"
@@ -173,17 +177,3 @@ def public_text(text: str) -> str:
         parts = m.group(0).split("/")
         return "/".join(parts[parts.index("stanford_cars"):]) if "stanford_cars" in parts[:-1] else "OUT"
     return _PATH.sub(short, text)
-
-
-def artifact_dir(spec: str) -> Path | None:
-    """Folder of the served artifact (for its README.md / training_curve.png), if it has one."""
-    if spec == "default":
-        return hub.default_dir()
-    if spec.startswith("local-dir:"):
-        return Path(spec[len("local-dir:"):])
-    if spec.startswith("hf-hub:"):
-        try:
-            return Path(hub.download(spec[len("hf-hub:"):]))  # already cached by load()
-        except VericarError:
-            return None
-    return None

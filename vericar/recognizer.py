@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .calibration import Calibration
+from .config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from .density import DensityCorrection
 from .detect import Detector, create_detector
 from .errors import VericarError
@@ -26,7 +27,7 @@ from .scene import main_crop, main_predictions, recognise
 from .ood import KNNOOD
 from .prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
 from .taxonomy import Taxonomy
-from .transforms import eval_transform
+from .transforms import eval_transform, input_view
 
 class Recognizer:
     """Open-world vehicle recognizer over collaborators that are passed in.
@@ -43,6 +44,9 @@ class Recognizer:
             shares and no partial answers if omitted.
         detector: finds the vehicles in a photo (``vericar.detect``: a Detector or a spec such as
             'opencv-ssd:mobilenet_v2_coco'); None or 'none' treats the whole photo as the vehicle.
+        source: where it was loaded from (``vericar.load`` sets it; see ``config.source``).
+
+    ``rec.config`` describes it all as one frozen ``vericar.config.VericarConfig``.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Recognizer:
         batch_size: int = 16,
         calibration: Calibration | None = None,
         detector: Detector | str | None = None,
+        source: SourceCfg | None = None,
     ) -> None:
         if gallery.dim != model.output_dim:
             raise VericarError(
@@ -72,16 +77,31 @@ class Recognizer:
         self.meta = dict(meta or {})
         self.batch_size = batch_size
         self.detector = create_detector(detector)
-        self._transform = eval_transform(model.pretrained_cfg)  # for explain()
+        self.source = source
         # One lock for gallery reads and writes: enrolment from one request must never be seen
         # half-done by a search from another (the app serves requests from several threads).
         self._lock = threading.RLock()
         self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
         self.density = density or DensityCorrection()
+        if ood.threshold is not None and ood.calibrated_for is None:
+            # A threshold set by hand is taken as meant for the ranking it is used with.
+            ood.calibrated_for = self.density.cfg
         self.calibration = calibration or Calibration()
         self._n_values: dict[str, int] = {}  # distinct values per level, for the calibrated softmax
         self._density_r: np.ndarray | None = None  # each entry's local density, recomputed after changes
         self._density_key: tuple | None = None
+
+    @property
+    def config(self) -> VericarConfig:
+        """This recognizer's settings as one frozen tree (what save_pretrained writes as config.json)."""
+        return VericarConfig(
+            model=self.model.model_cfg,
+            ranking=RankingCfg(self.k, self.density.cfg),
+            ood=self.ood.cfg,
+            calibration=self.calibration.to_dict() if self.calibration.active else None,
+            detector=DetectorCfg(self.detector.spec),
+            source=self.source,
+        )
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -272,18 +292,6 @@ class Recognizer:
             if not rows:  # removed by another request between predict() and here
                 raise VericarError(f"{pred.label!r} was just removed from the gallery; try again.")
             targets = self.gallery.embeddings[rows]
-        x = self._transform(pil).unsqueeze(0)
+        x = eval_transform(self.model.preprocess)(pil).unsqueeze(0)  # the model's preprocessing as it is now
         heat = gradcam_pp(self.model, x, targets)
-        return Explanation(heatmap=heat, overlay=overlay(self._input_view(pil), heat), label=pred.label)
-
-    def _input_view(self, pil: Any) -> Any:
-        """The part of the photo the model saw, so the heatmap lands on the right pixels."""
-        cfg = self.model.pretrained_cfg
-        if cfg.get("resize_mode", "shortest") == "squash":
-            return pil  # the whole photo, stretched: stretching the heatmap back is exact
-        h, w = cfg["input_size"][1:]
-        short = int(max(h, w) / float(cfg.get("crop_pct", 1.0)))
-        scale = short / min(pil.size)
-        rw, rh = max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale))
-        left, top = (rw - w) // 2, (rh - h) // 2
-        return pil.resize((rw, rh)).crop((left, top, left + w, top + h))
+        return Explanation(heatmap=heat, overlay=overlay(input_view(pil, self.model.preprocess), heat), label=pred.label)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import VericarError
+from .spec import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE_YAML = "space.yaml"
@@ -124,13 +125,15 @@ def stage(dest: str | Path, *, model: str, root: str | Path = ROOT) -> dict[str,
     offline; ``hf-hub:`` models are downloaded by the Space itself at startup.
     """
     root, dest = Path(root), Path(dest)
-    local = model.startswith("local-dir:")
+    parsed = parse_spec(model)
+    local = parsed.kind == "local-dir"
+    model = str(parsed)
     for rel in space_files(root, with_default_model=not local and model == "default"):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, target)
     if local:
-        src = Path(model[len("local-dir:"):]).expanduser()
+        src = Path(parsed.name).expanduser()
         if not (src / "config.json").is_file():
             raise SpaceError(f"{src} has no config.json; --model local-dir: must point at a saved vericar model.")
         shutil.copytree(src, dest / "vericar" / "default", dirs_exist_ok=True)

@@ -1,77 +1,78 @@
-"""Eval / train image transforms built only from a backbone's ``pretrained_cfg``.
+"""Eval / train image transforms built only from a model's preprocessing (``vericar.config.PreprocessCfg``,
+or a dict of it in timm's vocabulary: ``input_size`` (3, H, W), ``mean``, ``std``, ``interpolation``,
+``crop_mode``, ``crop_pct``).
 
-``pretrained_cfg`` keys: ``input_size`` (3, H, W), ``mean``, ``std``, ``interpolation``
-("bicubic" | "bilinear" | "nearest"), ``crop_pct`` and ``resize_mode``:
-"shortest" resizes the short side to ``size / crop_pct`` and center-crops (timm / CLIP eval),
-"squash" resizes to exactly (H, W) ignoring the aspect ratio.
+``crop_mode`` "center" resizes the short side to ``max(H, W) / crop_pct`` and center-crops (timm / CLIP
+eval); "squash" resizes to exactly (H, W) ignoring the aspect ratio. The geometry is built in one
+place (:func:`eval_geometry`), so the explanation overlay shows exactly the pixels the model saw.
+
+timm's ``create_transform`` is not used for the eval transform: it normalises on the CPU only (this
+one can stop at uint8 for :func:`normalize_batch` on the device) and crops non-square inputs differently.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from vericar.errors import SpecError
+from vericar.config import PreprocessCfg
 
-__all__ = ["eval_transform", "normalize_batch", "train_transform"]
+__all__ = ["eval_transform", "eval_geometry", "input_view", "normalize_batch", "train_transform"]
 
 _INTERPOLATION = {
     "bicubic": InterpolationMode.BICUBIC,
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
 }
-_REQUIRED = ("input_size", "mean", "std")
 
 
-def _parse(cfg: dict[str, Any]) -> tuple[tuple[int, int], InterpolationMode, float, str]:
-    missing = [k for k in _REQUIRED if k not in cfg]
-    if missing:
-        raise SpecError(f"pretrained_cfg lacks {missing}; it needs {list(_REQUIRED)} (take it from model.pretrained_cfg)")
-    size = tuple(int(v) for v in cfg["input_size"])
-    if len(size) != 3 or size[0] != 3 or min(size) < 1:
-        raise SpecError(f"pretrained_cfg['input_size'] must be (3, H, W), got {cfg['input_size']!r}")
-    name = cfg.get("interpolation", "bicubic")
-    if name not in _INTERPOLATION:
-        raise SpecError(f"pretrained_cfg['interpolation'] {name!r} is not one of {sorted(_INTERPOLATION)}")
-    crop_pct = float(cfg.get("crop_pct", 1.0))
-    if not 0.0 < crop_pct <= 1.0:
-        raise SpecError(f"pretrained_cfg['crop_pct'] must be in (0, 1], got {crop_pct}")
-    mode = cfg.get("resize_mode", "shortest")
-    if mode not in ("shortest", "squash"):
-        raise SpecError(f"pretrained_cfg['resize_mode'] must be 'shortest' or 'squash', got {mode!r}")
-    return (size[1], size[2]), _INTERPOLATION[name], crop_pct, mode
+def _pre(cfg: PreprocessCfg | Mapping[str, Any]) -> PreprocessCfg:
+    """SpecError (from PreprocessCfg) when a setting is missing or invalid."""
+    return cfg if isinstance(cfg, PreprocessCfg) else PreprocessCfg.from_dict(cfg)
 
 
-def _to_tensor(cfg: dict[str, Any], normalize: bool = True) -> list[Callable]:
+def _to_tensor(cfg: PreprocessCfg, normalize: bool = True) -> list[Callable]:
     if not normalize:  # uint8 out: a quarter of the bytes to move; normalize_batch finishes on the device
         return [v2.ToImage()]
     return [
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=[float(m) for m in cfg["mean"]], std=[float(s) for s in cfg["std"]]),
+        v2.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
     ]
 
 
-def eval_transform(cfg: dict[str, Any], *, normalize: bool = True) -> Callable:
+def eval_geometry(cfg: PreprocessCfg | Mapping[str, Any]) -> list[Callable]:
+    """The resize (and crop) steps of the eval transform; they work on PIL images and tensors alike."""
+    pre = _pre(cfg)
+    (_, height, width), interpolation = pre.input_size, _INTERPOLATION[pre.interpolation]
+    if pre.crop_mode == "squash":
+        return [v2.Resize((height, width), interpolation=interpolation, antialias=True)]
+    # Short side to max(H, W) / crop_pct covers both sides of a non-square target too.
+    short = int(max(height, width) / pre.crop_pct)
+    return [v2.Resize(short, interpolation=interpolation, antialias=True), v2.CenterCrop((height, width))]
+
+
+def eval_transform(cfg: PreprocessCfg | Mapping[str, Any], *, normalize: bool = True) -> Callable:
     """Deterministic transform: PIL RGB image (or uint8 tensor) -> normalised float tensor (3, H, W).
 
     ``normalize=False`` stops at the uint8 tensor; :func:`normalize_batch` then does the rest on a batch.
     """
-    (height, width), interpolation, crop_pct, mode = _parse(cfg)
-    if mode == "squash":
-        resize = [v2.Resize((height, width), interpolation=interpolation, antialias=True)]
-    else:
-        # Short side to max(H, W) / crop_pct covers both sides of a non-square target too.
-        short = int(max(height, width) / crop_pct)
-        resize = [v2.Resize(short, interpolation=interpolation, antialias=True), v2.CenterCrop((height, width))]
-    return v2.Compose([*resize, *_to_tensor(cfg, normalize)])
+    pre = _pre(cfg)
+    return v2.Compose([*eval_geometry(pre), *_to_tensor(pre, normalize)])
+
+
+def input_view(image: Any, cfg: PreprocessCfg | Mapping[str, Any]) -> Any:
+    """The part of a PIL photo the model sees, for drawing a heatmap on the right pixels: the whole
+    photo when squashed (stretching the heatmap back is exact), else the eval crop at input size."""
+    pre = _pre(cfg)
+    return image if pre.crop_mode == "squash" else v2.Compose(eval_geometry(pre))(image)
 
 
 def train_transform(
-    cfg: dict[str, Any],
+    cfg: PreprocessCfg | Mapping[str, Any],
     *,
     scale: tuple[float, float] = (0.35, 1.0),
     hflip: bool = True,
@@ -82,7 +83,8 @@ def train_transform(
 
     No vertical flip: cars are never upside down, so it would only teach the model impossible views.
     """
-    (height, width), interpolation, _, _ = _parse(cfg)
+    pre = _pre(cfg)
+    (_, height, width), interpolation = pre.input_size, _INTERPOLATION[pre.interpolation]
     ops: list[Callable] = [
         v2.RandomResizedCrop((height, width), scale=tuple(scale), interpolation=interpolation, antialias=True)
     ]
@@ -90,16 +92,17 @@ def train_transform(
         ops.append(v2.RandomHorizontalFlip())
     if color_jitter > 0:
         ops.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-    return v2.Compose([*ops, *_to_tensor(cfg, normalize)])
+    return v2.Compose([*ops, *_to_tensor(pre, normalize)])
 
 
-def normalize_batch(x: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
+def normalize_batch(x: torch.Tensor, cfg: PreprocessCfg | Mapping[str, Any]) -> torch.Tensor:
     """uint8 batch ``(B, 3, H, W)`` (or float already in [0, 1]) -> normalised float32, on ``x``'s device.
 
     The same arithmetic as the ``normalize=True`` transforms, done where the model runs.
     """
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
-    mean = torch.tensor([float(m) for m in cfg["mean"]], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor([float(s) for s in cfg["std"]], device=x.device).view(1, -1, 1, 1)
+    pre = _pre(cfg)
+    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
