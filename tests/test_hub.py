@@ -137,3 +137,18 @@ def test_deploy_space_failure_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", fake.api)
     with pytest.raises(ArtifactError, match="(?s)401 Unauthorized.*HF_TOKEN"):
         hub.deploy_space("someone/vericar-space", tmp_path, variables={"VERICAR_MODEL": "default"})
+
+
+def test_a_hub_model_knows_its_folder_so_the_card_does_not_download_again(fake_hub):
+    from vericar import present
+    from vericar.config import SourceCfg
+
+    hub.push_to_hub(_recognizer(), "someone/tiny-vericar")
+    folder = fake_hub.root / "model" / "someone/tiny-vericar"
+    (folder / "README.md").write_text("---\nlibrary_name: vericar\n---\n# the tiny card\n")
+    loaded = hub.load("hf-hub:someone/tiny-vericar@v2")
+    assert loaded.config.source == SourceCfg("hf-hub:someone/tiny-vericar@v2", str(folder))
+    downloads = [c for c in fake_hub.calls if c[0] == "snapshot_download"]
+    md, _ = present.model_card(loaded)
+    assert "# the tiny card" in md and "`hf-hub:someone/tiny-vericar@v2`" in md
+    assert [c for c in fake_hub.calls if c[0] == "snapshot_download"] == downloads  # not resolved again

@@ -10,13 +10,14 @@ with the tightly clustered photos the model was trained on.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
 
 from .calibration import Calibration
-from .config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
+from .config import DetectorCfg, OODCfg, RankingCfg, SourceCfg, VericarConfig
 from .density import DensityCorrection
 from .detect import Detector, create_detector
 from .errors import VericarError
@@ -97,11 +98,18 @@ class Recognizer:
         return VericarConfig(
             model=self.model.model_cfg,
             ranking=RankingCfg(self.k, self.density.cfg),
-            ood=self.ood.cfg,
+            ood=self._ood_cfg(),
             calibration=self.calibration.to_dict() if self.calibration.active else None,
             detector=DetectorCfg(self.detector.spec),
             source=self.source,
         )
+
+    def _ood_cfg(self) -> OODCfg:
+        cfg = self.ood.cfg
+        if cfg.threshold is not None and cfg.calibrated_for is None:
+            # Calibrated by hand (KNNOOD.calibrate) without saying for which ranking: the one in use.
+            cfg = replace(cfg, calibrated_for=self.density.cfg)
+        return cfg
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
