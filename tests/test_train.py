@@ -175,14 +175,17 @@ def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):
     out = tmp_path / "cal"
     main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--ood-k", "2", "--k", "2"))
     trained = json.loads((out / "config.json").read_text())
-    assert trained["density"]["weight"] == 0.5  # CSLS is the default ranking
+    assert trained["ranking"]["density"]["weight"] == 0.5  # CSLS is the default ranking
+    assert trained["ood"]["calibrated_for"] == trained["ranking"]["density"]
+    assert "ood_threshold" not in trained["meta"] and "density_weight" not in trained["meta"]["train_config"]
     calibrate(["--artifact", str(out), "--density-weight", "0.5"])
     again = json.loads((out / "config.json").read_text())
     assert again["ood"]["threshold"] == pytest.approx(trained["ood"]["threshold"], abs=1e-6)
     calibrate(["--artifact", str(out), "--density-weight", "0.25", "--density-k", "3"])
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["density"]["weight"] == 0.25 and cfg["density"]["k"] == 3
-    assert cfg["meta"]["train_config"]["density_weight"] == 0.25
+    assert cfg["ranking"]["density"]["weight"] == 0.25 and cfg["ranking"]["density"]["k"] == 3
+    assert cfg["ood"]["calibrated_for"] == cfg["ranking"]["density"]  # the threshold follows the ranking
+    assert "`cos - 0.25 * density`" in (out / "README.md").read_text()  # the card reads the artifact
     assert cfg["meta"]["command"].splitlines()[0].startswith("python train/train.py")
     assert cfg["meta"]["command"].splitlines()[-1].startswith("python train/calibrate.py")
     rec = vericar.load(f"local-dir:{out}")

@@ -27,6 +27,7 @@ _EXPORTS = {
     "Explanation": "prediction", "Neighbour": "prediction", "Prediction": "prediction", "Recognizer": "recognizer",
     "Taxonomy": "taxonomy", "parse_class_name": "taxonomy",
     "Box": "detect", "Detector": "detect", "create_detector": "detect",
+    "VericarConfig": "config", "parse_spec": "spec",
 }
 __all__ = sorted(_EXPORTS)
 
