@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from vericar import hub
+from vericar.artifact import main as artifact_main
 from vericar.config import (DensityCfg, DetectorCfg, ModelCfg, OODCfg, PreprocessCfg, RankingCfg, SourceCfg,
-                            VericarConfig, main as config_main)
+                            VericarConfig)
 from vericar.density import DensityCorrection
 from vericar.errors import ArtifactError, SpecError
 from vericar.gallery import Gallery
@@ -125,14 +126,14 @@ def test_format_2_loads_as_it_did_and_migrates_in_one_command(tmp_path, capsys):
     assert [(p.label, p.unknown) for p in a] == [(p.label, p.unknown) for p in b]
     assert "ood_threshold" not in loaded.meta and "density_weight" not in loaded.meta["train_config"]
 
-    config_main(["migrate", str(old)])
+    artifact_main(["migrate", str(old)])
     assert "migrated from format 2 to 3" in capsys.readouterr().out
     written = json.loads((old / "config.json").read_text())
     assert written["format_version"] == 3 and written["ood"]["calibrated_for"] == written["ranking"]["density"]
     assert written["meta"]["train_config"] == {"data": "x.csv", "seed": 1}
     assert _digests(old) == before  # weights and gallery untouched
     assert hub.read_config(old) == dataclasses.replace(rec.config, source=None)
-    config_main(["migrate", str(old)])
+    artifact_main(["migrate", str(old)])
     assert "nothing to do" in capsys.readouterr().out
 
 

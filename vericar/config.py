@@ -13,14 +13,14 @@ hoped for: an unknown-vehicle threshold fitted under one neighbour ranking is re
 another (:meth:`VericarConfig.check`). Preprocessing uses timm's vocabulary (``crop_mode``
 "center" | "squash", ``crop_pct``), as ``timm.data.resolve_model_data_config`` returns it.
 
-``python -m vericar.config migrate DIR`` rewrites an older artifact's config.json in this form.
+``python -m vericar.artifact migrate DIR`` rewrites an older artifact's config.json in this form.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from .errors import ArtifactError, SpecError
 
@@ -242,7 +242,7 @@ class VericarConfig:
             )
         except (KeyError, TypeError, SpecError) as e:
             raise ArtifactError(f"config.json is not a valid vericar config ({type(e).__name__}: {e}); re-save the "
-                                "model with save_pretrained, or run `python -m vericar.config migrate DIR` on an "
+                                "model with save_pretrained, or run `python -m vericar.artifact migrate DIR` on an "
                                 "artifact written by an older vericar.") from e
 
 
@@ -257,28 +257,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m vericar.config migrate DIR [DIR ...]``: rewrite older artifacts' config.json."""
-    import argparse
-
-    from ._config_io import migrate
-
-    ap = argparse.ArgumentParser(prog="python -m vericar.config", description=main.__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-    mig = sub.add_parser("migrate", help="rewrite config.json of an artifact written by an older vericar "
-                         "(weights and gallery files are left as they are)")
-    mig.add_argument("dirs", nargs="+", metavar="DIR")
-    args = ap.parse_args(argv)
-    for d in args.dirs:
-        print(migrate(d))
-
-
-if __name__ == "__main__":
-    from .errors import VericarError
-
-    try:
-        main()
-    except VericarError as e:
-        raise SystemExit(f"error: {e}") from None

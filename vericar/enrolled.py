@@ -23,7 +23,7 @@ from .images import open_image
 from .labels import MAX_LABEL_LEN  # noqa: F401 - re-exported: the label rules live in labels.py
 from .labels import check_not_confusable, html_text, normalise_label
 from .recognizer import Recognizer
-from ._config_io import legacy_model_dict
+from .artifact import legacy_model_dict
 
 log = logging.getLogger(__name__)
 MAX_ENROL_PHOTOS = 32

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save
 
-from . import _config_io
-from ._config_io import CONFIG_NAME, FORMAT, FORMAT_VERSION
+from . import artifact
+from .artifact import CONFIG_NAME, FORMAT, FORMAT_VERSION
 from ._io import atomic_write
 from .config import SourceCfg, VericarConfig
 from .errors import ArtifactError, SpecError
@@ -64,18 +64,18 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
 
 def read_config(directory: str | os.PathLike) -> VericarConfig:
     """An artifact's checked config tree (older formats translated); ArtifactError says what is wrong and what to do."""
-    return _config_io.read(directory)[0]
+    return artifact.read(directory)[0]
 
 
 def read_artifact(directory: str | os.PathLike) -> tuple[VericarConfig, dict[str, Any]]:
     """An artifact's checked config tree and its meta (training facts: metrics, command, ...)."""
-    config, meta, _ = _config_io.read(directory)
+    config, meta, _ = artifact.read(directory)
     return config, meta
 
 
 def write_config(directory: str | os.PathLike, config: VericarConfig, meta: dict[str, Any]) -> None:
     """Write ``config`` (checked) and ``meta`` as ``directory``/config.json, atomically."""
-    _config_io.write(directory, config.check(str(directory)), meta)
+    artifact.write(directory, config.check(str(directory)), meta)
 
 
 def load_local(directory: str | os.PathLike, *, source: SourceCfg | None = None, **recognizer_kw: Any) -> "Recognizer":
@@ -83,7 +83,7 @@ def load_local(directory: str | os.PathLike, *, source: SourceCfg | None = None,
     from .recognizer import Recognizer
 
     directory = Path(directory)
-    config, meta, _ = _config_io.read(directory)
+    config, meta, _ = artifact.read(directory)
     model = EmbeddingModel.from_config(config.model, pretrained=False)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():

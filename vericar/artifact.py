@@ -1,11 +1,12 @@
-"""config.json on disk: read any readable format version, write the current one, migrate older ones.
+"""The artifact's config.json on disk: read any readable format version, write the current one,
+migrate older ones (``python -m vericar.artifact migrate DIR [DIR ...]``).
 
 Format 3 is ``{"format": "vericar", "format_version": 3, **VericarConfig.to_dict(), "meta": {...}}``.
 Formats 1 and 2 (vericar before the config tree) restated settings: the density weight in
 ``density`` and again in ``meta.train_config``, the OOD threshold in ``ood`` and again in
 ``meta.ood_threshold``, and linked threshold and ranking only through the version number (2 =
 "the threshold is calibrated for the ``density`` written beside it", 1 = plain cosine). They are
-read by translating them into the tree (:func:`upgrade`), and ``python -m vericar.config migrate
+read by translating them into the tree (:func:`upgrade`), and ``python -m vericar.artifact migrate
 DIR`` writes that translation back; weights and gallery files are not touched.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ._io import atomic_write
 from .config import TRAIN_SETTINGS_IN_TREE, DensityCfg, DetectorCfg, ModelCfg, OODCfg, PreprocessCfg, RankingCfg, VericarConfig
@@ -109,3 +110,26 @@ def legacy_model_dict(model: ModelCfg) -> dict[str, Any]:
     return {"spec": model.spec, "embed_dim": model.embed_dim,
             "pretrained_cfg": {"input_size": list(pp.input_size), "mean": list(pp.mean), "std": list(pp.std),
                                "interpolation": pp.interpolation, "crop_pct": pp.crop_pct, "resize_mode": legacy_mode}}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m vericar.artifact migrate DIR [DIR ...]``: rewrite older artifacts' config.json."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m vericar.artifact", description=main.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    mig = sub.add_parser("migrate", help="rewrite config.json of an artifact written by an older vericar "
+                         "(weights and gallery files are left as they are)")
+    mig.add_argument("dirs", nargs="+", metavar="DIR")
+    args = ap.parse_args(argv)
+    for d in args.dirs:
+        print(migrate(d))
+
+
+if __name__ == "__main__":
+    from .errors import VericarError
+
+    try:
+        main()
+    except VericarError as e:
+        raise SystemExit(f"error: {e}") from None
