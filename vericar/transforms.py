@@ -7,7 +7,9 @@ eval); "squash" resizes to exactly (H, W) ignoring the aspect ratio. The geometr
 place (:func:`eval_geometry`), so the explanation overlay shows exactly the pixels the model saw.
 
 timm's ``create_transform`` is not used for the eval transform: it normalises on the CPU only (this
-one can stop at uint8 for :func:`normalize_batch` on the device) and crops non-square inputs differently.
+one can stop at uint8 for :func:`normalize_batch` on the device), it crops non-square inputs
+differently (a (3, 48, 80) centre crop: other pixels), and on square inputs it agrees only to
+1.2e-7 (ToTensor divides where ToDtype multiplies), which could move a borderline photo.
 """
 
 from __future__ import annotations
