@@ -80,7 +80,7 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], history: 
     v, tc, density, ood = meta["metrics"]["validation"], meta.get("train_config") or {}, config.ranking.density, config.ood
     top1 = v.get("top1") or {}
     holdout = tc.get("holdout_classes")
-    tpr = "" if ood.tpr is None else f"{100 * ood.tpr:.0f}% TPR"
+    tpr = "" if ood.tpr is None else f" ({100 * ood.tpr:.0f}% TPR)"
     lines = [
         "---", "library_name: vericar", "tags: [vehicle-recognition, metric-learning, stanford-cars]", "---",
         "# vericar embedding model", "",
@@ -91,7 +91,7 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], history: 
          f"the {density.k} nearest gallery entries); the unknown threshold is calibrated for that ranking."
          if density.weight else "Gallery neighbours are ranked by plain cosine similarity."), "",
         "## Validation (stratified slice of the training CSV, k-NN on the other training photos)", "",
-        f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold ({tpr}) |", "|---|---|---|---|---|",
+        f"| top-1 model | top-1 make | top-1 type | top-5 model | OOD threshold{tpr} |", "|---|---|---|---|---|",
         f"| {_pct(top1.get('model'))} | {_pct(top1.get('make'))} | {_pct(top1.get('type'))} | "
         f"{_pct((v.get('top5') or {}).get('model'))} | "
         f"{'—' if ood.threshold is None else format(ood.threshold, '.4f')} |", "",

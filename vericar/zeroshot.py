@@ -13,8 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import VericarError
+from .errors import SpecError, VericarError
 from .gallery import Gallery
+from .spec import parse_spec
 
 __all__ = ["CARS_TEMPLATES", "DEFAULT_TEMPLATES", "class_phrase", "text_prototypes", "zeroshot_gallery"]
 
@@ -48,7 +49,11 @@ def class_phrase(class_name: str) -> str:
 def _clip_parts(model: Any) -> tuple[torch.nn.Module, Any]:
     """The CLIP model + tokenizer behind ``model``, after checking text prototypes make sense for it."""
     spec = str(getattr(model, "spec", ""))
-    if not spec.startswith("open_clip:"):
+    try:
+        kind = parse_spec(spec).kind
+    except SpecError:
+        kind = None
+    if kind != "open_clip":
         raise VericarError(
             f"zero-shot text prototypes need an OpenCLIP backbone, but this model is {spec!r}; "
             "create one with vericar.create_model('open_clip:ARCH/TAG', embed_dim=0, keep_text=True)"
