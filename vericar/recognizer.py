@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .calibration import Calibration
-from .config import DetectorCfg, OODCfg, RankingCfg, SourceCfg, VericarConfig
+from .config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from .density import DensityCorrection
 from .detect import Detector, create_detector
 from .errors import VericarError
@@ -84,9 +84,6 @@ class Recognizer:
         self._lock = threading.RLock()
         self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
         self.density = density or DensityCorrection()
-        if ood.threshold is not None and ood.calibrated_for is None:
-            # A threshold set by hand is taken as meant for the ranking it is used with.
-            ood.calibrated_for = self.density.cfg
         self.calibration = calibration or Calibration()
         self._n_values: dict[str, int] = {}  # distinct values per level, for the calibrated softmax
         self._density_r: np.ndarray | None = None  # each entry's local density, recomputed after changes
@@ -94,22 +91,15 @@ class Recognizer:
 
     @property
     def config(self) -> VericarConfig:
-        """This recognizer's settings as one frozen tree (what save_pretrained writes as config.json)."""
-        return VericarConfig(
-            model=self.model.model_cfg,
-            ranking=RankingCfg(self.k, self.density.cfg),
-            ood=self._ood_cfg(),
-            calibration=self.calibration.to_dict() if self.calibration.active else None,
-            detector=DetectorCfg(self.detector.spec),
-            source=self.source,
-        )
-
-    def _ood_cfg(self) -> OODCfg:
-        cfg = self.ood.cfg
-        if cfg.threshold is not None and cfg.calibrated_for is None:
-            # Calibrated by hand (KNNOOD.calibrate) without saying for which ranking: the one in use.
-            cfg = replace(cfg, calibrated_for=self.density.cfg)
-        return cfg
+        """This recognizer's settings as one frozen tree (what save_pretrained writes as config.json).
+        A threshold calibrated by hand (KNNOOD.calibrate) with no ranking recorded counts as fitted
+        for the ranking in use."""
+        ood = self.ood.cfg
+        if ood.threshold is not None and ood.calibrated_for is None:
+            ood = replace(ood, calibrated_for=self.density.cfg)
+        return VericarConfig(self.model.model_cfg, RankingCfg(self.k, self.density.cfg), ood,
+                             self.calibration.to_dict() if self.calibration.active else None,
+                             DetectorCfg(self.detector.spec), self.source)
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -302,4 +292,8 @@ class Recognizer:
             targets = self.gallery.embeddings[rows]
         x = eval_transform(self.model.preprocess)(pil).unsqueeze(0)  # the model's preprocessing as it is now
         heat = gradcam_pp(self.model, x, targets)
-        return Explanation(heatmap=heat, overlay=overlay(input_view(pil, self.model.preprocess), heat), label=pred.label)
+        return Explanation(heatmap=heat, overlay=overlay(self._input_view(pil), heat), label=pred.label)
+
+    def _input_view(self, pil: Any) -> Any:
+        """The part of the photo the model saw (the app shows it beside the heatmap)."""
+        return input_view(pil, self.model.preprocess)
