@@ -229,7 +229,7 @@ def test_enroll_from_whole_photo_uses_the_largest_vehicle(rec, make_car_image):
 def test_detector_spec_saved_loaded_and_overridden(rec, tmp_path):
     rec.detector = create_detector(SSD)
     hub.save_pretrained(rec, tmp_path / "a")
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["detector"] == SSD
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["detector"] == {"spec": SSD}
     assert hub.load(f"local-dir:{tmp_path / 'a'}").detector.spec == SSD
     assert hub.load(f"local-dir:{tmp_path / 'a'}", detector="none").detector.spec == "none"
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
