@@ -194,7 +194,7 @@ def latency(model_dir: str, device: str, photo: str) -> dict[str, float]:
 
     import vericar
     from vericar.images import open_image
-    from vericar.model import embed_images
+    from vericar.embedding import embed
 
     rec = vericar.load(f"local-dir:{model_dir}")
     rec.model.to(device)
@@ -214,7 +214,7 @@ def latency(model_dir: str, device: str, photo: str) -> dict[str, float]:
         return round(statistics.median(ts), 2)
 
     return {"device": device, "predict_batch1_ms": timed(lambda: rec.predict(img), 30),
-            "embed_batch64_ms": timed(lambda: embed_images(rec.model, [img] * 64, batch_size=64), 10)}
+            "embed_batch64_ms": timed(lambda: embed(rec.model, [img] * 64, batch_size=64), 10)}
 
 
 def unpack(args: argparse.Namespace) -> dict[str, Any]:

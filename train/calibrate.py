@@ -1,7 +1,7 @@
 """The unknown-vehicle threshold and the confidence calibration of an artifact, from its
 validation slice; re-calibration in place.
 
-    python train/calibrate.py --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
+    python -m train.calibrate --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
 
 train.py calls ``calibrate`` at the end of training. The command line re-does that step for a
 saved artifact without retraining (e.g. with the density correction of vericar/density.py turned
@@ -20,18 +20,21 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
+    raise SystemExit("run it as a module from the repository root: python -m train.calibrate --artifact OUT ...")
+
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vericar.calibration import Calibration, fit_calibration  # noqa: E402
-from vericar.density import DensityCorrection  # noqa: E402
-from vericar.errors import VericarError  # noqa: E402
-from vericar.evaluate import evaluate_embeddings  # noqa: E402
-from vericar.gallery import Gallery  # noqa: E402
-from vericar.model import EmbeddingModel, embed_images  # noqa: E402
-from vericar.ood import KNNOOD  # noqa: E402
-from vericar.recognizer import Recognizer  # noqa: E402
+from train.errors import TrainError, cli
+from vericar.calibration import Calibration, fit_calibration
+from vericar.density import DensityCorrection
+from vericar.embedding import embed
+from vericar.errors import VericarError
+from vericar.evaluate import evaluate_embeddings
+from vericar.gallery import Gallery
+from vericar.model import EmbeddingModel
+from vericar.ood import KNNOOD
+from vericar.recognizer import Recognizer
 
 
 def calibrate_ood(
@@ -87,7 +90,7 @@ def calibrate(
     if g_va_clean is not None and not val_paths:
         q, recipe = g_va_clean, "clean crops"
     else:
-        q, recipe = embed_images(model, real_input_views(val_paths, seed)), {**RECIPE, "seed": seed}
+        q, recipe = embed(model, real_input_views(val_paths, seed)), {**RECIPE, "seed": seed}
     ood, m_real = calibrate_ood(model, g_tr, tr_labels, q, va_labels, k=k, ood_k=ood_k, tpr=tpr, density=density)
     cal_g = Gallery(g_tr.shape[1])
     cal_g.add(g_tr, list(tr_labels))
@@ -129,19 +132,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     tune_malloc()
     out = Path(args.artifact)
-    try:  # bad settings and unloadable artifacts: one line saying what to do, no traceback
-        if args.density_weight is not None:
-            DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work
-        if not 0.0 <= args.max_wrong <= 1.0:
-            raise VericarError(f"--max-wrong must be in [0, 1], got {args.max_wrong}.")
-        rec = load(f"local-dir:{out}")
-        density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
-                                    args.density_k or rec.density.k)
-    except VericarError as e:
-        raise SystemExit(f"error: {e}") from None
+    if args.density_weight is not None:
+        DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work
+    if not 0.0 <= args.max_wrong <= 1.0:
+        raise VericarError(f"--max-wrong must be in [0, 1], got {args.max_wrong}.")
+    rec = load(f"local-dir:{out}")
+    density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
+                                args.density_k or rec.density.k)
     tc = dict(rec.meta.get("train_config") or {})
     if not tc.get("data"):
-        raise SystemExit(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
+        raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
                          "can be re-calibrated (their validation slice is needed).")
     kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
     _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     val_refs = {s.ref for s in val_s} | {short_ref(s.ref) for s in val_s}
     is_val = np.array([r in val_refs for r in rec.gallery.refs])
     if is_val.sum() != len(val_s):
-        raise SystemExit(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "
+        raise TrainError(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "
                          f"run this from the folder training ran in (data was {tc['data']!r}).")
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     # The validation photos in gallery order, so their files line up with their stored embeddings.
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
     rec.ood, rec.density, rec.calibration = ood, density, calibration
     tc.update(density_weight=density.weight, density_k=density.k)
-    command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python -m train.calibrate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(train_config=tc, ood_threshold=ood.threshold, command=f"{rec.meta.get('command', '')}\n{command}")
     rec.meta.setdefault("metrics", {}).update(metrics)
     val_metrics = metrics["validation"]
@@ -178,4 +178,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
