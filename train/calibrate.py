@@ -111,16 +111,8 @@ def _history(path: Path) -> list[dict[str, Any]]:
                 for row in csv.DictReader(f)]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Re-calibrate ``--artifact`` in place; returns its new validation metrics."""
-    from vericar._runtime import tune_malloc
-    from vericar.data import load_source, split_holdout, stratified_split
-    from vericar.hub import load, save_pretrained
-
-    from train.card import write_card
-    from train.config import TrainConfig
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
     ap.add_argument("--density-weight", type=float, help="0 = plain cosine, 0.5 = CSLS (default: the artifact's)")
     ap.add_argument("--density-k", type=int, help="default: the artifact's")
@@ -129,7 +121,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                          "their own class taken out of the gallery, that may get a wrong one")
     ap.add_argument("--clean-views", action="store_true",
                     help="fit on the stored tight crops instead of real-input views of them (the old behaviour)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Re-calibrate ``--artifact`` in place; returns its new validation metrics. Bad settings or
+    artifacts raise ``VericarError`` / ``TrainError`` (the command line prints them)."""
+    from vericar._runtime import tune_malloc
+    from vericar.data import load_source, split_holdout, stratified_split
+    from vericar.hub import load, save_pretrained
+
+    from train.card import write_card
+    from train.config import TrainConfig
+
+    args = _parser().parse_args(argv)
     tune_malloc()
     out = Path(args.artifact)
     if args.density_weight is not None:
