@@ -34,7 +34,6 @@ from vericar.taxonomy import Taxonomy
 from vericar.transforms import train_transform
 
 
-
 @dataclass
 class Run:
     """Everything one training run holds; the steps below fill it in order."""
