@@ -62,7 +62,7 @@ def _machine(env: dict[str, str]) -> dict[str, Any]:
 
 def _train_cmds(args: argparse.Namespace, data: Path, out: Path) -> dict[str, list[str]]:
     workers = args.workers if args.workers is not None else (0 if args.dry_run else max(1, (os.cpu_count() or 2) // 2 - 1))
-    base = [sys.executable, str(REPO / "train" / "train.py"), "--config", str(REPO / "train/configs/offline-gpu.yaml"),
+    base = [sys.executable, "-m", "train.train", "--config", str(REPO / "train/configs/offline-gpu.yaml"),
             "--data", str(data / "train.csv"), "--num-workers", str(workers), "--decode-workers", str(workers),
             "--time-limit", str(args.time_limit), "--progress", "false", "--thumbnails", "false",
             *(TINY if args.dry_run else []), *args.train_args.split()]
