@@ -62,7 +62,7 @@ def _machine(env: dict[str, str]) -> dict[str, Any]:
 
 def _train_cmds(args: argparse.Namespace, data: Path, out: Path) -> dict[str, list[str]]:
     workers = args.workers if args.workers is not None else (0 if args.dry_run else max(1, (os.cpu_count() or 2) // 2 - 1))
-    base = [sys.executable, str(REPO / "train" / "train.py"), "--config", str(REPO / "train/configs/offline-gpu.yaml"),
+    base = [sys.executable, "-m", "train.train", "--config", str(REPO / "train/configs/offline-gpu.yaml"),
             "--data", str(data / "train.csv"), "--num-workers", str(workers), "--decode-workers", str(workers),
             "--time-limit", str(args.time_limit), "--progress", "false", "--thumbnails", "false",
             *(TINY if args.dry_run else []), *args.train_args.split()]
@@ -194,7 +194,7 @@ def latency(model_dir: str, device: str, photo: str) -> dict[str, float]:
 
     import vericar
     from vericar.images import open_image
-    from vericar.model import embed_images
+    from vericar.embedding import embed
 
     rec = vericar.load(f"local-dir:{model_dir}")
     rec.model.to(device)
@@ -214,7 +214,7 @@ def latency(model_dir: str, device: str, photo: str) -> dict[str, float]:
         return round(statistics.median(ts), 2)
 
     return {"device": device, "predict_batch1_ms": timed(lambda: rec.predict(img), 30),
-            "embed_batch64_ms": timed(lambda: embed_images(rec.model, [img] * 64, batch_size=64), 10)}
+            "embed_batch64_ms": timed(lambda: embed(rec.model, [img] * 64, batch_size=64), 10)}
 
 
 def unpack(args: argparse.Namespace) -> dict[str, Any]:

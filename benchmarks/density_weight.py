@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from vericar._runtime import tune_malloc
     from vericar.data import load_source, split_holdout, stratified_split
     from vericar.density import DensityCorrection
-    from vericar.evaluate import embed_samples
+    from vericar.embedding import embed
     from vericar.gallery import Gallery
     from vericar.ood import KNNOOD
     from vericar.recognizer import Recognizer
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if is_val.sum() != len(val_s):
         raise SystemExit(f"{int(is_val.sum())} of {len(val_s)} validation photos found in the gallery; pass the "
                          "--data the model was trained on, from the folder training ran in.")
-    h_emb = embed_samples(rec.model, held, progress=False, num_workers=0)
+    h_emb = embed(rec.model, held)
     h_lab = np.array([s.class_name for s in held])
     rng = np.random.default_rng(args.seed)
     enroll = np.zeros(len(held), dtype=bool)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import vericar
     from vericar import metrics
     from vericar.data import load_source
-    from vericar.evaluate import embed_samples
+    from vericar.embedding import embed
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if missing:
         raise SystemExit(f"--backbone-features re-embeds the gallery's photos, but {len(missing)} refs are not files "
                          f"here (e.g. {missing[0]!r}); use an artifact trained on this machine (local-dir:OUT).")
-    q = embed_samples(rec.model, queries, progress=False, num_workers=0)
+    q = embed(rec.model, queries)
     if args.flip:
         q = q + _embed_mirrored(rec.model, queries)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -96,33 +96,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def _embed_mirrored(model: "EmbeddingModel", queries: Sequence["Sample"]) -> np.ndarray:
     """Embeddings of the mirrored photos (flipping the preprocessed tensor: the eval crop is centred)."""
     import torch
-    from torch.utils.data import DataLoader
 
-    from vericar.evaluate import _PhotoDataset
-    from vericar.transforms import eval_transform
+    from vericar.embedding import embed
 
-    loader = DataLoader(_PhotoDataset(queries, eval_transform(model.pretrained_cfg)), batch_size=32)
-    model.eval()
-    with torch.inference_mode():
-        return np.concatenate([model(torch.flip(x, dims=[3])).float().numpy() for x in loader])
+    return embed(model, queries, forward=lambda x: model(torch.flip(x, dims=[3])))
 
 
 def _backbone_features(rec: "Recognizer", queries: Sequence["Sample"]) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised pooled backbone features of the queries and of the gallery's photos."""
-    import torch
-    from torch.utils.data import DataLoader
-
     from vericar.data import Sample
-    from vericar.evaluate import _PhotoDataset
-    from vericar.transforms import eval_transform
+    from vericar.embedding import embed
 
     photos = [Sample(r, -1, lab) for r, lab in zip(rec.gallery.refs, rec.gallery.labels)]
-    rec.model.eval()
     out = []
     for samples in (queries, photos):
-        loader = DataLoader(_PhotoDataset(samples, eval_transform(rec.model.pretrained_cfg)), batch_size=32)
-        with torch.inference_mode():
-            f = np.concatenate([rec.model.features(x).float().numpy() for x in loader])
+        f = embed(rec.model, samples, forward=rec.model.features)
         out.append(f / np.linalg.norm(f, axis=1, keepdims=True))
     return out[0], out[1]
 

@@ -26,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vericar.calibration import Calibration, expected_calibration_error, reliability  # noqa: E402
 from vericar.data import load_source  # noqa: E402
-from vericar.evaluate import cached_embeddings, evaluate_embeddings  # noqa: E402
+from vericar.embed_cache import cached_embeddings  # noqa: E402
+from vericar.evaluate import evaluate_embeddings  # noqa: E402
 from vericar.hub import load  # noqa: E402
-from vericar.taxonomy import Taxonomy  # noqa: E402
-
-LEVELS = ("model", "make", "type", "year")
+from vericar.taxonomy import LEVELS, Taxonomy  # noqa: E402
 
 
 def level_figures(preds, truth, tax: Taxonomy) -> dict:
@@ -103,7 +102,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     rec = load(args.model)
     samples = load_source(args.queries, "test")
-    q = cached_embeddings(rec.model, samples, args.cache, "queries", batch_size=32, num_workers=0, progress=False)
+    q = cached_embeddings(rec.model, samples, args.cache, desc="queries")
     names = [s.class_name for s in samples]
     if args.gallery_holdout:
         from vericar.data import parse_holdout

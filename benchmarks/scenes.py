@@ -39,12 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vericar import hub  # noqa: E402
 from vericar.detect import Box, create_detector, iou  # noqa: E402
+from vericar.evaluate import TOP1_LEVELS as LEVELS  # noqa: E402
 from vericar.gallery import Gallery  # noqa: E402
 from vericar.recognizer import Recognizer  # noqa: E402
 from vericar.scene import FAINT_SCORE, plan  # noqa: E402
 from vericar.taxonomy import Taxonomy  # noqa: E402
-
-LEVELS = ("model", "make", "type")
 
 
 def background(rng: np.random.Generator, w: int, h: int) -> Image.Image:

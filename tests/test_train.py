@@ -11,7 +11,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from train.config import parse_args
+from train.errors import TrainError, cli
 from train.train import main
+from vericar.errors import VericarError
 
 NAMES = ["Audi TTS Coupe 2012", "Acura TL Sedan 2012", "BMW X5 SUV 2007", "Dodge Ram Pickup 3500 Crew Cab 2010"]
 
@@ -66,7 +68,7 @@ def test_train_resume_and_load(tiny_csv, tmp_path):
     assert rec.model.pretrained_cfg["input_size"][1:] == (32, 32)
     pred = rec.predict(_photo(2, 1))
     assert pred.label in NAMES and len(pred.neighbours) > 0
-    assert json.loads((out / "config.json").read_text())["meta"]["command"].startswith("python train/train.py")
+    assert json.loads((out / "config.json").read_text())["meta"]["command"].startswith("python -m train.train")
 
 
 def test_resume_finds_best_weights_of_the_older_checkpoint_layout(tiny_csv, tmp_path, capsys):
@@ -160,10 +162,12 @@ def test_config_overrides_and_errors(tmp_path):
     assert cfg.epochs == 3 and cfg.lr_head == pytest.approx(1e-3) and cfg.backbone.startswith("timm:tf_efficientnet_lite")
     bad = tmp_path / "bad.yaml"
     bad.write_text("epocs: 3\n")
-    with pytest.raises(SystemExit, match="unknown setting"):
+    with pytest.raises(TrainError, match="unknown setting"):
         parse_args(["--config", str(bad)])
-    with pytest.raises(SystemExit):
+    with pytest.raises(TrainError, match="--epochs: 'many' is not a int"):
         parse_args(["--epochs", "many"])
+    with pytest.raises(TrainError, match="no such file; presets are in train/configs/"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])
 
 
 def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):
@@ -186,11 +190,11 @@ def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):
     assert cfg["ranking"]["density"]["weight"] == 0.25 and cfg["ranking"]["density"]["k"] == 3
     assert cfg["ood"]["calibrated_for"] == cfg["ranking"]["density"]  # the threshold follows the ranking
     assert "`cos - 0.25 * density`" in (out / "README.md").read_text()  # the card reads the artifact
-    assert cfg["meta"]["command"].splitlines()[0].startswith("python train/train.py")
-    assert cfg["meta"]["command"].splitlines()[-1].startswith("python train/calibrate.py")
+    assert cfg["meta"]["command"].splitlines()[0].startswith("python -m train.train")
+    assert cfg["meta"]["command"].splitlines()[-1].startswith("python -m train.calibrate")
     rec = vericar.load(f"local-dir:{out}")
     assert rec.density.weight == 0.25 and rec.ood.threshold == pytest.approx(cfg["ood"]["threshold"])
-    assert "train/calibrate.py" in (out / "README.md").read_text()
+    assert "python -m train.calibrate" in (out / "README.md").read_text()
     assert rec.predict(_photo(1, 2)).label in NAMES
 
 
@@ -199,9 +203,9 @@ def test_recalibrate_refuses_bad_input_with_a_message(tmp_path):
     from train.calibrate import main as calibrate
 
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(SystemExit, match="density weight must be a number >= 0"):
+    with pytest.raises(VericarError, match="density weight must be a number >= 0"):
         calibrate(["--artifact", str(tmp_path), "--density-weight", "-1"])
-    with pytest.raises(SystemExit, match="not a vericar model folder"):
+    with pytest.raises(VericarError, match="not a vericar model folder"):
         calibrate(["--artifact", str(tmp_path), "--density-weight", "0.5"])
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 

@@ -35,7 +35,7 @@ def test_sigterm_stops_training_at_the_next_step_and_the_artifact_loads(tiny_csv
     import vericar
 
     out = tmp_path / "sig"
-    cmd = [sys.executable, "-u", str(ROOT / "train" / "train.py"), *_args(tiny_csv, out, *FOREVER)]
+    cmd = [sys.executable, "-u", "-m", "train.train", *_args(tiny_csv, out, *FOREVER)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     lines = []

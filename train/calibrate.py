@@ -1,7 +1,7 @@
 """The unknown-vehicle threshold and the confidence calibration of an artifact, from its
 validation slice; re-calibration in place.
 
-    python train/calibrate.py --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
+    python -m train.calibrate --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
 
 train.py calls ``calibrate`` at the end of training. The command line re-does that step for a
 saved artifact without retraining (e.g. with the density correction of vericar/density.py turned
@@ -20,18 +20,21 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
+    raise SystemExit("run it as a module from the repository root: python -m train.calibrate --artifact OUT ...")
+
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vericar.calibration import Calibration, fit_calibration  # noqa: E402
-from vericar.density import DensityCorrection  # noqa: E402
-from vericar.errors import VericarError  # noqa: E402
-from vericar.evaluate import evaluate_embeddings  # noqa: E402
-from vericar.gallery import Gallery  # noqa: E402
-from vericar.model import EmbeddingModel, embed_images  # noqa: E402
-from vericar.ood import KNNOOD  # noqa: E402
-from vericar.recognizer import Recognizer  # noqa: E402
+from train.errors import TrainError, cli
+from vericar.calibration import Calibration, fit_calibration
+from vericar.density import DensityCorrection
+from vericar.embedding import embed
+from vericar.errors import VericarError
+from vericar.evaluate import evaluate_embeddings
+from vericar.gallery import Gallery
+from vericar.model import EmbeddingModel
+from vericar.ood import KNNOOD
+from vericar.recognizer import Recognizer
 
 
 def calibrate_ood(
@@ -88,7 +91,7 @@ def calibrate(
     if g_va_clean is not None and not val_paths:
         q, recipe = g_va_clean, "clean crops"
     else:
-        q, recipe = embed_images(model, real_input_views(val_paths, seed)), {**RECIPE, "seed": seed}
+        q, recipe = embed(model, real_input_views(val_paths, seed)), {**RECIPE, "seed": seed}
     ood, m_real = calibrate_ood(model, g_tr, tr_labels, q, va_labels, k=k, ood_k=ood_k, tpr=tpr, density=density)
     cal_g = Gallery(g_tr.shape[1])
     cal_g.add(g_tr, list(tr_labels))
@@ -109,15 +112,8 @@ def _history(path: Path) -> list[dict[str, Any]]:
                 for row in csv.DictReader(f)]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Re-calibrate ``--artifact`` in place; returns its new validation metrics."""
-    from vericar._runtime import tune_malloc
-    from vericar.data import load_source, split_holdout, stratified_split
-    from vericar.hub import load, save_pretrained
-
-    from train.card import write_card
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
     ap.add_argument("--density-weight", type=float, help="0 = plain cosine, 0.5 = CSLS (default: the artifact's)")
     ap.add_argument("--density-k", type=int, help="default: the artifact's")
@@ -126,22 +122,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                          "their own class taken out of the gallery, that may get a wrong one")
     ap.add_argument("--clean-views", action="store_true",
                     help="fit on the stored tight crops instead of real-input views of them (the old behaviour)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Re-calibrate ``--artifact`` in place; returns its new validation metrics. Bad settings or
+    artifacts raise ``VericarError`` / ``TrainError`` (the command line prints them)."""
+    from vericar._runtime import tune_malloc
+    from vericar.data import load_source, split_holdout, stratified_split
+    from vericar.hub import load, save_pretrained
+
+    from train.card import write_card
+    from train.config import TrainConfig
+
+    args = _parser().parse_args(argv)
     tune_malloc()
     out = Path(args.artifact)
-    try:  # bad settings and unloadable artifacts: one line saying what to do, no traceback
-        if args.density_weight is not None:
-            DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work
-        if not 0.0 <= args.max_wrong <= 1.0:
-            raise VericarError(f"--max-wrong must be in [0, 1], got {args.max_wrong}.")
-        rec = load(f"local-dir:{out}")
-        density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
-                                    args.density_k or rec.density.k)
-    except VericarError as e:
-        raise SystemExit(f"error: {e}") from None
+    if args.density_weight is not None:
+        DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work
+    if not 0.0 <= args.max_wrong <= 1.0:
+        raise VericarError(f"--max-wrong must be in [0, 1], got {args.max_wrong}.")
+    rec = load(f"local-dir:{out}")
+    density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
+                                args.density_k or rec.density.k)
     tc = dict(rec.meta.get("train_config") or {})
     if not tc.get("data"):
-        raise SystemExit(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
+        raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
                          "can be re-calibrated (their validation slice is needed).")
     kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
     _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
@@ -150,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     val_refs = {s.ref for s in val_s} | {short_ref(s.ref) for s in val_s}
     is_val = np.array([r in val_refs for r in rec.gallery.refs])
     if is_val.sum() != len(val_s):
-        raise SystemExit(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "
+        raise TrainError(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "
                          f"run this from the folder training ran in (data was {tc['data']!r}).")
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     # The validation photos in gallery order, so their files line up with their stored embeddings.
@@ -161,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or 0.95, density=density,
         max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
     rec.ood, rec.density, rec.calibration = ood, density, calibration
-    command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python -m train.calibrate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(command=f"{rec.meta.get('command', '')}\n{command}")
     rec.meta.setdefault("metrics", {}).update(metrics)
     val_metrics = metrics["validation"]
@@ -176,4 +182,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import yaml
 
 from vericar.config import TRAIN_SETTINGS_IN_TREE
+from train.errors import TrainError
 
 
 @dataclass
@@ -102,14 +103,14 @@ def _coerce(value: str, default: Any, name: str) -> Any:
         return float(parsed)
     if isinstance(default, str):
         return value
-    raise SystemExit(f"--{name.replace('_', '-')}: {value!r} is not a {type(default).__name__}")
+    raise TrainError(f"--{name.replace('_', '-')}: {value!r} is not a {type(default).__name__}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Build the config from ``--config PRESET.yaml`` and ``--key value`` overrides."""
     known = {f.name: f for f in fields(TrainConfig)}
     ap = argparse.ArgumentParser(
-        prog="train/train.py",
+        prog="python -m train.train",
         description="Train a vericar embedding model. Any setting of train/config.py can be given as --key value.",
     )
     ap.add_argument("--config", help="preset YAML (train/configs/*.yaml)")
@@ -120,11 +121,11 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     if args.get("config"):
         path = Path(args.pop("config"))
         if not path.is_file():
-            raise SystemExit(f"--config {path}: no such file; presets are in train/configs/.")
+            raise TrainError(f"--config {path}: no such file; presets are in train/configs/.")
         preset = yaml.safe_load(path.read_text()) or {}
         unknown = sorted(set(preset) - set(known))
         if unknown:
-            raise SystemExit(f"{path}: unknown setting(s) {unknown}; see train/config.py for the valid names.")
+            raise TrainError(f"{path}: unknown setting(s) {unknown}; see train/config.py for the valid names.")
         values.update(preset)
     else:
         args.pop("config", None)

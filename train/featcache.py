@@ -15,16 +15,17 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from vericar.transforms import eval_transform
+from train.errors import TrainError
+from vericar.embed_cache import cached
+from vericar.embedding import forward_batches
 
 
 def check_supported(model: nn.Module) -> None:
     """Only timm EfficientNet-style backbones (conv_stem, bn1, blocks, conv_head, bn2) are split here."""
     bb = model.backbone
     if not all(hasattr(bb, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
-        raise SystemExit(
+        raise TrainError(
             f"--feature-cache-stages works with timm EfficientNet backbones only, not {type(bb).__name__}; "
             "set it to 0 (train the whole network) for this backbone."
         )
@@ -55,7 +56,6 @@ class LateStages(nn.Module):
         return F.normalize(self.model.head(x), dim=-1)
 
 
-@torch.inference_mode()
 def cache_features(
     model: nn.Module,
     images: Sequence[torch.Tensor],
@@ -67,19 +67,16 @@ def cache_features(
     progress: bool = True,
 ) -> torch.Tensor:
     """Trunk maps of every photo at the model's eval preprocessing: (N, 1 or 2, C, h, w) float16."""
-    tf = eval_transform(pre)
-    was = model.training
-    model.eval()
-    out = []
-    for i in tqdm(range(0, len(images), batch_size), desc="caching early features", disable=not progress):
-        # channels_last: oneDNN's fast path for these convolutions on CPU (~1.5x here)
-        x = torch.stack([tf(im) for im in images[i : i + batch_size]]).contiguous(memory_format=torch.channels_last)
-        views = [trunk_forward(model, x, n)]
+
+    def views(x: torch.Tensor) -> torch.Tensor:
+        maps = [trunk_forward(model, x, n)]
         if flip:
-            views.append(trunk_forward(model, torch.flip(x, dims=[3]), n))
-        out.append(torch.stack(views, dim=1).half())
-    model.train(was)
-    return torch.cat(out)
+            maps.append(trunk_forward(model, torch.flip(x, dims=[3]), n))
+        return torch.stack(maps, dim=1)
+
+    # channels_last: oneDNN's fast path for these convolutions on CPU (~1.5x here)
+    return forward_batches(model, images, preprocess=pre, batch_size=batch_size, channels_last=True, forward=views,
+                           out_dtype=torch.float16, progress=progress, desc="caching early features")
 
 
 def train_views(feats: torch.Tensor, idx: torch.Tensor, min_crop: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -98,37 +95,20 @@ def train_views(feats: torch.Tensor, idx: torch.Tensor, min_crop: float, generat
     return torch.stack(crops).float().contiguous(memory_format=torch.channels_last)
 
 
-@torch.inference_mode()
 def embed_cached(late: LateStages, feats: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Embeddings of the un-mirrored, uncropped cached maps (what the full model gives on the photos)."""
-    late.eval()
-    dev = next(late.parameters()).device
-    return torch.cat(
-        [
-            late(feats[i : i + batch_size, 0].float().to(dev).contiguous(memory_format=torch.channels_last)).float().cpu()
-            for i in range(0, len(feats), batch_size)
-        ]
-    )
+    return forward_batches(late, feats[:, 0], preprocess=None, batch_size=batch_size, channels_last=True)
+
+
+def trunk_weights(model: nn.Module, n: int) -> dict[str, torch.Tensor]:
+    """The weights ``trunk_forward`` uses: stem and the first ``n`` stages (the cache key)."""
+    keep = ("backbone.conv_stem.", "backbone.bn1.", *(f"backbone.blocks.{i}." for i in range(n)))
+    return {k: v for k, v in model.state_dict().items() if k.startswith(keep)}
 
 
 def cached_trunk(model: nn.Module, cfg, pre: dict, samples, imgs, n: int, progress: bool) -> torch.Tensor:
     """Early-stage maps of every photo, from ``cfg.feature_cache_dir`` when an identical run made them."""
-    path = None
-    if cfg.feature_cache_dir:
-        import hashlib
-        import json
-        from pathlib import Path
-
-        key = json.dumps([cfg.backbone, cfg.pretrained, n, cfg.cache_flip, cfg.cache_short_side, pre,
-                          [s.ref for s in samples]], sort_keys=True, default=str)
-        path = Path(cfg.feature_cache_dir) / f"trunk-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
-        if path.is_file():
-            from safetensors.torch import load_file
-            return load_file(str(path))["feats"]
-    feats = cache_features(model, imgs, pre, n, flip=cfg.cache_flip, progress=progress)
-    if path is not None:
-        from safetensors.torch import save_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"feats": feats.contiguous()}, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)  # atomic: never a half-written cache
-    return feats
+    return cached(cfg.feature_cache_dir,
+                  lambda: cache_features(model, imgs, pre, n, flip=cfg.cache_flip, progress=progress),
+                  weights=trunk_weights(model, n), preprocess=pre, files=[s.ref for s in samples],
+                  extra={"stages": n, "flip": cfg.cache_flip, "short_side": cfg.cache_short_side}, prefix="trunk")

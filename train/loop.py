@@ -1,9 +1,9 @@
 """The per-epoch steps of a training run: train until the epoch ends or a stop, validate, checkpoint.
 
 Embedding for validation, the gallery and the unknown threshold goes through ``embed_photos``:
-DataLoader workers, uint8 batches normalised on the accelerator, and the model's plain float32
-forward (no autocast), the way ``vericar.evaluate`` embeds query photos, so the threshold
-calibrated here applies to the scores a user's photos get.
+``vericar.embedding.embed`` (the path the recogniser and evaluation take too) with DataLoader
+workers, uint8 batches normalised on the accelerator, and the model's plain float32 forward (no
+autocast), so the threshold calibrated here applies to the scores a user's photos get.
 """
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from train.augment import color_jitter
-from train.cache import TensorPhotos
 from train.card import write_curve
 from train.checkpoints import swap_in
 from train.featcache import embed_cached, train_views
@@ -31,7 +29,8 @@ from vericar.gallery import Gallery
 from vericar.losses import HiMSMin, level_label_tensors
 from vericar.ood import KNNOOD
 from vericar.recognizer import Recognizer
-from vericar.transforms import eval_transform, normalize_batch
+from vericar.embedding import embed
+from vericar.transforms import normalize_batch
 
 
 def plain_forward(module: torch.nn.Module):
@@ -39,25 +38,13 @@ def plain_forward(module: torch.nn.Module):
     return type(module).forward.__get__(module)
 
 
-def embed_photos(run: Run, images: Sequence[torch.Tensor], labels: Sequence[int]) -> np.ndarray:
+def embed_photos(run: Run, images: Sequence[torch.Tensor]) -> np.ndarray:
     """Embed cached photos with the eval preprocessing, float32; sharded and gathered across processes."""
     cfg, acc = run.cfg, run.accelerator
-    ds = TensorPhotos(images, labels, eval_transform(run.pre, normalize=False))
-    loader = acc.prepare(DataLoader(ds, batch_size=max(64, cfg.batch_size), num_workers=cfg.num_workers,
-                                    pin_memory=torch.cuda.is_available(),
-                                    worker_init_fn=ignore_sigint if cfg.num_workers else None))
     model = acc.unwrap_model(run.model)
-    forward, was = plain_forward(model), model.training
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for x, _ in loader:
-            x = normalize_batch(x, run.pre)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(acc.gather_for_metrics(forward(x).float()).cpu())
-    model.train(was)
-    return torch.cat(out).numpy() if out else np.zeros((0, model.output_dim), np.float32)
+    return embed(model, images, preprocess=run.pre, batch_size=max(64, cfg.batch_size), num_workers=cfg.num_workers,
+                 channels_last=cfg.channels_last, forward=plain_forward(model), accelerator=acc,
+                 worker_init_fn=ignore_sigint)
 
 
 def embed_rows(run: Run, split: str, rows: list[int] | None = None) -> np.ndarray:
@@ -68,7 +55,7 @@ def embed_rows(run: Run, split: str, rows: list[int] | None = None) -> np.ndarra
         feats = run.feats_tr if split == "train" else run.feats_va
         late = run.accelerator.unwrap_model(run.net)
         return embed_cached(late, feats[rows]).numpy()
-    return embed_photos(run, [imgs[i] for i in rows], [ys[i] for i in rows])
+    return embed_photos(run, [imgs[i] for i in rows])
 
 
 def validate(run: Run) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Copy a trained artifact into the package as the shipped default model (``vericar/default``).
 
-    python train/ship.py --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..."
+    python -m train.ship --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..."
 
 What ships: config.json, model.safetensors, the gallery's embeddings + labels, the model card and
 training curve. What does not: training checkpoints, and the gallery thumbnails — they are small
@@ -13,15 +13,16 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
+    raise SystemExit("run it as a module from the repository root: python -m train.ship --artifact OUT ...")
 
-from vericar.gallery import Gallery  # noqa: E402
-from vericar.config import DetectorCfg  # noqa: E402
-from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config  # noqa: E402
+from train.errors import cli
+from vericar.config import DetectorCfg
+from vericar.gallery import Gallery
+from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config
 
 COPY = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training_curve.png", "metrics.csv", "train_config.yaml")
 
@@ -87,4 +88,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

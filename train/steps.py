@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from train.cache import TensorPhotos, decode_all
 from train.checkpoints import latest_checkpoint
 from train.config import TrainConfig
+from train.errors import TrainError
 from train.featcache import LateStages, cached_trunk, check_supported
 from train.heads import CosineClassifier, freeze_early
 from train.stopping import StopSignal, ignore_sigint
@@ -28,10 +29,9 @@ from vericar.data import Sample, load_source, split_holdout, stratified_split
 from vericar.density import DensityCorrection
 from vericar.losses import HiMSMin, MultiSimilarity, build_level_index
 from vericar.model import EmbeddingModel, create_model
+from vericar.taxonomy import COARSE_TO_FINE as LEVELS
 from vericar.taxonomy import Taxonomy
 from vericar.transforms import train_transform
-
-LEVELS = ("make", "type", "model")  # coarse → fine, for HiMS-Min
 
 
 @dataclass
@@ -200,7 +200,7 @@ def resume(run: Run) -> None:
         return
     rdir = Path(cfg.resume) if cfg.resume != "auto" else latest_checkpoint(ckpt)
     if not (rdir / "trainer_state.yaml").is_file():
-        raise SystemExit(f"--resume {rdir}: no checkpoint there (expected trainer_state.yaml); "
+        raise TrainError(f"--resume {rdir}: no checkpoint there (expected trainer_state.yaml); "
                          "use --resume auto with the same --output-dir, or omit --resume.")
     acc.load_state(str(rdir))
     run.state = yaml.safe_load((rdir / "trainer_state.yaml").read_text())

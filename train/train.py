@@ -1,8 +1,8 @@
 """Train a vericar embedding model with accelerate.
 
-    accelerate launch train/train.py --config train/configs/offline-cpu.yaml --data ../shared/data/stanford_cars/train.csv --output-dir OUT
-    python train/train.py ...            # the same, one process
-    accelerate launch --multi_gpu --num_processes 4 train/train.py --config train/configs/offline-gpu.yaml ...
+    accelerate launch -m train.train --config train/configs/offline-cpu.yaml --data ../shared/data/stanford_cars/train.csv --output-dir OUT
+    python -m train.train ...            # the same, one process
+    accelerate launch --multi_gpu --num_processes 4 -m train.train --config train/configs/offline-gpu.yaml ...
 
 Writes OUT/ as a vericar artifact (config.json, model.safetensors, gallery, README.md model card,
 training_curve.png, metrics.csv, train_config.yaml) that ``vericar.load("local-dir:OUT")`` and the
@@ -11,18 +11,19 @@ app use; ``--push-to-hub ORG/NAME`` uploads it (main process only). SIGTERM, SIG
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make vericar + train importable
+if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
+    raise SystemExit("run training as a module from the repository root: python -m train.train ... "
+                     "(accelerate launch -m train.train ... for several processes)")
 
-from train.artifact import write_artifact  # noqa: E402
-from train.config import parse_args  # noqa: E402
-from train.loop import end_epoch, fit_to_time_limit, train_epoch  # noqa: E402
-from train.steps import build_model, load_data, planned_epochs, prepare_training, resume, start  # noqa: E402
-from vericar._runtime import tune_malloc  # noqa: E402
+from train.artifact import write_artifact
+from train.config import parse_args
+from train.errors import cli
+from train.loop import end_epoch, fit_to_time_limit, train_epoch
+from train.steps import build_model, load_data, planned_epochs, prepare_training, resume, start
+from vericar._runtime import tune_malloc
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -55,4 +56,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError
+from .taxonomy import LEVELS
 from .voting import knn_vote
 
-LEVELS = ("model", "make", "type", "year")
 PARTIAL_LEVELS = ("make", "type")  # levels that may still be named when the model is unknown
 T_BOUNDS = (1e-3, 10.0)
 B_BOUNDS = (-30.0, 30.0)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import DensityCfg
-from .errors import ArtifactError, GalleryError, VericarError
+from .errors import ArtifactError, GalleryError, VericarError, check_positive_int
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -89,8 +89,7 @@ class DensityCorrection:
         ``density`` is ``densities(gallery)``. Missing neighbours (a gallery smaller than
         ``depth``) are padded with ``-inf`` / ``-1`` at the end, as ``Gallery.search`` does.
         """
-        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth <= 0:
-            raise GalleryError(f"depth must be a positive integer, got {depth!r}.")
+        check_positive_int(depth, "depth", GalleryError)
         q = gallery._check_embeddings(queries, "queries")
         if len(gallery) == 0:
             return self._rank(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), density, depth)

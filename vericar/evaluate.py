@@ -11,36 +11,23 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from . import metrics
 from .data import Sample, load_source, parse_holdout
 from .density import DensityCorrection
+from .embed_cache import cached_embeddings
+from .embedding import embed
 from .errors import VericarError
 from .gallery import Gallery
-from .images import open_image
 from .model import EmbeddingModel
 from .recognizer import Recognizer
-from .taxonomy import Taxonomy
-from .transforms import eval_transform, normalize_batch
+from .taxonomy import LEVELS, Taxonomy
 
 RANK_DEPTH = 50  # neighbours looked at to rank classes for top-5
-
-
-class _PhotoDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], transform) -> None:
-        self.samples, self.transform = samples, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(open_image(self.samples[i].image))
+TOP1_LEVELS = tuple(lvl for lvl in LEVELS if lvl != "year")  # top-1 is reported at these levels
 
 
 def embed_samples(
@@ -52,64 +39,8 @@ def embed_samples(
     progress: bool = True,
     desc: str = "embedding",
 ) -> np.ndarray:
-    """Embed labelled photos with the model's own eval preprocessing (decoding in workers), on the
-    model's device: uint8 batches (pinned on a GPU) normalised there, forward in float32 (no autocast),
-    exactly as train/train.py embeds an artifact's gallery and calibration photos."""
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    loader = DataLoader(
-        _PhotoDataset(samples, eval_transform(model.pretrained_cfg, normalize=False)),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for x in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
-            x = normalize_batch(x.to(device, non_blocking=True), model.pretrained_cfg)
-            out.append(model(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.output_dim), np.float32)
-
-
-def cached_embeddings(
-    model: EmbeddingModel, samples: Sequence[Sample], cache: str | None, desc: str, **embed_kw: Any
-) -> np.ndarray:
-    """``embed_samples`` with an optional on-disk cache keyed by the model's weights, preprocessing and photos.
-
-    On a 2-core CPU embedding the 8,144 training photos takes minutes; evaluating the same model
-    against several galleries or query sets should pay for it once.
-    """
-    if not cache:
-        return embed_samples(model, samples, desc=desc, **embed_kw)
-    import hashlib
-
-    from safetensors.numpy import load_file, save_file
-
-    h = hashlib.sha256(json.dumps(model.config(), sort_keys=True).encode())
-    for t in model.state_dict().values():
-        h.update(t.detach().cpu().float().numpy().tobytes())
-    h.update("\n".join(s.ref for s in samples).encode())
-    path = Path(cache) / f"emb-{h.hexdigest()[:20]}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["embeddings"]
-    emb = embed_samples(model, samples, desc=desc, **embed_kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"embeddings": np.ascontiguousarray(emb)}, str(tmp))
-    tmp.replace(path)  # atomic: a half-written cache file is never read
-    return emb
-
-
-def build_gallery(
-    model: EmbeddingModel, samples: Sequence[Sample], *, index: str = "flat", **embed_kw: Any
-) -> Gallery:
-    """A gallery of the given photos' embeddings, labelled by class name, referenced by path."""
-    gallery = Gallery(model.output_dim, index=index)
-    emb = embed_samples(model, samples, desc="gallery", **embed_kw)
-    gallery.add(emb, [s.class_name for s in samples], refs=[s.ref for s in samples])
-    return gallery
+    """Embed labelled photos (decoding in workers): :func:`vericar.embedding.embed`, kept under this name."""
+    return embed(model, samples, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc)
 
 
 def evaluate_embeddings(
@@ -134,7 +65,7 @@ def evaluate_embeddings(
     if len(kq):
         true = [query_names[i] for i in kq]
         top1 = {}
-        for level in ("model", "make", "type"):
+        for level in TOP1_LEVELS:
             t = [taxonomy.level_value(n, level) for n in true]
             # What the product shows: the per-level k-NN vote (Prediction.make / .type), or the
             # label's own value where the label set is flat.
@@ -211,8 +142,8 @@ def _embed_filtered(
     and then filtered, so runs with different filters share one cache file."""
     if not cache:
         samples = _filtered(samples, rule)
-        return samples, embed_samples(model, samples, desc=desc, **kw)
-    emb = cached_embeddings(model, samples, cache, desc, **kw)
+        return samples, embed(model, samples, desc=desc, **kw)
+    emb = cached_embeddings(model, samples, cache, desc=desc, **kw)
     if not rule:
         return samples, emb
     keep = parse_holdout(rule)
@@ -222,13 +153,7 @@ def _embed_filtered(
     return [samples[i] for i in rows], emb[rows]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """CLI entry point; returns the result dict."""
-    from ._runtime import tune_malloc
-    from .hub import load
-
-    tune_malloc()  # ~2x faster CPU embedding (vericar/_runtime.py)
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m vericar.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="model spec (default, local-dir:PATH, hf-hub:ORG/NAME, timm:...)")
     ap.add_argument("--detector", help="vehicle detector: queries go through the whole pipeline (detect, crop the "
@@ -256,13 +181,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:1 (float32 either way)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
 
-    rec = load(args.model, **({"detector": args.detector} if args.detector else {}))
-    rec.model.to(args.device)
-    # An experiment on preprocessing: the embeddings (and explanations) follow it.
+
+def _override_preprocess(rec: Recognizer, args: argparse.Namespace) -> None:
+    """``--input-size`` / ``--crop-mode``: an experiment on preprocessing; the embeddings (and explanations) follow it."""
     rec.model.preprocess = rec.model.preprocess.override(size=args.input_size, crop_mode=args.crop_mode)
-    kw = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+
+
+def _with_photos(rec: Recognizer, args: argparse.Namespace, kw: dict) -> Recognizer:
+    """``--gallery``: a gallery built from that CSV instead of the model's; ``--enroll``: photos added to it."""
     if args.gallery:
         g_samples, emb = _embed_filtered(rec.model, load_source(args.gallery, "train"), args.gallery_filter,
                                          args.cache, "gallery", kw)
@@ -277,6 +205,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rec.add_embeddings(emb, [s.class_name for s in e_samples], refs=[s.ref for s in e_samples])
     elif args.enroll_filter:
         raise VericarError("--enroll-filter needs --enroll CSV (it filters the photos to enroll).")
+    return rec
+
+
+def _set_ranking(rec: Recognizer, args: argparse.Namespace) -> None:
+    """``--k`` and ``--density-weight`` replace the model's own settings."""
     if args.k is not None:
         rec.k = args.k
     if args.density_weight is not None:
@@ -287,20 +220,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"{density.cfg}: the unknown flags use a mismatched threshold (AUROC/FPR95 do not use it); "
                   "re-calibrate with train/calibrate.py for a matching one.", file=sys.stderr)
         rec.density = density
-    queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
-    if len(rec.gallery) == 0:
-        raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
+
+
+def _answer_queries(rec: Recognizer, queries: list[Sample], args: argparse.Namespace,
+                    kw: dict) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Query embeddings, the photos in which the detector found nothing (None: no detector) and
+    the seconds taken to answer them: embedding, detection and cropping, search, vote and OOD."""
     t0 = time.perf_counter()
     missed = None
     if rec.detector.spec == "none":
-        q = embed_samples(rec.model, queries, desc="queries", **kw)
+        q = embed(rec.model, queries, desc="queries", **kw)
     else:  # timed too: detection and cropping are part of each answer
         from .scene import embed_main_vehicles
 
         q, missed = embed_main_vehicles(rec, [s.image for s in queries], batch_size=args.batch_size,
                                         progress=not args.no_progress)
     rec.predict_embeddings(q)  # timed: search + vote + OOD
-    elapsed = time.perf_counter() - t0
+    return q, missed, time.perf_counter() - t0
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """CLI entry point; returns the result dict. Bad input raises ``VericarError``."""
+    from ._runtime import tune_malloc
+    from .hub import load
+
+    tune_malloc()  # ~2x faster CPU embedding (vericar/_runtime.py)
+    args = _parser().parse_args(argv)
+    rec = load(args.model, **({"detector": args.detector} if args.detector else {}))
+    rec.model.to(args.device)
+    if args.input_size or args.crop_mode:
+        _override_preprocess(rec, args)
+    kw = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+    rec = _with_photos(rec, args, kw)
+    _set_ranking(rec, args)
+    queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
+    if len(rec.gallery) == 0:
+        raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
+    q, missed, elapsed = _answer_queries(rec, queries, args, kw)
     result = evaluate_embeddings(rec, q, [s.class_name for s in queries], missed)
     if missed is not None:
         result.update(detector=rec.detector.spec, no_detection=int(missed.sum()))

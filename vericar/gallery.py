@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _gallery_io
 from ._gallery_io import FORMAT_VERSION, JSON_NAME, GalleryParts
-from .errors import ArtifactError, GalleryError
+from .errors import ArtifactError, GalleryError, check_positive_int
 from .voting import knn_vote
 
 __all__ = ["FORMAT_VERSION", "INDEX_TYPES", "JSON_NAME", "Gallery", "GalleryError"]
@@ -51,8 +51,7 @@ class Gallery:
         ef_construction: int = 64,
         ef_search: int = 128,
     ) -> None:
-        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
-            raise GalleryError(f"dim must be a positive integer (the embedding size), got {dim!r}.")
+        check_positive_int(dim, "dim", GalleryError, "the embedding size")
         if index not in INDEX_TYPES:
             raise GalleryError(f"unknown index type {index!r}; use one of {', '.join(INDEX_TYPES)}.")
         for name, v in (("nprobe", nprobe), ("nlist", nlist), ("hnsw_m", hnsw_m),
@@ -215,8 +214,7 @@ class Gallery:
         Returns (scores (Q, k) float32, idx (Q, k) int64); missing neighbours (fewer than ``k``
         entries) are padded with score ``-inf`` and index ``-1``.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise GalleryError(f"k must be a positive integer, got {k!r}.")
+        check_positive_int(k, "k", GalleryError)
         q = self._check_embeddings(queries, "queries")
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
         idx = np.full((q.shape[0], k), -1, dtype=np.int64)

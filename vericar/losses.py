@@ -29,6 +29,8 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from torch import nn
 
+from .taxonomy import COARSE_TO_FINE
+
 __all__ = [
     "MultiSimilarity",
     "HiMSMin",
@@ -36,7 +38,7 @@ __all__ = [
     "level_label_tensors",
 ]
 
-DEFAULT_LEVELS: tuple[str, ...] = ("make", "type", "model")
+DEFAULT_LEVELS: tuple[str, ...] = COARSE_TO_FINE
 
 
 def _check_batch(embeddings: torch.Tensor, labels: torch.Tensor, name: str) -> None:

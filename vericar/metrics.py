@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
-from .errors import VericarError
+from .errors import VericarError, check_positive_int
 from .ood import threshold_at_tpr
 
 
@@ -23,9 +23,7 @@ class MetricError(VericarError, ValueError):
 
 
 def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise MetricError(f"k must be a positive integer, got {k!r}.")
-    return int(k)
+    return check_positive_int(k, "k", MetricError)
 
 
 def topk_accuracy(true: Sequence[Any], ranked: Sequence[Sequence[Any]], k: int) -> float:

@@ -14,8 +14,7 @@ from torch import nn
 
 from vericar.backbones import Backbone, create_backbone
 from vericar.config import ModelCfg, PreprocessCfg
-from vericar.errors import ArtifactError, ImageError, SpecError, VericarError
-from vericar.transforms import eval_transform
+from vericar.errors import ArtifactError, SpecError, VericarError
 
 __all__ = ["EmbeddingModel", "create_model", "embed_images"]
 
@@ -161,29 +160,7 @@ def create_model(spec: str, embed_dim: int = 128, pretrained: bool = True, *, ke
 def embed_images(
     model: EmbeddingModel, images: Sequence[Image.Image], batch_size: int = 32, progress: bool = False
 ) -> np.ndarray:
-    """Embed PIL images with the model's own eval preprocessing -> float32 array ``(N, output_dim)``."""
-    for i, img in enumerate(images):
-        if not isinstance(img, Image.Image):
-            raise ImageError(
-                f"images[{i}] is a {type(img).__name__}, not a PIL image; open files with vericar.images.open_image"
-            )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out = np.zeros((len(images), model.output_dim), dtype=np.float32)
-    transform = eval_transform(model.preprocess)
-    device = next(model.parameters()).device
-    starts = range(0, len(images), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    """Embed PIL images -> float32 ``(N, output_dim)``: :func:`vericar.embedding.embed`, kept under this name."""
+    from .embedding import embed
 
-        starts = tqdm(starts, desc="embedding", unit="batch")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in starts:
-                batch = [transform(img.convert("RGB")) for img in images[start : start + batch_size]]
-                out[start : start + len(batch)] = model(torch.stack(batch).to(device)).float().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
+    return embed(model, images, batch_size=batch_size, progress=progress)

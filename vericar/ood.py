@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import OODCfg
-from .errors import ArtifactError, VericarError
+from .errors import ArtifactError, VericarError, check_positive_int
 
 # Largest possible cosine distance; the score of a query with no neighbour at all.
 MAX_SCORE = 2.0
@@ -49,8 +49,7 @@ class KNNOOD:
     """
 
     def __init__(self, k: int = 10, threshold: float | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise OODError(f"k must be a positive integer, got {k!r}.")
+        check_positive_int(k, "k", OODError)
         if threshold is not None and not np.isfinite(float(threshold)):
             raise OODError(f"threshold must be a finite number or None, got {threshold!r}.")
         self.k = int(k)

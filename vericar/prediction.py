@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-# Levels reported in a Prediction, finest first. "model" is the full class label.
-PREDICTION_LEVELS = ("model", "make", "type", "year")
+from .taxonomy import LEVELS
+
+PREDICTION_LEVELS = LEVELS  # levels reported in a Prediction, finest first; "model" is the full class label
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont
 
 from .labels import md_text
+from .taxonomy import LEVELS
 
 if TYPE_CHECKING:
     from .recognizer import Recognizer
@@ -77,10 +78,10 @@ def prediction_dict(pred: Any) -> dict[str, Any]:
     """
     d = pred.to_dict()
     d["ood_score"] = finite(d["ood_score"])
-    d["confidence"] = {lvl: float(d["confidence"].get(lvl, 0.0)) for lvl in ("model", "make", "type", "year")}
+    d["confidence"] = {lvl: float(d["confidence"].get(lvl, 0.0)) for lvl in LEVELS}
     if d["unknown"]:
         withheld = {lvl for lvl in d["confidence"] if not pred.is_known(lvl)} | {"model", "year"}
-        d.update(label=None, **{lvl: None for lvl in ("make", "model", "type", "year") if lvl in withheld})
+        d.update(label=None, **{lvl: None for lvl in LEVELS if lvl in withheld})
         d["confidence"] = {k: 0.0 if k in withheld else v for k, v in d["confidence"].items()}
     d["neighbours"] = [{"label": n["label"], "score": finite(n["score"])} for n in d["neighbours"]]
     return d

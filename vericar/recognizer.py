@@ -20,10 +20,11 @@ from .calibration import Calibration
 from .config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from .density import DensityCorrection
 from .detect import Detector, create_detector
+from .embedding import embed
 from .errors import VericarError
 from .gallery import Gallery
 from .images import make_thumbnail, open_image
-from .model import EmbeddingModel, embed_images
+from .model import EmbeddingModel
 from .scene import main_crop, main_predictions, recognise
 from .ood import KNNOOD
 from .prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
@@ -108,7 +109,7 @@ class Recognizer:
         return self._embed_pil(pil)
 
     def _embed_pil(self, pil: Sequence[Any]) -> np.ndarray:
-        return embed_images(self.model, pil, batch_size=self.batch_size)
+        return embed(self.model, pil, batch_size=self.batch_size)
 
     # --------------------------------------------------------------- prediction
     def predict(self, image: Any) -> Prediction:

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from .detect import Box, Detector, NoDetector, clip_box
 from .prediction import Prediction
+from .taxonomy import LEVELS
 
 #: Margin added on each side of a detected box, as a fraction of the box's width / height.
 CROP_MARGIN = 0.0  # best of 0-0.2 on scene frames of train photos (README "Whole photos")
@@ -140,7 +141,7 @@ def no_vehicle() -> Any:
     """The answer for a photo in which no vehicle was found: no name, flagged, ``vehicle_found=False``."""
     return Prediction(label=None, make=None, model=None, type=None, year=None, confidence={}, unknown=True,
                       ood_score=float("inf"), vehicle_found=False,
-                      unknown_levels=["model", "make", "type", "year"])
+                      unknown_levels=list(LEVELS))
 
 
 def embed_main_vehicles(rec: Any, sources: Sequence[Any], *, batch_size: int = 32,

@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 __all__ = [
-    "LEVELS", "BODY_TYPES", "MULTI_WORD_MAKES", "OVERRIDES", "VehicleName", "parse_class_name",
+    "LEVELS", "COARSE_TO_FINE", "BODY_TYPES", "MULTI_WORD_MAKES", "OVERRIDES", "VehicleName", "parse_class_name",
     "Taxonomy", "vehicle_label",
 ]
 
 #: Prediction levels, finest first. "model" is the full class label (make + model + type + year).
 LEVELS: tuple[str, ...] = ("model", "make", "type", "year")
+#: The hierarchy the embedding is trained on (HiMS-Min), coarse to fine.
+COARSE_TO_FINE: tuple[str, ...] = ("make", "type", "model")
 
 #: Body designations recognised at the end of a name (before the year), canonical spelling.
 #: Longest match wins, so "Crew Cab" beats "Cab" and "Wagon Van" reads as model "... Wagon" + "Van".

@@ -100,11 +100,13 @@ def train_transform(
 def normalize_batch(x: torch.Tensor, cfg: PreprocessCfg | Mapping[str, Any]) -> torch.Tensor:
     """uint8 batch ``(B, 3, H, W)`` (or float already in [0, 1]) -> normalised float32, on ``x``'s device.
 
-    The same arithmetic as the ``normalize=True`` transforms, done where the model runs.
+    The same float32 operations as the ``normalize=True`` transforms (torchvision's ``ToDtype``
+    scales by ``1 / 255``, ``Normalize`` subtracts then divides), done where the model runs, so a
+    photo gives the same embedding bit for bit whichever side of the DataLoader normalises it.
     """
     if x.dtype == torch.uint8:
-        x = x.float() / 255.0
+        x = x.to(torch.float32).mul_(1.0 / 255)
     pre = _pre(cfg)
-    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+    mean = torch.tensor([float(m) for m in pre.mean], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor([float(s) for s in pre.std], device=x.device).view(1, -1, 1, 1)
+    return x.sub(mean).div_(std)
