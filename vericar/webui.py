@@ -1,4 +1,4 @@
-"""Gradio pieces of the app that are more than wiring: checked photo uploads and readable errors.
+"""Gradio pieces of the app that are more than wiring: its settings, checked photo uploads, readable errors.
 
 Gradio's own image preprocessing opens an upload with PIL before the app sees it, so a non-image,
 an empty file or a decompression bomb failed there with a bare red "Error" badge. ``PhotoInput``
@@ -8,16 +8,19 @@ server paths (``/tmp/gradio/<hash>/...``) out of every message a visitor reads.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import gradio as gr
 
 from .errors import VericarError
 from .images import open_image
+from .visitors import parse_rate, public_mode
 
 #: Where Gradio keeps uploads and outputs ($GRADIO_TEMP_DIR, else <tmp>/gradio).
 GRADIO_CACHE = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
@@ -25,6 +28,64 @@ GRADIO_CACHE = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir
 _SERVER_PATH = re.compile(r"(?:%s|/tmp|/var/tmp)/[^\s'\"),;]*" % re.escape(GRADIO_CACHE.rstrip("/")))
 #: How long Gradio keeps a file it cached (uploads, overlays), and how often it sweeps: (every, age) s.
 DELETE_CACHE = (600, 900)
+MAX_UPLOAD = "25mb"  # per file; a phone photo is a few MB, and enrolment takes at most 32 of them
+
+
+@dataclasses.dataclass(frozen=True)
+class AppSettings:
+    """Everything the app is configured with; ``from_env`` reads the $VERICAR_* variables."""
+
+    model: str = "default"  # a model spec: "default", "local-dir:PATH", "hf-hub:ORG/NAME"
+    detector: str | None = None  # None: the model's own vehicle detector
+    data_dir: str | None = None  # None: vericar.enrolled.default_data_dir()
+    gallery_images: str | None = None  # a dataset copy or hf-dataset:ORG/NAME: similar vehicles as photos
+    public: bool = False  # each visitor's vehicles belong to their session (vericar.visitors)
+    admin_token: str | None = None  # public mode: changes to the shared gallery need it
+    write_rate: tuple[int, float] = (10, 60.0)  # public mode: additions + removals per session per seconds
+    read_rate: tuple[int, float] = (60, 60.0)  # public mode: requests per session per seconds
+    mcp: bool = False  # also serve Gradio's MCP server
+    concurrency: int = 2  # model calls at once, across all events
+    queue_size: int = 256
+    max_upload: str = MAX_UPLOAD
+    delivery_s: float = 30.0  # how long an answer's files stay for the client to fetch them
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **given: Any) -> "AppSettings":
+        """Settings from ``env`` (default os.environ); keyword arguments that are not None win."""
+        env = os.environ if env is None else env
+        read = {
+            "model": env.get("VERICAR_MODEL") or None, "detector": env.get("VERICAR_DETECTOR") or None,
+            "data_dir": env.get("VERICAR_DATA_DIR") or None,
+            "gallery_images": env.get("VERICAR_GALLERY_IMAGES") or None,
+            "public": public_mode(env),
+            "admin_token": env.get("VERICAR_ADMIN_TOKEN") or None,
+            "write_rate": parse_rate(env.get("VERICAR_WRITE_RATE"), cls.write_rate),
+            "read_rate": parse_rate(env.get("VERICAR_READ_RATE"), cls.read_rate),
+            "mcp": (env.get("VERICAR_MCP") or "").strip().lower() in {"1", "true", "yes"},
+            "concurrency": int(env.get("VERICAR_CONCURRENCY") or cls.concurrency),
+            "queue_size": int(env.get("VERICAR_QUEUE_SIZE") or cls.queue_size),
+            "max_upload": env.get("VERICAR_MAX_UPLOAD") or None,
+            "delivery_s": float(env.get("VERICAR_DELIVERY_S") or cls.delivery_s),
+        }
+        merged = {k: v for k, v in {**read, **given}.items() if v is not None}
+        if "data_dir" in merged:
+            merged["data_dir"] = str(merged["data_dir"])
+        return cls(**merged)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn library errors (they say what to do) into gr.Error so the user sees them; server keeps serving."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (VericarError, ValueError) as e:  # ValueError: taxonomy.vehicle_label's form checks
+            raise gr.Error(user_message(str(e)), print_exception=False) from e
+
+    return wrapper
 
 
 def user_message(text: str) -> str:
