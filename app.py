@@ -39,7 +39,7 @@ from vericar.present import model_card
 from vericar.recognizer import Recognizer
 from vericar.tempfiles import RequestFiles
 from vericar.visitors import LocalVehicles, SessionVehicles, make_vehicles
-from vericar.webui import DELETE_CACHE, AppSettings, PhotoInput, user_errors
+from vericar.webui import DELETE_CACHE, AppSettings, FileInput, PhotoInput, user_errors
 
 log = logging.getLogger("vericar.app")
 ERROR_TITLE = "vericar: model not loaded"
@@ -110,8 +110,8 @@ def _add_tab(h: Handlers, public: bool, model_q: dict[str, Any]) -> tuple[gr.Mar
     gr.Markdown(PUBLIC_NOTE if public else LOCAL_NOTE)
     with gr.Row():
         with gr.Column():
-            photos = gr.File(label="Photos (2-10 work best)", file_count="multiple", file_types=["image"],
-                             type="filepath", elem_id="vericar-photos")
+            photos = FileInput(label="Photos (2-10 work best)", file_count="multiple", file_types=["image"],
+                               elem_id="vericar-photos")
             with gr.Row():
                 make, model = gr.Textbox(label="Make"), gr.Textbox(label="Model")
                 vtype, year = gr.Textbox(label="Type (e.g. Sedan, SUV)"), gr.Textbox(label="Year")
@@ -131,8 +131,8 @@ def _add_tab(h: Handlers, public: bool, model_q: dict[str, Any]) -> tuple[gr.Mar
 def _api(h: Handlers, model_q: dict[str, Any]) -> None:
     """API endpoints: hidden components, explicit names (gradio_client: api_name="/identify", ...)."""
     with gr.Row(visible=False):
-        a_img = gr.File(label="image", type="filepath")
-        a_imgs = gr.File(label="images", type="filepath", file_count="multiple")
+        a_img = FileInput(label="image")
+        a_imgs = FileInput(label="images", file_count="multiple")
         a_k = gr.Number(label="k", value=5, precision=0)
         a_label = gr.Textbox(label="label")
         a_json = gr.JSON(label="result")

@@ -79,6 +79,7 @@ class RequestFiles:
         self.delivery_s, self.pending_s = float(delivery_s), float(pending_s)
         self._uploads: set[str] = set()  # every upload path reported and not yet deleted
         self._pending: dict[str, list[float]] = {}  # upload path -> times of uploads no request has taken
+        self._inode: dict[str, int] = {}  # upload path -> the file last seen there (a new upload replaces it)
         self._holds: Counter[str] = Counter()  # upload path -> requests running with it + pages showing it
         self._shown: dict[tuple[str, str], list[str]] = {}  # (session, input) -> the uploads that input holds
         self._kept: dict[tuple[str, str], Path] = {}  # (session, output) -> the folder that page shows
@@ -102,6 +103,13 @@ class RequestFiles:
             for p in map(os.path.realpath, paths):
                 self._uploads.add(p)
                 self._pending.setdefault(p, []).append(now)
+                self._note_inode(p)
+
+    def _note_inode(self, path: str) -> None:
+        try:
+            self._inode[path] = os.stat(path).st_ino
+        except OSError:  # not moved into place yet (Gradio may finish an upload after answering)
+            pass
 
     def _take(self, path: str, session: str | None) -> None:
         """A request starts using ``path``: it holds it, taking one pending upload unless its page already had it."""
@@ -109,6 +117,7 @@ class RequestFiles:
         if not shown and self._pending.get(path):
             self._pending[path].pop(0)
         self._holds[path] += 1
+        self._note_inode(path)
 
     def _let_go(self, path: str) -> None:
         self._holds[path] -= 1
@@ -121,8 +130,24 @@ class RequestFiles:
             return
         self._pending.pop(path, None)
         self._uploads.discard(path)
-        if Path(path).parent.parent == self.cache:  # <cache>/<hash>/<name>: Gradio's upload layout
-            Path(path).unlink(missing_ok=True)
+        inode = self._inode.pop(path, None)
+        if Path(path).parent.parent != self.cache:  # only <cache>/<hash>/<name>: Gradio's upload layout
+            return
+        # Gradio moves an upload into place before it tells the upload set, so the same photo may just
+        # have been uploaded again, its use not counted yet: set the file aside, and put it back if it
+        # is not the one last seen here.
+        aside = Path(path).with_name(f".{uuid.uuid4().hex}.gone")
+        try:
+            os.rename(path, aside)
+        except OSError:
+            return
+        try:
+            if inode is None or os.stat(aside).st_ino == inode:
+                os.remove(aside)
+            else:
+                os.rename(aside, path)
+        except OSError:
+            pass
 
     # --------------------------------------------------------------- requests
     @contextmanager
@@ -175,7 +200,7 @@ class RequestFiles:
 
     # --------------------------------------------------------------- removal
     def _remove_later(self, folder: Path | None, after_s: float) -> None:
-        if folder is None:
+        if folder is None or not folder.exists():  # (made on first use: a request that wrote nothing has none)
             return
         if after_s <= 0:
             shutil.rmtree(folder, ignore_errors=True)
