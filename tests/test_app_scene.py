@@ -87,7 +87,7 @@ def test_similar_explain_and_enroll_from_whole_photos(served, frames):
 
 
 def test_scene_view_parts(served, frames):
-    rec = served[0].vericar_store.rec
+    rec = served[0].store.rec
     photo = Image.open(frames[0]["two"]).convert("RGB")
     preds = rec.predict_all(photo)
     drawn = draw_vehicles(photo, preds)

@@ -268,3 +268,70 @@ def test_boxes_on_every_vehicle_screenshot(tmp_path, monkeypatch):
     finally:
         app.demo.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def _cache_files(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*") if p.is_file()}
+
+
+def test_page_files_stay_while_shown_and_go_with_the_page(tmp_path, monkeypatch):
+    """Two pages with the same photo (one server file: Gradio names uploads by content). A's
+    results stay fetchable while A shows them, past the API's delivery time; A's leaving does not
+    remove B's pending upload; when both pages are closed, the Gradio cache holds what it held."""
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    tiny = make_artifact(tmp_path / "model")
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{tiny}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app, _ = _launch(importlib.import_module("app"), tiny, tmp_path / "data", delivery_s=1.0)
+    before = _cache_files(cache)
+    photo, new = tmp_path / "car.png", [tmp_path / "new0.png", tmp_path / "new1.png"]
+    vehicle_photo(0, 1).save(photo)
+    for i, p in enumerate(new):
+        vehicle_photo(78, i).save(p)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                a, b = (browser.new_context(viewport={"width": 1280, "height": 1000}).new_page() for _ in "ab")
+                for page in (a, b):
+                    page.goto(app.demo.local_url, wait_until="load")
+                    expect(page.locator("#vericar-photo input[type=file]")).to_have_count(1, timeout=60_000)
+                b.locator("#vericar-photo input[type=file]").set_input_files(str(photo))  # uploaded, not sent
+                expect(b.locator("#vericar-photo img")).to_be_visible(timeout=60_000)
+                a.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
+                a.locator("#vericar-identify").click()
+                expect(a.locator("#vericar-result")).to_contain_text(BASE[0], timeout=60_000)
+                expect(a.locator("#vericar-overlay img").last).to_be_visible(timeout=60_000)
+                a.get_by_role("tab", name="Add a vehicle").click()
+                a.locator("#vericar-photos input[type=file]").set_input_files([str(x) for x in new])
+                a.locator("#vericar-free textarea, #vericar-free input").first.fill("Pagemake Car Sedan 2020")
+                a.locator("#vericar-add").click()
+                expect(a.locator("#vericar-status")).to_contain_text("Added", timeout=60_000)
+                a.get_by_role("tab", name="Identify").click()
+                a.wait_for_timeout(2500)  # past the 1 s an API answer's files are kept
+                shown = [s for s in a.locator("#vericar-boxes img, #vericar-overlay img, #vericar-neighbours img")
+                         .evaluate_all("els => els.map(e => e.src)") if "/file=" in s]
+                assert len(shown) >= 3
+                assert all(a.request.get(s).status == 200 for s in shown), shown  # still there while shown
+                a.close()  # A leaves: its results, photo and enrolment photos go ...
+                assert _wait_for(lambda: app.files.counts()["kept"] == 0)
+                b.locator("#vericar-identify").click()  # ... but not B's upload of the same photo
+                expect(b.locator("#vericar-result")).to_contain_text(BASE[0], timeout=60_000)
+                assert a.context.request.get(shown[0]).status != 200
+                b.close()
+                assert _wait_for(lambda: _cache_files(cache) == before), sorted(_cache_files(cache) - before)
+            finally:
+                browser.close()
+    finally:
+        app.demo.close()
+
+
+def _wait_for(cond, timeout: float = 60.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not cond():
+        time.sleep(0.2)
+    return cond()
