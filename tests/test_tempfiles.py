@@ -140,7 +140,7 @@ def test_full_cycles_leave_no_file_behind(isolated, tmp_path):
     before = _files(cache)
     photo = tmp_path / "known.png"
     vehicle_photo(0, 1).save(photo)  # visitors A and B send this same file: one shared server path
-    news = [_photos(tmp_path / v, 900 + i, 2, "new") for i, v in enumerate("ab") if (tmp_path / v).mkdir() is None]
+    news = [_photos(tmp_path, 900 + i, 2, "new") for i in range(2)]  # each visitor's own new vehicle
     with ThreadPoolExecutor(2) as pool:  # two visitors at once, three cycles each
         outs = list(pool.map(lambda i: _cycle(app.demo.local_url, tmp_path / f"dl{i}", str(photo), news[i % 2],
                                               f"Tempmake Car{i} Sedan 2020"), range(6)))

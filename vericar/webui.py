@@ -69,7 +69,8 @@ class AppSettings:
             "max_upload": env.get("VERICAR_MAX_UPLOAD") or None,
             "delivery_s": float(env.get("VERICAR_DELIVERY_S") or cls.delivery_s),
         }
-        merged = {k: v for k, v in {**read, **given}.items() if v is not None}
+        merged = {k: v for k, v in read.items() if v is not None}
+        merged.update((k, v) for k, v in given.items() if v is not None)
         if "data_dir" in merged:
             merged["data_dir"] = str(merged["data_dir"])
         return cls(**merged)
