@@ -147,8 +147,8 @@ def _api(h: Handlers, model_q: dict[str, Any]) -> None:
     if isinstance(vehicles, SessionVehicles):  # the shared gallery changes only with the admin token
         a_token = gr.Textbox(label="token", visible=False)
 
-        def admin_enroll(token: str, images: list[str] | None, label: str) -> dict[str, Any]:
-            return vehicles.admin_enroll(token, list(images or []), label)
+        def admin_enroll(tok: str, ims: list[str] | None, lab: str) -> dict[str, Any]:  # (the API's parameter names)
+            return vehicles.admin_enroll(tok, list(ims or []), lab)
 
         trigger.click(user_errors(admin_enroll), [a_token, a_imgs, a_label], [a_json], api_name="admin_enroll",
                       **model_q)
