@@ -13,13 +13,13 @@ GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify,
 /enroll, /remove. A request's uploads and the files written for its answer are removed once it is
 done (vericar.tempfiles).
 
-Importing this module builds ``demo`` from the environment (a page saying why, if the model cannot
-load); ``create_app(...)`` builds one from arguments.
+Run as a script, ``demo`` is built from the options and the environment, then launched; imported,
+from the environment (a page saying why, if the model cannot load); ``create_app(...)`` builds one
+from arguments.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -31,16 +31,17 @@ from gradio.utils import get_upload_folder
 
 from vericar import hub
 from vericar._runtime import tune_malloc
-from vericar.enrolled import EnrolledStore, default_data_dir
+from vericar.enrolled import default_data_dir
 from vericar.errors import VericarError
 from vericar.gallery_images import image_source, page_examples
 from vericar.handlers import Handlers
 from vericar.present import model_card
 from vericar.recognizer import Recognizer
 from vericar.tempfiles import RequestFiles
-from vericar.visitors import LocalVehicles, SessionVehicles, make_vehicles
-from vericar.webui import DELETE_CACHE, AppSettings, FileInput, PhotoInput, user_errors
+from vericar.visitors import SessionVehicles, make_vehicles
+from vericar.webui import DELETE_CACHE, AppSettings, FileInput, PhotoInput, VericarApp, launch_options, user_errors
 
+__all__ = ["AppSettings", "VericarApp", "build_app", "create_app", "demo", "error_demo", "launch_options"]
 log = logging.getLogger("vericar.app")
 ERROR_TITLE = "vericar: model not loaded"
 PUBLIC_NOTE = ("Add a vehicle the model does not know: a few photos and its name. It is recognised in your next "
@@ -48,38 +49,6 @@ PUBLIC_NOTE = ("Add a vehicle the model does not know: a few photos and its name
                "visitors never see them, at most 5) and are forgotten when you close the page.")
 LOCAL_NOTE = ("Add a vehicle the model does not know: a few photos and its name. It is recognised on the very "
               "next request and kept across restarts; no retraining.")
-
-
-@dataclasses.dataclass
-class VericarApp:
-    """The built app: the Blocks to serve and the state its events share (for callers and tests)."""
-
-    demo: gr.Blocks
-    vehicles: LocalVehicles | SessionVehicles
-    files: RequestFiles
-    settings: AppSettings
-
-    @property
-    def store(self) -> EnrolledStore:
-        """The persistent store of enrolled vehicles (the shared one in public mode)."""
-        return self.vehicles.store
-
-    def launch(self, **kwargs: Any) -> Any:
-        """``demo.launch`` with this app's launch options (``kwargs`` win)."""
-        return self.demo.launch(**{**launch_options(self.settings), **kwargs})
-
-
-def launch_options(settings: AppSettings | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch()``: the upload cap, and Gradio's MCP server when asked for.
-
-    They can only be given to launch(): Blocks.launch() overwrites any max_file_size set on the
-    Blocks beforehand. ``settings`` default: AppSettings.from_env().
-    """
-    settings = settings or AppSettings.from_env()
-    opts: dict[str, Any] = {"max_file_size": settings.max_upload}
-    if settings.mcp:
-        opts["mcp_server"] = True  # LLM agents call /identify, /similar, ... as MCP tools (needs gradio[mcp])
-    return opts
 
 
 def _identify_tab(h: Handlers, examples: tuple[list[str], str, str], model_q: dict[str, Any]) -> None:
@@ -217,8 +186,9 @@ def load_demo() -> gr.Blocks:
         return error_demo(str(e))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python app.py``: parse options, load the model, serve."""
+def from_command_line(argv: list[str] | None = None) -> VericarApp:
+    """``python app.py [options]``: parse them (each wins over its $VERICAR_* variable) and load the
+    model; exits with the reason when it cannot load."""
     ap = argparse.ArgumentParser(description="vericar Gradio app")
     ap.add_argument("--model", default=None, help=f"model spec (default $VERICAR_MODEL or 'default'); {hub.SPEC_HELP}")
     ap.add_argument("--data-dir", default=None, help="where added vehicles are kept (default $VERICAR_DATA_DIR)")
@@ -231,13 +201,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
     try:
-        app = create_app(args.model, args.data_dir, args.gallery_images, args.detector)
+        return create_app(args.model, args.data_dir, args.gallery_images, args.detector)
     except VericarError as e:
         sys.exit(f"error: {e}")
-    app.launch()  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself
 
 
+# `demo` at module level in both cases: `gradio app.py` (reload mode) runs this file as __main__ and
+# looks `demo` up there after each reload.
 if __name__ == "__main__":
-    main()
-else:  # importers (tests, Python callers, Gradio's reload mode) find `demo` here
+    served = from_command_line()
+    demo = served.demo
+    served.launch()  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself
+else:  # importers (tests, Python callers) get the app configured by the environment
     demo = load_demo()

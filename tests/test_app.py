@@ -95,7 +95,7 @@ def _free_port() -> int:
 
 def _launch(app_module, artifact: Path, data_dir: Path, rec: Recognizer | None = None, **settings):
     """build_app over ``rec`` (default: a fresh load of ``artifact``), settings from the environment and
-    ``settings``, launched as main() does. Returns (the app, a gradio_client.Client)."""
+    ``settings``, launched as `python app.py` does. Returns (the app, a gradio_client.Client)."""
     rec = rec or hub.load(f"local-dir:{artifact}")
     app = app_module.build_app(rec, app_module.AppSettings.from_env(model=f"local-dir:{artifact}",
                                                                     data_dir=data_dir, **settings))

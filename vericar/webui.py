@@ -20,9 +20,11 @@ import gradio as gr
 from gradio.utils import NamedString
 from gradio_client import utils as client_utils
 
+from .enrolled import EnrolledStore
 from .errors import VericarError
 from .images import open_image
-from .visitors import parse_rate, public_mode
+from .tempfiles import RequestFiles
+from .visitors import LocalVehicles, SessionVehicles, parse_rate, public_mode
 
 #: Where Gradio keeps uploads and outputs ($GRADIO_TEMP_DIR, else <tmp>/gradio).
 GRADIO_CACHE = os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
@@ -74,6 +76,38 @@ class AppSettings:
         if "data_dir" in merged:
             merged["data_dir"] = str(merged["data_dir"])
         return cls(**merged)
+
+
+@dataclasses.dataclass
+class VericarApp:
+    """The built app: the Blocks to serve and the state its events share (for callers and tests)."""
+
+    demo: gr.Blocks
+    vehicles: LocalVehicles | SessionVehicles
+    files: RequestFiles
+    settings: AppSettings
+
+    @property
+    def store(self) -> EnrolledStore:
+        """The persistent store of enrolled vehicles (the shared one in public mode)."""
+        return self.vehicles.store
+
+    def launch(self, **kwargs: Any) -> Any:
+        """``demo.launch`` with this app's launch options (``kwargs`` win)."""
+        return self.demo.launch(**{**launch_options(self.settings), **kwargs})
+
+
+def launch_options(settings: AppSettings | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``demo.launch()``: the upload cap, and Gradio's MCP server when asked for.
+
+    They can only be given to launch(): Blocks.launch() overwrites any max_file_size set on the
+    Blocks beforehand. ``settings`` default: AppSettings.from_env().
+    """
+    settings = settings or AppSettings.from_env()
+    opts: dict[str, Any] = {"max_file_size": settings.max_upload}
+    if settings.mcp:
+        opts["mcp_server"] = True  # LLM agents call /identify, /similar, ... as MCP tools (needs gradio[mcp])
+    return opts
 
 
 def user_errors(fn: Callable) -> Callable:
