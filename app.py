@@ -10,8 +10,8 @@ $VERICAR_CONCURRENCY (model calls at once across all events, default 2), $VERICA
 25mb), $VERICAR_PUBLIC=1 (the default on a Space: each visitor's vehicles stay in their session,
 vericar.visitors), $VERICAR_MCP=1 (also serve Gradio's MCP server). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar, /explain,
-/enroll, /remove. A request's uploads and the files written for its answer are removed once it is
-done (vericar.tempfiles).
+/enroll, /remove. Uploads and the files written for an answer are removed once no request or
+open page uses them; an API answer's files stay $VERICAR_DELIVERY_S (30) s to be fetched (vericar.tempfiles).
 
 Run as a script, ``demo`` is built from the options and the environment, then launched; imported,
 from the environment (a page saying why, if the model cannot load); ``create_app(...)`` builds one
