@@ -3,7 +3,7 @@
     python benchmarks/app_latency.py [--model default] [--calls 50] [--clients 8] [--json out.json]
     python benchmarks/app_latency.py --url http://127.0.0.1:7860   # an app that is already running
 
-Without --url the app is launched in-process (app.build_demo) on a free port over --model, with a
+Without --url the app is launched in-process (app.create_app) on a free port over --model, with a
 throw-away data dir. The photo is a synthetic drawing unless --image names a file. ``--floor``
 also times the same upload to an endpoint that does nothing (a bare Gradio app served the same
 way): the part of the round trip no model or app code can remove.
@@ -146,7 +146,7 @@ def _bench(args: argparse.Namespace) -> dict:
             tune_malloc()  # as `python app.py` does: this process is the server
             import app  # noqa: PLC0415 - the repo-root app module
 
-            if not hasattr(app.demo, "vericar_store"):  # the error page: say why the model did not load
+            if app.demo.title == app.ERROR_TITLE:  # the error page: say why the model did not load
                 app.create_app(args.model)
             demo = app.demo
             demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)

@@ -93,20 +93,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(app_module, artifact: Path, data_dir: Path, rec: Recognizer | None = None, **build):
-    """build_demo over ``rec`` (default: a fresh load of ``artifact``), launched as main() does."""
+def _launch(app_module, artifact: Path, data_dir: Path, rec: Recognizer | None = None, **settings):
+    """build_app over ``rec`` (default: a fresh load of ``artifact``), settings from the environment and
+    ``settings``, launched as `python app.py` does. Returns (the app, a gradio_client.Client)."""
     rec = rec or hub.load(f"local-dir:{artifact}")
-    demo = app_module.build_demo(rec, data_dir, spec=f"local-dir:{artifact}", **build)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True,
-                **app_module.launch_options())
-    return demo, Client(demo.local_url, verbose=False)
+    app = app_module.build_app(rec, app_module.AppSettings.from_env(model=f"local-dir:{artifact}",
+                                                                    data_dir=data_dir, **settings))
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)
+    return app, Client(app.demo.local_url, verbose=False)
 
 
 @pytest.fixture(scope="module")
 def served(app_module, artifact, tmp_path_factory):
-    demo, client = _launch(app_module, artifact, tmp_path_factory.mktemp("data"))
-    yield demo, client
-    demo.close()
+    app, client = _launch(app_module, artifact, tmp_path_factory.mktemp("data"))
+    yield app, client
+    app.demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +148,8 @@ def test_identify(served, photo):
 
 
 def test_unknown_gets_no_name(served, photo):
-    demo, client = served
-    rec = demo.vericar_store.rec
+    app, client = served
+    rec = app.store.rec
     known = client.predict(handle_file(photo), api_name="/identify")
     assert known["unknown"] is False and known["label"] == BASE[0]
     threshold = rec.ood.threshold
@@ -167,8 +168,8 @@ def test_identify_gives_a_partial_answer(served, photo):
     """The model-level check fires but the make is confident: /identify names the make only."""
     from vericar.calibration import Calibration
 
-    demo, client = served
-    rec = demo.vericar_store.rec
+    app, client = served
+    rec = app.store.rec
     threshold, calibration = rec.ood.threshold, rec.calibration
     rec.ood.threshold = -1.0  # every score is above it: the model level is unknown
     # make: named when its confidence clears 0.5; type: no threshold, so never named for an unknown model
@@ -195,8 +196,8 @@ def test_similar_and_explain(served, photo):
 
 
 def test_enroll_identify_remove(served, tmp_path):
-    demo, client = served
-    rec = demo.vericar_store.rec
+    app, client = served
+    rec = app.store.rec
     paths = _photos(tmp_path, 501, 3, "new")
     status = client.predict([handle_file(p) for p in paths], NEW, api_name="/enroll")
     assert status["label"] == NEW and status["added"] == 3 and NEW in status["enrolled"]
@@ -215,7 +216,7 @@ def test_enroll_identify_remove(served, tmp_path):
     assert gone["removed"] == 3 and NEW not in gone["enrolled"]
     after = client.predict(handle_file(paths[1]), api_name="/identify")
     assert NEW not in {n["label"] for n in after["neighbours"]}
-    assert not (Path(demo.vericar_store.dir) / "gallery.json").read_text().count(NEW)
+    assert not (Path(app.store.dir) / "gallery.json").read_text().count(NEW)
 
 
 def test_bad_input_then_still_serving(served, photo, tmp_path):
@@ -289,9 +290,9 @@ def test_model_calls_share_one_concurrency_limit(app_module, artifact, tmp_path,
 
     for name in ("predict", "similar", "explain", "enroll", "remove"):
         setattr(rec, name, counted(getattr(rec, name)))
-    demo, client = _launch(app_module, artifact, tmp_path / "data", rec=rec, concurrency=1)
+    app, client = _launch(app_module, artifact, tmp_path / "data", rec=rec, concurrency=1)
     try:
-        groups = {(f.name, f.concurrency_id, f.concurrency_limit) for f in demo.fns.values()
+        groups = {(f.name, f.concurrency_id, f.concurrency_limit) for f in app.demo.fns.values()
                   if f.name in MODEL_EVENTS}
         assert {g[0] for g in groups} == MODEL_EVENTS and {g[1:] for g in groups} == {("model", 1)}
         calls = [("/identify", (handle_file(photo),)), ("/similar", (handle_file(photo), 3)),
@@ -299,25 +300,25 @@ def test_model_calls_share_one_concurrency_limit(app_module, artifact, tmp_path,
         with ThreadPoolExecutor(len(calls)) as pool:
             outs = list(pool.map(lambda c: client.predict(*c[1], api_name=c[0]), calls))
     finally:
-        demo.close()
+        app.demo.close()
     assert len(outs) == 9 and outs[0]["label"] == BASE[0] and state["most"] == 1
 
 
 def test_enrolled_survive_restart(app_module, artifact, tmp_path):
     data = tmp_path / "data"
     paths = _photos(tmp_path, 601, 2, "keep")
-    demo, client = _launch(app_module, artifact, data)
+    app, client = _launch(app_module, artifact, data)
     try:
         client.predict([handle_file(p) for p in paths], NEW, api_name="/enroll")
     finally:
-        demo.close()
-    demo, client = _launch(app_module, artifact, data)  # a fresh model load over the same data dir
+        app.demo.close()
+    app, client = _launch(app_module, artifact, data)  # a fresh model load over the same data dir
     try:
         out = client.predict(handle_file(paths[0]), api_name="/identify")
         assert out["neighbours"][0]["label"] == NEW
-        assert demo.vericar_store.summary() == [(NEW, 2)]
+        assert app.store.summary() == [(NEW, 2)]
     finally:
-        demo.close()
+        app.demo.close()
 
 
 def test_model_card_and_examples(artifact, tmp_path):

@@ -23,9 +23,9 @@ NEW = "Realmake Photo Sedan 2013"
 @pytest.fixture(scope="module")
 def served(app_module, artifact, tmp_path_factory):  # noqa: F811
     rec = hub.load(f"local-dir:{artifact}", detector=SSD)
-    demo, client = _launch(app_module, artifact, tmp_path_factory.mktemp("data"), rec=rec)
-    yield demo, client
-    demo.close()
+    app, client = _launch(app_module, artifact, tmp_path_factory.mktemp("data"), rec=rec)
+    yield app, client
+    app.demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_identify_lists_every_vehicle(served, frames):
 
 
 def test_no_vehicle_is_an_answer_not_an_error(served, frames):
-    demo, client = served
-    rec = demo.vericar_store.rec
+    app, client = served
+    rec = app.store.rec
     threshold, rec.ood.threshold = rec.ood.threshold, -1.0  # the street does not look like a known vehicle
     try:
         out = client.predict(handle_file(frames[0]["none"]), api_name="/identify")
@@ -71,7 +71,7 @@ def test_no_vehicle_is_an_answer_not_an_error(served, frames):
 
 
 def test_similar_explain_and_enroll_from_whole_photos(served, frames):
-    demo, client = served
+    app, client = served
     paths, _, one_truth = frames
     sim = client.predict(handle_file(paths["two"]), 3, api_name="/similar")
     assert len(sim) == 3
@@ -87,7 +87,7 @@ def test_similar_explain_and_enroll_from_whole_photos(served, frames):
 
 
 def test_scene_view_parts(served, frames):
-    rec = served[0].vericar_store.rec
+    rec = served[0].store.rec
     photo = Image.open(frames[0]["two"]).convert("RGB")
     preds = rec.predict_all(photo)
     drawn = draw_vehicles(photo, preds)

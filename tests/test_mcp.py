@@ -12,11 +12,11 @@ pytest.importorskip("mcp", reason="the gradio[mcp] extra is not installed")
 def test_mcp_tools_listed(app_module, artifact, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("VERICAR_MCP", "1")
     assert app_module.launch_options()["mcp_server"] is True
-    demo, _ = _launch(app_module, artifact, tmp_path / "data")
+    app, _ = _launch(app_module, artifact, tmp_path / "data")
     try:
-        schema = httpx.get(demo.local_url.rstrip("/") + "/gradio_api/mcp/schema", timeout=30).json()
+        schema = httpx.get(app.demo.local_url.rstrip("/") + "/gradio_api/mcp/schema", timeout=30).json()
     finally:
-        demo.close()
+        app.demo.close()
     names = {t["name"] for t in schema}
     assert any(n.endswith("identify") for n in names) and any(n.endswith("similar") for n in names), names
     monkeypatch.delenv("VERICAR_MCP")

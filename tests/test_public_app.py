@@ -26,10 +26,10 @@ def public(app_module, artifact, tmp_path_factory):  # noqa: F811
     mp.setenv("VERICAR_PUBLIC", "1")
     mp.setenv("VERICAR_ADMIN_TOKEN", TOKEN)
     mp.setenv("VERICAR_WRITE_RATE", "8/60")
-    demo, client = _launch(app_module, artifact, tmp_path_factory.mktemp("data"))
+    app, client = _launch(app_module, artifact, tmp_path_factory.mktemp("data"))
     mp.undo()
-    yield demo, client
-    demo.close()
+    yield app, client
+    app.demo.close()
 
 
 def call(client: Client, *args, api_name: str) -> tuple[object, str]:
@@ -41,8 +41,8 @@ def call(client: Client, *args, api_name: str) -> tuple[object, str]:
 
 
 def test_two_visitors_cannot_see_or_remove_each_other(public, tmp_path):
-    demo, _ = public
-    a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+    app, _ = public
+    a, b = Client(app.demo.local_url, verbose=False), Client(app.demo.local_url, verbose=False)
     pa, pb = _photos(tmp_path, 501, 3, "a"), _photos(tmp_path, 502, 3, "b")
     out, err = call(a, [handle_file(p) for p in pa], NEW, api_name="/enroll")
     assert not err and out["enrolled"] == [NEW]
@@ -59,16 +59,16 @@ def test_two_visitors_cannot_see_or_remove_each_other(public, tmp_path):
     assert out is None and NEW in err and OTHER in err  # A asked for OTHER by name; only A's own are listed
     assert "yours: " + NEW in err
     assert a.predict(handle_file(pa[1]), api_name="/identify")["label"] == NEW  # still there for A
-    vehicles = demo.vericar_vehicles
+    vehicles = app.vehicles
     assert vehicles.public and len(vehicles.rec.gallery) == 24  # the shared gallery never changed
-    assert not (Path(demo.vericar_store.dir) / "gallery.json").exists()
+    assert not (Path(app.store.dir) / "gallery.json").exists()
     assert a.predict(NEW, api_name="/remove")["removed"] == 3
     assert b.predict(handle_file(pb[0]), api_name="/identify")["label"] == OTHER
 
 
 def test_cap_and_rate_limit(public, tmp_path):
-    demo, _ = public
-    c = Client(demo.local_url, verbose=False)
+    app, _ = public
+    c = Client(app.demo.local_url, verbose=False)
     p = _photos(tmp_path, 601, 1, "c")
     for i in range(5):
         out, err = call(c, [handle_file(p[0])], f"Capmake Car{i} Sedan 2020", api_name="/enroll")
@@ -83,8 +83,8 @@ def test_cap_and_rate_limit(public, tmp_path):
 
 
 def test_shared_gallery_needs_the_admin_token(public, tmp_path):
-    demo, _ = public
-    a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+    app, _ = public
+    a, b = Client(app.demo.local_url, verbose=False), Client(app.demo.local_url, verbose=False)
     p = _photos(tmp_path, 701, 2, "s")
     for token in ("", "wrong", TOKEN[:-1]):
         out, err = call(a, token, [handle_file(x) for x in p], "Shared Car Sedan 2022", api_name="/admin_enroll")
@@ -102,14 +102,14 @@ def test_shared_gallery_needs_the_admin_token(public, tmp_path):
     ("Evil \u202eCar", "U+202E"),
 ])
 def test_hostile_labels_refused(public, photo_path, label, match):
-    demo, _ = public
-    out, err = call(Client(demo.local_url, verbose=False), [handle_file(photo_path)], label, api_name="/enroll")
+    app, _ = public
+    out, err = call(Client(app.demo.local_url, verbose=False), [handle_file(photo_path)], label, api_name="/enroll")
     assert out is None and match in err
 
 
 def test_html_and_markdown_labels_are_text(public, photo_path):
-    demo, _ = public
-    c = Client(demo.local_url, verbose=False)
+    app, _ = public
+    c = Client(app.demo.local_url, verbose=False)
     for label in ('<img src="http://host/pixel.png" width=400>', "[click me](http://evil.example)"):
         out, err = call(c, [handle_file(photo_path)], label, api_name="/enroll")
         assert not err and out["label"] == label  # stored as typed; shown escaped (test_labels, browser test)
@@ -144,7 +144,7 @@ def bad_uploads(tmp: Path) -> dict[str, Path]:
 
 
 def test_bad_uploads_name_the_file_not_the_server_path(public, tmp_path, photo_path):
-    demo, client = public
+    app, client = public
     for name, path in bad_uploads(tmp_path).items():
         for args, api in (((handle_file(str(path)),), "/identify"), ((handle_file(str(path)), 3), "/similar"),
                           (([handle_file(photo_path), handle_file(str(path))], "Bad Upload Car 2020"), "/enroll")):

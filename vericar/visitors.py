@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class RateLimit:
             self._hits.pop(key, None)
 
 
-def _parse_rate(text: str | None, default: tuple[int, float]) -> tuple[int, float]:
+def parse_rate(text: str | None, default: tuple[int, float]) -> tuple[int, float]:
     """'N/SECONDS' (e.g. '10/60') from the environment, else ``default``."""
     if not text:
         return default
@@ -260,11 +260,12 @@ class SessionVehicles:
         return self.store.remove(label)
 
 
-def public_mode() -> bool:
+def public_mode(env: Mapping[str, str] | None = None) -> bool:
     """$VERICAR_PUBLIC is 1/true/yes; when it is unset, a Hugging Face Space ($SYSTEM=spaces) is public."""
-    flag = os.environ.get("VERICAR_PUBLIC")
+    env = os.environ if env is None else env
+    flag = env.get("VERICAR_PUBLIC")
     if flag is None or not flag.strip():
-        return os.environ.get("SYSTEM") == "spaces"
+        return env.get("SYSTEM") == "spaces"
     return flag.strip().lower() in {"1", "true", "yes"}
 
 
@@ -278,6 +279,6 @@ def make_vehicles(rec: Recognizer, data_dir: str | os.PathLike, *, public: bool 
     if not (public_mode() if public is None else public):
         return LocalVehicles(store)
     kw.setdefault("admin_token", os.environ.get("VERICAR_ADMIN_TOKEN"))
-    kw.setdefault("write_rate", _parse_rate(os.environ.get("VERICAR_WRITE_RATE"), (10, 60.0)))
-    kw.setdefault("read_rate", _parse_rate(os.environ.get("VERICAR_READ_RATE"), (60, 60.0)))
+    kw.setdefault("write_rate", parse_rate(os.environ.get("VERICAR_WRITE_RATE"), (10, 60.0)))
+    kw.setdefault("read_rate", parse_rate(os.environ.get("VERICAR_READ_RATE"), (60, 60.0)))
     return SessionVehicles(store, **kw)

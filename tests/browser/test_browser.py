@@ -60,12 +60,12 @@ def test_upload_identify_screenshot(tmp_path, monkeypatch):
     spec = os.environ.get("VERICAR_BROWSER_MODEL")
     screenshot = Path(os.environ.get("VERICAR_SCREENSHOT") or tmp_path / "screenshot.png")
     if spec and not spec.startswith("local-dir:"):
-        demo = app_module.create_app(spec, tmp_path / "data")
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app_module.launch_options())
-        client = Client(demo.local_url, verbose=False)
+        app = app_module.create_app(spec, tmp_path / "data")
+        app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        client = Client(app.demo.local_url, verbose=False)
     else:
         artifact = Path(spec[len("local-dir:"):]) if spec else tiny
-        demo, client = _launch(app_module, artifact, tmp_path / "data")
+        app, client = _launch(app_module, artifact, tmp_path / "data")
     photo = tmp_path / "car.png"
     vehicle_photo(0, 1).save(photo)  # one of the tiny model's "Audi A4 Sedan 2012" photos
     try:
@@ -74,7 +74,7 @@ def test_upload_identify_screenshot(tmp_path, monkeypatch):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(demo.local_url, wait_until="load")
+                page.goto(app.demo.local_url, wait_until="load")
                 page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
                 page.locator("#vericar-identify").click()
                 result = page.locator("#vericar-result")
@@ -93,7 +93,7 @@ def test_upload_identify_screenshot(tmp_path, monkeypatch):
             finally:
                 browser.close()
     finally:
-        demo.close()
+        app.demo.close()
     assert screenshot.stat().st_size > 10_000
 
 
@@ -119,7 +119,7 @@ def _toast(page) -> str:
 
 
 def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monkeypatch):
-    demo, client = _public_app(tmp_path, monkeypatch)
+    app, client = _public_app(tmp_path, monkeypatch)
     photos = []
     for shot in range(2):
         p = tmp_path / f"new{shot}.png"
@@ -136,7 +136,7 @@ def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monk
                 fetched = []
                 a.on("request", lambda r: fetched.append(r.url) if "pixel.png" in r.url else None)
                 for page in (a, b):  # (public mode keeps a heartbeat open for the unload event: no "networkidle")
-                    page.goto(demo.local_url, wait_until="load")
+                    page.goto(app.demo.local_url, wait_until="load")
                     expect(page.locator("#vericar-photo input[type=file]")).to_have_count(1, timeout=60_000)
                 # A non-image in the Identify tab: vericar's message, naming the file, not the server path.
                 b.locator("#vericar-photo input[type=file]").set_input_files(str(notes))
@@ -168,17 +168,17 @@ def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monk
                 assert a.locator("img[src*='pixel.png']").count() == 0 and not fetched
                 assert a.locator("a[href*='127.0.0.1:9']").count() == 0  # the Markdown link stayed text everywhere
                 # A closes the page: the session ends and its vehicles are freed.
-                assert demo.vericar_vehicles.sessions() == 1
+                assert app.vehicles.sessions() == 1
                 a.close()
                 for _ in range(120):
-                    if demo.vericar_vehicles.sessions() == 0:
+                    if app.vehicles.sessions() == 0:
                         break
                     b.wait_for_timeout(500)
-                assert demo.vericar_vehicles.sessions() == 0
+                assert app.vehicles.sessions() == 0
             finally:
                 browser.close()
     finally:
-        demo.close()
+        app.demo.close()
 
 
 CARS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "stanford_cars"
@@ -195,8 +195,8 @@ def test_photo_tiles_and_model_card_screenshots(tmp_path, monkeypatch):
     monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
     monkeypatch.delitem(sys.modules, "app", raising=False)
     app_module = importlib.import_module("app")
-    demo = app_module.create_app("default", tmp_path / "data", gallery_images=str(CARS))
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app_module.launch_options())
+    app = app_module.create_app("default", tmp_path / "data", gallery_images=str(CARS))
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     out = Path(os.environ.get("VERICAR_DOCS_DIR") or tmp_path)
     photo = CARS / "dev" / "00009.jpg"  # a BMW X5 SUV 2007 of the test split
     try:
@@ -204,7 +204,7 @@ def test_photo_tiles_and_model_card_screenshots(tmp_path, monkeypatch):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(demo.local_url, wait_until="load")
+                page.goto(app.demo.local_url, wait_until="load")
                 expect(page.get_by_text("Examples (Stanford Cars test photos)")).to_be_visible(timeout=60_000)
                 page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
                 page.locator("#vericar-identify").click()
@@ -225,7 +225,7 @@ def test_photo_tiles_and_model_card_screenshots(tmp_path, monkeypatch):
             finally:
                 browser.close()
     finally:
-        demo.close()
+        app.demo.close()
     assert (out / "identify.png").stat().st_size > 50_000
 
 
@@ -246,16 +246,16 @@ def test_boxes_on_every_vehicle_screenshot(tmp_path, monkeypatch):
                      size=(1000, 640))
     photo = tmp_path / "street.jpg"
     frame.save(photo, quality=92)
-    demo = app_module.create_app(spec, tmp_path / "data", detector=SSD)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app_module.launch_options())
+    app = app_module.create_app(spec, tmp_path / "data", detector=SSD)
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
-        want = Client(demo.local_url, verbose=False).predict(handle_file(str(photo)), api_name="/identify")
+        want = Client(app.demo.local_url, verbose=False).predict(handle_file(str(photo)), api_name="/identify")
         assert len(want["vehicles"]) == 3
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1100})
-                page.goto(demo.local_url, wait_until="load")
+                page.goto(app.demo.local_url, wait_until="load")
                 page.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
                 page.locator("#vericar-identify").click()
                 result = page.locator("#vericar-result")
@@ -266,5 +266,72 @@ def test_boxes_on_every_vehicle_screenshot(tmp_path, monkeypatch):
             finally:
                 browser.close()
     finally:
-        demo.close()
+        app.demo.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def _cache_files(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*") if p.is_file()}
+
+
+def test_page_files_stay_while_shown_and_go_with_the_page(tmp_path, monkeypatch):
+    """Two pages with the same photo (one server file: Gradio names uploads by content). A's
+    results stay fetchable while A shows them, past the API's delivery time; A's leaving does not
+    remove B's pending upload; when both pages are closed, the Gradio cache holds what it held."""
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    tiny = make_artifact(tmp_path / "model")
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{tiny}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app, _ = _launch(importlib.import_module("app"), tiny, tmp_path / "data", delivery_s=1.0)
+    before = _cache_files(cache)
+    photo, new = tmp_path / "car.png", [tmp_path / "new0.png", tmp_path / "new1.png"]
+    vehicle_photo(0, 1).save(photo)
+    for i, p in enumerate(new):
+        vehicle_photo(78, i).save(p)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                a, b = (browser.new_context(viewport={"width": 1280, "height": 1000}).new_page() for _ in "ab")
+                for page in (a, b):
+                    page.goto(app.demo.local_url, wait_until="load")
+                    expect(page.locator("#vericar-photo input[type=file]")).to_have_count(1, timeout=60_000)
+                b.locator("#vericar-photo input[type=file]").set_input_files(str(photo))  # uploaded, not sent
+                expect(b.locator("#vericar-photo img")).to_be_visible(timeout=60_000)
+                a.locator("#vericar-photo input[type=file]").set_input_files(str(photo))
+                a.locator("#vericar-identify").click()
+                expect(a.locator("#vericar-result")).to_contain_text(BASE[0], timeout=60_000)
+                expect(a.locator("#vericar-overlay img").last).to_be_visible(timeout=60_000)
+                a.get_by_role("tab", name="Add a vehicle").click()
+                a.locator("#vericar-photos input[type=file]").set_input_files([str(x) for x in new])
+                a.locator("#vericar-free textarea, #vericar-free input").first.fill("Pagemake Car Sedan 2020")
+                a.locator("#vericar-add").click()
+                expect(a.locator("#vericar-status")).to_contain_text("Added", timeout=60_000)
+                a.get_by_role("tab", name="Identify").click()
+                a.wait_for_timeout(2500)  # past the 1 s an API answer's files are kept
+                shown = [s for s in a.locator("#vericar-boxes img, #vericar-overlay img, #vericar-neighbours img")
+                         .evaluate_all("els => els.map(e => e.src)") if "/file=" in s]
+                assert len(shown) >= 3
+                assert all(a.request.get(s).status == 200 for s in shown), shown  # still there while shown
+                a.close()  # A leaves: its results, photo and enrolment photos go ...
+                assert _wait_for(lambda: app.files.counts()["kept"] == 0)
+                b.locator("#vericar-identify").click()  # ... but not B's upload of the same photo
+                expect(b.locator("#vericar-result")).to_contain_text(BASE[0], timeout=60_000)
+                assert a.context.request.get(shown[0]).status != 200
+                b.close()
+                assert _wait_for(lambda: _cache_files(cache) == before), sorted(_cache_files(cache) - before)
+            finally:
+                browser.close()
+    finally:
+        app.demo.close()
+
+
+def _wait_for(cond, timeout: float = 60.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not cond():
+        time.sleep(0.2)
+    return cond()
