@@ -112,6 +112,25 @@ def _history(path: Path) -> list[dict[str, Any]]:
                 for row in csv.DictReader(f)]
 
 
+def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray, list[Any]]:
+    """Which gallery entries of a train/train.py artifact are its validation photos (bool mask),
+    and those photos' samples in gallery order (so their files line up with their embeddings)."""
+    from vericar.data import load_source, split_holdout, stratified_split
+
+    from train.ship import short_ref
+
+    tc = dict(rec.meta.get("train_config") or {})
+    kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
+    _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
+    # A shipped copy (train/ship.py) keeps refs as "dataset:folder/file": compare in that form too.
+    by_ref = {r: s for s in val_s for r in (s.ref, short_ref(s.ref))}
+    is_val = np.array([r in by_ref for r in rec.gallery.refs])
+    if is_val.sum() != len(val_s):
+        raise TrainError(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {where}'s gallery; "
+                         f"run this from the folder training ran in (data was {tc['data']!r}).")
+    return is_val, [by_ref[r] for r, v in zip(rec.gallery.refs, is_val) if v]
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
@@ -129,11 +148,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Re-calibrate ``--artifact`` in place; returns its new validation metrics. Bad settings or
     artifacts raise ``VericarError`` / ``TrainError`` (the command line prints them)."""
     from vericar._runtime import tune_malloc
-    from vericar.data import load_source, split_holdout, stratified_split
     from vericar.hub import load, save_pretrained
 
     from train.card import write_card
-    from train.config import TrainConfig
 
     args = _parser().parse_args(argv)
     tune_malloc()
@@ -149,19 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not tc.get("data"):
         raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
                          "can be re-calibrated (their validation slice is needed).")
-    kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
-    _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
-    # A shipped copy (train/ship.py) keeps refs as "dataset:folder/file": compare in that form too.
-    from train.ship import short_ref
-    val_refs = {s.ref for s in val_s} | {short_ref(s.ref) for s in val_s}
-    is_val = np.array([r in val_refs for r in rec.gallery.refs])
-    if is_val.sum() != len(val_s):
-        raise TrainError(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {out}'s gallery; "
-                         f"run this from the folder training ran in (data was {tc['data']!r}).")
+    is_val, val_in_g = validation_slice(rec, out)
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
-    # The validation photos in gallery order, so their files line up with their stored embeddings.
-    by_ref = {r: s for s in val_s for r in (s.ref, short_ref(s.ref))}
-    val_in_g = [by_ref[r] for r, v in zip(rec.gallery.refs, is_val) if v]
     ood, calibration, metrics = calibrate(
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
         labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or 0.95, density=density,
