@@ -32,7 +32,7 @@ from vericar.gallery_images import image_source, page_examples
 from vericar.labels import md_text
 from vericar.present import finite, model_card, placeholder, result_markdown
 from vericar.recognizer import Recognizer
-from vericar.scene import main_crop, no_vehicle
+from vericar.scene import no_vehicle
 from vericar.scene_view import draw_vehicles, identify_answer, no_vehicle_markdown, others_markdown
 from vericar.visitors import make_vehicles
 from vericar.webui import DELETE_CACHE, PhotoInput, open_upload, user_message
@@ -106,9 +106,8 @@ def build_demo(rec: Recognizer, data_dir: str | os.PathLike | None = None, *, sp
     def ui_explain(image: str, found_vehicle: bool, request: gr.Request) -> tuple[Image.Image, Image.Image] | None:
         if not found_vehicle:  # "no vehicle found": nothing to explain, and no model call for it
             return None
-        r, pil = _rec(request), open_upload(image)
-        after = r.explain(pil).overlay
-        return r._input_view(main_crop(r, pil)).resize(after.size), after  # before / after, for the slider
+        ex = _rec(request).explain(open_upload(image))  # finds the main vehicle once: its crop comes back
+        return ex.photo, ex.overlay  # before / after, for the slider
 
     @_user_errors
     def enroll(images: list[str] | None, label: str, request: gr.Request) -> dict[str, Any]:
