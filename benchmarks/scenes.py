@@ -2,6 +2,7 @@
 
     python benchmarks/scenes.py --source dev                        # every dev photo, default model + SSD
     python benchmarks/scenes.py --source train --photos 300 --margins 0,0.05,0.1,0.15,0.2   # choose a margin
+    python benchmarks/scenes.py --source dev --zoom-looks 0                 # without the detector's second look
 
 Each frame (3:2, 800-1200 px wide) has 1-3 vehicles on a background this script draws (sky
 gradient, buildings, a road with lane marks, noise: no photos from elsewhere). Each vehicle is a
@@ -18,7 +19,9 @@ in a 2-3-vehicle frame. Fixed seed.
 Reports detection recall / precision (a detection matches a pasted box at IoU >= 0.5),
 end-to-end top-1 at model / make / type for one-vehicle and 2-3-vehicle frames against the same
 photos sent as tight crops (no detector), and ms per frame (``Recognizer.predict_all``: detection
-+ cropping + recognition) for one-vehicle frames. With several ``--margins`` it sweeps the crop
++ cropping + recognition) for one-vehicle frames, and the detector's network passes per frame
+(more than one when it looks again at faint boxes). Running figures go to stderr every 100 frames
+(one-vehicle frames come first). With several ``--margins`` it sweeps the crop
 margin on the same detections instead (no timing).
 """
 from __future__ import annotations
