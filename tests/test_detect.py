@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 
 from conftest import CARS_DIR
 from vericar import hub
-from vericar.detect import ZOOM_LOOKS, Box, Detector, NoDetector, clip_box, create_detector, iou, zoom_window
+from vericar.detect import (ZOOM_LOOKS, Box, Detector, NoDetector, clip_box, create_detector, inside, iou,
+                            zoom_window)
 from vericar.errors import SpecError, VericarError
 from vericar.gallery import Gallery
 from vericar.model import embed_images
@@ -135,7 +136,9 @@ def test_second_look_confirms_faint_boxes_that_it_finds_again():
     moved = Box(150, 20, 190, 40)  # faint: found again, but somewhere else in its window
     gone = Box(150, 120, 170, 140)  # faint: nothing confident in its window
     covered = Box(12, 130, 62, 160)  # faint, under a confident box: never looked at again
+    half = Box(10, 130, 35, 160)  # faint, IoU 0.5 with the confident box but wholly inside it: neither
     first = [(10, 130, 60, 160, 0.9, "car"), (*covered.to_list(), 0.2, "car"), (*again.to_list(), 0.25, "car"),
+             (*half.to_list(), 0.28, "car"),
              (*moved.to_list(), 0.1, "truck"), (*gone.to_list(), 0.05, "car"), (5, 5, 15, 15, 0.02, "car")]
     crops = {(20, 10): [(21, 31, 61, 50, 0.8, "car"), (0, 0, 5, 5, 0.9, "person")],  # again, a bit tighter
              (130, 0): [(0, 0, 20, 12, 0.95, "car")],  # IoU with `moved` < 0.7
@@ -146,9 +149,19 @@ def test_second_look_confirms_faint_boxes_that_it_finds_again():
     assert det.passes == 4 and det.shapes[1:] == [(80, 80), (70, 80), (40, 40)]  # best score first; clipped
     assert LookingDetector(first, crops, zoom_looks=1).detect(photo) == boxes  # `again` is the best faint box
     faint = LookingDetector(first, crops, zoom_looks=3).detect(photo, min_score=0.05)  # NMS merges the rest
-    assert [b.score for b in faint] == [0.9, 0.8, 0.1, 0.05]
+    assert [b.score for b in faint] == [0.9, 0.8, 0.28, 0.1, 0.05]
     off = LookingDetector(first, crops, zoom_looks=0)
     assert off.detect(photo) == boxes[:1] and off.passes == 1
+
+
+def test_second_look_never_adds_a_part_of_a_car_already_found():
+    assert inside(Box(60, 10, 140, 90), Box(0, 0, 100, 100)) == pytest.approx(0.5)
+    assert inside(Box(0, 0, 10, 10), Box(20, 20, 30, 30)) == 0.0 and inside(Box(5, 5, 5, 5), Box(0, 0, 9, 9)) == 0.0
+    # The faint box is 37.5% inside the confident one, so it is looked at (window (30, 0, 190, 130));
+    # what the crop finds is the same box (IoU 0.78) but half inside the car already found: dropped.
+    det = LookingDetector([(0, 0, 100, 100, 0.9, "car"), (70, 10, 150, 90, 0.2, "car")],
+                          {(30, 0): [(30, 10, 110, 90, 0.95, "car")]})
+    assert det.detect(_coordinates()) == [Box(0, 0, 100, 100, 0.9, "car")] and det.passes == 2
 
 
 # ------------------------------------------------------------------------- real detectors

