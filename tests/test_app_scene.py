@@ -97,3 +97,20 @@ def test_scene_view_parts(served, frames):
     assert "Other vehicles in the photo** (1)" in others_markdown(preds) and others_markdown(preds[:1]) == ""
     assert identify_answer([], rec.predict(street()))["vehicles"] == []
     assert "No vehicle found" in no_vehicle_markdown()
+
+
+def test_explain_slider_finds_the_vehicle_once(served, frames):
+    """The Identify tab's Grad-CAM++ slider (before / after) runs the detector once, not once for
+    the heatmap and again for the 'before' picture; both sides show the main vehicle's crop."""
+    app, _ = served
+    rec = app.store.rec
+    fn = next(f.fn for f in app.demo.fns.values() if f.name == "ui_explain")
+    calls, detect = [], rec.detector.detect
+    rec.detector.detect = lambda *a, **kw: calls.append(1) or detect(*a, **kw)
+    try:
+        before, after = (Image.open(p) for p in fn(frames[0]["two"], True, None))
+    finally:
+        del rec.detector.detect  # back to the class's method
+    assert len(calls) == 1
+    assert before.size == after.size and before.size[0] < 600  # the crop, not the 900 px frame
+    assert before.tobytes() != after.tobytes()

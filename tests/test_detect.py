@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 
 from conftest import CARS_DIR
 from vericar import hub
-from vericar.detect import Box, Detector, NoDetector, clip_box, create_detector, iou
+from vericar.detect import (ZOOM_LOOKS, Box, Detector, NoDetector, clip_box, create_detector, inside, iou,
+                            zoom_window)
 from vericar.errors import SpecError, VericarError
 from vericar.gallery import Gallery
 from vericar.model import embed_images
@@ -69,7 +70,7 @@ def test_detect_downscales_clips_filters_and_merges():
     # Raw detections in the pixels of the (downscaled) array: 640x480 for a 1280x960 photo.
     raw = [(-20, 10, 320, 200, 0.9, "car"), (-18, 12, 322, 198, 0.8, "truck"),  # one van, two classes
            (400, 300, 700, 520, 0.7, "bus"), (10, 10, 50, 50, 0.99, "person"), (100, 100, 150, 150, 0.25, "car")]
-    det = FixedDetector(raw, max_side=640)
+    det = FixedDetector(raw, max_side=640, zoom_looks=0)  # second looks: tested below
     boxes = det.detect(Image.new("RGB", (1280, 960)))
     assert det.seen == [(480, 640, 3)]
     assert boxes == [Box(0, 20, 640, 400, 0.9, "car"), Box(800, 600, 1280, 960, 0.7, "bus")]
@@ -96,6 +97,71 @@ def test_plan_rules():
     assert len(plan([a, b], size, score_threshold=0.5, max_vehicles=1)) == 1
     left, centre = Box(0, 250, 100, 350), Box(450, 250, 550, 350)  # equal areas: the central one first
     assert main_first([left, centre], size) == [centre, left]
+
+
+class LookingDetector(Detector):
+    """The whole photo (the first pass) gives ``first``; a crop whose top-left corner is a key of
+    ``crops`` gives those boxes (in the crop's pixels); any other crop gives nothing."""
+
+    spec = "looking"
+
+    def __init__(self, first, crops, **kw):
+        super().__init__(**kw)
+        self.first, self.crops, self.shapes = first, crops, []
+
+    def _detect(self, rgb):
+        self.shapes.append(rgb.shape[:2])
+        if len(self.shapes) == 1:
+            return list(self.first)
+        corner = (int(rgb[0, 0, 0]), int(rgb[0, 0, 1]))  # the photo's pixels encode their own x, y
+        return list(self.crops.get(corner, []))
+
+
+def _coordinates(w: int = 250, h: int = 200) -> Image.Image:
+    """A photo whose pixel (x, y) is (x, y, 0): a crop says where it was cut from."""
+    yy, xx = np.mgrid[:h, :w]
+    return Image.fromarray(np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8))
+
+
+def test_zoom_window_against_hand_computed_boxes():
+    # longest side 40, context 0.5 each side: a 80 px square around the centre (120, 110)
+    assert zoom_window(Box(100, 100, 140, 120), (1000, 600)) == (80, 70, 160, 150)
+    assert zoom_window(Box(0, 0, 20, 10), (1000, 600)) == (0, 0, 30, 25)  # clipped at the corner
+    assert zoom_window(Box(900, 500, 1000, 600), (1000, 600), context=0.0) == (900, 500, 1000, 600)
+
+
+def test_second_look_confirms_faint_boxes_that_it_finds_again():
+    photo = _coordinates()
+    again = Box(40, 40, 80, 60)  # faint: looked at again in the window (20, 10, 100, 90)
+    moved = Box(150, 20, 190, 40)  # faint: found again, but somewhere else in its window
+    gone = Box(150, 120, 170, 140)  # faint: nothing confident in its window
+    covered = Box(12, 130, 62, 160)  # faint, under a confident box: never looked at again
+    half = Box(10, 130, 35, 160)  # faint, IoU 0.5 with the confident box but wholly inside it: neither
+    first = [(10, 130, 60, 160, 0.9, "car"), (*covered.to_list(), 0.2, "car"), (*again.to_list(), 0.25, "car"),
+             (*half.to_list(), 0.28, "car"),
+             (*moved.to_list(), 0.1, "truck"), (*gone.to_list(), 0.05, "car"), (5, 5, 15, 15, 0.02, "car")]
+    crops = {(20, 10): [(21, 31, 61, 50, 0.8, "car"), (0, 0, 5, 5, 0.9, "person")],  # again, a bit tighter
+             (130, 0): [(0, 0, 20, 12, 0.95, "car")],  # IoU with `moved` < 0.7
+             (140, 110): [(10, 10, 30, 30, 0.25, "car")]}  # the same box, still faint
+    det = LookingDetector(first, crops, zoom_looks=3)
+    boxes = det.detect(photo)
+    assert boxes == [Box(10, 130, 60, 160, 0.9, "car"), Box(41, 41, 81, 60, 0.8, "car")]
+    assert det.passes == 4 and det.shapes[1:] == [(80, 80), (70, 80), (40, 40)]  # best score first; clipped
+    assert LookingDetector(first, crops, zoom_looks=1).detect(photo) == boxes  # `again` is the best faint box
+    faint = LookingDetector(first, crops, zoom_looks=3).detect(photo, min_score=0.05)  # NMS merges the rest
+    assert [b.score for b in faint] == [0.9, 0.8, 0.28, 0.1, 0.05]
+    off = LookingDetector(first, crops, zoom_looks=0)
+    assert off.detect(photo) == boxes[:1] and off.passes == 1
+
+
+def test_second_look_never_adds_a_part_of_a_car_already_found():
+    assert inside(Box(60, 10, 140, 90), Box(0, 0, 100, 100)) == pytest.approx(0.5)
+    assert inside(Box(0, 0, 10, 10), Box(20, 20, 30, 30)) == 0.0 and inside(Box(5, 5, 5, 5), Box(0, 0, 9, 9)) == 0.0
+    # The faint box is 37.5% inside the confident one, so it is looked at (window (30, 0, 190, 130));
+    # what the crop finds is the same box (IoU 0.78) but half inside the car already found: dropped.
+    det = LookingDetector([(0, 0, 100, 100, 0.9, "car"), (70, 10, 150, 90, 0.2, "car")],
+                          {(30, 0): [(30, 10, 110, 90, 0.95, "car")]})
+    assert det.detect(_coordinates()) == [Box(0, 0, 100, 100, 0.9, "car")] and det.passes == 2
 
 
 # ------------------------------------------------------------------------- real detectors
@@ -140,6 +206,17 @@ def test_real_ssd_finds_pasted_cars(ssd):
         assert iou(b, t) >= 0.5 and iou(b, clip_box(b, (t.x2, t.y2))) > 0.95 and b.x1 >= t.x1 - 16
     assert ssd.detect(street()) == []
     assert ssd.spec == SSD
+
+
+def test_real_ssd_second_look_finds_a_small_car(ssd):
+    """A car 22% of the frame wide that the SSD scores under the threshold at 300x300 is found,
+    confidently and in the right place, when the faint box is looked at again."""
+    frame, truth = scene(_real_photos(6)[5:], [(560, 380, 200, 125)])
+    once = create_detector(SSD, zoom_looks=0)
+    assert not [b for b in once.detect(frame) if iou(b, truth[0]) >= 0.5] and once.passes == 1
+    found = ssd.detect(frame)
+    assert ssd.zoom_looks == ZOOM_LOOKS and len(found) == 1
+    assert iou(found[0], truth[0]) >= 0.6 and found[0].score >= 0.5
 
 
 def test_transformers_detector_on_tiny_random_model(tmp_path):

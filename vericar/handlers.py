@@ -14,7 +14,7 @@ from .gallery_images import HubImages, LocalImages
 from .labels import md_text
 from .present import finite, placeholder, result_markdown
 from .recognizer import Recognizer
-from .scene import main_crop, no_vehicle
+from .scene import no_vehicle
 from .scene_view import draw_vehicles, identify_answer, no_vehicle_markdown, others_markdown
 from .tempfiles import RequestFiles
 from .visitors import LocalVehicles, SessionVehicles
@@ -103,9 +103,8 @@ class Handlers:
             if not found_vehicle:  # "no vehicle found": nothing to explain, and no model call for it
                 return None
             r, pil = self._rec(request), open_upload(image)
-            after = r.explain(pil).overlay
-            before = r._input_view(main_crop(r, pil)).resize(after.size)
-            return out.image(before, "before"), out.image(after, "after")
+            ex = r.explain(pil)  # finds the main vehicle once: the crop it explained comes back with it
+            return out.image(ex.photo, "before"), out.image(ex.overlay, "after")
 
     def listing_text(self, request: gr.Request | None = None) -> str:
         """This visitor's added vehicles (public mode) or everyone's (local), as Markdown."""

@@ -60,8 +60,11 @@ class Prediction:
 
 @dataclass
 class Explanation:
-    """A Grad-CAM++ heatmap (H×W in [0, 1]) and the photo with it overlaid."""
+    """A Grad-CAM++ heatmap (H×W in [0, 1]) and the photo with it overlaid; ``photo`` is what lies
+    under the heat (the main vehicle's crop as the model saw it), so a caller can show it beside
+    the overlay without finding the vehicle again."""
 
     heatmap: np.ndarray
     overlay: Any  # PIL.Image.Image
     label: str | None
+    photo: Any = None  # PIL.Image.Image, the overlay's size

@@ -293,7 +293,8 @@ class Recognizer:
             targets = self.gallery.embeddings[rows]
         x = eval_transform(self.model.preprocess)(pil).unsqueeze(0)  # the model's preprocessing as it is now
         heat = gradcam_pp(self.model, x, targets)
-        return Explanation(heatmap=heat, overlay=overlay(self._input_view(pil), heat), label=pred.label)
+        view = self._input_view(pil).convert("RGB")
+        return Explanation(heatmap=heat, overlay=overlay(view, heat), label=pred.label, photo=view)
 
     def _input_view(self, pil: Any) -> Any:
         """The part of the photo the model saw (the app shows it beside the heatmap)."""
