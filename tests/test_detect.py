@@ -154,6 +154,22 @@ def test_second_look_confirms_faint_boxes_that_it_finds_again():
     assert off.detect(photo) == boxes[:1] and off.passes == 1
 
 
+def test_no_second_look_when_a_box_already_fills_the_photo():
+    # 250x200 photo: a faint box (score 0.1) over 60% of it makes the photo a tight crop for the
+    # caller (whole_above=0.5), so the other faint box is not looked at; at 0.7 it is.
+    first = [(0, 0, 200, 150, 0.1, "car"), (210, 160, 240, 190, 0.2, "car")]
+    crops = {(195, 145): [(15, 15, 45, 45, 0.9, "car")]}
+    tight = LookingDetector(first, crops)
+    assert Box(0, 0, 200, 150, 0.1, "car") in tight.detect(_coordinates(), min_score=0.05, whole_above=0.5)
+    assert tight.passes == 1
+    below = LookingDetector(first, crops)
+    below.detect(_coordinates(), min_score=0.2, whole_above=0.5)  # the big box scores under min_score: looked
+    assert below.passes == 3  # both faint boxes looked at
+    looked = LookingDetector(first, crops)
+    boxes = looked.detect(_coordinates(), min_score=0.05, whole_above=0.7)
+    assert looked.passes == 3 and Box(210, 160, 240, 190, 0.9, "car") in boxes
+
+
 def test_second_look_never_adds_a_part_of_a_car_already_found():
     assert inside(Box(60, 10, 140, 90), Box(0, 0, 100, 100)) == pytest.approx(0.5)
     assert inside(Box(0, 0, 10, 10), Box(20, 20, 30, 30)) == 0.0 and inside(Box(5, 5, 5, 5), Box(0, 0, 9, 9)) == 0.0

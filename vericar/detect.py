@@ -133,16 +133,20 @@ class Detector:
         self.zoom_looks = int(zoom_looks)  # 0: one pass only
         self.passes = 0  # network passes run so far (benchmarks report the extra ones per frame)
 
-    def detect(self, image: Any, min_score: float | None = None) -> list[Box]:
+    def detect(self, image: Any, min_score: float | None = None, whole_above: float | None = None) -> list[Box]:
         """Vehicle boxes in ``image`` (a PIL image) in its own pixels, best score first; scores
-        from ``min_score`` up (default: this detector's ``score_threshold``)."""
+        from ``min_score`` up (default: this detector's ``score_threshold``). ``whole_above``: no
+        second look when a first-pass box (score from ``min_score`` up) already covers this share of
+        the photo — the caller takes such a photo as one vehicle, so more boxes would change nothing."""
         floor = self.score_threshold if min_score is None else float(min_score)
         w, h = image.size
         scale = min(1.0, self.max_side / max(w, h))
         small = image if scale == 1.0 else image.resize((max(1, round(w * scale)), max(1, round(h * scale))))
         rgb = np.asarray(small.convert("RGB"))
         found = self._vehicles(rgb)
-        found += self._second_look(rgb, found)
+        frame = rgb.shape[0] * rgb.shape[1]
+        if whole_above is None or not any(b.score >= floor and b.area >= whole_above * frame for b in found):
+            found += self._second_look(rgb, found)
         sw, sh = small.size
         boxes = [clip_box(Box(b.x1 * w / sw, b.y1 * h / sh, b.x2 * w / sw, b.y2 * h / sh, b.score, b.label), (w, h))
                  for b in found if b.score >= floor]

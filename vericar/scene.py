@@ -74,7 +74,8 @@ def locate(detector: Detector, photo: Any, *, margin: float | None = None,
     if isinstance(detector, NoDetector):
         w, h = photo.size
         return [Region(None, (0, 0, w, h), whole=True)]
-    found = detector.detect(photo, min_score=min(FAINT_SCORE, detector.score_threshold))
+    # A tight crop (a box over TIGHT_AREA) goes through whole: the detector skips its second look there.
+    found = detector.detect(photo, min_score=min(FAINT_SCORE, detector.score_threshold), whole_above=TIGHT_AREA)
     return plan(found, photo.size, score_threshold=detector.score_threshold, margin=margin,
                 max_vehicles=max_vehicles)
 
