@@ -3,15 +3,15 @@
     python app.py [--model SPEC] [--data-dir DIR] [--gallery-images DIR] [--detector SPEC]
     gradio app.py -- [same options]        # reloads on edits; or a Hugging Face Space
 
-Every option has an environment variable (vericar.webui.AppSettings): $VERICAR_MODEL ("default",
-"local-dir:PATH", "hf-hub:ORG/NAME"), $VERICAR_DETECTOR (default: the model's; see vericar/detect.py),
+Every option has an environment variable (vericar.ui.webui.AppSettings): $VERICAR_MODEL ("default",
+"local-dir:PATH", "hf-hub:ORG/NAME"), $VERICAR_DETECTOR (default: the model's; see vericar/vision/detect.py),
 $VERICAR_DATA_DIR (enrolled vehicles; default ~/.cache/vericar), $VERICAR_GALLERY_IMAGES,
 $VERICAR_CONCURRENCY (model calls at once across all events, default 2), $VERICAR_MAX_UPLOAD (default
 25mb), $VERICAR_PUBLIC=1 (the default on a Space: each visitor's vehicles stay in their session,
-vericar.visitors), $VERICAR_MCP=1 (also serve Gradio's MCP server). GRADIO_SERVER_NAME /
+vericar.ui.visitors), $VERICAR_MCP=1 (also serve Gradio's MCP server). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar, /explain,
 /enroll, /remove. Uploads and the files written for an answer are removed once no request or
-open page uses them; an API answer's files stay $VERICAR_DELIVERY_S (30) s to be fetched (vericar.tempfiles).
+open page uses them; an API answer's files stay $VERICAR_DELIVERY_S (30) s to be fetched (vericar.ui.tempfiles).
 
 Run as a script, ``demo`` is built from the options and the environment, then launched; imported,
 from the environment (a page saying why, if the model cannot load); ``create_app(...)`` builds one
@@ -29,17 +29,17 @@ from typing import Any
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from vericar import hub
-from vericar._runtime import tune_malloc
-from vericar.enrolled import default_data_dir
-from vericar.errors import VericarError
-from vericar.gallery_images import image_source, page_examples
-from vericar.handlers import Handlers
-from vericar.present import model_card
-from vericar.recognizer import Recognizer
-from vericar.tempfiles import RequestFiles
-from vericar.visitors import SessionVehicles, make_vehicles
-from vericar.webui import DELETE_CACHE, AppSettings, FileInput, PhotoInput, VericarApp, launch_options, user_errors
+from vericar._infra.runtime import tune_malloc
+from vericar.artifacts import hub
+from vericar.core.errors import VericarError
+from vericar.core.recognizer import Recognizer
+from vericar.ui.enrolled import default_data_dir
+from vericar.ui.gallery_images import image_source, page_examples
+from vericar.ui.handlers import Handlers
+from vericar.ui.present import model_card
+from vericar.ui.tempfiles import RequestFiles
+from vericar.ui.visitors import SessionVehicles, make_vehicles
+from vericar.ui.webui import DELETE_CACHE, AppSettings, FileInput, PhotoInput, VericarApp, launch_options, user_errors
 
 __all__ = ["AppSettings", "VericarApp", "build_app", "create_app", "demo", "error_demo", "launch_options"]
 log = logging.getLogger("vericar.app")

@@ -193,8 +193,8 @@ def latency(model_dir: str, device: str, photo: str) -> dict[str, float]:
     import torch
 
     import vericar
-    from vericar.images import open_image
-    from vericar.embedding import embed
+    from vericar.vision.images import open_image
+    from vericar.models.embedding import embed
 
     rec = vericar.load(f"local-dir:{model_dir}")
     rec.model.to(device)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", action="store_true", help="also time the same upload to a do-nothing endpoint")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
-    from vericar.errors import VericarError
+    from vericar.core.errors import VericarError
 
     try:
         res = _bench(args)

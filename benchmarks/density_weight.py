@@ -1,4 +1,4 @@
-"""Choose the density-correction weight (vericar/density.py) on training photos only.
+"""Choose the density-correction weight (vericar/search/density.py) on training photos only.
 
     python benchmarks/density_weight.py --model local-dir:OUT --data ../shared/data/stanford_cars/train.csv [--weights 0 0.25 0.5 0.75 1] [--json out.json]
 
@@ -24,14 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> list[dict]:
     """Print one row per weight; returns the rows."""
     import vericar
-    from vericar import metrics
-    from vericar._runtime import tune_malloc
-    from vericar.data import load_source, split_holdout, stratified_split
-    from vericar.density import DensityCorrection
-    from vericar.embedding import embed
-    from vericar.gallery import Gallery
-    from vericar.ood import KNNOOD
-    from vericar.recognizer import Recognizer
+    from vericar.evaluation import metrics
+    from vericar._infra.runtime import tune_malloc
+    from vericar.evaluation.data import load_source, split_holdout, stratified_split
+    from vericar.search.density import DensityCorrection
+    from vericar.models.embedding import embed
+    from vericar.search.gallery import Gallery
+    from vericar.search.ood import KNNOOD
+    from vericar.core.recognizer import Recognizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)

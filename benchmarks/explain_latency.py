@@ -23,10 +23,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vericar.explain import gradcam_pp, overlay  # noqa: E402
-from vericar.images import open_image  # noqa: E402
-from vericar.model import create_model  # noqa: E402
-from vericar.transforms import eval_transform  # noqa: E402
+from vericar.models.explain import gradcam_pp, overlay  # noqa: E402
+from vericar.models.model import create_model  # noqa: E402
+from vericar.models.transforms import eval_transform  # noqa: E402
+from vericar.vision.images import open_image  # noqa: E402
 
 
 def synthetic_image(width: int = 640, height: int = 427, seed: int = 0) -> Image.Image:

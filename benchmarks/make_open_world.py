@@ -10,7 +10,7 @@ gallery in turn, its views queried). Dev is only measured: its trained-class pho
 for an open-world run, its held-out-class photos whose make the gallery knows (unseen). Rules:
 
 - current: the make is given unless the vehicle is flagged unknown and the make's confidence is
-  under its partial-answer threshold (vericar/calibration.py).
+  under its partial-answer threshold (vericar/search/calibration.py).
 - make threshold on every photo: the make is given only when its confidence clears the lowest
   threshold at which <= 10% of the leave-class-out views (of known makes) get a wrong make. A
   model name carries its make, so the name is withheld with it: "model withheld" is the
@@ -35,18 +35,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vericar.calibration import expected_calibration_error as ece  # noqa: E402
-from vericar.calibration import threshold_at_max_wrong  # noqa: E402
-from vericar.data import load_source  # noqa: E402
+from vericar.artifacts.hub import load  # noqa: E402
+from vericar.core.recognizer import Recognizer  # noqa: E402
 from vericar.evaluate import cached_embeddings  # noqa: E402
-from vericar.gallery import Gallery  # noqa: E402
-from vericar.hub import load  # noqa: E402
-from vericar.recognizer import Recognizer  # noqa: E402
-from vericar.taxonomy import Taxonomy  # noqa: E402
+from vericar.evaluation.data import load_source  # noqa: E402
+from vericar.search.calibration import expected_calibration_error as ece  # noqa: E402
+from vericar.search.calibration import threshold_at_max_wrong  # noqa: E402
+from vericar.search.gallery import Gallery  # noqa: E402
+from vericar.search.taxonomy import Taxonomy  # noqa: E402
 
 
 def aggregated_make(pred, make_of, classes_per_make: dict, n_classes: int, t: float, b: float) -> tuple:
-    """The make with the largest summed model-level probability (softmax of vericar/calibration.py,
+    """The make with the largest summed model-level probability (softmax of vericar/search/calibration.py,
     unvoted classes at logit ``b``) and that sum."""
     k, w = len(pred.neighbours), {}
     for n in pred.neighbours:
@@ -91,7 +91,7 @@ def arrays(r):
 def main(argv=None) -> dict:
     from train.calibrate import validation_slice
     from train.realinput import real_input_views
-    from vericar.model import embed_images
+    from vericar.models.model import embed_images
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="a train/train.py artifact (its validation slice is needed)")

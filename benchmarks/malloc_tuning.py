@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         sys.path.insert(0, str(ROOT))
         if args.child == "tuned":
-            from vericar._runtime import tune_malloc
+            from vericar._infra.runtime import tune_malloc
 
             if not tune_malloc():
                 raise SystemExit("tune_malloc() did not apply here (not glibc, LD_PRELOAD or opt-out set).")

@@ -27,17 +27,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if TYPE_CHECKING:
-    from vericar.data import Sample
-    from vericar.model import EmbeddingModel
-    from vericar.recognizer import Recognizer
+    from vericar.evaluation.data import Sample
+    from vericar.models.model import EmbeddingModel
+    from vericar.core.recognizer import Recognizer
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Print AUROC / FPR95 of each score; returns the rows."""
     import vericar
-    from vericar import metrics
-    from vericar.data import load_source
-    from vericar.embedding import embed
+    from vericar.evaluation import metrics
+    from vericar.evaluation.data import load_source
+    from vericar.models.embedding import embed
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -97,15 +97,15 @@ def _embed_mirrored(model: "EmbeddingModel", queries: Sequence["Sample"]) -> np.
     """Embeddings of the mirrored photos (flipping the preprocessed tensor: the eval crop is centred)."""
     import torch
 
-    from vericar.embedding import embed
+    from vericar.models.embedding import embed
 
     return embed(model, queries, forward=lambda x: model(torch.flip(x, dims=[3])))
 
 
 def _backbone_features(rec: "Recognizer", queries: Sequence["Sample"]) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised pooled backbone features of the queries and of the gallery's photos."""
-    from vericar.data import Sample
-    from vericar.embedding import embed
+    from vericar.evaluation.data import Sample
+    from vericar.models.embedding import embed
 
     photos = [Sample(r, -1, lab) for r, lab in zip(rec.gallery.refs, rec.gallery.labels)]
     out = []

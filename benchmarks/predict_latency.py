@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 def _photo(path: str | None):
     from PIL import Image, ImageDraw
 
-    from vericar.images import open_image
+    from vericar.vision.images import open_image
 
     default = ROOT.parent / "shared/data/stanford_cars/dev/00001.jpg"
     if path or default.is_file():

@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vericar.calibration import Calibration, expected_calibration_error, reliability  # noqa: E402
-from vericar.data import load_source  # noqa: E402
-from vericar.embed_cache import cached_embeddings  # noqa: E402
+from vericar.artifacts.hub import load  # noqa: E402
 from vericar.evaluate import evaluate_embeddings  # noqa: E402
-from vericar.hub import load  # noqa: E402
-from vericar.taxonomy import LEVELS, Taxonomy  # noqa: E402
+from vericar.evaluation.data import load_source  # noqa: E402
+from vericar.models.embed_cache import cached_embeddings  # noqa: E402
+from vericar.search.calibration import Calibration, expected_calibration_error, reliability  # noqa: E402
+from vericar.search.taxonomy import LEVELS, Taxonomy  # noqa: E402
 
 
 def level_figures(preds, truth, tax: Taxonomy) -> dict:
@@ -88,7 +88,7 @@ def plot(figs: dict, path: str, title: str) -> None:
 
 
 def main(argv=None) -> dict:
-    from vericar._runtime import tune_malloc
+    from vericar._infra.runtime import tune_malloc
 
     tune_malloc()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     q = cached_embeddings(rec.model, samples, args.cache, desc="queries")
     names = [s.class_name for s in samples]
     if args.gallery_holdout:
-        from vericar.data import parse_holdout
+        from vericar.evaluation.data import parse_holdout
 
         out = parse_holdout(args.gallery_holdout)
         for name in sorted({s.class_name for s in samples if out(s.label)}):

@@ -8,9 +8,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from PIL import Image
-from vericar._runtime import tune_malloc
+from vericar._infra.runtime import tune_malloc
 tune_malloc()
-from vericar import hub
+from vericar.artifacts import hub
 import benchmarks.scenes as S
 rec = hub.load("default")
 import cv2; cv2.setNumThreads(int(os.environ.get("CVT", "2")))

@@ -8,8 +8,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import benchmarks.scenes as S
-from vericar.detect import create_detector, iou
-from vericar.scene import main_first
+from vericar.vision.detect import create_detector, iou
+from vericar.vision.scene import main_first
 ap = argparse.ArgumentParser(); ap.add_argument("--source", default="train"); ap.add_argument("--photos", type=int, default=150)
 ap.add_argument("--zoom-looks", type=int, default=None, help="second looks per photo (default: the detector's)")
 args = ap.parse_args()

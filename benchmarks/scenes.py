@@ -41,12 +41,12 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vericar import hub  # noqa: E402
-from vericar.detect import Box, create_detector, iou  # noqa: E402
+from vericar.core.recognizer import Recognizer  # noqa: E402
 from vericar.evaluate import TOP1_LEVELS as LEVELS  # noqa: E402
-from vericar.gallery import Gallery  # noqa: E402
-from vericar.recognizer import Recognizer  # noqa: E402
-from vericar.scene import FAINT_SCORE, plan  # noqa: E402
-from vericar.taxonomy import Taxonomy  # noqa: E402
+from vericar.search.gallery import Gallery  # noqa: E402
+from vericar.search.taxonomy import Taxonomy  # noqa: E402
+from vericar.vision.detect import Box, create_detector, iou  # noqa: E402
+from vericar.vision.scene import FAINT_SCORE, plan  # noqa: E402
 
 
 def background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
@@ -185,16 +185,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="default")
     ap.add_argument("--detector", default="opencv-ssd:mobilenet_v2_coco")
     ap.add_argument("--zoom-looks", type=int, default=None,
-                    help="second looks at faint boxes per photo (default: the detector's, vericar/detect.py)")
+                    help="second looks at faint boxes per photo (default: the detector's, vericar/vision/detect.py)")
     ap.add_argument("--margins", default=None, help="comma-separated crop margins to sweep (no timing)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-frames", help="write the first 12 frames here (to look at)")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
 
-    from vericar._runtime import tune_malloc
+    from vericar._infra.runtime import tune_malloc
 
-    tune_malloc()  # as evaluate and the app do (vericar/_runtime.py)
+    tune_malloc()  # as evaluate and the app do (vericar/_infra/runtime.py)
     rec = hub.load(args.model, detector=create_detector(
         args.detector, **({} if args.zoom_looks is None else {"zoom_looks": args.zoom_looks})))
     rows, rec = load_samples(args, rec)

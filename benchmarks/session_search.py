@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from PIL import Image, ImageDraw
 
-    from vericar import hub
-    from vericar.gallery import Gallery
-    from vericar.images import make_thumbnail
-    from vericar.sessions import SessionRecognizer, own_densities
+    from vericar.artifacts import hub
+    from vericar.search.gallery import Gallery
+    from vericar.vision.images import make_thumbnail
+    from vericar.ui.sessions import SessionRecognizer, own_densities
 
     torch.set_num_threads(args.threads)
     rec = hub.load(args.model)

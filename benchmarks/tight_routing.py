@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vericar.detect import create_detector  # noqa: E402
-from vericar.images import open_image  # noqa: E402
-from vericar.scene import locate  # noqa: E402
+from vericar.vision.detect import create_detector  # noqa: E402
+from vericar.vision.images import open_image  # noqa: E402
+from vericar.vision.scene import locate  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--csv", default="../shared/data/stanford_cars/dev.csv")

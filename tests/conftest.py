@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vericar.model import EmbeddingModel, create_model
+from vericar.models.model import EmbeddingModel, create_model
 
 # Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot.
 torch.set_num_threads(1)

@@ -18,12 +18,12 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import make_car_image
-from vericar import hub
-from vericar.gallery import Gallery
-from vericar.model import create_model, embed_images
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
-from vericar.transforms import eval_transform
+from vericar.artifacts import hub
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import create_model, embed_images
+from vericar.models.transforms import eval_transform
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py lives at the repo root
@@ -166,7 +166,7 @@ def test_unknown_gets_no_name(served, photo):
 
 def test_identify_gives_a_partial_answer(served, photo):
     """The model-level check fires but the make is confident: /identify names the make only."""
-    from vericar.calibration import Calibration
+    from vericar.search.calibration import Calibration
 
     app, client = served
     rec = app.store.rec
@@ -322,7 +322,7 @@ def test_enrolled_survive_restart(app_module, artifact, tmp_path):
 
 
 def test_model_card_and_examples(artifact, tmp_path):
-    from vericar import present
+    from vericar.ui import present
 
     rec = hub.load(f"local-dir:{artifact}")
     md, curve = present.model_card(rec, f"local-dir:{artifact}")
@@ -342,8 +342,8 @@ def test_missing_model_gives_clear_error_page(app_module, tmp_path):
 
 
 def test_unknown_notice_names_no_vehicle():
-    from vericar.present import result_markdown
-    from vericar.recognizer import Prediction
+    from vericar.ui.present import result_markdown
+    from vericar.core.recognizer import Prediction
 
     pred = Prediction(label="Audi A4 Sedan 2012", make="Audi", model="A4", type="Sedan", year="2012",
                       confidence={"model": 0.4}, unknown=True, ood_score=0.731)

@@ -13,9 +13,9 @@ from PIL import Image
 
 from test_app import _launch, app_module, artifact  # noqa: F401  (fixtures)
 from test_detect import SSD, _real_photos, scene, street
-from vericar import hub
-from vericar.detect import Box, iou
-from vericar.scene_view import VEHICLE_KEYS, draw_vehicles, identify_answer, no_vehicle_markdown, others_markdown
+from vericar.artifacts import hub
+from vericar.ui.scene_view import VEHICLE_KEYS, draw_vehicles, identify_answer, no_vehicle_markdown, others_markdown
+from vericar.vision.detect import Box, iou
 
 NEW = "Realmake Photo Sedan 2013"
 

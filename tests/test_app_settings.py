@@ -8,8 +8,8 @@ import gradio as gr
 import pytest
 
 from test_app import artifact  # noqa: F401 (fixture)
-from vericar.errors import VericarError
-from vericar.webui import AppSettings
+from vericar.core.errors import VericarError
+from vericar.ui.webui import AppSettings
 
 
 def test_settings_from_env_and_arguments():

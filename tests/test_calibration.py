@@ -1,4 +1,4 @@
-"""Calibrated confidences and partial answers (vericar/calibration.py) against naive references,
+"""Calibrated confidences and partial answers (vericar/search/calibration.py) against naive references,
 on embeddings placed by hand."""
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from vericar.calibration import (Calibration, LevelVotes, collect_votes, expected_calibration_error,
+from vericar.search.calibration import (Calibration, LevelVotes, collect_votes, expected_calibration_error,
                                  fit_calibration, fit_softmax, softmax_confidence, threshold_at_max_wrong)
-from vericar.errors import ArtifactError
-from vericar.gallery import Gallery
-from vericar.hub import load, save_pretrained
-from vericar.model import create_model
-from vericar.ood import KNNOOD
-from vericar.present import prediction_dict, result_markdown
-from vericar.recognizer import Recognizer
+from vericar.artifacts.hub import load, save_pretrained
+from vericar.core.errors import ArtifactError
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import create_model
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
+from vericar.ui.present import prediction_dict, result_markdown
 
 DIM = 16
 # Make "Jeep": three models far apart; "Audi": two models far apart from the Jeeps.

@@ -1,4 +1,4 @@
-"""The config tree (vericar/config.py), its file form, older formats and their migration, and the spec parser."""
+"""The config tree (vericar/core/config.py), its file form, older formats and their migration, and the spec parser."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vericar import hub
-from vericar.artifact import main as artifact_main
-from vericar.config import (DensityCfg, DetectorCfg, ModelCfg, OODCfg, PreprocessCfg, RankingCfg, SourceCfg,
+from vericar.artifacts import hub
+from vericar.artifacts.config_file import main as artifact_main
+from vericar.core.config import (DensityCfg, DetectorCfg, ModelCfg, OODCfg, PreprocessCfg, RankingCfg, SourceCfg,
                             VericarConfig)
-from vericar.density import DensityCorrection
-from vericar.errors import ArtifactError, SpecError
-from vericar.gallery import Gallery
-from vericar.model import create_model
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
-from vericar.spec import ModelSpec, parse_spec
+from vericar.artifacts.spec import ModelSpec, parse_spec
+from vericar.core.errors import ArtifactError, SpecError
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import create_model
+from vericar.search.density import DensityCorrection
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 from conftest import make_car_image
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vericar.data import load_csv, load_source
-from vericar.errors import VericarError
+from vericar.core.errors import VericarError
+from vericar.evaluation.data import load_csv, load_source
 
 
 def test_hf_source_reads_image_and_classlabel_names(tmp_path):

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vericar.density import DensityCorrection
-from vericar.errors import VericarError
-from vericar.gallery import Gallery
-from vericar.hub import load, save_pretrained
-from vericar.model import create_model
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
+from vericar.artifacts.hub import load, save_pretrained
+from vericar.core.errors import VericarError
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import create_model
+from vericar.search.density import DensityCorrection
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -210,8 +210,8 @@ def test_approximate_search_stops_as_soon_as_the_top_is_complete():
 
 
 def test_depth_and_bad_density_settings_get_clear_errors():
-    from vericar.errors import ArtifactError
-    from vericar.gallery import GalleryError
+    from vericar.core.errors import ArtifactError
+    from vericar.search.gallery import GalleryError
 
     g = _random_gallery(6, n=10)
     dc = DensityCorrection(0.5, k=3)
@@ -239,7 +239,7 @@ def test_the_threshold_is_bound_to_the_ranking_it_was_fitted_under(tmp_path):
     import dataclasses
     import json
 
-    from vericar.errors import ArtifactError
+    from vericar.core.errors import ArtifactError
 
     csls, q = _tight_and_loose(0.5)
     csls.ood.calibrate(np.array([p.ood_score for p in csls.predict_embeddings(q)]), tpr=0.95)

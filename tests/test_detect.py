@@ -1,4 +1,4 @@
-"""Vehicle detection and cropping (vericar/detect.py, vericar/scene.py): spec parsing and errors,
+"""Vehicle detection and cropping (vericar/vision/detect.py, vericar/vision/scene.py): spec parsing and errors,
 box geometry against hand-computed boxes, the real SSD on real photos pasted into a frame, the
 transformers path on a tiny random-init model, and the Recognizer over whole photos."""
 from __future__ import annotations
@@ -12,15 +12,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import CARS_DIR
-from vericar import hub
-from vericar.detect import (ZOOM_LOOKS, Box, Detector, NoDetector, clip_box, create_detector, inside, iou,
+from vericar.artifacts import hub
+from vericar.vision.detect import (ZOOM_LOOKS, Box, Detector, NoDetector, clip_box, create_detector, inside, iou,
                             zoom_window)
-from vericar.errors import SpecError, VericarError
-from vericar.gallery import Gallery
-from vericar.model import embed_images
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
-from vericar.scene import CROP_MARGIN, Region, grow, main_first, plan
+from vericar.core.errors import SpecError, VericarError
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import embed_images
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
+from vericar.vision.scene import CROP_MARGIN, Region, grow, main_first, plan
 
 SSD = "opencv-ssd:mobilenet_v2_coco"
 

@@ -1,4 +1,4 @@
-"""The one embedding path (vericar/embedding.py) and the one embedding cache (vericar/embed_cache.py)."""
+"""The one embedding path (vericar/models/embedding.py) and the one embedding cache (vericar/models/embed_cache.py)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from vericar.data import Sample
-from vericar.embed_cache import EmbeddingCache, cached, cached_embeddings, weights_digest
-from vericar.embedding import embed, forward_batches
-from vericar.errors import ImageError, VericarError
-from vericar.transforms import eval_transform, normalize_batch
+from vericar.core.errors import ImageError, VericarError
+from vericar.evaluation.data import Sample
+from vericar.models.embed_cache import EmbeddingCache, cached, cached_embeddings, weights_digest
+from vericar.models.embedding import embed, forward_batches
+from vericar.models.transforms import eval_transform, normalize_batch
 
 
 def _photos(make_car_image, n: int = 7) -> list:
@@ -169,7 +169,7 @@ def test_weights_digest_sees_values_dtypes_and_names():
 
 
 def test_cached_embeddings_embed_once_per_model_and_photos(tiny_model, make_car_image, tmp_path, monkeypatch):
-    import vericar.embedding
+    import vericar.models.embedding
 
     paths = []
     for i, p in enumerate(_photos(make_car_image, 4)):
@@ -177,8 +177,8 @@ def test_cached_embeddings_embed_once_per_model_and_photos(tiny_model, make_car_
         p.save(paths[-1])
     samples = [Sample(p, i, f"c{i}") for i, p in enumerate(paths)]
     calls = []
-    real = vericar.embedding.embed
-    monkeypatch.setattr(vericar.embedding, "embed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = vericar.models.embedding.embed
+    monkeypatch.setattr(vericar.models.embedding, "embed", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = cached_embeddings(tiny_model, samples, tmp_path / "cache", batch_size=2)
     again = cached_embeddings(tiny_model, samples, tmp_path / "cache", batch_size=2)
     assert len(calls) == 1 and np.array_equal(first, again) and again.dtype == np.float32

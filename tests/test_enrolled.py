@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import make_car_image
-from vericar.enrolled import MAX_ENROL_PHOTOS, EnrolledStore, default_data_dir, model_key
-from vericar.errors import VericarError
-from vericar.gallery import Gallery
-from vericar.model import create_model, embed_images
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
+from vericar.core.errors import VericarError
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import create_model, embed_images
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
+from vericar.ui.enrolled import MAX_ENROL_PHOTOS, EnrolledStore, default_data_dir, model_key
 
 BASE = ["Audi A4 Sedan 2012", "BMW X5 SUV 2007", "Ford F-150 Regular Cab 2012"]
 NEW = "Testmake Roadster Convertible 2024"
@@ -177,9 +177,9 @@ def test_default_data_dir(monkeypatch, tmp_path):
 def test_enrolled_module_does_not_import_gradio():
     import ast
 
-    import vericar.enrolled
+    import vericar.ui.enrolled
 
-    tree = ast.parse(Path(vericar.enrolled.__file__).read_text())
+    tree = ast.parse(Path(vericar.ui.enrolled.__file__).read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any(m.split(".")[0] == "gradio" for m in names)

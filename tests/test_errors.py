@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from train.errors import TrainError, cli
-from vericar.errors import GalleryError, VericarError, check_positive_int
+from vericar.core.errors import GalleryError, VericarError, check_positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = sorted((ROOT / "vericar").glob("*.py")) + sorted((ROOT / "train").glob("*.py"))
@@ -97,7 +97,10 @@ def test_positive_int_check_accepts_and_explains():
 
 
 def test_level_tuples_are_the_taxonomys():
-    from vericar import calibration, losses, prediction, taxonomy
+    from vericar.search import calibration
+    from vericar.models import losses
+    from vericar.core import prediction
+    from vericar.search import taxonomy
     from vericar.evaluate import TOP1_LEVELS
 
     assert prediction.PREDICTION_LEVELS is taxonomy.LEVELS and calibration.LEVELS is taxonomy.LEVELS

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from vericar import metrics
-from vericar.data import load_csv, parse_holdout, split_holdout, stratified_split
-from vericar.errors import VericarError
+from vericar.artifacts.hub import save_pretrained
+from vericar.core.errors import VericarError
+from vericar.core.recognizer import Recognizer
 from vericar.evaluate import main
-from vericar.gallery import Gallery
-from vericar.hub import save_pretrained
-from vericar.model import create_model
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
+from vericar.evaluation import metrics
+from vericar.evaluation.data import load_csv, parse_holdout, split_holdout, stratified_split
+from vericar.models.model import create_model
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 NAMES = ["Audi TTS Coupe 2012", "BMW X5 SUV 2007", "Audi S4 Sedan 2012", "Ford F-150 Regular Cab 2012", "Volvo 240 Sedan 1993"]
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 20), (240, 240, 240)]
@@ -60,7 +60,7 @@ def test_cli_keys_and_figures_match_a_naive_loop(data, capsys):
     assert saved["ood"]["n_unknown"] == 1 and 0 <= saved["ood"]["auroc"] <= 1
     assert "top-1 model" in capsys.readouterr().out
     # naive reference: 1-NN over the gallery for Recall@1
-    from vericar.hub import load
+    from vericar.artifacts.hub import load
 
     rec = load(f"local-dir:{tmp / 'm'}")
     gs = [s for s in load_csv(g) if s.label < 4]
@@ -97,7 +97,7 @@ def test_holdout_rules_and_splits():
     for bad in ("__import__('os')", "label%0==1", "label == x", ""):
         with pytest.raises(VericarError):
             parse_holdout(bad)
-    from vericar.data import Sample
+    from vericar.evaluation.data import Sample
 
     samples = [Sample(f"{i}.jpg", i % 5, f"c{i % 5}") for i in range(50)]
     kept, held = split_holdout(samples, "label%5==4")
@@ -126,7 +126,7 @@ def test_detector_runs_queries_through_the_whole_pipeline(data):
 
 def test_no_vehicle_queries_count_as_wrong(data):
     from vericar.evaluate import evaluate_embeddings
-    from vericar.hub import load
+    from vericar.artifacts.hub import load
 
     tmp, g, q = data
     rec = load(f"local-dir:{tmp / 'm'}")

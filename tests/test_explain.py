@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vericar.backbones import Backbone
-from vericar.errors import ImageError, VericarError
-from vericar.explain import SimilarityTarget, _concept, gradcam_pp, overlay
-from vericar.model import EmbeddingModel, create_model
+from vericar.core.errors import ImageError, VericarError
+from vericar.models.backbones import Backbone
+from vericar.models.explain import SimilarityTarget, _concept, gradcam_pp, overlay
+from vericar.models.model import EmbeddingModel, create_model
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vericar.errors import ArtifactError
-from vericar.gallery import FORMAT_VERSION, Gallery, GalleryError
+from vericar.core.errors import ArtifactError
+from vericar.search.gallery import FORMAT_VERSION, Gallery, GalleryError
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -5,8 +5,8 @@ import datasets
 import pytest
 
 from conftest import make_car_image
-from vericar.errors import VericarError
-from vericar.gallery_images import DRAWINGS_NOTE, HubImages, LocalImages, image_source, page_examples
+from vericar.core.errors import VericarError
+from vericar.ui.gallery_images import DRAWINGS_NOTE, HubImages, LocalImages, image_source, page_examples
 
 NAMES = ["Audi A4 Sedan 2012", "BMW X5 SUV 2007"]
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 import huggingface_hub
-from vericar import hub, space
-from vericar.errors import ArtifactError, SpecError
-from vericar.gallery import Gallery
-from vericar.model import create_model
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
+from vericar import space
+from vericar.artifacts import hub
+from vericar.core.errors import ArtifactError, SpecError
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import create_model
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 from PIL import Image, ImageDraw
 
@@ -140,8 +141,8 @@ def test_deploy_space_failure_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_hub_model_knows_its_folder_so_the_card_does_not_download_again(fake_hub):
-    from vericar import present
-    from vericar.config import SourceCfg
+    from vericar.ui import present
+    from vericar.core.config import SourceCfg
 
     hub.push_to_hub(_recognizer(), "someone/tiny-vericar")
     folder = fake_hub.root / "model" / "someone/tiny-vericar"

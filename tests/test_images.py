@@ -1,4 +1,4 @@
-"""Tests for vericar.images: every input kind, every pixel mode, every refusal. Images are made here."""
+"""Tests for vericar.vision.images: every input kind, every pixel mode, every refusal. Images are made here."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vericar.errors import ImageError
-from vericar.images import MIN_SIDE, make_thumbnail, open_image
+from vericar.core.errors import ImageError
+from vericar.vision.images import MIN_SIDE, make_thumbnail, open_image
 
 
 def _png_bytes(im: Image.Image, **kw) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests for vericar.losses against naive per-anchor references (tiny, CPU)."""
+"""Tests for vericar.models.losses against naive per-anchor references (tiny, CPU)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vericar.losses import HiMSMin, MultiSimilarity, build_level_index, level_label_tensors
+from vericar.models.losses import HiMSMin, MultiSimilarity, build_level_index, level_label_tensors
 
 ALPHA, BETA, BASE, EPS = 2.0, 50.0, 0.5, 0.1
 
@@ -255,7 +255,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_level_index_from_taxonomy():
     # The training path: class names -> Taxonomy.level_value -> per-level ids.
-    from vericar.taxonomy import Taxonomy
+    from vericar.search.taxonomy import Taxonomy
 
     names = ["BMW M3 Coupe 2012", "Audi S4 Sedan 2012", "Audi A4 Sedan 2007", "BMW X5 SUV 2007"]
     tax = Taxonomy.from_labels(names)

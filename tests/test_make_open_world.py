@@ -7,8 +7,8 @@ import pytest
 from scipy.special import softmax
 
 from benchmarks.make_open_world import aggregated_make, rule_figures
-from vericar.prediction import Neighbour, Prediction
-from vericar.taxonomy import Taxonomy
+from vericar.core.prediction import Neighbour, Prediction
+from vericar.search.taxonomy import Taxonomy
 
 CLASSES = ["Jeep Compass SUV 2012", "Jeep Liberty SUV 2012", "Jeep Wrangler SUV 2012", "Audi A4 Sedan 2012",
            "Audi S6 Sedan 2011", "BMW M3 Coupe 2012"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vericar.metrics import auroc, fpr_at_tpr, macro_f1, recall_at_k, topk_accuracy
+from vericar.evaluation.metrics import auroc, fpr_at_tpr, macro_f1, recall_at_k, topk_accuracy
 
 
 def test_topk_accuracy():

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from vericar.backbones import create_backbone
-from vericar.errors import ArtifactError, ImageError, SpecError
-from vericar.model import EmbeddingModel, create_model, embed_images
-from vericar.transforms import eval_transform, train_transform
+from vericar.core.errors import ArtifactError, ImageError, SpecError
+from vericar.models.backbones import create_backbone
+from vericar.models.model import EmbeddingModel, create_model, embed_images
+from vericar.models.transforms import eval_transform, train_transform
 
 SPECS = ["timm:test_efficientnet", "timm:test_vit", "open_clip:tiny-test"]
 

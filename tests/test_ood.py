@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from vericar.errors import ArtifactError
-from vericar.gallery import Gallery
-from vericar.ood import MAX_SCORE, KNNOOD
+from vericar.core.errors import ArtifactError
+from vericar.search.gallery import Gallery
+from vericar.search.ood import MAX_SCORE, KNNOOD
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 import vericar
-from vericar.errors import ArtifactError, ImageError, SpecError, VericarError
-from vericar.gallery import Gallery
-from vericar.hub import load, save_pretrained
-from vericar.model import create_model
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
+from vericar.artifacts.hub import load, save_pretrained
+from vericar.core.errors import ArtifactError, ImageError, SpecError, VericarError
+from vericar.core.recognizer import Recognizer
+from vericar.models.model import create_model
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 NAMES = ["Audi TTS Coupe 2012", "BMW X5 SUV 2007", "Audi S4 Sedan 2012"]
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 20)]
@@ -128,7 +128,7 @@ def test_bare_backbone_spec_and_empty_gallery():
 
 
 def test_default_spec_missing_says_what_to_do(monkeypatch, tmp_path):
-    import vericar.hub as hub
+    import vericar.artifacts.hub as hub
 
     monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "nothing")
     with pytest.raises(ArtifactError, match="default model is not shipped"):
@@ -192,7 +192,7 @@ def test_shipped_default_model_loads_and_predicts():
     import csv
 
     from conftest import CARS_DIR
-    from vericar.hub import DEFAULT_DIR
+    from vericar.artifacts.hub import DEFAULT_DIR
 
     if not (DEFAULT_DIR / "config.json").is_file():
         pytest.skip("no default model shipped in this checkout")

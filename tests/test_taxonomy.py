@@ -1,4 +1,4 @@
-"""Tests for vericar.taxonomy: all 196 Stanford Cars names against a hand-written table, flat fallback, user labels."""
+"""Tests for vericar.search.taxonomy: all 196 Stanford Cars names against a hand-written table, flat fallback, user labels."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import vericar.taxonomy as tx
-from vericar.taxonomy import LEVELS, Taxonomy, VehicleName, parse_class_name, vehicle_label
+import vericar.search.taxonomy as tx
+from vericar.search.taxonomy import LEVELS, Taxonomy, VehicleName, parse_class_name, vehicle_label
 
 CLASS_NAMES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stanford_cars" / "class_names.txt"
 

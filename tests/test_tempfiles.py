@@ -1,4 +1,4 @@
-"""A request's temporary files do not outlive it: vericar.tempfiles alone, then through the real app.
+"""A request's temporary files do not outlive it: vericar.ui.tempfiles alone, then through the real app.
 
 The app tests count every file under an isolated Gradio cache ($GRADIO_TEMP_DIR) before and after
 full identify -> similar -> explain -> enroll -> remove cycles driven by gradio_client, including two
@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from test_app import BASE, _launch, _photos, app_module, artifact, vehicle_photo  # noqa: F401 (fixtures)
-from vericar.tempfiles import RequestFiles
+from vericar.ui.tempfiles import RequestFiles
 
 
 def _upload(cache: Path, files: RequestFiles, name: str = "car.png", data: bytes = b"photo") -> str:

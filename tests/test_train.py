@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from train.config import parse_args
 from train.errors import TrainError, cli
 from train.train import main
-from vericar.errors import VericarError
+from vericar.core.errors import VericarError
 
 NAMES = ["Audi TTS Coupe 2012", "Acura TL Sedan 2012", "BMW X5 SUV 2007", "Dodge Ram Pickup 3500 Crew Cab 2010"]
 
@@ -141,7 +141,7 @@ def test_ood_scores_benchmark_runs_on_a_holdout_artifact(tiny_csv, tmp_path):
     import vericar
     from PIL import ImageOps
 
-    from vericar.data import Sample, load_csv
+    from vericar.evaluation.data import Sample, load_csv
     from vericar.evaluate import embed_samples
 
     model = vericar.load(f"local-dir:{out}").model
@@ -249,7 +249,7 @@ def test_ship_interrupted_between_renames_still_serves_and_recovers(tiny_csv, tm
     """A crash after `default` -> `default.old` and before `default.tmp` -> `default`: the loader
     serves default.old (with a warning), and the next ship restores it before replacing it."""
     import vericar
-    import vericar.hub as hub
+    import vericar.artifacts.hub as hub
     from train.ship import main as ship
 
     out, dest = tmp_path / "art", tmp_path / "pkg" / "default"

@@ -56,7 +56,7 @@ def _launch(script: Path, args: list[str], env: dict) -> str:
 
 def test_two_cpu_processes_train_push_once_load_and_resume(tiny_csv, tmp_path):
     import vericar
-    from vericar.data import load_csv
+    from vericar.evaluation.data import load_csv
     from vericar.evaluate import embed_samples
 
     script, log, out = tmp_path / "launch_train.py", tmp_path / "push.jsonl", tmp_path / "out"

@@ -11,7 +11,7 @@ from train.train import main
 
 
 def test_uint8_batches_normalised_on_the_device_match_the_float_transform(make_car_image):
-    from vericar.transforms import eval_transform, normalize_batch
+    from vericar.models.transforms import eval_transform, normalize_batch
 
     cfg = {"input_size": (3, 40, 56), "mean": (0.48, 0.45, 0.41), "std": (0.23, 0.22, 0.23),
            "interpolation": "bicubic", "crop_pct": 0.9, "resize_mode": "shortest"}
@@ -23,7 +23,7 @@ def test_uint8_batches_normalised_on_the_device_match_the_float_transform(make_c
 
 def test_bf16_training_embeds_the_artifact_in_float32_like_evaluate(tiny_csv, tmp_path):
     import vericar
-    from vericar.data import load_csv
+    from vericar.evaluation.data import load_csv
     from vericar.evaluate import embed_samples
 
     from accelerate.state import AcceleratorState

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from test_enrolled import NEW, OTHER, fresh_rec, photos, weights  # noqa: F401 (fixture)
-from vericar.density import DensityCorrection
-from vericar.errors import VericarError
-from vericar.labels import LabelError, check_not_confusable, md_text, normalise_label, skeleton
-from vericar.sessions import SessionRecognizer
-from vericar.visitors import LocalVehicles, RateLimit, SessionVehicles, make_vehicles
+from vericar.core.errors import VericarError
+from vericar.search.density import DensityCorrection
+from vericar.ui.labels import LabelError, check_not_confusable, md_text, normalise_label, skeleton
+from vericar.ui.sessions import SessionRecognizer
+from vericar.ui.visitors import LocalVehicles, RateLimit, SessionVehicles, make_vehicles
 
 
 def public(weights, tmp_path, **kw) -> SessionVehicles:  # noqa: F811
@@ -137,8 +137,8 @@ def test_label_text_rules():
 
 
 def test_merged_gallery_search_is_the_search_of_the_union():
-    from vericar.gallery import Gallery
-    from vericar.sessions import MergedGallery
+    from vericar.search.gallery import Gallery
+    from vericar.ui.sessions import MergedGallery
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(7, 8)).astype(np.float32)

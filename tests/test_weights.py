@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from conftest import CARS_DIR
-from vericar.backbones import create_backbone
-from vericar.errors import SpecError
-from vericar.weights import load_efficientnet_lite_state_dict, remap_efficientnet_pytorch_keys
-from vericar.transforms import eval_transform
+from vericar.core.errors import SpecError
+from vericar.models.backbones import create_backbone
+from vericar.models.transforms import eval_transform
+from vericar.models.weights import load_efficientnet_lite_state_dict, remap_efficientnet_pytorch_keys
 
 # ImageNet-1k classes a car photo can fairly be called.
 VEHICLE_CLASSES = {407, 436, 468, 479, 511, 555, 569, 573, 581, 609, 627, 654, 656, 661, 675, 705, 717, 734,

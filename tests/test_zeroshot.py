@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vericar.errors import VericarError
-from vericar.gallery import Gallery
-from vericar.model import create_model
-from vericar.zeroshot import DEFAULT_TEMPLATES, class_phrase, text_prototypes, zeroshot_gallery
+from vericar.core.errors import VericarError
+from vericar.models.model import create_model
+from vericar.models.zeroshot import DEFAULT_TEMPLATES, class_phrase, text_prototypes, zeroshot_gallery
+from vericar.search.gallery import Gallery
 
 torch.set_num_threads(1)
 

@@ -16,9 +16,9 @@ from train.calibrate import calibrate
 from train.card import write_card
 from train.loop import embed_rows
 from train.steps import Run, planned_epochs
-from vericar.gallery import Gallery
-from vericar.hub import push_to_hub, save_pretrained
-from vericar.recognizer import Recognizer
+from vericar.artifacts.hub import push_to_hub, save_pretrained
+from vericar.core.recognizer import Recognizer
+from vericar.search.gallery import Gallery
 
 
 def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from vericar.data import Sample
-from vericar.images import make_thumbnail, open_image
+from vericar.evaluation.data import Sample
+from vericar.vision.images import make_thumbnail, open_image
 
 
 class _Decode(Dataset):
@@ -64,8 +64,8 @@ class TensorPhotos(Dataset):
 
 
 def tensor_eval_transform(cfg: dict) -> Callable:
-    """The model's eval preprocessing for uint8 tensors (the cache) — same ops as vericar.transforms."""
-    from vericar.transforms import eval_transform
+    """The model's eval preprocessing for uint8 tensors (the cache) — same ops as vericar.models.transforms."""
+    from vericar.models.transforms import eval_transform
 
     return eval_transform(cfg)
 

@@ -4,7 +4,7 @@ validation slice; re-calibration in place.
     python -m train.calibrate --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
 
 train.py calls ``calibrate`` at the end of training. The command line re-does that step for a
-saved artifact without retraining (e.g. with the density correction of vericar/density.py turned
+saved artifact without retraining (e.g. with the density correction of vericar/search/density.py turned
 on): the artifact's gallery holds its validation photos, found again from the split its
 train_config describes; the calibration gallery is the other training photos (a query never meets
 itself). Threshold and calibration are fitted on the validation photos as the product sees them
@@ -26,15 +26,15 @@ if __name__ == "__main__" and not __package__:  # run as a file: train/ would be
 import numpy as np
 
 from train.errors import TrainError, cli
-from vericar.calibration import Calibration, fit_calibration
-from vericar.density import DensityCorrection
-from vericar.embedding import embed
-from vericar.errors import VericarError
+from vericar.core.errors import VericarError
+from vericar.core.recognizer import Recognizer
 from vericar.evaluate import evaluate_embeddings
-from vericar.gallery import Gallery
-from vericar.model import EmbeddingModel
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
+from vericar.models.embedding import embed
+from vericar.models.model import EmbeddingModel
+from vericar.search.calibration import Calibration, fit_calibration
+from vericar.search.density import DensityCorrection
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 
 def calibrate_ood(
@@ -115,7 +115,7 @@ def _history(path: Path) -> list[dict[str, Any]]:
 def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray, list[Any]]:
     """Which gallery entries of a train/train.py artifact are its validation photos (bool mask),
     and those photos' samples in gallery order (so their files line up with their embeddings)."""
-    from vericar.data import load_source, split_holdout, stratified_split
+    from vericar.evaluation.data import load_source, split_holdout, stratified_split
 
     from train.ship import short_ref
 
@@ -147,8 +147,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Re-calibrate ``--artifact`` in place; returns its new validation metrics. Bad settings or
     artifacts raise ``VericarError`` / ``TrainError`` (the command line prints them)."""
-    from vericar._runtime import tune_malloc
-    from vericar.hub import load, save_pretrained
+    from vericar._infra.runtime import tune_malloc
+    from vericar.artifacts.hub import load, save_pretrained
 
     from train.card import write_card
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from vericar.config import VericarConfig
+from vericar.core.config import VericarConfig
 
 
 def write_curve(history: Sequence[dict[str, Any]], path: Path) -> None:

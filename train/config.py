@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from vericar.config import TRAIN_SETTINGS_IN_TREE
+from vericar.core.config import TRAIN_SETTINGS_IN_TREE
 from train.errors import TrainError
 
 
@@ -17,7 +17,7 @@ class TrainConfig:
     """Every training setting; a preset YAML sets any subset.
 
     The artifact's settings (backbone, preprocessing, ranking, OOD: ``TRAIN_SETTINGS_IN_TREE``) become
-    its vericar.config.VericarConfig; the rest (data, optimisation) its meta.train_config.
+    its vericar.core.config.VericarConfig; the rest (data, optimisation) its meta.train_config.
     """
 
     backbone: str = "timm:tf_efficientnet_lite0"
@@ -67,7 +67,7 @@ class TrainConfig:
     patience: int = 3  # early stopping on validation top-1 (epochs without improvement)
     k: int = 10
     ood_k: int = 10
-    density_weight: float = 0.5  # rank neighbours by cos - w * local density: 0.5 = CSLS, 0 = plain cosine (vericar/density.py)
+    density_weight: float = 0.5  # rank neighbours by cos - w * local density: 0.5 = CSLS, 0 = plain cosine (vericar/search/density.py)
     density_k: int = 10
     ood_tpr: float = 0.95
     thumbnails: bool = True
@@ -85,7 +85,7 @@ class TrainConfig:
 
     def optimisation_dict(self) -> dict[str, Any]:
         """The settings an artifact keeps in meta.train_config: all but those its config tree holds
-        (backbone, preprocessing, ranking, OOD: vericar.config.TRAIN_SETTINGS_IN_TREE)."""
+        (backbone, preprocessing, ranking, OOD: vericar.core.config.TRAIN_SETTINGS_IN_TREE)."""
         return {k: v for k, v in asdict(self).items() if k not in TRAIN_SETTINGS_IN_TREE}
 
 

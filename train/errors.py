@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from vericar.errors import VericarError
+from vericar.core.errors import VericarError
 
 
 class TrainError(VericarError):

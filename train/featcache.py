@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.errors import TrainError
-from vericar.embed_cache import cached
-from vericar.embedding import forward_batches
+from vericar.models.embed_cache import cached
+from vericar.models.embedding import forward_batches
 
 
 def check_supported(model: nn.Module) -> None:

@@ -1,7 +1,7 @@
 """The per-epoch steps of a training run: train until the epoch ends or a stop, validate, checkpoint.
 
 Embedding for validation, the gallery and the unknown threshold goes through ``embed_photos``:
-``vericar.embedding.embed`` (the path the recogniser and evaluation take too) with DataLoader
+``vericar.models.embedding.embed`` (the path the recogniser and evaluation take too) with DataLoader
 workers, uint8 batches normalised on the accelerator, and the model's plain float32 forward (no
 autocast), so the threshold calibrated here applies to the scores a user's photos get.
 """
@@ -24,13 +24,13 @@ from train.featcache import embed_cached, train_views
 from train.heads import cap_per_class
 from train.stopping import ignore_sigint
 from train.steps import Run, current_weights, planned_epochs
+from vericar.core.recognizer import Recognizer
 from vericar.evaluate import evaluate_embeddings
-from vericar.gallery import Gallery
-from vericar.losses import HiMSMin, level_label_tensors
-from vericar.ood import KNNOOD
-from vericar.recognizer import Recognizer
-from vericar.embedding import embed
-from vericar.transforms import normalize_batch
+from vericar.models.embedding import embed
+from vericar.models.losses import HiMSMin, level_label_tensors
+from vericar.models.transforms import normalize_batch
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
 
 
 def plain_forward(module: torch.nn.Module):

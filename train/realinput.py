@@ -41,6 +41,6 @@ def real_input_view(img: Image.Image, rng: np.random.Generator, recipe: dict | N
 def real_input_views(paths: Sequence[Any], seed: int = 0, recipe: dict | None = None) -> list[Image.Image]:
     """``real_input_view`` of each photo (file path or PIL image), one seeded generator for the lot."""
     rng = np.random.default_rng(seed)
-    from vericar.images import open_image  # EXIF rotation, RGB, pixel cap: as the product opens photos
+    from vericar.vision.images import open_image  # EXIF rotation, RGB, pixel cap: as the product opens photos
 
     return [real_input_view(open_image(p), rng, recipe) for p in paths]

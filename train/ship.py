@@ -20,9 +20,9 @@ if __name__ == "__main__" and not __package__:  # run as a file: train/ would be
     raise SystemExit("run it as a module from the repository root: python -m train.ship --artifact OUT ...")
 
 from train.errors import cli
-from vericar.config import DetectorCfg
-from vericar.gallery import Gallery
-from vericar.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config
+from vericar.artifacts.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config
+from vericar.core.config import DetectorCfg
+from vericar.search.gallery import Gallery
 
 COPY = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training_curve.png", "metrics.csv", "train_config.yaml")
 

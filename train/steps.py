@@ -25,13 +25,13 @@ from train.errors import TrainError
 from train.featcache import LateStages, cached_trunk, check_supported
 from train.heads import CosineClassifier, freeze_early
 from train.stopping import StopSignal, ignore_sigint
-from vericar.data import Sample, load_source, split_holdout, stratified_split
-from vericar.density import DensityCorrection
-from vericar.losses import HiMSMin, MultiSimilarity, build_level_index
-from vericar.model import EmbeddingModel, create_model
-from vericar.taxonomy import COARSE_TO_FINE as LEVELS
-from vericar.taxonomy import Taxonomy
-from vericar.transforms import train_transform
+from vericar.evaluation.data import Sample, load_source, split_holdout, stratified_split
+from vericar.models.losses import HiMSMin, MultiSimilarity, build_level_index
+from vericar.models.model import EmbeddingModel, create_model
+from vericar.models.transforms import train_transform
+from vericar.search.density import DensityCorrection
+from vericar.search.taxonomy import COARSE_TO_FINE as LEVELS
+from vericar.search.taxonomy import Taxonomy
 
 
 @dataclass

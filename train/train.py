@@ -23,14 +23,14 @@ from train.config import parse_args
 from train.errors import cli
 from train.loop import end_epoch, fit_to_time_limit, train_epoch
 from train.steps import build_model, load_data, planned_epochs, prepare_training, resume, start
-from vericar._runtime import tune_malloc
+from vericar._infra.runtime import tune_malloc
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, then write the artifact; returns its validation metrics, history and wall seconds."""
     t_start = time.time()
     cfg = parse_args(argv)
-    tune_malloc()  # before the first big allocation: ~1.5x faster CPU steps (vericar/_runtime.py)
+    tune_malloc()  # before the first big allocation: ~1.5x faster CPU steps (vericar/_infra/runtime.py)
     run = start(cfg, t_start)  # accelerator, seed, output folder, SIGTERM / SIGINT / --time-limit
     try:
         load_data(run)  # holdout, stratified validation slice, photos decoded once into RAM (uint8)

@@ -7,7 +7,7 @@
     rec.enroll(["a.jpg", "b.jpg"], "Tesla Model 3 Sedan 2021")   # learn a new vehicle, no retraining
     rec.explain("car.jpg").overlay           # Grad-CAM++
 
-Names are imported lazily (PEP 562) so that ``import vericar.images`` does not pay for torch,
+Names are imported lazily (PEP 562) so that ``import vericar.vision.images`` does not pay for torch,
 timm and faiss.
 """
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ArtifactError": "errors", "GalleryError": "errors", "ImageError": "errors", "SpecError": "errors",
-    "VericarError": "errors",
-    "DensityCorrection": "density", "Gallery": "gallery", "KNNOOD": "ood", "open_image": "images",
-    "tune_malloc": "_runtime",
-    "load": "hub", "push_to_hub": "hub", "save_pretrained": "hub",
-    "EmbeddingModel": "model", "create_model": "model",
-    "Explanation": "prediction", "Neighbour": "prediction", "Prediction": "prediction", "Recognizer": "recognizer",
-    "Taxonomy": "taxonomy", "parse_class_name": "taxonomy",
-    "Box": "detect", "Detector": "detect", "create_detector": "detect",
-    "VericarConfig": "config", "parse_spec": "spec",
+    "ArtifactError": "core.errors", "GalleryError": "core.errors", "ImageError": "core.errors", "SpecError": "core.errors",
+    "VericarError": "core.errors",
+    "DensityCorrection": "search.density", "Gallery": "search.gallery", "KNNOOD": "search.ood", "open_image": "vision.images",
+    "tune_malloc": "_infra.runtime",
+    "load": "artifacts.hub", "push_to_hub": "artifacts.hub", "save_pretrained": "artifacts.hub",
+    "EmbeddingModel": "models.model", "create_model": "models.model",
+    "Explanation": "core.prediction", "Neighbour": "core.prediction", "Prediction": "core.prediction", "Recognizer": "core.recognizer",
+    "Taxonomy": "search.taxonomy", "parse_class_name": "search.taxonomy",
+    "Box": "vision.detect", "Detector": "vision.detect", "create_detector": "vision.detect",
+    "VericarConfig": "core.config", "parse_spec": "artifacts.spec",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -15,16 +15,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import metrics
-from .data import Sample, load_source, parse_holdout
-from .density import DensityCorrection
-from .embed_cache import cached_embeddings
-from .embedding import embed
-from .errors import VericarError
-from .gallery import Gallery
-from .model import EmbeddingModel
-from .recognizer import Recognizer
-from .taxonomy import LEVELS, Taxonomy
+from vericar.core.errors import VericarError
+from vericar.core.recognizer import Recognizer
+from vericar.evaluation import metrics
+from vericar.evaluation.data import Sample, load_source, parse_holdout
+from vericar.models.embed_cache import cached_embeddings
+from vericar.models.embedding import embed
+from vericar.models.model import EmbeddingModel
+from vericar.search.density import DensityCorrection
+from vericar.search.gallery import Gallery
+from vericar.search.taxonomy import LEVELS, Taxonomy
 
 RANK_DEPTH = 50  # neighbours looked at to rank classes for top-5
 TOP1_LEVELS = tuple(lvl for lvl in LEVELS if lvl != "year")  # top-1 is reported at these levels
@@ -39,7 +39,7 @@ def embed_samples(
     progress: bool = True,
     desc: str = "embedding",
 ) -> np.ndarray:
-    """Embed labelled photos (decoding in workers): :func:`vericar.embedding.embed`, kept under this name."""
+    """Embed labelled photos (decoding in workers): :func:`vericar.models.embedding.embed`, kept under this name."""
     return embed(model, samples, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc)
 
 
@@ -52,7 +52,7 @@ def evaluate_embeddings(
     taxonomy = Taxonomy.from_labels(sorted(known_classes | set(query_names)))
     preds = recognizer.predict_embeddings(query_emb)
     if missed is not None:
-        from .scene import no_vehicle
+        from vericar.vision.scene import no_vehicle
 
         preds = [no_vehicle() if m and p.unknown else p for p, m in zip(preds, missed)]
     depth = min(RANK_DEPTH, len(recognizer.gallery))
@@ -231,7 +231,7 @@ def _answer_queries(rec: Recognizer, queries: list[Sample], args: argparse.Names
     if rec.detector.spec == "none":
         q = embed(rec.model, queries, desc="queries", **kw)
     else:  # timed too: detection and cropping are part of each answer
-        from .scene import embed_main_vehicles
+        from vericar.vision.scene import embed_main_vehicles
 
         q, missed = embed_main_vehicles(rec, [s.image for s in queries], batch_size=args.batch_size,
                                         progress=not args.no_progress)
@@ -241,10 +241,10 @@ def _answer_queries(rec: Recognizer, queries: list[Sample], args: argparse.Names
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """CLI entry point; returns the result dict. Bad input raises ``VericarError``."""
-    from ._runtime import tune_malloc
-    from .hub import load
+    from vericar._infra.runtime import tune_malloc
+    from vericar.artifacts.hub import load
 
-    tune_malloc()  # ~2x faster CPU embedding (vericar/_runtime.py)
+    tune_malloc()  # ~2x faster CPU embedding (vericar/_infra/runtime.py)
     args = _parser().parse_args(argv)
     rec = load(args.model, **({"detector": args.detector} if args.detector else {}))
     rec.model.to(args.device)

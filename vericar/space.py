@@ -6,7 +6,7 @@
 
 ``space.yaml`` (repo root) holds the Space settings under ``space:`` and the model spec under
 ``model:``. Deployment stages exactly the files a Space needs in a temporary folder and hands it
-to :func:`vericar.hub.deploy_space` (hub.py stays the only module importing huggingface_hub).
+to :func:`vericar.artifacts.hub.deploy_space` (hub.py stays the only module importing huggingface_hub).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from .errors import VericarError
-from .spec import parse_spec
+from vericar.artifacts.spec import parse_spec
+from vericar.core.errors import VericarError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE_YAML = "space.yaml"
@@ -161,7 +161,7 @@ def deploy(space_id: str, *, model: str | None = None, root: str | Path = ROOT, 
         if dry_run:
             files = sorted(p.relative_to(tmp).as_posix() for p in Path(tmp).rglob("*") if p.is_file())
             return "dry run: would upload " + ", ".join(files) + f" with variables {variables}"
-        from . import hub  # lazy: the Hub client is only needed to upload
+        from vericar.artifacts import hub  # lazy: the Hub client is only needed to upload
 
         # suggested_hardware stays a suggestion (front matter): requesting paid hardware is the owner's call.
         return hub.deploy_space(space_id, tmp, variables=variables, private=private, token=token)

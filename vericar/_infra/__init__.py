@@ -1,0 +1,1 @@
+"""Private infrastructure: atomic writes, runtime tuning."""

@@ -1,0 +1,1 @@
+"""The recogniser and what it returns: Recognizer, Prediction, the config tree, errors."""

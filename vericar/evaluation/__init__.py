@@ -1,0 +1,1 @@
+"""Data sources (local CSV, Hub dataset, open-world holdout) and metrics."""

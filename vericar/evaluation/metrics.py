@@ -1,0 +1,99 @@
+"""Evaluation metrics: top-k accuracy, macro-F1, Recall@K (retrieval), AUROC and FPR at a TPR
+(unknown detection). Everything takes plain sequences / arrays and returns a float.
+
+Unknown detection: OOD scores are "higher = more unknown". ``auroc`` treats unknown photos as
+the positive class. ``fpr_at_tpr`` follows the OOD literature (FPR95): the threshold keeps
+``tpr`` of the *known* photos known, and the result is the share of *unknown* photos that are
+also accepted as known.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score, roc_auc_score
+
+from vericar.core.errors import VericarError, check_positive_int
+from vericar.search.ood import threshold_at_tpr
+
+
+class MetricError(VericarError, ValueError):
+    """Inputs to a metric are not usable (empty, mismatched lengths, bad k)."""
+
+
+def _check_k(k: int) -> int:
+    return check_positive_int(k, "k", MetricError)
+
+
+def topk_accuracy(true: Sequence[Any], ranked: Sequence[Sequence[Any]], k: int) -> float:
+    """Share of items whose true value is among the first ``k`` of its ranked predictions.
+
+    ``ranked[i]`` is a best-first list of predicted values for item i (may be shorter than k).
+    """
+    k = _check_k(k)
+    if len(true) != len(ranked):
+        raise MetricError(f"{len(true)} true values but {len(ranked)} ranked lists; give one list per item.")
+    if len(true) == 0:
+        raise MetricError("no items to score; pass at least one.")
+    hits = sum(t in list(r)[:k] for t, r in zip(true, ranked))
+    return hits / len(true)
+
+
+def macro_f1(true: Sequence[Any], pred: Sequence[Any]) -> float:
+    """Unweighted mean of per-class F1 over every class seen in ``true`` or ``pred``."""
+    if len(true) != len(pred):
+        raise MetricError(f"{len(true)} true values but {len(pred)} predictions; give one prediction per item.")
+    if len(true) == 0:
+        raise MetricError("no items to score; pass at least one.")
+    # Strings so that None ("no answer") is a class of its own and sklearn sees one label type.
+    t = ["\0None" if x is None else str(x) for x in true]
+    p = ["\0None" if x is None else str(x) for x in pred]
+    return float(f1_score(t, p, average="macro", zero_division=0))
+
+
+def recall_at_k(query_labels: Sequence[Any], neighbour_labels: Any, k: int) -> float:
+    """Recall@K (retrieval): share of queries with at least one same-label entry in their top ``k``.
+
+    ``neighbour_labels`` is (Q, K) best first (e.g. gallery labels at ``Gallery.search`` indices,
+    with the query itself already removed). Padding entries (None) never match.
+    """
+    k = _check_k(k)
+    if len(query_labels) != len(neighbour_labels):
+        raise MetricError(f"{len(query_labels)} queries but {len(neighbour_labels)} neighbour rows.")
+    if len(query_labels) == 0:
+        raise MetricError("no queries to score; pass at least one.")
+    hits = sum(q in list(row)[:k] for q, row in zip(query_labels, neighbour_labels))
+    return hits / len(query_labels)
+
+
+def _ood_arrays(id_scores: Any, ood_scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(id_scores, dtype=np.float64).ravel()
+    b = np.asarray(ood_scores, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise MetricError(f"need both known and unknown scores, got {a.size} known and {b.size} unknown; "
+                          "hold out some classes as unknown (data.py's open-world split).")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise MetricError("scores contain NaN or infinity; check the embeddings / OOD scorer.")
+    return a, b
+
+
+def auroc(id_scores: Any, ood_scores: Any) -> float:
+    """Area under the ROC curve for telling unknown (positive) from known by score (higher = unknown).
+
+    1.0 = perfect separation, 0.5 = chance.
+    """
+    a, b = _ood_arrays(id_scores, ood_scores)
+    y = np.concatenate([np.zeros(a.size), np.ones(b.size)])
+    return float(roc_auc_score(y, np.concatenate([a, b])))
+
+
+def fpr_at_tpr(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> float:
+    """FPR at ``tpr`` (FPR95): share of unknown photos accepted as known when the threshold keeps
+    at least ``tpr`` of known photos known. Lower is better.
+    """
+    if not 0.0 < float(tpr) <= 1.0:
+        raise MetricError(f"tpr must be in (0, 1], got {tpr!r}.")
+    a, b = _ood_arrays(id_scores, ood_scores)
+    thr = threshold_at_tpr(a, tpr)  # the rule KNNOOD.calibrate uses
+    return float(np.mean(b <= thr))

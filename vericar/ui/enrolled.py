@@ -1,0 +1,172 @@
+"""Vehicles added at run time (the app's "Add a vehicle"), kept across restarts.
+
+    store = EnrolledStore(recognizer, default_data_dir())   # merges earlier additions into the recognizer
+    store.enroll(["a.jpg", "b.jpg"], "Tesla Model 3 Sedan 2021")
+    store.remove("Tesla Model 3 Sedan 2021")
+
+The added vehicles are a Gallery of their own under ``data_dir/enrolled/<model key>``: embeddings
+only make sense for the model that made them, so another model starts with none of them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from vericar.artifacts.config_file import legacy_model_dict
+from vericar.core.errors import ArtifactError, VericarError
+from vericar.core.recognizer import Recognizer
+from vericar.search.gallery import Gallery
+from vericar.ui.labels import MAX_LABEL_LEN  # noqa: F401 - re-exported: the label rules live in labels.py
+from vericar.ui.labels import check_not_confusable, html_text, normalise_label
+from vericar.vision.images import open_image
+
+log = logging.getLogger(__name__)
+MAX_ENROL_PHOTOS = 32
+
+
+def default_data_dir() -> Path:
+    """$VERICAR_DATA_DIR, else the per-user cache ($XDG_CACHE_HOME or ~/.cache)/vericar."""
+    env = os.environ.get("VERICAR_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vericar"
+
+
+def model_key(rec: Recognizer) -> str:
+    """Short fingerprint of the served model: enrolled embeddings only make sense for the model that made them."""
+    # The pre-tree form of the model's description, so enrolments saved before it still match.
+    h = hashlib.sha256(json.dumps(legacy_model_dict(rec.model.model_cfg), sort_keys=True, default=str).encode())
+    params = list(rec.model.parameters())
+    for p in (params[:1] + params[-1:]):  # first and last tensors tell trained weights apart cheaply
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _copy(src: Gallery, rows: Iterable[int], add: Callable[..., Any]) -> None:
+    """Pass entries ``rows`` of ``src`` (embeddings, labels, refs, thumbnails) to ``add`` (Gallery.add-like)."""
+    rows = list(rows)
+    if rows:
+        add(src.embeddings[rows], [src.labels[i] for i in rows], refs=[src.refs[i] for i in rows],
+            thumbnails=[src.thumbnail(i) for i in rows])
+
+
+def clean_label(label: Any) -> str:
+    """``label`` as plain text (vericar.ui.labels.normalise_label: NFKC, whitespace collapsed); VericarError
+    when empty, too long, or holding control / zero-width / bidi characters."""
+    return normalise_label(label)
+
+
+class EnrolledStore:
+    """Vehicles added at run time: their own Gallery under ``data_dir/enrolled/<model key>``.
+
+    On start it is merged into the recognizer's gallery; every enrol/remove changes both under one
+    lock and saves the enrolled gallery atomically (Gallery.save), undoing the change in memory when
+    the save fails, so a restart finds exactly the vehicles that were added and not removed.
+    Enrolled labels never clash with the model's own labels, which is what makes removal exact
+    (Recognizer.remove drops every entry of a label).
+    """
+
+    def __init__(self, rec: Recognizer, data_dir: str | os.PathLike) -> None:
+        self.rec = rec
+        self.dir = Path(data_dir) / "enrolled" / model_key(rec)
+        self.lock = threading.Lock()
+        self.base = {lab.casefold() for lab in rec.gallery.classes}
+        self.gallery = Gallery(rec.gallery.dim)
+        if (self.dir / "gallery.json").is_file():
+            try:
+                saved = Gallery.load(self.dir)
+            except ArtifactError as e:
+                raise ArtifactError(f"the added vehicles in {self.dir} cannot be read ({e}); move that folder "
+                                    "away to start without them.") from e
+            for label in saved.classes:
+                if label.casefold() in self.base:  # the model learnt it since: its own entries win
+                    log.warning("enrolled vehicle %r is now part of the model; dropping the enrolled copy", label)
+                    saved.remove_label(label)
+            self.gallery = saved
+            _copy(saved, range(len(saved)), rec.add_embeddings)
+
+    def summary(self) -> list[tuple[str, int]]:
+        """(label, photo count) of every added vehicle, sorted by label."""
+        with self.lock:
+            labels = list(self.gallery.labels)
+        return sorted((lab, labels.count(lab)) for lab in set(labels))
+
+    def _save(self, undo: Callable[[], Any]) -> None:
+        """Save the enrolled gallery; on failure run ``undo`` so memory keeps matching the disk."""
+        try:
+            self.gallery.save(self.dir)
+        except Exception as e:
+            undo()
+            raise VericarError(f"could not save the added vehicles under {self.dir} ({e}); nothing was changed. "
+                               "Check that VERICAR_DATA_DIR is writable and has space.") from e
+
+    def enroll(self, images: Sequence[Any], label: Any) -> dict[str, Any]:
+        """Add photos under a new label; everything is checked before anything changes.
+
+        Returns {"label", "added", "enrolled" (all added labels), "gallery_size"}.
+        """
+        label = clean_label(label)
+        if not images:
+            raise VericarError("No photos were given; add at least one photo of the vehicle (2-10 work best).")
+        if len(images) > MAX_ENROL_PHOTOS:
+            raise VericarError(f"{len(images)} photos is more than the {MAX_ENROL_PHOTOS} accepted at once; "
+                               "pick the best few.")
+        pil = []
+        for im in images:
+            try:
+                pil.append(open_image(im))
+            except VericarError as e:
+                name = Path(im).name if isinstance(im, (str, os.PathLike)) else "a photo"
+                raise VericarError(f"{name}: {e} Nothing was added; replace that photo and try again.") from e
+        with self.lock:
+            if label.casefold() in self.base:
+                raise VericarError(f"'{html_text(label)}' is already a vehicle the model knows; choose another name.")
+            if label.casefold() in {lab.casefold() for lab in self.gallery.classes}:
+                raise VericarError(f"'{html_text(label)}' was already added; remove it first to add it again with "
+                                   "new photos, or choose another name.")
+            check_not_confusable(label, self.rec.gallery.classes)
+            n = self.rec.enroll(pil, label)
+
+            def undo() -> None:
+                self.rec.remove(label)
+                self.gallery.remove_label(label)
+
+            try:
+                g = self.rec.gallery
+                _copy(g, [i for i, lab in enumerate(g.labels) if lab == label], self.gallery.add)
+            except Exception:
+                undo()
+                raise
+            self._save(undo)
+            return {"label": label, "added": n, "enrolled": self.gallery.classes, "gallery_size": len(self.rec.gallery)}
+
+    def remove(self, label: Any) -> dict[str, Any]:
+        """Remove an added vehicle (the model's own vehicles cannot be removed).
+
+        Returns {"label", "removed", "enrolled" (remaining added labels), "gallery_size"}.
+        """
+        label = clean_label(label)
+        with self.lock:
+            if label not in self.gallery.classes:
+                if label.casefold() in self.base:
+                    raise VericarError(f"'{html_text(label)}' is one of the model's own vehicles, not an added one; "
+                                       "only vehicles added in this app can be removed.")
+                have = ", ".join(html_text(c) for c in self.gallery.classes) or "none"
+                raise VericarError(f"No added vehicle is called '{html_text(label)}' (added: {have}).")
+            kept = Gallery(self.gallery.dim)  # a copy of the entries, to put back if the save fails
+            _copy(self.gallery, [i for i, lab in enumerate(self.gallery.labels) if lab == label], kept.add)
+            n = self.rec.remove(label)
+            self.gallery.remove_label(label)
+
+            def undo() -> None:
+                _copy(kept, range(len(kept)), self.rec.add_embeddings)
+                _copy(kept, range(len(kept)), self.gallery.add)
+
+            self._save(undo)
+            return {"label": label, "removed": n, "enrolled": self.gallery.classes,
+                    "gallery_size": len(self.rec.gallery)}

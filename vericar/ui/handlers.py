@@ -1,0 +1,146 @@
+"""What the app's events do: the API endpoints (JSON) and the page's views (Markdown, images).
+
+``app.py`` wires these to Gradio components; each one runs inside ``RequestFiles.request`` so its
+uploads are held only while used and the files it writes for its answer go away after it (see
+vericar.ui.tempfiles). Library errors become gr.Error (webui.user_errors).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from vericar.core.recognizer import Recognizer
+from vericar.ui.gallery_images import HubImages, LocalImages
+from vericar.ui.labels import md_text
+from vericar.ui.present import finite, placeholder, result_markdown
+from vericar.ui.scene_view import draw_vehicles, identify_answer, no_vehicle_markdown, others_markdown
+from vericar.ui.tempfiles import RequestFiles
+from vericar.ui.visitors import LocalVehicles, SessionVehicles
+from vericar.ui.webui import open_upload, user_errors
+from vericar.vision.scene import no_vehicle
+
+MAX_K = 50
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """The visitor's Gradio session (one per page load / gradio_client.Client)."""
+    return getattr(request, "session_hash", None)
+
+
+class Handlers:
+    """The app's event functions over one set of vehicles (local or public mode) and its temp files."""
+
+    def __init__(self, vehicles: LocalVehicles | SessionVehicles, files: RequestFiles,
+                 source: LocalImages | HubImages | None = None) -> None:
+        self.vehicles, self.files, self.source = vehicles, files, source
+
+    def _rec(self, request: gr.Request | None) -> Recognizer:
+        """The shared recognizer, or this visitor's view of it (public mode)."""
+        return self.vehicles.recognizer(session_of(request))
+
+    # ------------------------------------------------------------------ API
+    @user_errors
+    def identify(self, image: str, request: gr.Request) -> dict[str, Any]:
+        """Identify the main vehicle of a photo (label, make, model, type, year, confidences, unknown
+        flag, neighbours, box) and list every vehicle in ``vehicles``, largest first."""
+        with self.files.request(session_of(request), [image]):
+            preds = self._rec(request).predict_all(open_upload(image))
+        return identify_answer(preds, preds[0] if preds else no_vehicle())
+
+    @user_errors
+    def similar(self, image: str, k: float, request: gr.Request) -> list[dict[str, Any]]:
+        """The k most similar gallery photos, best first."""
+        if k is None or not 1 <= int(k) <= MAX_K:
+            raise gr.Error(f"k must be between 1 and {MAX_K}, got {k}.")
+        with self.files.request(session_of(request), [image]):
+            found = self._rec(request).similar(open_upload(image), int(k))
+        return [{"label": n.label, "score": finite(n.score)} for n in found]
+
+    @user_errors
+    def explain(self, image: str, request: gr.Request) -> str:
+        """Grad-CAM++ overlay: where the photo looks like the predicted vehicle."""
+        with self.files.request(session_of(request), [image]) as out:
+            return out.image(self._rec(request).explain(open_upload(image)).overlay, "overlay", "png")
+
+    @user_errors
+    def enroll(self, images: list[str] | None, label: str, request: gr.Request) -> dict[str, Any]:
+        """Add photos of a new vehicle under ``label`` (no retraining; public mode: for this session only)."""
+        with self.files.request(session_of(request), images or []):
+            return self.vehicles.enroll(session_of(request), list(images or []), label)
+
+    @user_errors
+    def remove(self, label: str, request: gr.Request) -> dict[str, Any]:
+        """Remove a vehicle that was added with /enroll (public mode: one this session added)."""
+        return self.vehicles.remove(session_of(request), label)
+
+    # ----------------------------------------------------------------- page
+    @user_errors
+    def ui_identify(self, image: str, request: gr.Request) -> tuple[str, dict[str, float] | None, list, str, bool]:
+        """Result text, confidence per level, similar-vehicle tiles, the photo with its boxes, found-or-not."""
+        sid = session_of(request)
+        with self.files.request(sid, [image], hold_as="photo", keep_as="found") as out:
+            r, photo = self._rec(request), open_upload(image)
+            preds = r.predict_all(photo)
+            if not preds:
+                return no_vehicle_markdown(), None, [], out.image(photo, "photo"), False
+            pred = preds[0]
+            conf = {f"{lvl}: {getattr(pred, lvl) or pred.label}": c for lvl, c in pred.confidence.items()
+                    if pred.is_known(lvl)} or None  # an unknown vehicle: only its confident levels
+            tiles = []
+            for i, n in enumerate(pred.neighbours):
+                thumb = (self.source.tile(n.ref, n.label) if self.source and n.ref else None) or r.thumbnail(
+                    n.index, n.label)
+                tile = thumb if thumb is not None else placeholder(n.label, n.score)
+                tiles.append((out.image(tile, f"tile{i}"), f"{n.label} · {n.score:.2f}"))
+            return (result_markdown(pred, self.vehicles.store.rec.ood.threshold) + others_markdown(preds), conf, tiles,
+                    out.image(draw_vehicles(photo, preds), "found"), True)
+
+    @user_errors
+    def ui_explain(self, image: str, found_vehicle: bool, request: gr.Request) -> tuple[str, str] | None:
+        """Before / after for the Grad-CAM++ slider (nothing when no vehicle was found)."""
+        with self.files.request(session_of(request), [image], hold_as="photo", keep_as="overlay") as out:
+            if not found_vehicle:  # "no vehicle found": nothing to explain, and no model call for it
+                return None
+            r, pil = self._rec(request), open_upload(image)
+            ex = r.explain(pil)  # finds the main vehicle once: the crop it explained comes back with it
+            return out.image(ex.photo, "before"), out.image(ex.overlay, "after")
+
+    def listing_text(self, request: gr.Request | None = None) -> str:
+        """This visitor's added vehicles (public mode) or everyone's (local), as Markdown."""
+        return ("\n".join(f"- **{md_text(lab)}** ({n} photos)" for lab, n in self.vehicles.summary(session_of(request)))
+                or "_No vehicles added yet._")
+
+    def enrolled_view(self, request: gr.Request) -> tuple[str, Any]:
+        """The listing and the remove menu's choices (an update: called from events only)."""
+        choices = [lab for lab, _ in self.vehicles.summary(session_of(request))]
+        return self.listing_text(request), gr.update(choices=choices, value=None)
+
+    @user_errors
+    def ui_enroll(self, photos: list[str] | None, free: str, make: str, model: str, vtype: str, year: str,
+                  request: gr.Request) -> tuple:
+        """Add a vehicle from the form: a free label, else make / model / type / year."""
+        label = (free or "").strip()
+        if not label:
+            if not any((make, model, vtype, year)):
+                raise gr.Error("Give the vehicle a name: fill make, model, type and year, or a free label.")
+            from vericar.search.taxonomy import vehicle_label
+
+            label = vehicle_label(make, model, vtype, year)
+        with self.files.request(session_of(request), photos or [], hold_as="photos"):
+            out = self.vehicles.enroll(session_of(request), list(photos or []), label)
+        return (f"Added **{md_text(out['label'])}** from {out['added']} photos; it is recognised from the next "
+                "photo on.", *self.enrolled_view(request))
+
+    @user_errors
+    def ui_remove(self, label: str | None, request: gr.Request) -> tuple:
+        """Remove the picked added vehicle."""
+        if not label:
+            raise gr.Error("Pick an added vehicle to remove.")
+        out = self.vehicles.remove(session_of(request), label)
+        return f"Removed **{md_text(out['label'])}** ({out['removed']} photos).", *self.enrolled_view(request)
+
+    def session_ended(self, request: gr.Request) -> None:
+        """The page was closed: free its files (and, in public mode, its vehicles)."""
+        self.files.end_session(session_of(request))
+        self.vehicles.end(session_of(request))

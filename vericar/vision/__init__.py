@@ -1,0 +1,1 @@
+"""Photos in: safe image opening, vehicle detection, per-vehicle crops of a whole scene."""

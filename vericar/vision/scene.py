@@ -1,0 +1,167 @@
+"""From a whole photo to the vehicle crops the recognizer embeds.
+
+The embedding model was trained on tight bounding-box crops, so each detected vehicle is cut out
+at its box grown by ``CROP_MARGIN`` (chosen by measurement, README "Whole photos": 0, the SSD's
+boxes already hold the whole car). A photo that
+already is such a crop goes through whole, exactly as without a detector, so nothing that works
+on tight crops changes:
+
+- the largest vehicle box (any score down to ``FAINT_SCORE``) covers ``TIGHT_AREA`` of the photo
+  or more → one vehicle, the whole photo;
+- otherwise every confident box (``Detector.score_threshold``) is a vehicle, largest first,
+  at most ``MAX_VEHICLES``;
+- nothing found → the whole photo is embedded; if it then looks like a known vehicle (the
+  unknown-vehicle detector accepts it) it is a tight crop the detector missed, else "no vehicle".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from vericar.core.prediction import Prediction
+from vericar.search.taxonomy import LEVELS
+from vericar.vision.detect import Box, Detector, NoDetector, clip_box
+
+#: Margin added on each side of a detected box, as a fraction of the box's width / height.
+CROP_MARGIN = 0.0  # best of 0-0.2 on scene frames of train photos (README "Whole photos")
+#: A box covering this share of the photo's area means the photo is already a tight crop.
+TIGHT_AREA = 0.5
+#: Lowest detector score that still counts for the tight-crop rule.
+FAINT_SCORE = 0.05
+MAX_VEHICLES = 10
+
+
+@dataclass(frozen=True)
+class Region:
+    """One vehicle to recognise: its box in the photo's pixels (None: no detector ran) and the
+    pixel rectangle that is cropped and embedded (``whole``: the photo as it is)."""
+
+    box: Box | None
+    crop: tuple[int, int, int, int]
+    whole: bool = False
+
+    def image(self, photo: Any) -> Any:
+        """The part of ``photo`` (PIL) that is embedded."""
+        return photo if self.whole else photo.crop(self.crop)
+
+
+def grow(box: Box, margin: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` grown by ``margin`` × its width (left/right) and height (top/bottom), rounded outwards
+    to whole pixels and clipped to ``size = (width, height)``; never empty."""
+    import math
+
+    w, h = size
+    dx, dy = margin * box.width, margin * box.height
+    x1, y1 = max(0, math.floor(box.x1 - dx)), max(0, math.floor(box.y1 - dy))
+    x2, y2 = min(w, math.ceil(box.x2 + dx)), min(h, math.ceil(box.y2 + dy))
+    return x1, y1, max(x2, min(w, x1 + 1)), max(y2, min(h, y1 + 1))
+
+
+def main_first(boxes: Sequence[Box], size: tuple[int, int]) -> list[Box]:
+    """Boxes largest first (whole pixels of area); equal areas: the one nearest the centre first."""
+    cx, cy = size[0] / 2, size[1] / 2
+
+    def key(b: Box) -> tuple[int, float]:
+        return -round(b.area), ((b.x1 + b.x2) / 2 - cx) ** 2 + ((b.y1 + b.y2) / 2 - cy) ** 2
+
+    return sorted(boxes, key=key)
+
+
+def locate(detector: Detector, photo: Any, *, margin: float | None = None,
+           max_vehicles: int = MAX_VEHICLES) -> list[Region]:
+    """The vehicles in ``photo`` (PIL, EXIF already applied), main vehicle first. An empty list
+    means the detector found nothing (the caller decides between "tight crop" and "no vehicle")."""
+    if isinstance(detector, NoDetector):
+        w, h = photo.size
+        return [Region(None, (0, 0, w, h), whole=True)]
+    # A tight crop (a box over TIGHT_AREA) goes through whole: the detector skips its second look there.
+    found = detector.detect(photo, min_score=min(FAINT_SCORE, detector.score_threshold), whole_above=TIGHT_AREA)
+    return plan(found, photo.size, score_threshold=detector.score_threshold, margin=margin,
+                max_vehicles=max_vehicles)
+
+
+def plan(found: Sequence[Box], size: tuple[int, int], *, score_threshold: float, margin: float | None = None,
+         tight_area: float = TIGHT_AREA, max_vehicles: int = MAX_VEHICLES) -> list[Region]:
+    """Regions from detections (any score ≥ ``FAINT_SCORE``) in a photo of ``size``: the rules in
+    this module's docstring, as pure geometry."""
+    w, h = size
+    margin = CROP_MARGIN if margin is None else margin
+    found = main_first(found, size)
+    if found and found[0].area >= tight_area * w * h:
+        return [Region(found[0], (0, 0, w, h), whole=True)]
+    sure = [b for b in found if b.score >= score_threshold][:max_vehicles]
+    return [Region(b, grow(b, margin, size)) for b in sure]
+
+
+def whole_photo(photo: Any) -> Region:
+    """The photo as one vehicle, boxed by its own edges."""
+    w, h = photo.size
+    return Region(clip_box(Box(0, 0, w, h), (w, h)), (0, 0, w, h), whole=True)
+
+
+def recognise(rec: Any, photos: Sequence[Any], *, max_vehicles: int = MAX_VEHICLES,
+              margin: float | None = None) -> list[list[Any]]:
+    """Every vehicle in each photo (PIL, EXIF applied) as ``Prediction``s with their ``box``,
+    main vehicle first; all crops of all photos go through the network in one batch.
+
+    A photo in which the detector finds nothing is embedded whole: kept as one vehicle if the
+    unknown-vehicle detector accepts it (a tight crop the detector missed), else no vehicle ([]).
+    """
+    plans: list[list[Region]] = []
+    missed: list[bool] = []
+    for photo in photos:
+        regions = locate(rec.detector, photo, max_vehicles=max_vehicles, margin=margin)
+        missed.append(not regions)
+        plans.append(regions or [whole_photo(photo)])
+    crops = [r.image(p) for p, regions in zip(photos, plans) for r in regions]
+    preds = rec.predict_embeddings(rec._embed_pil(crops)) if crops else []
+    out: list[list[Any]] = []
+    i = 0
+    for regions, miss in zip(plans, missed):
+        mine = preds[i:i + len(regions)]
+        i += len(regions)
+        for pred, region in zip(mine, regions):
+            pred.box = region.box.to_list() if region.box is not None else None
+        out.append([] if miss and mine[0].unknown else mine)
+    return out
+
+
+def main_crop(rec: Any, photo: Any) -> Any:
+    """The main vehicle's crop of ``photo`` (PIL), or the whole photo when none is found: what
+    ``similar``, ``explain`` and ``enroll`` look at."""
+    regions = locate(rec.detector, photo, max_vehicles=1)
+    return regions[0].image(photo) if regions else photo
+
+
+def main_predictions(rec: Any, photos: Sequence[Any]) -> list[Any]:
+    """The main vehicle of each photo; a photo without one gets ``no_vehicle()``."""
+    return [found[0] if found else no_vehicle() for found in recognise(rec, photos, max_vehicles=1)]
+
+
+def no_vehicle() -> Any:
+    """The answer for a photo in which no vehicle was found: no name, flagged, ``vehicle_found=False``."""
+    return Prediction(label=None, make=None, model=None, type=None, year=None, confidence={}, unknown=True,
+                      ood_score=float("inf"), vehicle_found=False,
+                      unknown_levels=list(LEVELS))
+
+
+def embed_main_vehicles(rec: Any, sources: Sequence[Any], *, batch_size: int = 32,
+                        progress: bool = False) -> tuple[Any, Any]:
+    """Embeddings of each photo's main vehicle (as ``predict`` crops it) and a mask of the photos
+    in which the detector found nothing (embedded whole): evaluation of the whole pipeline."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from vericar.vision.images import open_image
+
+    out, missed = [], []
+    for i in tqdm(range(0, len(sources), batch_size), desc="queries", unit="batch", disable=not progress):
+        crops = []
+        for src in sources[i:i + batch_size]:
+            photo = open_image(src)
+            regions = locate(rec.detector, photo, max_vehicles=1)
+            missed.append(not regions)
+            crops.append(regions[0].image(photo) if regions else photo)
+        out.append(rec._embed_pil(crops))
+    emb = np.concatenate(out) if out else np.zeros((0, rec.model.output_dim), np.float32)
+    return emb, np.array(missed, dtype=bool)
