@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,28 +89,21 @@ def arrays(r):
             np.array([x["p_make"] for x in r]), np.array([x["p_type"] for x in r]))
 
 
-def main(argv=None) -> dict:
-    from train.calibrate import validation_slice
-    from train.realinput import real_input_views
-    from vericar.models.model import embed_images
-
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="a train/train.py artifact (its validation slice is needed)")
     ap.add_argument("--queries", required=True)
     ap.add_argument("--cache", help="embedding cache folder for the dev queries")
     ap.add_argument("--max-wrong", type=float, default=0.1)
     ap.add_argument("--json")
-    args = ap.parse_args(argv)
-    rec = load(args.model)
-    is_val, val_s = validation_slice(rec, args.model)
+    return ap.parse_args(argv)
+
+
+def validation_records(rec: Recognizer, is_val: np.ndarray, vq: np.ndarray, make_of: Callable) -> tuple[list, list]:
+    """Records of the validation views against the training gallery (known) and leave-class-out (unseen)."""
     g, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     vl = list(labels[is_val])
-    vq = embed_images(rec.model, real_input_views([s.image for s in val_s], rec.meta["train_config"].get("seed", 0)))
-    samples = load_source(args.queries, "test")
-    dq = cached_embeddings(rec.model, samples, args.cache, "queries", batch_size=32, num_workers=0, progress=False)
-    dl = [s.class_name for s in samples]
-    tax = Taxonomy.from_labels(sorted(set(labels) | set(dl)))
-    make_of = lambda c: tax.level_value(c, "make")  # noqa: E731
 
     def sub(mask) -> Recognizer:
         return Recognizer(rec.model, Gallery.from_arrays(g[mask], list(labels[mask])), rec.ood, k=rec.k,
@@ -123,6 +117,25 @@ def main(argv=None) -> dict:
         r = sub(~is_val & (labels != c))
         for i, x in zip(qi, records(r, r.predict_embeddings(vq[qi]), make_of)):
             unseen[i] = x
+    return known, unseen
+
+
+def build_sets(rec: Recognizer, model: str, queries: str, cache: str | None) -> tuple[Taxonomy, dict]:
+    """The taxonomy and the four query sets (validation / dev, known / unseen) as (records, true labels)."""
+    from train.calibrate import validation_slice
+    from train.realinput import real_input_views
+    from vericar.models.model import embed_images
+
+    is_val, val_s = validation_slice(rec, model)
+    labels = np.array(rec.gallery.labels)
+    vl = list(labels[is_val])
+    vq = embed_images(rec.model, real_input_views([s.image for s in val_s], rec.meta["train_config"].get("seed", 0)))
+    samples = load_source(queries, "test")
+    dq = cached_embeddings(rec.model, samples, cache, desc="queries", batch_size=32, num_workers=0, progress=False)
+    dl = [s.class_name for s in samples]
+    tax = Taxonomy.from_labels(sorted(set(labels) | set(dl)))
+    make_of = lambda c: tax.level_value(c, "make")  # noqa: E731
+    known, unseen = validation_records(rec, is_val, vq, make_of)
     makes = {make_of(c): 0 for c in rec.gallery.classes}
     for c in rec.gallery.classes:
         makes[make_of(c)] += 1
@@ -130,33 +143,54 @@ def main(argv=None) -> dict:
     dev = records(rec, rec.predict_embeddings(dq), make_of)
     d_known = [i for i, c in enumerate(dl) if c in set(rec.gallery.classes)]
     d_unseen = [i for i, c in enumerate(dl) if c not in set(rec.gallery.classes) and make_of(c) in makes]
-    sets = {"val_known": (known, vl), "val_unseen": ([unseen[i] for i in u_keep], [vl[i] for i in u_keep]),
-            "dev_known": ([dev[i] for i in d_known], [dl[i] for i in d_known]),
-            "dev_unseen": ([dev[i] for i in d_unseen], [dl[i] for i in d_unseen])}
+    return tax, {"val_known": (known, vl), "val_unseen": ([unseen[i] for i in u_keep], [vl[i] for i in u_keep]),
+                 "dev_known": ([dev[i] for i in d_known], [dl[i] for i in d_known]),
+                 "dev_unseen": ([dev[i] for i in d_unseen], [dl[i] for i in d_unseen])}
+
+
+def measure_levels(rec: Recognizer, tax: Taxonomy, sets: dict, max_wrong: float, res: dict) -> None:
+    """Fit each rule for make and type on the validation views; its figures on every set into ``res["levels"]``."""
     cal = rec.calibration
-    res: dict = {"model": args.model, "levels": {}}
     for lvl, pi in (("make", 2), ("type", 3)):
         uv = sets["val_unseen"]
         ok_u = np.array([x[lvl] == tax.level_value(t, lvl) for x, t in zip(*uv)])
-        t_all = threshold_at_max_wrong(arrays(uv[0])[pi], ok_u, args.max_wrong)
+        t_all = threshold_at_max_wrong(arrays(uv[0])[pi], ok_u, max_wrong)
         t_part = cal.thresholds.get(lvl, math.inf)
         rules = {"current": lambda r, pi=pi, tp=t_part: ((~arrays(r)[0]) | (arrays(r)[pi] >= tp), ~arrays(r)[0]),
                  "threshold_every_photo": lambda r, pi=pi, t=t_all: (
                      arrays(r)[pi] >= (t if t is not None else math.inf),
                      ~arrays(r)[0] & (arrays(r)[pi] >= (t if t is not None else math.inf)))}
         if lvl == "make":
-            rules["floor_at_nominal"] = floor_rule(known, [unseen[i] for i in u_keep], ok_u, rec.ood.tpr or 0.95,
+            rules["floor_at_nominal"] = floor_rule(sets["val_known"][0], uv[0], ok_u, rec.ood.tpr or 0.95,
                                                    t_part, res)
         res["levels"][lvl] = {"threshold_every_photo": t_all, "rules": {
             name: {s: rule_figures(r, t, tax, fn, lvl) for s, (r, t) in sets.items() if r}
             for name, fn in rules.items()}}
+
+
+def make_estimators(sets: dict, tax: Taxonomy) -> dict:
+    """Top-1 and ECE of the make vote and of the aggregated make probability on every non-empty set."""
+    out = {}
     for s, (r, t) in sets.items():
         if r:
-            ok1 = np.array([x["make"] == make_of(c) for x, c in zip(r, t)])
-            ok2 = np.array([x["agg"] == make_of(c) for x, c in zip(r, t)])
-            res.setdefault("make_estimators", {})[s] = {
-                "vote_top1": float(ok1.mean()), "vote_ece": ece(arrays(r)[2], ok1),
-                "aggregated_top1": float(ok2.mean()), "aggregated_ece": ece(np.array([x["p_agg"] for x in r]), ok2)}
+            ok1 = np.array([x["make"] == tax.level_value(c, "make") for x, c in zip(r, t)])
+            ok2 = np.array([x["agg"] == tax.level_value(c, "make") for x, c in zip(r, t)])
+            out[s] = {"vote_top1": float(ok1.mean()), "vote_ece": ece(arrays(r)[2], ok1),
+                      "aggregated_top1": float(ok2.mean()),
+                      "aggregated_ece": ece(np.array([x["p_agg"] for x in r]), ok2)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Fit the rules on the validation views, measure them on dev, print (and optionally save) the figures."""
+    args = parse_args(argv)
+    rec = load(args.model)
+    tax, sets = build_sets(rec, args.model, args.queries, args.cache)
+    res: dict = {"model": args.model, "levels": {}}
+    measure_levels(rec, tax, sets, args.max_wrong, res)
+    estimators = make_estimators(sets, tax)
+    if estimators:
+        res["make_estimators"] = estimators
     report(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

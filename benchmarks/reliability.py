@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vericar.artifacts.hub import load  # noqa: E402
+from vericar.core.recognizer import Recognizer  # noqa: E402
 from vericar.evaluate import evaluate_embeddings  # noqa: E402
 from vericar.evaluation.data import load_source  # noqa: E402
 from vericar.models.embed_cache import cached_embeddings  # noqa: E402
@@ -87,10 +88,8 @@ def plot(figs: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    from vericar._infra.runtime import tune_malloc
-
-    tune_malloc()
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--queries", required=True)
@@ -99,7 +98,11 @@ def main(argv=None) -> dict:
                     "model's gallery first: a proxy of the open-world protocol for a model that was trained on them")
     ap.add_argument("--png", help="write the reliability diagram here")
     ap.add_argument("--json", help="write every figure here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def load_queries(args: argparse.Namespace) -> tuple[Recognizer, np.ndarray, list[str]]:
+    """The recognizer (less the held-out classes, if asked), the query embeddings and their class names."""
     rec = load(args.model)
     samples = load_source(args.queries, "test")
     q = cached_embeddings(rec.model, samples, args.cache, desc="queries")
@@ -110,6 +113,11 @@ def main(argv=None) -> dict:
         out = parse_holdout(args.gallery_holdout)
         for name in sorted({s.class_name for s in samples if out(s.label)}):
             rec.remove(name)
+    return rec, q, names
+
+
+def measure(rec: Recognizer, q: np.ndarray, names: list[str], model: str) -> dict:
+    """Every figure: per level before / after calibration on known classes, partial answers on unknown ones."""
     classes = set(rec.gallery.classes)
     tax = Taxonomy.from_labels(sorted(classes | set(names)))
     kn = [i for i, n in enumerate(names) if n in classes]
@@ -119,7 +127,7 @@ def main(argv=None) -> dict:
     plain = rec.predict_embeddings(q[kn])
     rec.calibration = calibration
     truth = [names[i] for i in kn]
-    res = {"model": args.model, "n_known": len(kn), "nominal_unknown_rate": 1 - (rec.ood.tpr or 0.95),
+    res = {"model": model, "n_known": len(kn), "nominal_unknown_rate": 1 - (rec.ood.tpr or 0.95),
            "false_unknown_rate": float(np.mean([preds[i].unknown for i in kn])),
            "calibrated": level_figures([preds[i] for i in kn], truth, tax),
            "vote_share": level_figures(plain, truth, tax), "calibration": calibration.to_dict()}
@@ -128,8 +136,13 @@ def main(argv=None) -> dict:
         makes = {tax.level_value(c, "make") for c in classes}
         res["unknown_classes"] = partial_figures([preds[i] for i in unk], [names[i] for i in unk], tax, makes)
         res["evaluate"] = evaluate_embeddings(rec, q, names)
-    print(f"{args.model}: {len(kn)} known-class queries, false-unknown rate {100 * res['false_unknown_rate']:.2f}% "
-          f"(nominal {100 * res['nominal_unknown_rate']:.0f}%)")
+    return res
+
+
+def report(res: dict) -> None:
+    """Print the known-class table and, with unknown-class queries, their partial answers and OOD figures."""
+    print(f"{res['model']}: {res['n_known']} known-class queries, false-unknown rate "
+          f"{100 * res['false_unknown_rate']:.2f}% (nominal {100 * res['nominal_unknown_rate']:.0f}%)")
     print("| level | accuracy | mean conf. (before → after) | ECE (before → after) | wrong shown at ≥ 0.8 (before → after) | shown right / shown |")
     print("|---|---|---|---|---|---|")
     for lvl in LEVELS:
@@ -137,7 +150,7 @@ def main(argv=None) -> dict:
         print(f"| {lvl} | {100 * b['accuracy']:.2f}% | {a['mean_confidence']:.3f} → {b['mean_confidence']:.3f} | "
               f"{100 * a['ece']:.2f}% → {100 * b['ece']:.2f}% | {100 * a['wrong_shown_conf_ge_0.8']:.2f}% → "
               f"{100 * b['wrong_shown_conf_ge_0.8']:.2f}% | {100 * b['shown_right']:.2f}% / {100 * b['shown']:.2f}% |")
-    if unk:
+    if "unknown_classes" in res:
         u, e = res["unknown_classes"], res["evaluate"]
         print(f"\nunknown-class queries whose make is known: {u['n']} (flagged unknown {100 * u['flagged_unknown']:.2f}%)")
         for lvl in ("make", "type"):
@@ -147,8 +160,19 @@ def main(argv=None) -> dict:
                   f"wrong {100 * (u[lvl]['flagged_given_wrong'] or 0):.2f}%")
         print(f"ID top-1 model {100 * e['top1']['model']:.2f}% / make {100 * e['top1']['make']:.2f}% / type "
               f"{100 * e['top1']['type']:.2f}%; OOD AUROC {100 * e['ood']['auroc']:.2f}%, FPR95 {100 * e['ood']['fpr95']:.2f}%")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Measure, print, and optionally draw the reliability diagram and save every figure."""
+    from vericar._infra.runtime import tune_malloc
+
+    tune_malloc()
+    args = parse_args(argv)
+    rec, q, names = load_queries(args)
+    res = measure(rec, q, names, args.model)
+    report(res)
     if args.png:
-        plot(res, args.png, f"{args.model} on {args.queries} ({len(kn)} known-class photos)")
+        plot(res, args.png, f"{args.model} on {args.queries} ({res['n_known']} known-class photos)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return res

@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vericar import hub  # noqa: E402
+from vericar.artifacts import hub  # noqa: E402
 from vericar.core.recognizer import Recognizer  # noqa: E402
 from vericar.evaluate import TOP1_LEVELS as LEVELS  # noqa: E402
 from vericar.search.gallery import Gallery  # noqa: E402
@@ -177,7 +178,8 @@ def frames_of(rows: list[dict], data: Path, seed: int):
         yield kind, frame, boxes, [rows[j]["class_name"] for j in idx], [photos[k][0] for k in range(len(idx))]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/data/stanford_cars")
     ap.add_argument("--source", choices=("dev", "train"), default="dev")
@@ -190,78 +192,122 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-frames", help="write the first 12 frames here (to look at)")
     ap.add_argument("--json", help="write the result here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def tight_scores(rec: Recognizer, rows: list[dict], data: Path, tax: Taxonomy) -> dict[str, float]:
+    """Top-1 of the same photos sent whole, as tight crops without a detector."""
+    tight = Recognizer(rec.model, rec.gallery, rec.ood, k=rec.k, density=rec.density)
+    tpreds = []
+    for i in range(0, len(rows), 32):
+        tpreds += tight.predict_batch([data / r["file"] for r in rows[i:i + 32]])
+    return score([r["class_name"] for r in rows], tpreds, tax)
+
+
+def predict_frame(rec: Recognizer, frame: Image.Image, kind: str, margins: list, ms: list[float]) -> dict:
+    """The predictions per margin: the whole pipeline, timed on one-vehicle frames, or one detection cropped at
+    every margin of a sweep."""
+    if margins == [None]:
+        t0 = time.perf_counter()
+        preds = rec.predict_all(frame)
+        if kind == "single":
+            ms.append(1000 * (time.perf_counter() - t0))
+        return {None: preds}
+    dets = rec.detector.detect(frame, min_score=FAINT_SCORE)
+    plans = {m: plan(dets, frame.size, score_threshold=rec.detector.score_threshold, margin=m) for m in margins}
+    crops = [r.image(frame) for m in margins for r in plans[m]]  # one batch for every margin
+    every = rec.predict_embeddings(rec._embed_pil(crops)) if crops else []
+    found, i = {}, 0
+    for m in margins:
+        found[m], i = every[i:i + len(plans[m])], i + len(plans[m])
+        for p, r in zip(found[m], plans[m]):
+            p.box = r.box.to_list()
+    return found
+
+
+@dataclass
+class Tally:
+    """The frames so far: class names and matched predictions per kind (and margin), counts, timings."""
+
+    margins: list
+    names: dict = field(default_factory=lambda: {"single": [], "multi": []})
+    n_frames: dict = field(default_factory=lambda: {"single": 0, "multi": 0})
+    got: dict = field(default_factory=dict)
+    n_truth: int = 0
+    n_det: int = 0
+    n_hit: int = 0
+    frames: int = 0
+    ms: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.got = {(k, m): [] for k in self.names for m in self.margins}
+
+    def add(self, kind: str, classes: list[str], boxes: list[Box], found: dict) -> None:
+        """Count one frame's vehicles, detections and matches (detection figures at the first margin)."""
+        self.names[kind] += classes
+        self.n_frames[kind] += 1
+        preds = found[self.margins[0]]
+        self.n_truth += len(boxes)
+        self.n_det += len(preds)
+        self.n_hit += sum(p is not None for p in match(preds, boxes))
+        for m in self.margins:
+            self.got[(kind, m)] += match(found[m], boxes)
+        self.frames += 1
+
+
+def run_frames(rec: Recognizer, rows: list[dict], args: argparse.Namespace, margins: list, tax: Taxonomy) -> Tally:
+    """Detect and recognise every frame; running figures to stderr every 100 frames."""
+    tally = Tally(margins)
+    for f, (kind, frame, boxes, classes, _) in enumerate(frames_of(rows, Path(args.data), args.seed)):
+        if args.save_frames and f < 12:
+            os.makedirs(args.save_frames, exist_ok=True)
+            frame.save(Path(args.save_frames) / f"frame{f:02d}-{kind}.jpg", quality=90)
+        tally.add(kind, classes, boxes, predict_frame(rec, frame, kind, margins, tally.ms))
+        if (f + 1) % 100 == 0:  # running figures, so a run cut short still says something
+            t = tally
+            print(f"{f + 1} frames: recall {100 * t.n_hit / t.n_truth:.2f}% precision "
+                  f"{100 * t.n_hit / max(1, t.n_det):.2f}% "
+                  f"{json.dumps({k: score(t.names[k], t.got[(k, margins[0])], tax) for k in t.names})}",
+                  file=sys.stderr, flush=True)
+    return tally
+
+
+def summarise(args: argparse.Namespace, rows: list[dict], rec: Recognizer, t: Tally, passes: int,
+              by_name: dict, tax: Taxonomy) -> dict:
+    """The result: detection figures, top-1 per kind (and margin) after the tight crops', ms per frame."""
+    for kind in t.names:
+        for m in t.margins:
+            by_name[kind if m is None else f"{kind} margin {m}"] = score(t.names[kind], t.got[(kind, m)], tax)
+    result = {
+        "source": args.source, "photos": len(rows), "frames": t.n_frames, "model": args.model,
+        "detector": args.detector, "seed": args.seed,
+        "detection": {"recall": 100.0 * t.n_hit / t.n_truth, "precision": 100.0 * t.n_hit / max(1, t.n_det),
+                      "vehicles": t.n_truth, "detections": t.n_det,
+                      "network_passes_per_frame": (rec.detector.passes - passes) / max(1, t.frames),
+                      "zoom_looks": getattr(rec.detector, "zoom_looks", 0)},
+        "top1": by_name, "load_avg": os.getloadavg(),
+    }
+    if t.ms:
+        result["ms_per_single_frame"] = {"p50": statistics.median(t.ms), "p95": float(np.percentile(t.ms, 95)),
+                                         "n": len(t.ms)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Load, measure the tight crops and the frames, print (and optionally save) the result."""
+    args = parse_args(argv)
     from vericar._infra.runtime import tune_malloc
 
     tune_malloc()  # as evaluate and the app do (vericar/_infra/runtime.py)
     rec = hub.load(args.model, detector=create_detector(
         args.detector, **({} if args.zoom_looks is None else {"zoom_looks": args.zoom_looks})))
     rows, rec = load_samples(args, rec)
-    data = Path(args.data)
     tax = Taxonomy.from_labels(sorted(set(rec.gallery.classes) | {r["class_name"] for r in rows}))
     margins = [float(m) for m in args.margins.split(",")] if args.margins else [None]
-    # Tight crops: the same photos, whole, as without a detector.
-    tight = Recognizer(rec.model, rec.gallery, rec.ood, k=rec.k, density=rec.density)
-    tpreds = []
-    for i in range(0, len(rows), 32):
-        tpreds += tight.predict_batch([data / r["file"] for r in rows[i:i + 32]])
-    by_name = {"tight": score([r["class_name"] for r in rows], tpreds, tax)}
-    names = {"single": [], "multi": []}
-    got = {(k, m): [] for k in names for m in margins}
-    n_truth = n_det = n_hit = 0
-    n_frames = {k: 0 for k in names}
-    ms: list[float] = []
+    by_name = {"tight": tight_scores(rec, rows, Path(args.data), tax)}
     passes = rec.detector.passes
-    for f, (kind, frame, boxes, classes, _) in enumerate(frames_of(rows, data, args.seed)):
-        if args.save_frames and f < 12:
-            os.makedirs(args.save_frames, exist_ok=True)
-            frame.save(Path(args.save_frames) / f"frame{f:02d}-{kind}.jpg", quality=90)
-        names[kind] += classes
-        n_frames[kind] += 1
-        if margins == [None]:
-            t0 = time.perf_counter()
-            preds = rec.predict_all(frame)
-            if kind == "single":
-                ms.append(1000 * (time.perf_counter() - t0))
-            found = {None: preds}
-        else:
-            dets = rec.detector.detect(frame, min_score=FAINT_SCORE)
-            plans = {m: plan(dets, frame.size, score_threshold=rec.detector.score_threshold, margin=m)
-                     for m in margins}
-            crops = [r.image(frame) for m in margins for r in plans[m]]  # one batch for every margin
-            every = rec.predict_embeddings(rec._embed_pil(crops)) if crops else []
-            found, i = {}, 0
-            for m in margins:
-                found[m], i = every[i:i + len(plans[m])], i + len(plans[m])
-                for p, r in zip(found[m], plans[m]):
-                    p.box = r.box.to_list()
-            preds = found[margins[0]]
-        matched = match(preds, boxes)
-        n_truth += len(boxes)
-        n_det += len(preds)
-        n_hit += sum(p is not None for p in matched)
-        for m in margins:
-            got[(kind, m)] += match(found[m], boxes)
-        if (f + 1) % 100 == 0:  # running figures, so a run cut short still says something
-            print(f"{f + 1} frames: recall {100 * n_hit / n_truth:.2f}% precision {100 * n_hit / max(1, n_det):.2f}% "
-                  f"{json.dumps({k: score(names[k], got[(k, margins[0])], tax) for k in names})}",
-                  file=sys.stderr, flush=True)
-    for kind in names:
-        for m in margins:
-            by_name[kind if m is None else f"{kind} margin {m}"] = score(names[kind], got[(kind, m)], tax)
-    result = {
-        "source": args.source, "photos": len(rows), "frames": n_frames, "model": args.model,
-        "detector": args.detector, "seed": args.seed,
-        "detection": {"recall": 100.0 * n_hit / n_truth, "precision": 100.0 * n_hit / max(1, n_det),
-                      "vehicles": n_truth, "detections": n_det,
-                      "network_passes_per_frame": (rec.detector.passes - passes) / max(1, f + 1),
-                      "zoom_looks": getattr(rec.detector, "zoom_looks", 0)},
-        "top1": by_name, "load_avg": os.getloadavg(),
-    }
-    if ms:
-        result["ms_per_single_frame"] = {"p50": statistics.median(ms), "p95": float(np.percentile(ms, 95)),
-                                         "n": len(ms)}
+    tally = run_frames(rec, rows, args, margins, tax)
+    result = summarise(args, rows, rec, tally, passes, by_name, tax)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import faiss
 import numpy as np
@@ -72,8 +72,8 @@ def recall_at(idx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(idx, exact)]))
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    """Run the benchmark; returns the result rows."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="gallery size")
     p.add_argument("--dim", type=int, default=128)
@@ -95,81 +95,94 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--nprobe", type=int, nargs="+", default=[16, 64])
     p.add_argument("--skip", nargs="*", default=[], choices=["numpy", "hnsw", "ivf"])
     p.add_argument("--json", help="write the rows and settings here")
-    a = p.parse_args(argv)
-    if a.threads:
-        faiss.omp_set_num_threads(a.threads)
-        threadpool_limits(a.threads)  # BLAS threads for the NumPy baseline (and OpenMP again)
+    return p.parse_args(argv)
 
+
+def make_data(a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """The gallery vectors and the queries; prints their size and the faiss set-up."""
     t0 = time.perf_counter()
     x = unit_vectors(a.n, a.dim, a.seed, a.clustered)
     # Queries come from the same centres (same seed → same centres), as new photos of known vehicles do.
     q = unit_vectors(a.n + a.queries, a.dim, a.seed, a.clustered)[a.n:] if a.clustered else unit_vectors(a.queries, a.dim, a.seed + 1)
     print(f"data: {a.n:,} x {a.dim} float32 ({x.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s; "
           f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} CPUs", flush=True)
+    return x, q
 
-    rows: list[dict] = []
 
-    @contextlib.contextmanager
-    def build_threads():
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(a.build_threads or os.cpu_count() or 1)
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(before)
+@contextlib.contextmanager
+def build_threads(n: int) -> Iterator[None]:
+    """faiss threads set to ``n`` (0: every CPU) while an index is built."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
-    def record(method: str, params: str, build_s: float, res: dict, exact: np.ndarray) -> None:
-        rows.append({"method": method, "params": params, "build_s": round(build_s, 2),
-                     "ms_single": round(res["ms_single"], 3), "ms_batched": round(res["ms_batched"], 4),
-                     "recall@10": round(recall_at(res["idx"], exact), 4)})
-        print(f"  {method} {params}: {rows[-1]}", flush=True)
 
-    def faiss_fn(index: faiss.Index) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda qq: index.search(qq, a.k)[1]
+def record(rows: list[dict], method: str, params: str, build_s: float, res: dict, exact: np.ndarray) -> None:
+    """Add one result row and print it."""
+    rows.append({"method": method, "params": params, "build_s": round(build_s, 2),
+                 "ms_single": round(res["ms_single"], 3), "ms_batched": round(res["ms_batched"], 4),
+                 "recall@10": round(recall_at(res["idx"], exact), 4)})
+    print(f"  {method} {params}: {rows[-1]}", flush=True)
 
+
+def faiss_fn(index: faiss.Index, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The index's top-k search as a function of the queries."""
+    return lambda qq: index.search(qq, k)[1]
+
+
+def bench_exact(a: argparse.Namespace, x: np.ndarray, q: np.ndarray, rows: list[dict]) -> np.ndarray:
+    """Time faiss flat and (unless skipped) the NumPy baseline; the exact top-k, the recall reference."""
     t0 = time.perf_counter()
     flat = faiss.IndexFlatIP(a.dim)
     flat.add(x)
     build = time.perf_counter() - t0
-    res = time_search(faiss_fn(flat), q, a.single, a.batch)
+    res = time_search(faiss_fn(flat, a.k), q, a.single, a.batch)
     exact = res["idx"]  # flat inner product is exact: it is the recall reference
-    record("faiss IndexFlatIP", "exact", build, res, exact)
+    record(rows, "faiss IndexFlatIP", "exact", build, res, exact)
     flat_row = rows[-1]
-
     if "numpy" not in a.skip:
         res = time_search(lambda qq: numpy_search(x, qq, a.k), q, a.single, a.batch)
-        record("NumPy q @ X.T + argpartition", "exact", 0.0, res, exact)
+        record(rows, "NumPy q @ X.T + argpartition", "exact", 0.0, res, exact)
         rows[-1]["numpy/faiss_flat_single"] = round(res["ms_single"] / flat_row["ms_single"], 2)
         rows[-1]["numpy/faiss_flat_batched"] = round(res["ms_batched"] / flat_row["ms_batched"], 2)
-    del flat
+    return exact
 
-    if "hnsw" not in a.skip:
-        t0 = time.perf_counter()
-        hnsw = faiss.IndexHNSWFlat(a.dim, a.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = a.ef_construction
-        with build_threads():
-            hnsw.add(x)
-        build = time.perf_counter() - t0
-        for ef in a.ef_search:
-            hnsw.hnsw.efSearch = ef
-            res = time_search(faiss_fn(hnsw), q, a.single, a.batch)
-            record("faiss IndexHNSWFlat", f"M={a.hnsw_m} efC={a.ef_construction} efS={ef}", build, res, exact)
-        del hnsw
 
-    if "ivf" not in a.skip:
-        t0 = time.perf_counter()
-        quant = faiss.IndexFlatIP(a.dim)
-        ivf = faiss.IndexIVFFlat(quant, a.dim, a.nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(a.seed + 2).choice(a.n, size=min(a.ivf_train, a.n), replace=False)
-        with build_threads():
-            ivf.train(x[np.sort(sample)])
-            ivf.add(x)
-        build = time.perf_counter() - t0
-        for nprobe in a.nprobe:
-            ivf.nprobe = nprobe
-            res = time_search(faiss_fn(ivf), q, a.single, a.batch)
-            record("faiss IndexIVFFlat", f"nlist={a.nlist} nprobe={nprobe} train={len(sample):,}", build, res, exact)
+def bench_hnsw(a: argparse.Namespace, x: np.ndarray, q: np.ndarray, exact: np.ndarray, rows: list[dict]) -> None:
+    """Build HNSW once, time it at each efSearch."""
+    t0 = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(a.dim, a.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = a.ef_construction
+    with build_threads(a.build_threads):
+        hnsw.add(x)
+    build = time.perf_counter() - t0
+    for ef in a.ef_search:
+        hnsw.hnsw.efSearch = ef
+        res = time_search(faiss_fn(hnsw, a.k), q, a.single, a.batch)
+        record(rows, "faiss IndexHNSWFlat", f"M={a.hnsw_m} efC={a.ef_construction} efS={ef}", build, res, exact)
 
+
+def bench_ivf(a: argparse.Namespace, x: np.ndarray, q: np.ndarray, exact: np.ndarray, rows: list[dict]) -> None:
+    """Train and fill IVF once, time it at each nprobe."""
+    t0 = time.perf_counter()
+    quant = faiss.IndexFlatIP(a.dim)
+    ivf = faiss.IndexIVFFlat(quant, a.dim, a.nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(a.seed + 2).choice(a.n, size=min(a.ivf_train, a.n), replace=False)
+    with build_threads(a.build_threads):
+        ivf.train(x[np.sort(sample)])
+        ivf.add(x)
+    build = time.perf_counter() - t0
+    for nprobe in a.nprobe:
+        ivf.nprobe = nprobe
+        res = time_search(faiss_fn(ivf, a.k), q, a.single, a.batch)
+        record(rows, "faiss IndexIVFFlat", f"nlist={a.nlist} nprobe={nprobe} train={len(sample):,}", build, res, exact)
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Each row's speed-up over the NumPy baseline (None without one)."""
     for r in rows:
         r["speedup_vs_numpy_single"] = None
     np_rows = [r for r in rows if r["method"].startswith("NumPy")]
@@ -178,6 +191,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             r["speedup_vs_numpy_single"] = round(np_rows[0]["ms_single"] / r["ms_single"], 1)
             r["speedup_vs_numpy_batched"] = round(np_rows[0]["ms_batched"] / r["ms_batched"], 1)
 
+
+def report(a: argparse.Namespace, rows: list[dict]) -> None:
+    """Print the settings and the markdown table."""
     print(f"\n{a.n:,} x {a.dim}-d, k={a.k}, {a.queries} queries ({a.single} timed one at a time, batches of "
           f"{a.batch}); search threads {a.threads or 'default'}, build threads {a.build_threads}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
     print("| method | params | build s | ms/query (1 at a time) | ms/query (batched) | recall@10 | "
@@ -187,6 +203,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"| {r['method']} | {r['params']} | {r['build_s']:.1f} | {r['ms_single']:.3f} | {r['ms_batched']:.4f} | "
               f"{r['recall@10']:.3f} | {r.get('speedup_vs_numpy_single') or '-'} | "
               f"{r.get('speedup_vs_numpy_batched') or '-'} |")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark; returns the result rows."""
+    a = parse_args(argv)
+    if a.threads:
+        faiss.omp_set_num_threads(a.threads)
+        threadpool_limits(a.threads)  # BLAS threads for the NumPy baseline (and OpenMP again)
+    x, q = make_data(a)
+    rows: list[dict] = []
+    exact = bench_exact(a, x, q, rows)
+    if "hnsw" not in a.skip:
+        bench_hnsw(a, x, q, exact, rows)
+    if "ivf" not in a.skip:
+        bench_ivf(a, x, q, exact, rows)
+    add_speedups(rows)
+    report(a, rows)
     if a.json:
         info = {"settings": vars(a), "faiss": faiss.__version__, "numpy": np.__version__,
                 "cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "rows": rows}
