@@ -73,7 +73,7 @@ def test_a_threshold_fitted_under_another_ranking_is_refused():
     cfg = _tree()
     assert cfg.check() is cfg
     plain = dataclasses.replace(cfg, ranking=RankingCfg(5, DensityCfg()))
-    with pytest.raises(ArtifactError, match=r"(?s)fitted for cos - 0.5.*plain cosine.*train/calibrate.py"):
+    with pytest.raises(ArtifactError, match=r"(?s)fitted for cos - 0.5.*plain cosine.*train.calibrate"):
         plain.check("somewhere")
     unrecorded = dataclasses.replace(cfg, ood=dataclasses.replace(cfg.ood, calibrated_for=None))
     with pytest.raises(ArtifactError, match="unrecorded ranking"):

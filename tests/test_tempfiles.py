@@ -86,6 +86,21 @@ def test_a_page_keeps_its_photo_and_result_until_replaced_or_closed(tmp_path):
     assert files.counts() == {"held": 0, "pending": 0, "kept": 0, "due": 0}
 
 
+def test_a_request_still_running_when_its_page_closes_keeps_nothing(tmp_path):
+    # The Identify chain's explain step can still run when the visitor closes the page: its photo and
+    # result must go when it ends, not wait for a page that will never show or replace them.
+    files = RequestFiles(tmp_path, delivery_s=10)
+    up = _upload(tmp_path, files)
+    with files.request("page", [up], hold_as="photo", keep_as="found"):
+        pass
+    with files.request("page", [up], hold_as="photo", keep_as="overlay") as out:
+        written = Path(out.image(Image.new("RGB", (8, 8)), "after"))
+        files.end_session("page")  # closed mid-request
+        assert Path(up).exists()  # ... the running request still has it
+    assert not Path(up).exists() and not written.parent.exists()
+    assert files.counts() == {"held": 0, "pending": 0, "kept": 0, "due": 0}
+
+
 def test_a_failed_request_leaves_nothing_and_unknown_files_are_never_deleted(tmp_path):
     files = RequestFiles(tmp_path, delivery_s=10)
     example = tmp_path / "fedcba98" / "example.png"  # an example Gradio cached: not an upload

@@ -172,7 +172,7 @@ def resolve(spec: str | ModelSpec) -> Path:
     elif not (DEFAULT_DIR / CONFIG_NAME).is_file():
         raise ArtifactError(
             f"the default model is not shipped in this installation ({DEFAULT_DIR} has no {CONFIG_NAME}). "
-            "Train one (train/train.py --output-dir OUT) and load 'local-dir:OUT', or use 'hf-hub:ORG/NAME'."
+            "Train one (python -m train.train --output-dir OUT) and load 'local-dir:OUT', or use 'hf-hub:ORG/NAME'."
         )
     return folder
 

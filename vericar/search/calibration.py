@@ -111,20 +111,20 @@ class Calibration:
             return cls()
         if not isinstance(d, dict) or d.get("method") != "knn-softmax":
             raise ArtifactError(f"not a vericar calibration: {d!r}; expected {{'method': 'knn-softmax', ...}} as "
-                                "Calibration.to_dict() writes. Re-calibrate with train/calibrate.py.")
+                                "Calibration.to_dict() writes. Re-calibrate with python -m train.calibrate.")
         try:
             temps = {str(k): float(v) for k, v in (d.get("temperatures") or {}).items()}
             thr = {str(k): float(v) for k, v in (d.get("thresholds") or {}).items()}
             biases = {str(k): float(v) for k, v in (d.get("biases") or {}).items()}
         except (TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(f"calibration values must be numbers ({e}); "
-                                "re-calibrate with train/calibrate.py.") from e
+                                "re-calibrate with python -m train.calibrate.") from e
         bad = [k for k in list(temps) + list(thr) + list(biases) if k not in LEVELS]
         finite = all(math.isfinite(x) for x in list(temps.values()) + list(biases.values()))
         if bad or not finite or any(t <= 0 for t in temps.values()):
             raise ArtifactError(f"calibration has unknown levels {bad}, or temperatures {temps} / biases {biases} "
                                 "that are not finite (temperatures > 0); "
-                                f"levels are {LEVELS}. Re-calibrate with train/calibrate.py.")
+                                f"levels are {LEVELS}. Re-calibrate with python -m train.calibrate.")
         return cls(temps, thr, dict(d.get("info") or {}), biases)
 
 

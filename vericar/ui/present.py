@@ -161,7 +161,7 @@ def model_card(rec: "Recognizer", spec: str | None = None) -> tuple[str, str | N
         if (folder / "training_curve.png").is_file():
             curve = str(folder / "training_curve.png")
     if len(lines) == 1:
-        lines += ["", "This model carries no metrics or training command (it was not saved by train/train.py)."]
+        lines += ["", "This model carries no metrics or training command (it was not saved by python -m train.train)."]
     return "\n".join(lines), curve
 
 

@@ -83,6 +83,7 @@ class RequestFiles:
         self._holds: Counter[str] = Counter()  # upload path -> requests running with it + pages showing it
         self._shown: dict[tuple[str, str], list[str]] = {}  # (session, input) -> the uploads that input holds
         self._kept: dict[tuple[str, str], Path] = {}  # (session, output) -> the folder that page shows
+        self._ended: dict[str, float] = {}  # closed pages -> when: a request still running for one keeps nothing
         self._due: list[tuple[float, str]] = []  # (time, folder) removals, a heap
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -167,11 +168,14 @@ class RequestFiles:
             ok = True
         finally:
             with self._lock:
-                if hold_as and session:
+                gone = session in self._ended  # its page was closed while this ran: nobody will see the result
+                if hold_as and session and not gone:
                     self._show(session, hold_as, known)
                 for p in known:
                     self._let_go(p)
-                if ok and keep_as and session:  # the page shows this folder now, instead of its last one
+                if gone:
+                    self._remove_later(out.folder, 0.0)
+                elif ok and keep_as and session:  # the page shows this folder now, instead of its last one
                     self._remove_later(self._kept.pop((session, keep_as), None), self.delivery_s)
                     self._kept[(session, keep_as)] = out.folder
                 else:  # an answer (kept until fetched), or an error (nothing to fetch)
@@ -192,6 +196,7 @@ class RequestFiles:
         if not session:
             return
         with self._lock:
+            self._ended[session] = time.monotonic()
             for key in [k for k in self._shown if k[0] == session]:
                 for p in self._shown.pop(key):
                     self._let_go(p)
@@ -222,6 +227,8 @@ class RequestFiles:
 
     def _expire(self, now: float) -> None:
         """Drop uploads no request took within ``pending_s`` (their page was left, or they were refused)."""
+        for session in [s for s, t in self._ended.items() if now - t >= self.pending_s]:
+            del self._ended[session]  # no request runs that long
         for path in list(self._pending):
             times = [t for t in self._pending[path] if now - t < self.pending_s]
             if len(times) < len(self._pending[path]):
