@@ -188,7 +188,7 @@ def load_demo() -> gr.Blocks:
 
 def from_command_line(argv: list[str] | None = None) -> VericarApp:
     """``python app.py [options]``: parse them (each wins over its $VERICAR_* variable) and load the
-    model; exits with the reason when it cannot load."""
+    model; a model that cannot load raises ``VericarError`` (``__main__`` turns it into an exit)."""
     ap = argparse.ArgumentParser(description="vericar Gradio app")
     ap.add_argument("--model", default=None, help=f"model spec (default $VERICAR_MODEL or 'default'); {hub.SPEC_HELP}")
     ap.add_argument("--data-dir", default=None, help="where added vehicles are kept (default $VERICAR_DATA_DIR)")
@@ -200,16 +200,16 @@ def from_command_line(argv: list[str] | None = None) -> VericarApp:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
-    try:
-        return create_app(args.model, args.data_dir, args.gallery_images, args.detector)
-    except VericarError as e:
-        sys.exit(f"error: {e}")
+    return create_app(args.model, args.data_dir, args.gallery_images, args.detector)
 
 
 # `demo` at module level in both cases: `gradio app.py` (reload mode) runs this file as __main__ and
 # looks `demo` up there after each reload.
 if __name__ == "__main__":
-    served = from_command_line()
+    try:
+        served = from_command_line()
+    except VericarError as e:
+        sys.exit(f"error: {e}")
     demo = served.demo
     served.launch()  # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by gradio itself
 else:  # importers (tests, Python callers) get the app configured by the environment

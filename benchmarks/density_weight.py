@@ -21,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vericar.core.errors import VericarError  # noqa: E402
+
 if TYPE_CHECKING:
     from vericar.core.recognizer import Recognizer
 
@@ -43,13 +45,13 @@ def split_photos(rec: Recognizer, data: str) -> tuple[np.ndarray, list]:
 
     tc = rec.meta.get("train_config") or {}
     if not tc.get("holdout_classes"):
-        raise SystemExit("the model must be trained with --holdout-classes (its held-out classes become the enrolled ones).")
+        raise VericarError("the model must be trained with --holdout-classes (its held-out classes become the enrolled ones).")
     kept, held = split_holdout(load_source(data, "train"), tc["holdout_classes"])
     _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
     val_refs = {s.ref for s in val_s}
     is_val = np.array([r in val_refs for r in rec.gallery.refs])
     if is_val.sum() != len(val_s):
-        raise SystemExit(f"{int(is_val.sum())} of {len(val_s)} validation photos found in the gallery; pass the "
+        raise VericarError(f"{int(is_val.sum())} of {len(val_s)} validation photos found in the gallery; pass the "
                          "--data the model was trained on, from the folder training ran in.")
     return is_val, held
 
@@ -121,4 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VericarError as e:
+        sys.exit(f"error: {e}")

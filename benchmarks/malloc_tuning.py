@@ -1,4 +1,4 @@
-"""What vericar/_runtime.tune_malloc buys on this machine: a CNN forward pass and a training step.
+"""What vericar/_infra/runtime.tune_malloc buys on this machine: a CNN forward pass and a training step.
 
     python benchmarks/malloc_tuning.py [--backbone tf_efficientnet_lite2] [--batch 32] [--size 224] [--json out.json]
 

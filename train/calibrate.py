@@ -156,12 +156,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tune_malloc()
     out = Path(args.artifact)
     if args.density_weight is not None:
-        DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work
+        DensityCorrection(args.density_weight, args.density_k or 10)  # checked before any work (max_fetch below)
     if not 0.0 <= args.max_wrong <= 1.0:
         raise VericarError(f"--max-wrong must be in [0, 1], got {args.max_wrong}.")
     rec = load(f"local-dir:{out}")
     density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
-                                args.density_k or rec.density.k)
+                                args.density_k or rec.density.k, rec.density.max_fetch)
     tc = dict(rec.meta.get("train_config") or {})
     if not tc.get("data"):
         raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     ood, calibration, metrics = calibrate(
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
-        labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or 0.95, density=density,
+        labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or tc.get("ood_tpr", 0.95), density=density,
         max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
     rec.ood, rec.density, rec.calibration = ood, density, calibration
     command = "python -m train.calibrate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

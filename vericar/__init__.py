@@ -26,7 +26,7 @@ _EXPORTS = {
     "EmbeddingModel": "models.model", "create_model": "models.model",
     "Explanation": "core.prediction", "Neighbour": "core.prediction", "Prediction": "core.prediction", "Recognizer": "core.recognizer",
     "Taxonomy": "search.taxonomy", "parse_class_name": "search.taxonomy",
-    "Box": "vision.detect", "Detector": "vision.detect", "create_detector": "vision.detect",
+    "Box": "vision.boxes", "Detector": "vision.detect", "create_detector": "vision.detect",
     "VericarConfig": "core.config", "parse_spec": "artifacts.spec",
 }
 __all__ = sorted(_EXPORTS)

@@ -168,7 +168,7 @@ def resolve(spec: str | ModelSpec) -> Path:
     folder = default_dir()
     if folder != DEFAULT_DIR:
         warnings.warn(f"{DEFAULT_DIR} is missing but {folder.name} holds the previous default model (an "
-                      "interrupted train/ship.py); loading that. Run train/ship.py again to finish.", stacklevel=3)
+                      "interrupted python -m train.ship); loading that. Run python -m train.ship again to finish.", stacklevel=3)
     elif not (DEFAULT_DIR / CONFIG_NAME).is_file():
         raise ArtifactError(
             f"the default model is not shipped in this installation ({DEFAULT_DIR} has no {CONFIG_NAME}). "

@@ -116,5 +116,6 @@ def cached_embeddings(model: Any, samples: Sequence[Any], folder: str | Path | N
 
     emb = cached(folder, lambda: torch.from_numpy(embed(model, samples, **embed_kw)), weights=model,
                  preprocess=model.pretrained_cfg, files=[s.ref for s in samples],
-                 extra={"spec": model.spec, "embed_dim": model.embed_dim})
+                 extra={"spec": model.spec, "embed_dim": model.embed_dim,
+                        "precision": str(embed_kw.get("precision", "float32"))})
     return emb.numpy()

