@@ -130,7 +130,15 @@ def test_zoom_window_against_hand_computed_boxes():
     assert zoom_window(Box(900, 500, 1000, 600), (1000, 600), context=0.0) == (900, 500, 1000, 600)
 
 
-def test_second_look_confirms_faint_boxes_that_it_finds_again():
+@pytest.fixture
+def tiny_boxes(monkeypatch):
+    """The boxes of these 250x200 photos are 20-50 px: below the real ZOOM_MIN_SIDE, so it is lifted."""
+    import vericar.vision.detect as detect
+
+    monkeypatch.setattr(detect, "ZOOM_MIN_SIDE", 0)
+
+
+def test_second_look_confirms_faint_boxes_that_it_finds_again(tiny_boxes):
     photo = _coordinates()
     again = Box(40, 40, 80, 60)  # faint: looked at again in the window (20, 10, 100, 90)
     moved = Box(150, 20, 190, 40)  # faint: found again, but somewhere else in its window
@@ -154,7 +162,7 @@ def test_second_look_confirms_faint_boxes_that_it_finds_again():
     assert off.detect(photo) == boxes[:1] and off.passes == 1
 
 
-def test_no_second_look_when_a_box_already_fills_the_photo():
+def test_no_second_look_when_a_box_already_fills_the_photo(tiny_boxes):
     # 250x200 photo: a faint box (score 0.1) over 60% of it makes the photo a tight crop for the
     # caller (whole_above=0.5), so the other faint box is not looked at; at 0.7 it is.
     first = [(0, 0, 200, 150, 0.1, "car"), (210, 160, 240, 190, 0.2, "car")]
@@ -173,11 +181,34 @@ def test_no_second_look_when_a_box_already_fills_the_photo():
 def test_second_look_never_adds_a_part_of_a_car_already_found():
     assert inside(Box(60, 10, 140, 90), Box(0, 0, 100, 100)) == pytest.approx(0.5)
     assert inside(Box(0, 0, 10, 10), Box(20, 20, 30, 30)) == 0.0 and inside(Box(5, 5, 5, 5), Box(0, 0, 9, 9)) == 0.0
-    # The faint box is 37.5% inside the confident one, so it is looked at (window (30, 0, 190, 130));
-    # what the crop finds is the same box (IoU 0.78) but half inside the car already found: dropped.
-    det = LookingDetector([(0, 0, 100, 100, 0.9, "car"), (70, 10, 150, 90, 0.2, "car")],
-                          {(30, 0): [(30, 10, 110, 90, 0.95, "car")]})
+    # The faint box is 25% inside the confident one, so it is looked at (window (40, 0, 200, 130));
+    # what the crop finds is the same box (IoU 0.78) but 37.5% inside the car already found: dropped.
+    det = LookingDetector([(0, 0, 100, 100, 0.9, "car"), (80, 10, 160, 90, 0.2, "car")],
+                          {(40, 0): [(30, 10, 110, 90, 0.95, "car")]})
     assert det.detect(_coordinates()) == [Box(0, 0, 100, 100, 0.9, "car")] and det.passes == 2
+    assert det.shapes[1] == (130, 160)
+    # A faint box 37.5% inside the confident one is its part: not looked at.
+    part = LookingDetector([(0, 0, 100, 100, 0.9, "car"), (70, 10, 150, 90, 0.2, "car")],
+                           {(30, 0): [(40, 10, 120, 90, 0.95, "car")]})
+    assert part.detect(_coordinates()) == [Box(0, 0, 100, 100, 0.9, "car")] and part.passes == 1
+
+
+def test_second_look_skips_surroundings_and_boxes_too_small_to_name():
+    from vericar.vision.boxes import ZOOM_CONTAINS, ZOOM_MIN_SIDE
+
+    # (0, 0, 80, 100) holds 2/3 of the confident (40, 40, 100, 80), the car with its surroundings, though
+    # only 20% of it lies inside that box (IoU 0.18): only the ZOOM_CONTAINS rule keeps it from a look.
+    car, faint = Box(40, 40, 100, 80), Box(0, 0, 80, 100)
+    assert inside(car, faint) == pytest.approx(2 / 3) and inside(faint, car) == pytest.approx(0.2)
+    assert 2 / 3 >= ZOOM_CONTAINS and iou(car, faint) < 0.2
+    around = LookingDetector([(40, 40, 100, 80, 0.9, "car"), (0, 0, 80, 100, 0.2, "car")],
+                             {(0, 0): [(0, 0, 80, 100, 0.9, "car")]})
+    assert around.detect(_coordinates()) == [Box(40, 40, 100, 80, 0.9, "car")] and around.passes == 1
+    # Alone in the photo, a faint box is looked at from ZOOM_MIN_SIDE px on its shorter side, not under it.
+    s = ZOOM_MIN_SIDE
+    for side, passes in ((s, 2), (s - 1, 1)):
+        det = LookingDetector([(150, 100, 150 + 2 * side, 100 + side, 0.1, "car")], {})
+        assert det.detect(_coordinates(300, 200)) == [] and det.passes == passes
 
 
 # ------------------------------------------------------------------------- real detectors

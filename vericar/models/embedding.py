@@ -116,7 +116,8 @@ def forward_batches(
     from tqdm.auto import tqdm
 
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every submodule (~7 ms for EfficientNet-Lite2): a CPU request pays it
+        model.eval()
     out = []
     try:
         with torch.inference_mode(), autocast:
@@ -130,7 +131,8 @@ def forward_batches(
                     y = accelerator.gather_for_metrics(y)
                 out.append(y.cpu())
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return torch.cat(out) if out else torch.zeros((0, getattr(model, "output_dim", 0)), dtype=out_dtype)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from vericar.core.errors import ArtifactError, SpecError, VericarError
 from vericar.vision.boxes import (  # noqa: F401 - Box and its geometry are part of this module's interface
-    NMS_IOU, ZOOM_CONTEXT, ZOOM_FLOOR, ZOOM_INSIDE, ZOOM_IOU, ZOOM_LOOKS, Box, clip_box, inside, iou, nms, zoom_window,
+    NMS_IOU, ZOOM_CONTAINS, ZOOM_CONTEXT, ZOOM_FLOOR, ZOOM_INSIDE, ZOOM_IOU, ZOOM_LOOKS, ZOOM_MIN_SIDE, Box, clip_box, inside, iou, nms, zoom_window,
 )
 
 #: COCO's vehicle classes that vericar recognises (SSD's graph numbers them 1-based with gaps).
@@ -83,10 +83,12 @@ class Detector:
         h, w = rgb.shape[:2]
         sure = [b for b in found if b.score >= self.score_threshold]
         def new(b: Box) -> bool:
-            return all(iou(b, s) < NMS_IOU and inside(b, s) < ZOOM_INSIDE for s in sure)
+            return all(iou(b, s) < NMS_IOU and inside(b, s) < ZOOM_INSIDE and inside(s, b) < ZOOM_CONTAINS
+                       for s in sure)
 
         faint = [b for b in sorted(found, key=lambda b: -b.score)
-                 if ZOOM_FLOOR <= b.score < self.score_threshold and b.area > 0 and new(b)][:self.zoom_looks]
+                 if ZOOM_FLOOR <= b.score < self.score_threshold and min(b.width, b.height) >= ZOOM_MIN_SIDE
+                 and new(b)][:self.zoom_looks]
         out = []
         for b in faint:
             x1, y1, x2, y2 = zoom_window(b, (w, h))
