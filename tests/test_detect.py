@@ -209,6 +209,10 @@ def test_second_look_skips_surroundings_and_boxes_too_small_to_name():
     for side, passes in ((s, 2), (s - 1, 1)):
         det = LookingDetector([(150, 100, 150 + 2 * side, 100 + side, 0.1, "car")], {})
         assert det.detect(_coordinates(300, 200)) == [] and det.passes == passes
+    # In the photo's pixels: a photo detected at half size needs half as many pixels in the detection image.
+    for side, passes in ((s / 2, 2), (s / 2 - 1, 1)):
+        det = LookingDetector([(10, 10, 10 + 2 * side, 10 + side, 0.1, "car")], {}, max_side=150)
+        assert det.detect(_coordinates(300, 200)) == [] and det.passes == passes and det.shapes[0] == (100, 150)
 
 
 # ------------------------------------------------------------------------- real detectors

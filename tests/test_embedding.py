@@ -70,7 +70,10 @@ def test_precision_autocasts_but_returns_float32_and_mode_is_restored(tiny_model
     assert bf16.dtype == np.float32 and not np.array_equal(bf16, f32)  # autocast really ran
     np.testing.assert_allclose(bf16, f32, atol=0.05)
     np.testing.assert_allclose(f32, embed(tiny_model.eval(), photos), atol=0)  # eval mode inside either way
-    assert not tiny_model.training  # an eval model stays in eval mode (not switched back and forth)
+    calls = []
+    tiny_model.train = lambda mode=True: calls.append(mode)  # eval() calls train(False): walks every submodule
+    embed(tiny_model, photos)
+    assert calls == [] and not tiny_model.training  # an eval model is left as it is: no per-request walk
 
 
 def test_custom_forward_and_model_ready_tensors(tiny_model, make_car_image):

@@ -98,7 +98,8 @@ def forward_batches(
     ``preprocess``: the eval preprocessing (a ``pretrained_cfg``); ``"model"``: ``model.pretrained_cfg``;
     ``None``: ``inputs`` is one tensor of model-ready inputs. ``accelerator`` (accelerate): the
     loader is sharded across its processes and the outputs gathered, in input order. The model is
-    put in eval mode and given back in the mode it had.
+    put in eval mode (unless it already is: its submodules are then left as they are) and given back in
+    the mode it had.
     """
     check_positive_int(batch_size, "batch_size", VericarError)
     if precision not in PRECISIONS:
@@ -116,7 +117,7 @@ def forward_batches(
     from tqdm.auto import tqdm
 
     was_training = model.training
-    if was_training:  # eval() walks every submodule (~7 ms for EfficientNet-Lite2): a CPU request pays it
+    if was_training:  # eval() walks every submodule: an eval model (the served one) is left as it is, per request
         model.eval()
     out = []
     try:

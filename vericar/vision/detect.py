@@ -21,7 +21,8 @@ import numpy as np
 
 from vericar.core.errors import ArtifactError, SpecError, VericarError
 from vericar.vision.boxes import (  # noqa: F401 - Box and its geometry are part of this module's interface
-    NMS_IOU, ZOOM_CONTAINS, ZOOM_CONTEXT, ZOOM_FLOOR, ZOOM_INSIDE, ZOOM_IOU, ZOOM_LOOKS, ZOOM_MIN_SIDE, Box, clip_box, inside, iou, nms, zoom_window,
+    NMS_IOU, ZOOM_CONTAINS, ZOOM_CONTEXT, ZOOM_FLOOR, ZOOM_INSIDE, ZOOM_IOU, ZOOM_LOOKS, ZOOM_MIN_SIDE,
+    Box, clip_box, inside, iou, nms, zoom_window,
 )
 
 #: COCO's vehicle classes that vericar recognises (SSD's graph numbers them 1-based with gaps).
@@ -65,7 +66,7 @@ class Detector:
         frame = rgb.shape[0] * rgb.shape[1]
         # The caller decides on boxes after NMS (a big faint box may be suppressed by a smaller sure one).
         if whole_above is None or not any(b.area >= whole_above * frame for b in nms([b for b in found if b.score >= floor])):
-            found += self._second_look(rgb, found)
+            found += self._second_look(rgb, found, min_side=ZOOM_MIN_SIDE * scale)
         sw, sh = small.size
         boxes = [clip_box(Box(b.x1 * w / sw, b.y1 * h / sh, b.x2 * w / sw, b.y2 * h / sh, b.score, b.label), (w, h))
                  for b in found if b.score >= floor]
@@ -78,8 +79,9 @@ class Detector:
         return [clip_box(Box(x1, y1, x2, y2, s, lab), (w, h)) for x1, y1, x2, y2, s, lab in self._detect(rgb)
                 if lab in VEHICLE_NAMES]
 
-    def _second_look(self, rgb: np.ndarray, found: Sequence[Box]) -> list[Box]:
-        """Faint boxes confirmed by detecting again on a crop around each (module comment at ZOOM_LOOKS)."""
+    def _second_look(self, rgb: np.ndarray, found: Sequence[Box], min_side: float = 0.0) -> list[Box]:
+        """Faint boxes confirmed by detecting again on a crop around each (module comment at ZOOM_LOOKS);
+        ``min_side``: the shortest side a faint box needs to be looked at, in ``rgb``'s pixels."""
         h, w = rgb.shape[:2]
         sure = [b for b in found if b.score >= self.score_threshold]
         def new(b: Box) -> bool:
@@ -87,7 +89,7 @@ class Detector:
                        for s in sure)
 
         faint = [b for b in sorted(found, key=lambda b: -b.score)
-                 if ZOOM_FLOOR <= b.score < self.score_threshold and min(b.width, b.height) >= ZOOM_MIN_SIDE
+                 if ZOOM_FLOOR <= b.score < self.score_threshold and min(b.width, b.height) >= min_side
                  and new(b)][:self.zoom_looks]
         out = []
         for b in faint:
