@@ -57,6 +57,7 @@ class TrainConfig:
     metric_weight: float = 1.0
     ce_weight: float = 1.0  # cosine-softmax classification head on the embedding (0 = off)
     ce_scale: float = 16.0
+    coarse_ce_weight: float = 0.0  # a cosine-softmax head per coarse level (make, type) too: what unseen models share
     label_smoothing: float = 0.1
     ms_alpha: float = 2.0
     ms_beta: float = 50.0

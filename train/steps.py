@@ -23,7 +23,7 @@ from train.checkpoints import latest_checkpoint
 from train.config import TrainConfig
 from train.errors import TrainError
 from train.featcache import LateStages, cached_trunk, check_supported
-from train.heads import CosineClassifier, freeze_early
+from train.heads import COARSE_CE_LEVELS, CosineClassifier, freeze_early
 from train.stopping import StopSignal, ignore_sigint
 from vericar.evaluation.data import Sample, load_source, split_holdout, stratified_split
 from vericar.models.losses import HiMSMin, MultiSimilarity, build_level_index
@@ -124,9 +124,10 @@ def build_model(run: Run) -> None:
     if fc:  # CPU path: early stages frozen and run once per photo; epochs train the rest
         check_supported(model)
     run.frozen = freeze_early(model, max(cfg.freeze_stages, fc))
-    run.classifier = CosineClassifier(model.output_dim, len(run.class_names), cfg.ce_scale)
     taxonomy = Taxonomy.from_labels(run.class_names)
     run.level_index = build_level_index(run.class_names, taxonomy.level_value, LEVELS)
+    coarse = {lvl: max(run.level_index[lvl]) + 1 for lvl in COARSE_CE_LEVELS} if cfg.coarse_ce_weight > 0 else None
+    run.classifier = CosineClassifier(model.output_dim, len(run.class_names), cfg.ce_scale, coarse=coarse)
     run.density = DensityCorrection(cfg.density_weight, cfg.density_k)
     ms_kw = dict(alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base)
     run.metric_loss = {"hims_min": lambda: HiMSMin(LEVELS, **ms_kw), "ms": lambda: MultiSimilarity(**ms_kw),
