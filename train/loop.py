@@ -74,6 +74,7 @@ def _loss(run: Run, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     loss = emb.new_zeros(())
     if cfg.ce_weight > 0 or cfg.coarse_ce_weight > 0:
         logits = run.classifier(emb)
+        # Kept when ce_weight is 0: a DDP-wrapped head wants a gradient (0) for every weight it returned.
         loss = loss + cfg.ce_weight * F.cross_entropy(logits["model"], y, label_smoothing=cfg.label_smoothing)
         if cfg.coarse_ce_weight > 0:
             levels = level_label_tensors(y, run.level_index)

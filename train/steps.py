@@ -203,7 +203,14 @@ def resume(run: Run) -> None:
     if not (rdir / "trainer_state.yaml").is_file():
         raise TrainError(f"--resume {rdir}: no checkpoint there (expected trainer_state.yaml); "
                          "use --resume auto with the same --output-dir, or omit --resume.")
-    acc.load_state(str(rdir))
+    try:
+        acc.load_state(str(rdir))
+    except (RuntimeError, ValueError, KeyError) as e:  # weights or optimizer groups of another shape
+        raise TrainError(
+            f"--resume {rdir}: the checkpoint does not fit this run's model and heads ({type(e).__name__}: "
+            f"{str(e)[:200]}). Resume with the settings that wrote it (--backbone, --embed-dim, "
+            "--coarse-ce-weight, ...), or start over in a new --output-dir."
+        ) from e
     run.state = yaml.safe_load((rdir / "trainer_state.yaml").read_text())
     acc.print(f"resumed from {rdir} at epoch {run.state['epoch']}")
     # Older versions kept the best weights beside the checkpoint folder, not in it.
