@@ -285,3 +285,41 @@ def test_ship_interrupted_between_renames_still_serves_and_recovers(tiny_csv, tm
     assert (dest / "config.json").is_file() and not stranded.exists()
     ship(["--artifact", str(out), "--dest", str(dest)])
     assert len(vericar.load("default").gallery) == 24 and not stranded.exists() and not tmp.exists()
+
+
+def test_coarse_heads_give_each_level_logits_and_add_their_loss(tiny_csv, tmp_path):
+    """--coarse-ce-weight: a cosine-softmax head per make and type as well, checked against a naive loop."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+
+    import vericar
+    from train.config import TrainConfig
+    from train.heads import COARSE_CE_LEVELS, CosineClassifier
+    from train.loop import _loss
+
+    assert COARSE_CE_LEVELS == ("make", "type")
+    assert set(CosineClassifier(4, 3).state_dict()) == {"weight"}  # without coarse heads: the checkpoints of before
+    torch.manual_seed(0)
+    head = CosineClassifier(4, 3, scale=2.0, coarse={"make": 2, "type": 2})
+    emb = torch.randn(5, 4)
+    logits = head(emb)
+    naive = [[2.0 * float(e @ w) / float(e.norm() * w.norm()) for w in head.coarse[0]] for e in emb]
+    torch.testing.assert_close(logits["make"], torch.tensor(naive))
+    assert logits["model"].shape == (5, 3) and logits["type"].shape == (5, 2)
+    index = {"model": [0, 1, 2], "make": [0, 0, 1], "type": [1, 0, 1]}
+    y = torch.tensor([0, 1, 2, 2, 0])
+    run = SimpleNamespace(cfg=TrainConfig(ce_weight=1.0, coarse_ce_weight=0.5, label_smoothing=0.0),
+                          classifier=head, metric_loss=None, level_index=index)
+    want = F.cross_entropy(logits["model"], y) + sum(
+        0.5 * F.cross_entropy(logits[lvl], torch.tensor([index[lvl][int(c)] for c in y])) for lvl in ("make", "type"))
+    torch.testing.assert_close(_loss(run, emb, y), want)
+    run.cfg = TrainConfig(ce_weight=1.0, coarse_ce_weight=0.0, label_smoothing=0.0)
+    torch.testing.assert_close(_loss(run, emb, y), F.cross_entropy(logits["model"], y))
+    # A real run with the heads trains and writes an artifact that loads (the heads are dropped with the classifier).
+    out = tmp_path / "coarse"
+    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--coarse-ce-weight", "1.0"))
+    assert vericar.load(f"local-dir:{out}").predict(_photo(1, 2)).label in NAMES
+    with pytest.raises(TrainError, match="coarse-ce-weight"):  # its checkpoint has heads a plain run has not
+        main(_args(tiny_csv, out, "--epochs", "2", "--resume", "auto"))

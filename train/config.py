@@ -55,8 +55,9 @@ class TrainConfig:
     # losses
     loss: str = "hims_min"  # hims_min | ms | none
     metric_weight: float = 1.0
-    ce_weight: float = 1.0  # cosine-softmax classification head on the embedding (0 = off)
+    ce_weight: float = 1.0  # cosine-softmax head over the classes (0 = off, unless coarse_ce_weight > 0)
     ce_scale: float = 16.0
+    coarse_ce_weight: float = 0.0  # a cosine-softmax head per coarse level too (make and type: each adds this × its CE)
     label_smoothing: float = 0.1
     ms_alpha: float = 2.0
     ms_beta: float = 50.0

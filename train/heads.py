@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vericar.search.taxonomy import COARSE_TO_FINE
+
+#: The levels ``--coarse-ce-weight`` gives a head of their own (the finest, the model, always has one).
+COARSE_CE_LEVELS = tuple(lvl for lvl in COARSE_TO_FINE if lvl != "model")
 
 
 class CosineClassifier(nn.Module):
@@ -15,15 +20,27 @@ class CosineClassifier(nn.Module):
     A normalised softmax is a strong metric-learning objective on its own (Zhai & Wu, BMVC 2019)
     and pulls same-class embeddings together around a proxy, which is what k-NN needs. It is
     dropped after training: the artifact keeps only the embedding model.
+
+    ``coarse`` (level -> number of values, e.g. ``{"make": 49}``) adds one proxy per value of each
+    coarse level: a model never seen in training still shares its make's proxy, so the embedding
+    learns what a make's models have in common. ``forward`` returns every level's logits in one
+    call (``{"model": ..., "make": ...}``), so a wrapped (DDP) head syncs all of its weights.
     """
 
-    def __init__(self, dim: int, n_classes: int, scale: float = 16.0) -> None:
+    def __init__(self, dim: int, n_classes: int, scale: float = 16.0, coarse: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(n_classes, dim) * 0.01)
+        self.coarse_levels = tuple(coarse or ())
+        # A list, not a ParameterDict: "type" is a name nn.Module already has.
+        self.coarse = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.01) for n in (coarse or {}).values()])
         self.scale = scale
 
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.linear(F.normalize(emb.float(), dim=-1), F.normalize(self.weight, dim=-1))
+    def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        e = F.normalize(emb.float(), dim=-1)
+        out = {"model": self.scale * F.linear(e, F.normalize(self.weight, dim=-1))}
+        for lvl, w in zip(self.coarse_levels, self.coarse):
+            out[lvl] = self.scale * F.linear(e, F.normalize(w, dim=-1))
+        return out
 
 
 def freeze_early(model: nn.Module, n: int) -> list[nn.Module]:

@@ -21,7 +21,7 @@ from train.augment import color_jitter
 from train.card import write_curve
 from train.checkpoints import swap_in
 from train.featcache import embed_cached, train_views
-from train.heads import cap_per_class
+from train.heads import COARSE_CE_LEVELS, cap_per_class
 from train.stopping import ignore_sigint
 from train.steps import Run, current_weights, planned_epochs
 from vericar.core.recognizer import Recognizer
@@ -72,8 +72,15 @@ def validate(run: Run) -> dict[str, Any]:
 def _loss(run: Run, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     cfg, metric = run.cfg, run.metric_loss
     loss = emb.new_zeros(())
-    if cfg.ce_weight > 0:
-        loss = loss + cfg.ce_weight * F.cross_entropy(run.classifier(emb), y, label_smoothing=cfg.label_smoothing)
+    if cfg.ce_weight > 0 or cfg.coarse_ce_weight > 0:
+        logits = run.classifier(emb)
+        # Kept when ce_weight is 0: a DDP-wrapped head wants a gradient (0) for every weight it returned.
+        loss = loss + cfg.ce_weight * F.cross_entropy(logits["model"], y, label_smoothing=cfg.label_smoothing)
+        if cfg.coarse_ce_weight > 0:
+            levels = level_label_tensors(y, run.level_index)
+            for lvl in COARSE_CE_LEVELS:
+                loss = loss + cfg.coarse_ce_weight * F.cross_entropy(logits[lvl], levels[lvl],
+                                                                     label_smoothing=cfg.label_smoothing)
     if metric is not None and cfg.metric_weight > 0:
         if isinstance(metric, HiMSMin):
             ml, _ = metric(emb.float(), level_label_tensors(y, run.level_index))

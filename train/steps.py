@@ -23,7 +23,7 @@ from train.checkpoints import latest_checkpoint
 from train.config import TrainConfig
 from train.errors import TrainError
 from train.featcache import LateStages, cached_trunk, check_supported
-from train.heads import CosineClassifier, freeze_early
+from train.heads import COARSE_CE_LEVELS, CosineClassifier, freeze_early
 from train.stopping import StopSignal, ignore_sigint
 from vericar.evaluation.data import Sample, load_source, split_holdout, stratified_split
 from vericar.models.losses import HiMSMin, MultiSimilarity, build_level_index
@@ -124,9 +124,10 @@ def build_model(run: Run) -> None:
     if fc:  # CPU path: early stages frozen and run once per photo; epochs train the rest
         check_supported(model)
     run.frozen = freeze_early(model, max(cfg.freeze_stages, fc))
-    run.classifier = CosineClassifier(model.output_dim, len(run.class_names), cfg.ce_scale)
     taxonomy = Taxonomy.from_labels(run.class_names)
     run.level_index = build_level_index(run.class_names, taxonomy.level_value, LEVELS)
+    coarse = {lvl: max(run.level_index[lvl]) + 1 for lvl in COARSE_CE_LEVELS} if cfg.coarse_ce_weight > 0 else None
+    run.classifier = CosineClassifier(model.output_dim, len(run.class_names), cfg.ce_scale, coarse=coarse)
     run.density = DensityCorrection(cfg.density_weight, cfg.density_k)
     ms_kw = dict(alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base)
     run.metric_loss = {"hims_min": lambda: HiMSMin(LEVELS, **ms_kw), "ms": lambda: MultiSimilarity(**ms_kw),
@@ -202,7 +203,14 @@ def resume(run: Run) -> None:
     if not (rdir / "trainer_state.yaml").is_file():
         raise TrainError(f"--resume {rdir}: no checkpoint there (expected trainer_state.yaml); "
                          "use --resume auto with the same --output-dir, or omit --resume.")
-    acc.load_state(str(rdir))
+    try:
+        acc.load_state(str(rdir))
+    except (RuntimeError, ValueError, KeyError) as e:  # weights or optimizer groups of another shape
+        raise TrainError(
+            f"--resume {rdir}: the checkpoint does not fit this run's model and heads ({type(e).__name__}: "
+            f"{str(e)[:200]}). Resume with the settings that wrote it (--backbone, --embed-dim, "
+            "--coarse-ce-weight, ...), or start over in a new --output-dir."
+        ) from e
     run.state = yaml.safe_load((rdir / "trainer_state.yaml").read_text())
     acc.print(f"resumed from {rdir} at epoch {run.state['epoch']}")
     # Older versions kept the best weights beside the checkpoint folder, not in it.
