@@ -69,12 +69,28 @@ def test_clip_and_iou():
 def test_detect_downscales_clips_filters_and_merges():
     # Raw detections in the pixels of the (downscaled) array: 640x480 for a 1280x960 photo.
     raw = [(-20, 10, 320, 200, 0.9, "car"), (-18, 12, 322, 198, 0.8, "truck"),  # one van, two classes
-           (400, 300, 700, 520, 0.7, "bus"), (10, 10, 50, 50, 0.99, "person"), (100, 100, 150, 150, 0.25, "car")]
+           (400, 300, 700, 520, 0.7, "bus"), (10, 10, 50, 50, 0.99, "person"), (400, 50, 450, 100, 0.25, "car")]
     det = FixedDetector(raw, max_side=640, zoom_looks=0)  # second looks: tested below
     boxes = det.detect(Image.new("RGB", (1280, 960)))
     assert det.seen == [(480, 640, 3)]
     assert boxes == [Box(0, 20, 640, 400, 0.9, "car"), Box(800, 600, 1280, 960, 0.7, "bus")]
     assert len(det.detect(Image.new("RGB", (1280, 960)), min_score=0.2)) == 3  # the faint car too
+
+
+def test_a_box_inside_a_bigger_box_of_its_class_is_a_part():
+    from vericar.vision.boxes import PART_INSIDE, drop_parts
+
+    car, bus = Box(0, 0, 400, 200, 0.9, "car"), Box(500, 0, 900, 300, 0.8, "bus")
+    window = Box(100, 20, 200, 80, 0.95, "car")  # wholly inside the car, scoring higher: still a part
+    edge = Box(360, 100, 410, 150, 0.5, "car")  # 80% inside: a part
+    past = Box(355, 100, 415, 150, 0.5, "car")  # 75% inside: kept
+    small = Box(600, 150, 700, 290, 0.7, "car")  # a car in front of the bus (another class): kept
+    assert inside(edge, car) == pytest.approx(PART_INSIDE) and inside(past, car) == pytest.approx(0.75)
+    assert drop_parts([car, window, edge, past, bus, small], sure=0.3) == [car, past, bus, small]
+    faint = Box(0, 0, 400, 200, 0.2, "car")  # under `sure`: a faint box does not swallow a confident one
+    assert drop_parts([faint, window], sure=0.3) == [faint, window]
+    det = FixedDetector([tuple(car.to_list()) + (0.9, "car"), tuple(window.to_list()) + (0.95, "car")], zoom_looks=0)
+    assert det.detect(Image.new("RGB", (1000, 400))) == [Box(0, 0, 400, 200, 0.9, "car")]
 
 
 def test_grow_against_hand_computed_boxes():
@@ -157,7 +173,7 @@ def test_second_look_confirms_faint_boxes_that_it_finds_again(tiny_boxes):
     assert det.passes == 4 and det.shapes[1:] == [(80, 80), (70, 80), (40, 40)]  # best score first; clipped
     assert LookingDetector(first, crops, zoom_looks=1).detect(photo) == boxes  # `again` is the best faint box
     faint = LookingDetector(first, crops, zoom_looks=3).detect(photo, min_score=0.05)  # NMS merges the rest
-    assert [b.score for b in faint] == [0.9, 0.8, 0.28, 0.1, 0.05]
+    assert [b.score for b in faint] == [0.9, 0.8, 0.1, 0.05]  # `half` lies inside the car: a part, dropped
     off = LookingDetector(first, crops, zoom_looks=0)
     assert off.detect(photo) == boxes[:1] and off.passes == 1
 

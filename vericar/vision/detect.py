@@ -21,8 +21,8 @@ import numpy as np
 
 from vericar.core.errors import ArtifactError, SpecError, VericarError
 from vericar.vision.boxes import (  # noqa: F401 - Box and its geometry are part of this module's interface
-    NMS_IOU, ZOOM_CONTAINS, ZOOM_CONTEXT, ZOOM_FLOOR, ZOOM_INSIDE, ZOOM_IOU, ZOOM_LOOKS, ZOOM_MIN_SIDE,
-    Box, clip_box, inside, iou, nms, zoom_window,
+    NMS_IOU, PART_INSIDE, ZOOM_CONTAINS, ZOOM_CONTEXT, ZOOM_FLOOR, ZOOM_INSIDE, ZOOM_IOU, ZOOM_LOOKS, ZOOM_MIN_SIDE,
+    Box, clip_box, drop_parts, inside, iou, nms, zoom_window,
 )
 
 #: COCO's vehicle classes that vericar recognises (SSD's graph numbers them 1-based with gaps).
@@ -70,7 +70,7 @@ class Detector:
         sw, sh = small.size
         boxes = [clip_box(Box(b.x1 * w / sw, b.y1 * h / sh, b.x2 * w / sw, b.y2 * h / sh, b.score, b.label), (w, h))
                  for b in found if b.score >= floor]
-        return nms([b for b in boxes if b.area > 0])
+        return drop_parts(nms([b for b in boxes if b.area > 0]), self.score_threshold)
 
     def _vehicles(self, rgb: np.ndarray) -> list[Box]:
         """One network pass: the vehicle boxes in ``rgb``'s pixels, clipped to it, any score."""
