@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 NMS_IOU = 0.6
-# A confident box lying PART_INSIDE of its area or more inside a bigger confident box of the same
-# class is a part of that vehicle (the SSD boxes a window or a wheel arch as a car of its own): on
-# the dev scene frames 130 of the 142 boxes that matched no pasted car were such parts, 1-32% of
-# the car's area and 81-100% inside it. Same class only, so a car in front of a bus keeps its box.
+# A box lying PART_INSIDE of its area or more inside a bigger confident box of the same class
+# (any score) is a part of that vehicle, which the SSD sometimes boxes as a car of its own: on the
+# dev scene frames 130 of the 142 boxes that matched no pasted car lay inside their car's matched
+# box, at 1-32% of its area. Same class only, so a car in front of a bus keeps its box.
 PART_INSIDE = 0.8
 # Second look (chosen on scene frames of train photos, README "Whole photos"): the SSD sees a whole
 # frame at 300x300, where a car a quarter of the frame wide is ~75 px and often boxed right but
