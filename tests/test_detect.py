@@ -78,7 +78,7 @@ def test_detect_downscales_clips_filters_and_merges():
 
 
 def test_a_box_inside_a_bigger_box_of_its_class_is_a_part():
-    from vericar.vision.boxes import PART_INSIDE, drop_parts
+    from vericar.vision.boxes import PART_AREA, PART_INSIDE, drop_parts
 
     car, bus = Box(0, 0, 400, 200, 0.9, "car"), Box(500, 0, 900, 300, 0.8, "bus")
     window = Box(100, 20, 200, 80, 0.95, "car")  # wholly inside the car, scoring higher: still a part
@@ -87,6 +87,11 @@ def test_a_box_inside_a_bigger_box_of_its_class_is_a_part():
     small = Box(600, 150, 700, 290, 0.7, "car")  # a car in front of the bus (another class): kept
     assert inside(edge, car) == pytest.approx(PART_INSIDE) and inside(past, car) == pytest.approx(0.75)
     assert drop_parts([car, window, edge, past, bus, small], sure=0.3) == [car, past, bus, small]
+    # Two cars under one loose box: each is half of it, more than PART_AREA, so both keep their boxes.
+    pair, left, right = Box(0, 0, 400, 100, 0.6, "car"), Box(0, 0, 200, 100, 0.9, "car"), Box(200, 0, 400, 100, 0.9, "car")
+    assert left.area > PART_AREA * pair.area and drop_parts([left, right, pair], sure=0.3) == [left, right, pair]
+    third = Box(0, 0, 133, 100, 0.9, "car")  # a third of it: a part
+    assert third.area <= PART_AREA * pair.area and drop_parts([pair, third], sure=0.3) == [pair]
     faint = Box(0, 0, 400, 200, 0.2, "car")  # under `sure`: a faint box does not swallow a confident one
     assert drop_parts([faint, window], sure=0.3) == [faint, window]
     det = FixedDetector([tuple(car.to_list()) + (0.9, "car"), tuple(window.to_list()) + (0.95, "car")], zoom_looks=0)
@@ -173,7 +178,7 @@ def test_second_look_confirms_faint_boxes_that_it_finds_again(tiny_boxes):
     assert det.passes == 4 and det.shapes[1:] == [(80, 80), (70, 80), (40, 40)]  # best score first; clipped
     assert LookingDetector(first, crops, zoom_looks=1).detect(photo) == boxes  # `again` is the best faint box
     faint = LookingDetector(first, crops, zoom_looks=3).detect(photo, min_score=0.05)  # NMS merges the rest
-    assert [b.score for b in faint] == [0.9, 0.8, 0.1, 0.05]  # `half` lies inside the car: a part, dropped
+    assert [b.score for b in faint] == [0.9, 0.8, 0.28, 0.1, 0.05]  # `half` is half the car's box: not a part
     off = LookingDetector(first, crops, zoom_looks=0)
     assert off.detect(photo) == boxes[:1] and off.passes == 1
 

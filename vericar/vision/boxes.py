@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 NMS_IOU = 0.6
-# A box lying PART_INSIDE of its area or more inside a bigger confident box of the same class
-# (any score) is a part of that vehicle, which the SSD sometimes boxes as a car of its own: on the
-# dev scene frames 130 of the 142 boxes that matched no pasted car lay inside their car's matched
-# box, at 1-32% of its area. Same class only, so a car in front of a bus keeps its box.
+# A box lying PART_INSIDE of its area or more inside a confident box of the same class at least
+# 1 / PART_AREA times its size (any score) is a part of that vehicle, which the SSD sometimes boxes
+# as a car of its own: on the dev scene frames 130 of the 142 boxes that matched no pasted car lay
+# inside their car's matched box, at 1-32% of its area. Same class only, so a car in front of a bus
+# keeps its box; a third at most, so two cars under one loose box keep theirs.
 PART_INSIDE = 0.8
+PART_AREA = 1 / 3
 # Second look (chosen on scene frames of train photos, README "Whole photos"): the SSD sees a whole
 # frame at 300x300, where a car a quarter of the frame wide is ~75 px and often boxed right but
 # scored low. Up to ZOOM_LOOKS such faint boxes (score from ZOOM_FLOOR up, under the threshold,
@@ -96,9 +98,10 @@ def nms(boxes: Sequence[Box], iou_threshold: float = NMS_IOU) -> list[Box]:
 
 
 def drop_parts(boxes: Sequence[Box], sure: float) -> list[Box]:
-    """``boxes`` (order kept) without those lying ``PART_INSIDE`` or more inside a bigger box of the
-    same class scoring ``sure`` or more: parts of a vehicle already boxed."""
-    return [b for b in boxes if not any(o.score >= sure and o.label == b.label and o.area > b.area
+    """``boxes`` (order kept) without those lying ``PART_INSIDE`` or more inside a box of the same
+    class scoring ``sure`` or more and at least ``1 / PART_AREA`` times as big: parts of a vehicle
+    already boxed."""
+    return [b for b in boxes if not any(o.score >= sure and o.label == b.label and b.area <= PART_AREA * o.area
                                         and inside(b, o) >= PART_INSIDE for o in boxes)]
 
 

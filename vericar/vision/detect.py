@@ -7,7 +7,8 @@
 
 Boxes are in the pixels of the image given (huge photos are downscaled for detection only and
 the boxes scaled back), clipped to it, vehicles only (COCO car / bus / truck), one box per vehicle
-(class-agnostic non-maximum suppression: COCO detectors often call one van both car and truck).
+(class-agnostic non-maximum suppression: COCO detectors often call one van both car and truck; a
+box lying inside a much bigger box of its class is a part of that vehicle and dropped).
 A faint box gets a second look on a crop around it (``ZOOM_LOOKS``; ``zoom_looks=0`` turns it off).
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Detector:
                        for s in sure)
 
         faint = [b for b in sorted(found, key=lambda b: -b.score)
-                 if ZOOM_FLOOR <= b.score < self.score_threshold and min(b.width, b.height) >= min_side
+                 if ZOOM_FLOOR <= b.score < self.score_threshold and b.area > 0 and min(b.width, b.height) >= min_side
                  and new(b)][:self.zoom_looks]
         out = []
         for b in faint:
