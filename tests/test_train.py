@@ -168,6 +168,8 @@ def test_config_overrides_and_errors(tmp_path):
         parse_args(["--epochs", "many"])
     with pytest.raises(TrainError, match="no such file; presets are in train/configs/"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(TrainError, match="--coarse-ce-weight -1.0: a loss weight is >= 0"):
+        parse_args(["--coarse-ce-weight", "-1"])
 
 
 def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):

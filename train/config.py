@@ -81,6 +81,13 @@ class TrainConfig:
     push_to_hub: str | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # A negative weight would not turn a loss off but train against it (or, for the coarse
+        # heads, be skipped without a word): refuse it.
+        for name in ("metric_weight", "ce_weight", "coarse_ce_weight"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: a loss weight is >= 0 (0 turns it off).")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
