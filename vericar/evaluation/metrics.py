@@ -31,13 +31,17 @@ def topk_accuracy(true: Sequence[Any], ranked: Sequence[Sequence[Any]], k: int) 
 
     ``ranked[i]`` is a best-first list of predicted values for item i (may be shorter than k).
     """
+    return _share_in_first_k(true, ranked, k, "true values", "ranked lists")
+
+
+def _share_in_first_k(true: Sequence[Any], rows: Sequence[Sequence[Any]], k: int, what: str, rows_are: str) -> float:
+    """Share of ``true[i]`` found among the first ``k`` of ``rows[i]`` (top-k accuracy and Recall@K alike)."""
     k = _check_k(k)
-    if len(true) != len(ranked):
-        raise MetricError(f"{len(true)} true values but {len(ranked)} ranked lists; give one list per item.")
+    if len(true) != len(rows):
+        raise MetricError(f"{len(true)} {what} but {len(rows)} {rows_are}; give one row per item.")
     if len(true) == 0:
-        raise MetricError("no items to score; pass at least one.")
-    hits = sum(t in list(r)[:k] for t, r in zip(true, ranked))
-    return hits / len(true)
+        raise MetricError(f"no {what} to score; pass at least one.")
+    return sum(t in list(r)[:k] for t, r in zip(true, rows)) / len(true)
 
 
 def macro_f1(true: Sequence[Any], pred: Sequence[Any]) -> float:
@@ -58,13 +62,7 @@ def recall_at_k(query_labels: Sequence[Any], neighbour_labels: Any, k: int) -> f
     ``neighbour_labels`` is (Q, K) best first (e.g. gallery labels at ``Gallery.search`` indices,
     with the query itself already removed). Padding entries (None) never match.
     """
-    k = _check_k(k)
-    if len(query_labels) != len(neighbour_labels):
-        raise MetricError(f"{len(query_labels)} queries but {len(neighbour_labels)} neighbour rows.")
-    if len(query_labels) == 0:
-        raise MetricError("no queries to score; pass at least one.")
-    hits = sum(q in list(row)[:k] for q, row in zip(query_labels, neighbour_labels))
-    return hits / len(query_labels)
+    return _share_in_first_k(query_labels, neighbour_labels, k, "queries", "neighbour rows")
 
 
 def _ood_arrays(id_scores: Any, ood_scores: Any) -> tuple[np.ndarray, np.ndarray]:
