@@ -323,5 +323,6 @@ def test_coarse_heads_give_each_level_logits_and_add_their_loss(tiny_csv, tmp_pa
     out = tmp_path / "coarse"
     main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--coarse-ce-weight", "1.0"))
     assert vericar.load(f"local-dir:{out}").predict(_photo(1, 2)).label in NAMES
+    assert "per make and body type at weight 1" in (out / "README.md").read_text()  # the card says how it was trained
     with pytest.raises(TrainError, match="coarse-ce-weight"):  # its checkpoint has heads a plain run has not
         main(_args(tiny_csv, out, "--epochs", "2", "--resume", "auto"))

@@ -85,7 +85,10 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], history: 
         "---", "library_name: vericar", "tags: [vehicle-recognition, metric-learning, stanford-cars]", "---",
         "# vericar embedding model", "",
         f"Backbone `{config.model.spec}` + {config.model.embed_dim}-d projection head, trained with "
-        f"{tc.get('loss', '?')} + cosine-softmax on {meta['classes']} classes from `{tc.get('data', '?')}`"
+        f"{tc.get('loss', '?')} + cosine-softmax"
+        + (f" (a proxy per model, and per make and body type at weight {tc['coarse_ce_weight']:g})"
+           if tc.get("coarse_ce_weight") else "")
+        + f" on {meta['classes']} classes from `{tc.get('data', '?')}`"
         + (f" (classes `{holdout}` held out)." if holdout else "."), "",
         (f"Gallery neighbours are ranked by `cos - {density.weight:g} * density` (CSLS, density = mean cosine to "
          f"the {density.k} nearest gallery entries); the unknown threshold is calibrated for that ranking."
