@@ -297,6 +297,7 @@ def test_coarse_heads_give_each_level_logits_and_add_their_loss(tiny_csv, tmp_pa
     import torch.nn.functional as F
 
     import vericar
+    from train.card import _heads
     from train.config import TrainConfig
     from train.heads import COARSE_CE_LEVELS, CosineClassifier
     from train.loop import _loss
@@ -324,5 +325,7 @@ def test_coarse_heads_give_each_level_logits_and_add_their_loss(tiny_csv, tmp_pa
     main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--coarse-ce-weight", "1.0"))
     assert vericar.load(f"local-dir:{out}").predict(_photo(1, 2)).label in NAMES
     assert "per make and body type at weight 1" in (out / "README.md").read_text()  # the card says how it was trained
+    assert _heads({"ce_weight": 0.0, "coarse_ce_weight": 0.5}) == " + cosine-softmax (a proxy per make and body type at weight 0.5)"
+    assert _heads({"ce_weight": 0.0, "coarse_ce_weight": 0.0}) == ""  # no classification head: nothing to name
     with pytest.raises(TrainError, match="coarse-ce-weight"):  # its checkpoint has heads a plain run has not
         main(_args(tiny_csv, out, "--epochs", "2", "--resume", "auto"))

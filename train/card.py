@@ -74,6 +74,14 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _heads(tc: dict[str, Any]) -> str:
+    """" + cosine-softmax (...)": which proxies the classification head had, at which loss weight."""
+    ce, coarse = float(tc.get("ce_weight", 1.0) or 0.0), float(tc.get("coarse_ce_weight") or 0.0)
+    parts = ([f"a proxy per model at weight {ce:g}"] if ce else []) + (
+        [f"{'' if ce else 'a proxy '}per make and body type at weight {coarse:g}"] if coarse else [])
+    return f" + cosine-softmax ({', '.join(parts)})" if parts else ""
+
+
 def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
     """README.md of the artifact: what it is, how well it does, how to reproduce it. Every setting is
     read from the artifact itself (its config tree, and meta.train_config for data and optimisation)."""
@@ -85,10 +93,7 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], history: 
         "---", "library_name: vericar", "tags: [vehicle-recognition, metric-learning, stanford-cars]", "---",
         "# vericar embedding model", "",
         f"Backbone `{config.model.spec}` + {config.model.embed_dim}-d projection head, trained with "
-        f"{tc.get('loss', '?')} + cosine-softmax"
-        + (f" (a proxy per model, and per make and body type at weight {tc['coarse_ce_weight']:g})"
-           if tc.get("coarse_ce_weight") else "")
-        + f" on {meta['classes']} classes from `{tc.get('data', '?')}`"
+        f"{tc.get('loss', '?')}{_heads(tc)} on {meta['classes']} classes from `{tc.get('data', '?')}`"
         + (f" (classes `{holdout}` held out)." if holdout else "."), "",
         (f"Gallery neighbours are ranked by `cos - {density.weight:g} * density` (CSLS, density = mean cosine to "
          f"the {density.k} nearest gallery entries); the unknown threshold is calibrated for that ranking."

@@ -38,7 +38,7 @@ def _share_in_first_k(true: Sequence[Any], rows: Sequence[Sequence[Any]], k: int
     """Share of ``true[i]`` found among the first ``k`` of ``rows[i]`` (top-k accuracy and Recall@K alike)."""
     k = _check_k(k)
     if len(true) != len(rows):
-        raise MetricError(f"{len(true)} {what} but {len(rows)} {rows_are}; give one row per item.")
+        raise MetricError(f"{len(true)} {what} but {len(rows)} {rows_are}; give one per item.")
     if len(true) == 0:
         raise MetricError(f"no {what} to score; pass at least one.")
     return sum(t in list(r)[:k] for t, r in zip(true, rows)) / len(true)
