@@ -122,7 +122,7 @@ def validation_records(rec: Recognizer, is_val: np.ndarray, vq: np.ndarray, make
 
 def build_sets(rec: Recognizer, model: str, queries: str, cache: str | None) -> tuple[Taxonomy, dict]:
     """The taxonomy and the four query sets (validation / dev, known / unseen) as (records, true labels)."""
-    from train.calibrate import validation_slice
+    from train.crossfit import validation_slice
     from train.realinput import real_input_views
     from vericar.models.model import embed_images
 

@@ -245,6 +245,26 @@ def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
     assert rec.detector.spec == "opencv-ssd:mobilenet_v2_coco"
     ship(["--artifact", str(out), "--dest", str(dest), "--detector", "none"])
     assert vericar.load(f"local-dir:{dest}").detector.spec == "none"
+    # No folder of the training machine is recorded in the package; the card says how to reproduce it.
+    for f in dest.iterdir():
+        if f.suffix in (".json", ".md", ".yaml", ".csv"):
+            assert str(tmp_path) not in f.read_text(), f.name
+    assert "--output-dir OUT" in (dest / "README.md").read_text()
+    assert "output_dir: OUT" in (dest / "train_config.yaml").read_text()
+
+
+def test_portable_command_drops_machine_folders():
+    from train.ship import portable_command, portable_settings
+
+    line = ("python -m train.train --config train/configs/offline-cpu.yaml --data ../d/train.csv "
+            "--feature-cache-dir /work/fc --output-dir '/home/me/my runs/a' --seed 1")
+    assert portable_command(line) == ("python -m train.train --config train/configs/offline-cpu.yaml "
+                                      "--data ../d/train.csv --output-dir OUT --seed 1")
+    assert portable_command("python -m train.calibrate --artifact=/w/a --pool /w/f1 /w/f2 --feature-cache-dir=/x") == \
+        "python -m train.calibrate --artifact=OUT --pool f1 f2"
+    assert portable_settings({"output_dir": "/w/a", "feature_cache_dir": "/w/fc", "data": "../d/train.csv",
+                              "resume": "/w/a/checkpoints/last", "seed": 0}) == \
+        {"output_dir": "OUT", "feature_cache_dir": None, "data": "../d/train.csv", "resume": "last", "seed": 0}
 
 
 def test_ship_interrupted_between_renames_still_serves_and_recovers(tiny_csv, tmp_path, monkeypatch):

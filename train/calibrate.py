@@ -14,7 +14,6 @@ itself). Threshold and calibration are fitted on the validation photos as the pr
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import sys
 from pathlib import Path
@@ -25,13 +24,14 @@ if __name__ == "__main__" and not __package__:  # run as a file: train/ would be
 
 import numpy as np
 
+from train.crossfit import Votes, join, leave_one_out_ece, member_votes, validation_slice
 from train.errors import TrainError, cli
 from vericar.core.errors import VericarError
 from vericar.core.recognizer import Recognizer
 from vericar.evaluate import evaluate_embeddings
 from vericar.models.embedding import embed
 from vericar.models.model import EmbeddingModel
-from vericar.search.calibration import Calibration, fit_calibration
+from vericar.search.calibration import Calibration, fit_votes, held_out_votes
 from vericar.search.density import DensityCorrection
 from vericar.search.gallery import Gallery
 from vericar.search.ood import KNNOOD
@@ -78,6 +78,8 @@ def calibrate(
     max_wrong: float = 0.1,
     g_va_clean: np.ndarray | None = None,
     seed: int = 0,
+    pool: Sequence[Votes] = (),
+    pool_info: Sequence[dict[str, Any]] = (),
 ) -> tuple[KNNOOD, Calibration, dict[str, Any]]:
     """Unknown threshold and per-level confidence calibration from the validation photos as the
     product sees them (``real_input_views`` of ``val_paths``), against the training photos only.
@@ -85,6 +87,8 @@ def calibrate(
     ``g_va_clean`` (the stored embeddings of the tight crops) skips the re-embedding and fits on
     them instead. Returns the detector, the calibration and the metrics (``validation``: on the
     clean crops when given, ``validation_real_input``: on the views; ``calibration``: the fit report).
+    ``pool``: held-out votes of other trainings of this recipe (train/crossfit.py, described by
+    ``pool_info``), fitted on together with these photos' (the unknown threshold stays this model's own).
     """
     from train.realinput import RECIPE, real_input_views
 
@@ -96,39 +100,18 @@ def calibrate(
     cal_g = Gallery(g_tr.shape[1])
     cal_g.add(g_tr, list(tr_labels))
     rec = Recognizer(model, cal_g, ood, k=k, density=density)
-    info = {"fitted_on": f"{len(va_labels)} validation photos, views: {recipe}", "max_wrong": max_wrong}
-    calibration, report = fit_calibration(rec, q, list(va_labels), max_wrong=max_wrong, info=info)
+    own = held_out_votes(rec, q, list(va_labels))
+    sources = [own, *pool]
+    n = sum(len(next(iter(v[0].values())).winners) for v in sources)
+    whose = f" of {len(sources)} trainings of this recipe (seeds {[seed] + [i.get('seed') for i in pool_info]})"
+    info = {"fitted_on": f"{n} validation photos{whose if pool else ''}, views: {recipe}", "max_wrong": max_wrong}
+    calibration, report = fit_votes(*join(sources), max_wrong=max_wrong, info=info)
+    if pool:
+        report["pool"] = {"members": list(pool_info), "leave_one_out_ece": leave_one_out_ece(sources)}
     metrics = {"validation_real_input" if isinstance(recipe, dict) else "validation": m_real, "calibration": report}
     if g_va_clean is not None and isinstance(recipe, dict):
         metrics["validation"] = evaluate_embeddings(rec, g_va_clean, list(va_labels))
     return ood, calibration, metrics
-
-
-def _history(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if k != "epoch" else int(float(v)) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]
-
-
-def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray, list[Any]]:
-    """Which gallery entries of a train/train.py artifact are its validation photos (bool mask),
-    and those photos' samples in gallery order (so their files line up with their embeddings)."""
-    from vericar.evaluation.data import load_source, split_holdout, stratified_split
-
-    from train.ship import short_ref
-
-    tc = dict(rec.meta.get("train_config") or {})
-    kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
-    _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
-    # A shipped copy (train/ship.py) keeps refs as "dataset:folder/file": compare in that form too.
-    by_ref = {r: s for s in val_s for r in (s.ref, short_ref(s.ref))}
-    is_val = np.array([r in by_ref for r in rec.gallery.refs])
-    if is_val.sum() != len(val_s):
-        raise TrainError(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {where}'s gallery; "
-                         f"run this from the folder training ran in (data was {tc['data']!r}).")
-    return is_val, [by_ref[r] for r, v in zip(rec.gallery.refs, is_val) if v]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-wrong", type=float, default=0.1,
                     help="partial answers (make/type of an unknown model): the largest share of validation photos, "
                          "their own class taken out of the gallery, that may get a wrong one")
+    ap.add_argument("--pool", nargs="+", default=[], metavar="ARTIFACT",
+                    help="other trainings of the same command line with another --seed: their validation photos "
+                         "join the confidence calibration's fit (train/crossfit.py)")
     ap.add_argument("--clean-views", action="store_true",
                     help="fit on the stored tight crops instead of real-input views of them (the old behaviour)")
     return ap
@@ -150,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from vericar._infra.runtime import tune_malloc
     from vericar.artifacts.hub import load, save_pretrained
 
-    from train.card import write_card
+    from train.card import read_history, write_card
 
     args = _parser().parse_args(argv)
     tune_malloc()
@@ -166,19 +152,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not tc.get("data"):
         raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "
                          "can be re-calibrated (their validation slice is needed).")
+    if args.pool and args.clean_views:
+        raise VericarError("--pool fits on real-input views of each training's validation photos; "
+                           "drop --clean-views to use it.")
+    pooled = [member_votes(Path(p), rec, density) for p in args.pool]
     is_val, val_in_g = validation_slice(rec, out)
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     ood, calibration, metrics = calibrate(
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
         labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or tc.get("ood_tpr", 0.95), density=density,
-        max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0))
+        max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0),
+        pool=[v for v, _ in pooled], pool_info=[i for _, i in pooled])
     rec.ood, rec.density, rec.calibration = ood, density, calibration
     command = "python -m train.calibrate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(command=f"{rec.meta.get('command', '')}\n{command}")
     rec.meta.setdefault("metrics", {}).update(metrics)
     val_metrics = metrics["validation"]
     save_pretrained(rec, out, half=bool(tc.get("weights_half")))
-    write_card(out, rec.config, rec.meta, _history(out / "metrics.csv"))
+    write_card(out, rec.config, rec.meta, read_history(out / "metrics.csv"))
     top1 = (val_metrics.get("top1") or {}).get("model", float("nan"))
     temps = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.temperatures.items())
     thr = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.thresholds.items()) or "none"

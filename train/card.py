@@ -41,6 +41,15 @@ def write_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows ``write_curve`` wrote to metrics.csv (none if there is no such file)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) if k != "epoch" else int(float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
 def _stopped(meta: dict[str, Any]) -> str:
     why = meta.get("stopped")
     if not why or why == "early stop":
@@ -58,9 +67,15 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
     rep = (meta.get("metrics") or {}).get("calibration")
     if not rep:
         return []
+    pool = rep.get("pool") or {}
+    members = ", ".join(f"seed {m['seed']} ({m['n']} photos, validation top-1 {_pct(m['validation_top1'])})"
+                        for m in pool.get("members", []))
+    pooled = (f", this training's own and those of {len(pool['members'])} other trainings of the same command line "
+              f"with another seed (train/crossfit.py: {members}); the unknown threshold above comes from this "
+              "training's own views only" if members else "; the unknown threshold above comes from the same views")
     lines = ["## Confidence calibration (validation photos as the product sees them: train/realinput.py)", "",
-             f"Fitted on {rep['n']} validation photos (margin, lower resolution, 224x224 squash, JPEG); the "
-             "unknown threshold above comes from the same views. Partial answers: make / type are still named "
+             f"Fitted on {rep['n']} validation photos (margin, lower resolution, 224x224 squash, JPEG){pooled}. "
+             "Partial answers: make / type are still named "
              "for an unknown model when their confidence clears the lowest threshold at which at most "
              f"{100 * rep['max_wrong']:.0f}% of these photos, each with its own class taken out of the gallery, "
              "got a wrong one.", "",
@@ -71,6 +86,22 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
         lines.append(f"| {lvl} | {r['temperature']:.4f} | {r.get('bias', 0.0):.2f} | {_pct(r['accuracy'])} | "
                      f"{_pct(r['ece_vote_share'])} → "
                      f"{_pct(r['ece_calibrated'])} | {'—' if thr is None else format(thr, '.3f')} |")
+    return lines + [""] + _pool_lines(pool)
+
+
+def _pool_lines(pool: dict[str, Any]) -> list[str]:
+    """Each training's ECE with a fit on its own photos against one on the other trainings' only."""
+    loo = pool.get("leave_one_out_ece")
+    if not loo:
+        return []
+    seeds = [m["seed"] for m in pool["members"]]
+    lines = ["How a fit on other trainings' photos transfers (ECE of each training's photos: fitted on them "
+             "→ fitted on the other trainings' only; the first is this training's):", "",
+             "| level | " + " | ".join(["this training"] + [f"seed {s}" for s in seeds]) + " |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for lvl, rows in loo.items():
+        lines.append(f"| {lvl} | " + " | ".join(f"{_pct(r['ece_own_fit'])} → {_pct(r['ece_others_fit'])}"
+                                                 for r in rows) + " |")
     return lines + [""]
 
 

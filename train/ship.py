@@ -5,32 +5,89 @@
 What ships: config.json, model.safetensors, the gallery's embeddings + labels, the model card and
 training curve. What does not: training checkpoints, and the gallery thumbnails — they are small
 copies of the dataset's photos, which must not be committed (the app then shows label tiles).
-References are rewritten to dataset-relative ids (no local paths in the package).
+References are rewritten to dataset-relative ids, and the training machine's folders (output,
+feature cache, the artifacts a command read) leave the recorded settings and commands: no local
+paths in the package. The card is written again from the result.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
+import shlex
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
     raise SystemExit("run it as a module from the repository root: python -m train.ship --artifact OUT ...")
 
+import yaml
+
+from train.card import read_history, write_card
 from train.errors import cli
 from vericar.artifacts.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config
 from vericar.core.config import DetectorCfg
 from vericar.search.gallery import Gallery
 
-COPY = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "training_curve.png", "metrics.csv", "train_config.yaml")
+COPY = (WEIGHTS_NAME, "training_curve.png", "metrics.csv")  # config.json, card, train_config.yaml: rewritten
+OUT_FLAGS = ("--output-dir", "--artifact")  # a machine's folder in a recorded command -> "OUT"
+DROP_FLAGS = ("--feature-cache-dir",)  # where a cache lived changes nothing the model learns
 
 
 def short_ref(ref: str) -> str:
     """"dataset:folder/file" for a photo path: what a shipped gallery keeps of it (no local paths)."""
     p = Path(ref)
     return f"{p.parent.parent.name}:{p.parent.name}/{p.name}" if p.parent.name else ref
+
+
+def portable_command(line: str) -> str:
+    """A recorded command line without the training machine's folders: the output / artifact folder
+    becomes OUT, the feature cache flag goes, any other absolute path keeps only its name."""
+    out: list[str] = []
+    toks, flag = shlex.split(line), None
+    i = 0
+    while i < len(toks):
+        tok = toks[i]
+        name, eq, value = tok.partition("=") if tok.startswith("--") else ("", "", "")
+        if (name if eq else tok) in DROP_FLAGS:
+            i += 1 if eq else 2
+            continue
+        if eq:  # --flag=value
+            out.append(f"{name}={'OUT' if name in OUT_FLAGS else portable_value(value)}")
+        elif tok.startswith("--"):
+            out.append(tok)
+        else:
+            out.append("OUT" if flag in OUT_FLAGS else portable_value(tok))
+        flag = tok if tok.startswith("--") and not eq else flag
+        i += 1
+    return shlex.join(out)
+
+
+def portable_value(v: Any) -> Any:
+    """An absolute path keeps only its last part; anything else is left as it is."""
+    return Path(v).name if isinstance(v, str) and os.path.isabs(v) else v
+
+
+def portable_settings(tc: dict[str, Any]) -> dict[str, Any]:
+    """Training settings without the training machine's folders (see ``portable_command``)."""
+    tc = {k: portable_value(v) for k, v in tc.items()}
+    if "output_dir" in tc:
+        tc["output_dir"] = "OUT"
+    if tc.get("feature_cache_dir"):
+        tc["feature_cache_dir"] = None
+    return tc
+
+
+def portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with portable commands and settings (what a shipped config.json and card record)."""
+    meta = dict(meta)
+    if meta.get("command"):
+        meta["command"] = "\n".join(portable_command(line) for line in str(meta["command"]).splitlines())
+    if meta.get("train_config"):
+        meta["train_config"] = portable_settings(dict(meta["train_config"]))
+    return meta
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -57,10 +114,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in COPY:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
+    config, meta = read_artifact(src)
     if args.detector != "none":
-        # tmp is not served yet, so a plain write is safe (the renames below make the swap atomic).
-        config, meta = read_artifact(src)
-        write_config(tmp, dataclasses.replace(config, detector=DetectorCfg(args.detector)), meta)
+        config = dataclasses.replace(config, detector=DetectorCfg(args.detector))
+    meta = portable_meta(meta)
+    # tmp is not served yet, so plain writes are safe (the renames below make the swap atomic).
+    write_config(tmp, config, meta)
+    if (src / "train_config.yaml").is_file():
+        settings = portable_settings(yaml.safe_load((src / "train_config.yaml").read_text()) or {})
+        (tmp / "train_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    if meta.get("metrics", {}).get("validation") is not None:
+        write_card(tmp, config, meta, read_history(src / "metrics.csv"))
+    elif (src / "README.md").is_file():
+        shutil.copy2(src / "README.md", tmp / "README.md")
     g = Gallery.load(src)
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])

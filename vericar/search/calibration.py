@@ -140,6 +140,17 @@ class LevelVotes:
     correct: np.ndarray  # bool: winner == true value
     n_values_per_query: list[int] | None = None  # set when each photo's own class was taken out
 
+    @classmethod
+    def concat(cls, parts: Sequence[LevelVotes]) -> LevelVotes:
+        """One level's votes from several sources (e.g. the validation slices of several trainings
+        of one recipe) as one set of photos, each keeping its own count of values."""
+        if not parts:
+            raise ValueError("no votes to concatenate; give at least one LevelVotes.")
+        ns = [n for p in parts for n in (p.n_values_per_query or [p.n_values] * len(p.winners))]
+        return cls([w for p in parts for w in p.weights], [v for p in parts for v in p.winners],
+                   [k for p in parts for k in p.ks], parts[0].n_values,
+                   np.concatenate([np.asarray(p.correct, bool) for p in parts]), ns)
+
     def confidences(self, temperature: float | None, bias: float = 0.0) -> np.ndarray:
         if temperature is None:  # the plain vote share
             return np.array([w.get(v, 0.0) / (sum(w.values()) or 1.0) for w, v in zip(self.weights, self.winners)])
@@ -261,27 +272,41 @@ def fit_calibration(rec: Any, emb: np.ndarray, true_labels: Sequence[str], *, ma
     ``rec`` must not hold these photos in its gallery (a query would find itself). Returns the
     calibration and a report (per level: photos, ECE before and after, the threshold's coverage).
     """
+    return fit_votes(*held_out_votes(rec, emb, true_labels), max_wrong=max_wrong, info=info)
+
+
+def held_out_votes(rec: Any, emb: np.ndarray, true_labels: Sequence[str]) -> tuple[dict[str, LevelVotes],
+                                                                                   dict[str, LevelVotes] | None]:
+    """What ``fit_votes`` fits on: each level's votes for these photos, and for the partial-answer
+    levels the votes with each photo's own class taken out (None when the labels have no make / type)."""
     known = collect_votes(rec, emb, true_labels)
+    loo = collect_votes(rec, emb, true_labels, exclude_own=True) if all(l in known for l in PARTIAL_LEVELS) else None
+    return known, loo
+
+
+def fit_votes(known: dict[str, LevelVotes], loo: dict[str, LevelVotes] | None, *, max_wrong: float = 0.1,
+              info: dict[str, Any] | None = None) -> tuple[Calibration, dict[str, Any]]:
+    """``fit_calibration`` on votes already collected (``held_out_votes``; several sources may be
+    joined with ``LevelVotes.concat`` first)."""
     fits = {lvl: fit_softmax(v) for lvl, v in known.items()}
     temps, biases = {lvl: f[0] for lvl, f in fits.items()}, {lvl: f[1] for lvl, f in fits.items()}
-    report: dict[str, Any] = {"n": len(true_labels), "max_wrong": max_wrong, "levels": {}}
+    n = len(next(iter(known.values())).winners)
+    report: dict[str, Any] = {"n": n, "max_wrong": max_wrong, "levels": {}}
     for lvl, v in known.items():
         report["levels"][lvl] = {
             "temperature": temps[lvl], "bias": biases[lvl], "accuracy": float(v.correct.mean()),
             "ece_vote_share": expected_calibration_error(v.confidences(None), v.correct),
             "ece_calibrated": expected_calibration_error(v.confidences(temps[lvl], biases[lvl]), v.correct)}
     thresholds: dict[str, float] = {}
-    if all(lvl in known for lvl in PARTIAL_LEVELS):
-        loo = collect_votes(rec, emb, true_labels, exclude_own=True)
-        for lvl in PARTIAL_LEVELS:
-            v = loo[lvl]
-            conf = v.confidences(temps[lvl], biases[lvl])
-            t = threshold_at_max_wrong(conf, v.correct, max_wrong)
-            given = conf >= t if t is not None else np.zeros(len(conf), bool)
-            report["levels"][lvl].update(
-                partial_threshold=t, partial_accuracy=float(v.correct.mean()),
-                partial_given_right=float((given & v.correct).mean()),
-                partial_given_wrong=float((given & ~v.correct).mean()))
-            if t is not None:
-                thresholds[lvl] = t
+    for lvl in PARTIAL_LEVELS if loo is not None else ():
+        v = loo[lvl]
+        conf = v.confidences(temps[lvl], biases[lvl])
+        t = threshold_at_max_wrong(conf, v.correct, max_wrong)
+        given = conf >= t if t is not None else np.zeros(len(conf), bool)
+        report["levels"][lvl].update(
+            partial_threshold=t, partial_accuracy=float(v.correct.mean()),
+            partial_given_right=float((given & v.correct).mean()),
+            partial_given_wrong=float((given & ~v.correct).mean()))
+        if t is not None:
+            thresholds[lvl] = t
     return Calibration(temps, thresholds, {**(info or {}), "fit": report}, biases), report

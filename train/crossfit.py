@@ -1,0 +1,105 @@
+"""Cross-fitted calibration: other trainings of the same recipe lend their validation slices.
+
+One training holds out 5% of the training CSV (390 photos) to fit its confidence calibration on;
+that is few photos for a softmax over 196 models, and dev showed the model level's ECE above what
+noise alone explains. Trainings of the same recipe with other seeds hold out other photos. Their
+held-out votes (each pool member's validation photos, seen as the product sees them, against that
+member's own training photos) behave like the shipped model's own, so the calibration is fitted on
+all of them together (``python -m train.calibrate --artifact OUT --pool FOLD1 FOLD2``). Nothing is
+fitted on dev, and the shipped model's weights and gallery stay as they are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from train.errors import TrainError
+from train.ship import short_ref
+from vericar.core.recognizer import Recognizer
+from vericar.evaluation.data import load_source, split_holdout, stratified_split
+from vericar.search.calibration import LevelVotes, expected_calibration_error, fit_softmax, held_out_votes
+from vericar.search.density import DensityCorrection
+from vericar.search.gallery import Gallery
+
+Votes = tuple[dict[str, LevelVotes], "dict[str, LevelVotes] | None"]
+# Settings that may differ between pool members: where things are written, and the seed (the point).
+FREE_SETTINGS = frozenset({"seed", "output_dir", "feature_cache_dir", "resume", "push_to_hub", "progress",
+                           "time_limit", "num_workers", "decode_workers"})
+
+
+def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray, list[Any]]:
+    """Which gallery entries of a train/train.py artifact are its validation photos (bool mask),
+    and those photos' samples in gallery order (so their files line up with their embeddings)."""
+    tc = dict(rec.meta.get("train_config") or {})
+    kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
+    _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])
+    # A shipped copy (train/ship.py) keeps refs as "dataset:folder/file": compare in that form too.
+    by_ref = {r: s for s in val_s for r in (s.ref, short_ref(s.ref))}
+    is_val = np.array([r in by_ref for r in rec.gallery.refs])
+    if is_val.sum() != len(val_s):
+        raise TrainError(f"found {int(is_val.sum())} of the {len(val_s)} validation photos in {where}'s gallery; "
+                         f"run this from the folder training ran in (data was {tc['data']!r}).")
+    return is_val, [by_ref[r] for r, v in zip(rec.gallery.refs, is_val) if v]
+
+
+def recipe_differences(tc: dict[str, Any], like: dict[str, Any]) -> list[str]:
+    """The training settings (meta.train_config) in which ``tc`` differs from ``like``, bar FREE_SETTINGS."""
+    return sorted(k for k in set(tc) | set(like) if k not in FREE_SETTINGS and tc.get(k) != like.get(k))
+
+
+def member_votes(path: Path, like: Recognizer, density: DensityCorrection) -> tuple[Votes, dict[str, Any]]:
+    """The held-out votes of the training saved at ``path``, refused unless it has ``like``'s recipe
+    (backbone, head, data, every training setting but FREE_SETTINGS) and classes.
+
+    Returns the votes and what the report says of the member (its seed, photos, validation top-1).
+    """
+    from train.realinput import real_input_views
+    from vericar.artifacts.hub import load
+    from vericar.models.embedding import embed
+
+    rec = load(f"local-dir:{path}")
+    tc, tc_like = dict(rec.meta.get("train_config") or {}), dict(like.meta.get("train_config") or {})
+    diff = recipe_differences(tc, tc_like) + [
+        name for name, a, b in (("backbone", rec.config.model.spec, like.config.model.spec),
+                                ("embed_dim", rec.config.model.embed_dim, like.config.model.embed_dim),
+                                ("classes", sorted(rec.gallery.classes), sorted(like.gallery.classes))) if a != b]
+    if not tc or diff:
+        raise TrainError(f"{path} cannot join the calibration pool: it differs from the calibrated artifact in "
+                         f"{diff or ['train_config (it has none)']}. Pool only trainings of the same command line "
+                         f"with another --seed (e.g. {like.meta.get('command', '').splitlines()[0]} --seed 1).")
+    is_val, val_in_g = validation_slice(rec, path)
+    labels = np.array(rec.gallery.labels)
+    q = embed(rec.model, real_input_views([s.image for s in val_in_g], tc.get("seed", 0)))
+    gallery = Gallery(rec.gallery.dim)
+    gallery.add(rec.gallery.embeddings[~is_val], list(labels[~is_val]))
+    member = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=density)
+    top1 = ((rec.meta.get("metrics") or {}).get("validation") or {}).get("top1") or {}
+    return held_out_votes(member, q, list(labels[is_val])), {
+        "artifact": path.name, "seed": tc.get("seed"), "n": int(is_val.sum()), "validation_top1": top1.get("model")}
+
+
+def join(sources: Sequence[Votes]) -> Votes:
+    """Several sources' votes as one set of photos, level by level."""
+    known = {lvl: LevelVotes.concat([s[0][lvl] for s in sources]) for lvl in sources[0][0]}
+    has_loo = all(s[1] is not None for s in sources)
+    loo = {lvl: LevelVotes.concat([s[1][lvl] for s in sources]) for lvl in sources[0][1]} if has_loo else None
+    return known, loo
+
+
+def leave_one_out_ece(sources: Sequence[Votes]) -> dict[str, list[dict[str, float]]]:
+    """Per level and source: its ECE with a calibration fitted on itself alone, and with one fitted on
+    the other sources only (how well a fit on other trainings' photos transfers to this one's)."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for lvl in sources[0][0]:
+        rows = []
+        for i, (known, _) in enumerate(sources):
+            v = known[lvl]
+            own = fit_softmax(v)
+            other = fit_softmax(LevelVotes.concat([s[0][lvl] for j, s in enumerate(sources) if j != i]))
+            rows.append({"n": len(v.winners),
+                         "ece_own_fit": expected_calibration_error(v.confidences(*own), v.correct),
+                         "ece_others_fit": expected_calibration_error(v.confidences(*other), v.correct)})
+        out[lvl] = rows
+    return out
