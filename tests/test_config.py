@@ -154,6 +154,12 @@ def test_the_shipped_default_is_current_and_consistent():
     assert not set(raw["meta"]["train_config"]) & {"density_weight", "backbone", "ood_tpr", "k"}
     cfg = hub.read_config(hub.DEFAULT_DIR)
     assert cfg.ood.calibrated_for == cfg.ranking.density and cfg.ood.threshold is not None
+    # Shipped with train.ship: no folder of the machine it was trained on (its data path is relative).
+    from train.ship import portable_command, portable_settings
+
+    tc = raw["meta"]["train_config"]
+    assert portable_settings(tc) == tc and not Path(tc["data"]).is_absolute()
+    assert all(portable_command(line) == line for line in raw["meta"]["command"].splitlines())
 
 
 SPECS = [

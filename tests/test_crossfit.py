@@ -9,6 +9,7 @@ import pytest
 
 from test_train import _args, _photo, tiny_csv  # noqa: F401  (tiny_csv is a fixture)
 from train.errors import TrainError
+from vericar.core.errors import VericarError
 from train.train import main as train
 
 
@@ -27,7 +28,7 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     import vericar
     from train.calibrate import main as calibrate
     from train.crossfit import join, member_votes
-    from vericar.search.calibration import fit_votes
+    from vericar.search.calibration import fit_votes, log_loss
 
     a0, a1 = two_seeds
     rec0 = vericar.load(f"local-dir:{a0}")
@@ -35,6 +36,7 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     other, info1 = member_votes(a1, rec0, rec0.density)
     assert info1["seed"] == 1 and info0["n"] + info1["n"] == len(own[0]["model"].winners) + len(other[0]["model"].winners)
     expected, _ = fit_votes(*join([own, other]))
+    alone, _ = fit_votes(*own)
     before = json.loads((a0 / "config.json").read_text())
     calibrate(["--artifact", str(a0), "--pool", str(a1)])
     after = json.loads((a0 / "config.json").read_text())
@@ -42,11 +44,18 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     for key in ("temperatures", "biases", "thresholds"):
         assert cal[key] == pytest.approx(getattr(expected, key)), key
     assert after["ood"]["threshold"] == pytest.approx(before["ood"]["threshold"], abs=1e-6)
+    # The pooled fit is the log-loss optimum on both trainings' photos: no worse there than the fit on
+    # this training's alone (a dropped source would make it the same as that one, or worse).
+    joined = join([own, other])[0]["model"]
+    pooled_loss = log_loss(joined.confidences(cal["temperatures"]["model"], cal["biases"]["model"]), joined.correct)
+    assert pooled_loss <= log_loss(joined.confidences(alone.temperatures["model"], alone.biases["model"]),
+                                   joined.correct) + 1e-9
+    assert "pool" not in cal["info"]["fit"]  # the diagnostics live in the metrics, not in the calibration
     rep = after["meta"]["metrics"]["calibration"]
     assert rep["n"] == info0["n"] + info1["n"]
     assert [m["seed"] for m in rep["pool"]["members"]] == [1]
     assert len(rep["pool"]["leave_one_out_ece"]["model"]) == 2
-    assert "of 2 trainings of this recipe (seeds [0, 1])" in cal["info"]["fitted_on"]
+    assert "of 2 trainings of this recipe (seeds [0, 1];" in cal["info"]["fitted_on"]
     card = (a0 / "README.md").read_text()
     assert "seed 1 (" in card and "fitted on the other trainings' only" in card
     assert vericar.load(f"local-dir:{a0}").predict(_photo(1, 2)).confidence["model"] > 0
@@ -55,13 +64,21 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
 def test_pool_refuses_another_recipe_with_a_message(two_seeds, tiny_csv, tmp_path):  # noqa: F811
     from train.calibrate import main as calibrate
 
-    a0, _ = two_seeds
-    odd = tmp_path / "odd"
-    train(_args(tiny_csv, odd, "--epochs", "1", "--max-steps", "2", "--k", "2", "--ood-k", "2", "--lr-head", "0.0123"))
+    a0, a1 = two_seeds
     before = (a0 / "config.json").read_text()
-    with pytest.raises(TrainError, match=r"cannot join the calibration pool.*\['lr_head'\].*--seed 1"):
-        calibrate(["--artifact", str(a0), "--pool", str(odd)])
-    with pytest.raises(Exception, match="drop --clean-views"):
+    for name, extra, why in (("odd", ["--lr-head", "0.0123"], r"\['lr_head'\]"),
+                             ("size", ["--eval-size", "40"], r"\['model \(backbone, head, preprocessing\)'\]"),
+                             ("k", ["--k", "3"], r"\['k'\]")):
+        train(_args(tiny_csv, tmp_path / name, "--epochs", "1", "--max-steps", "2", "--ood-k", "2",
+                    *(["--k", "2"] if name != "k" else []), "--seed", "7", *extra))
+        with pytest.raises(TrainError, match=rf"cannot join the calibration pool: it differs in {why}.*unused --seed"):
+            calibrate(["--artifact", str(a0), "--pool", str(tmp_path / name)])
+    # A validation slice counted twice would weigh twice: the artifact itself, or one seed twice.
+    for pool in ([a0], [a1, a1]):
+        with pytest.raises(TrainError, match=r"seed \d is already in the pool"):
+            calibrate(["--artifact", str(a0), "--pool", *map(str, pool)])
+    odd = tmp_path / "odd"
+    with pytest.raises(VericarError, match="drop --clean-views"):
         calibrate(["--artifact", str(a0), "--pool", str(odd), "--clean-views"])
     assert (a0 / "config.json").read_text() == before  # nothing written
 

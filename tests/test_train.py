@@ -243,12 +243,17 @@ def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
     # Training writes no detector; the shipped model runs the SSD unless told otherwise.
     assert vericar.load(f"local-dir:{out}").detector.spec == "none"
     assert rec.detector.spec == "opencv-ssd:mobilenet_v2_coco"
-    ship(["--artifact", str(out), "--dest", str(dest), "--detector", "none"])
+    (tmp_path / "dev.json").write_text(json.dumps({"n_queries": 3, "top1": {"model": 1, "make": 1, "type": 1},
+                                                  "top5": {"model": 1}, "macro_f1": 1, "recall_at_1": 1}))
+    ship(["--artifact", str(out), "--dest", str(dest), "--detector", "none", "--eval-json", str(tmp_path / "dev.json"),
+          "--eval-command", f"python -m vericar.evaluate --model local-dir:{out} --queries {tiny_csv}"])
     assert vericar.load(f"local-dir:{dest}").detector.spec == "none"
-    # No folder of the training machine is recorded in the package; the card says how to reproduce it.
+    assert f"--model local-dir:art --queries {tiny_csv.name}" in (dest / "README.md").read_text()
+    # No folder of the training machine but the data's is recorded in the package; the card says how
+    # to reproduce it.
     for f in dest.iterdir():
         if f.suffix in (".json", ".md", ".yaml", ".csv"):
-            assert str(tmp_path) not in f.read_text(), f.name
+            assert str(out) not in f.read_text().replace(str(tiny_csv), "DATA"), f.name
     assert "--output-dir OUT" in (dest / "README.md").read_text()
     assert "output_dir: OUT" in (dest / "train_config.yaml").read_text()
 
@@ -262,9 +267,16 @@ def test_portable_command_drops_machine_folders():
                                       "--data ../d/train.csv --output-dir OUT --seed 1")
     assert portable_command("python -m train.calibrate --artifact=/w/a --pool /w/f1 /w/f2 --feature-cache-dir=/x") == \
         "python -m train.calibrate --artifact=OUT --pool f1 f2"
-    assert portable_settings({"output_dir": "/w/a", "feature_cache_dir": "/w/fc", "data": "../d/train.csv",
+    # A --flag=value, or a dropped flag, does not hand its role to the values after it.
+    assert portable_command("x --artifact /w/a --pool=/w/f1 /w/f2 --feature-cache-dir /c /w/f3") == \
+        "x --artifact OUT --pool=f1 f2 f3"
+    assert portable_command("x --model local-dir:/w/a --queries ../d/dev.csv --data=/d/train.csv") == \
+        "x --model local-dir:a --queries ../d/dev.csv --data=/d/train.csv"
+    with pytest.raises(TrainError, match="cannot read the recorded command.*meta.command"):
+        portable_command("x --output-dir '/w/a")
+    assert portable_settings({"output_dir": "/w/a", "feature_cache_dir": "/w/fc", "data": "/d/train.csv",
                               "resume": "/w/a/checkpoints/last", "seed": 0}) == \
-        {"output_dir": "OUT", "feature_cache_dir": None, "data": "../d/train.csv", "resume": "last", "seed": 0}
+        {"output_dir": "OUT", "feature_cache_dir": None, "data": "/d/train.csv", "resume": None, "seed": 0}
 
 
 def test_ship_interrupted_between_renames_still_serves_and_recovers(tiny_csv, tmp_path, monkeypatch):

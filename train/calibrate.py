@@ -2,6 +2,7 @@
 validation slice; re-calibration in place.
 
     python -m train.calibrate --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
+                              [--pool OTHER_SEED_OUT ...]
 
 train.py calls ``calibrate`` at the end of training. The command line re-does that step for a
 saved artifact without retraining (e.g. with the density correction of vericar/search/density.py turned
@@ -78,8 +79,7 @@ def calibrate(
     max_wrong: float = 0.1,
     g_va_clean: np.ndarray | None = None,
     seed: int = 0,
-    pool: Sequence[Votes] = (),
-    pool_info: Sequence[dict[str, Any]] = (),
+    pool: Sequence[tuple[Votes, dict[str, Any]]] = (),
 ) -> tuple[KNNOOD, Calibration, dict[str, Any]]:
     """Unknown threshold and per-level confidence calibration from the validation photos as the
     product sees them (``real_input_views`` of ``val_paths``), against the training photos only.
@@ -87,12 +87,16 @@ def calibrate(
     ``g_va_clean`` (the stored embeddings of the tight crops) skips the re-embedding and fits on
     them instead. Returns the detector, the calibration and the metrics (``validation``: on the
     clean crops when given, ``validation_real_input``: on the views; ``calibration``: the fit report).
-    ``pool``: held-out votes of other trainings of this recipe (train/crossfit.py, described by
-    ``pool_info``), fitted on together with these photos' (the unknown threshold stays this model's own).
+    ``pool``: held-out votes of other trainings of this recipe and what the report says of each
+    (train/crossfit.py ``member_votes``), fitted on together with these photos' views (the unknown
+    threshold stays this model's own).
     """
     from train.realinput import RECIPE, real_input_views
 
     if g_va_clean is not None and not val_paths:
+        if pool:
+            raise VericarError("a calibration pool fits on real-input views of each training's validation "
+                               "photos; give the validation photos' files (drop --clean-views) to use one.")
         q, recipe = g_va_clean, "clean crops"
     else:
         q, recipe = embed(model, real_input_views(val_paths, seed)), {**RECIPE, "seed": seed}
@@ -100,14 +104,15 @@ def calibrate(
     cal_g = Gallery(g_tr.shape[1])
     cal_g.add(g_tr, list(tr_labels))
     rec = Recognizer(model, cal_g, ood, k=k, density=density)
-    own = held_out_votes(rec, q, list(va_labels))
-    sources = [own, *pool]
-    n = sum(len(next(iter(v[0].values())).winners) for v in sources)
-    whose = f" of {len(sources)} trainings of this recipe (seeds {[seed] + [i.get('seed') for i in pool_info]})"
-    info = {"fitted_on": f"{n} validation photos{whose if pool else ''}, views: {recipe}", "max_wrong": max_wrong}
-    calibration, report = fit_votes(*join(sources), max_wrong=max_wrong, info=info)
-    if pool:
-        report["pool"] = {"members": list(pool_info), "leave_one_out_ece": leave_one_out_ece(sources)}
+    sources = [held_out_votes(rec, q, list(va_labels)), *(votes for votes, _ in pool)]
+    calibration, report = fit_votes(*join(sources), max_wrong=max_wrong)
+    seeds = [seed] + [info.get("seed") for _, info in pool]
+    whose = f" of {len(sources)} trainings of this recipe (seeds {seeds}; each its own views' seed)" if pool else ""
+    calibration.info = {"fitted_on": f"{report['n']} validation photos{whose}, views: {recipe}",
+                        "max_wrong": max_wrong, "fit": report}
+    if pool:  # in the metrics only: the calibration keeps its fit, not the diagnostics
+        report = {**report, "pool": {"members": [info for _, info in pool],
+                                     "leave_one_out_ece": leave_one_out_ece(sources)}}
     metrics = {"validation_real_input" if isinstance(recipe, dict) else "validation": m_real, "calibration": report}
     if g_va_clean is not None and isinstance(recipe, dict):
         metrics["validation"] = evaluate_embeddings(rec, g_va_clean, list(va_labels))
@@ -136,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from vericar._infra.runtime import tune_malloc
     from vericar.artifacts.hub import load, save_pretrained
 
-    from train.card import read_history, write_card
+    from train.card import write_card
 
     args = _parser().parse_args(argv)
     tune_malloc()
@@ -155,21 +160,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.pool and args.clean_views:
         raise VericarError("--pool fits on real-input views of each training's validation photos; "
                            "drop --clean-views to use it.")
-    pooled = [member_votes(Path(p), rec, density) for p in args.pool]
+    pooled: list[tuple[Votes, dict[str, Any]]] = []
+    for p in args.pool:  # each refused before any work if its recipe or seed does not fit
+        pooled.append(member_votes(Path(p), rec, density, taken=[tc.get("seed")] + [i["seed"] for _, i in pooled]))
     is_val, val_in_g = validation_slice(rec, out)
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     ood, calibration, metrics = calibrate(
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
         labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or tc.get("ood_tpr", 0.95), density=density,
-        max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0),
-        pool=[v for v, _ in pooled], pool_info=[i for _, i in pooled])
+        max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0), pool=pooled)
     rec.ood, rec.density, rec.calibration = ood, density, calibration
     command = "python -m train.calibrate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(command=f"{rec.meta.get('command', '')}\n{command}")
     rec.meta.setdefault("metrics", {}).update(metrics)
     val_metrics = metrics["validation"]
     save_pretrained(rec, out, half=bool(tc.get("weights_half")))
-    write_card(out, rec.config, rec.meta, read_history(out / "metrics.csv"))
+    write_card(out, rec.config, rec.meta)
     top1 = (val_metrics.get("top1") or {}).get("model", float("nan"))
     temps = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.temperatures.items())
     thr = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.thresholds.items()) or "none"

@@ -41,15 +41,6 @@ def write_curve(history: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """The rows ``write_curve`` wrote to metrics.csv (none if there is no such file)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if k != "epoch" else int(float(v)) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]
-
-
 def _stopped(meta: dict[str, Any]) -> str:
     why = meta.get("stopped")
     if not why or why == "early stop":
@@ -70,7 +61,9 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
     pool = rep.get("pool") or {}
     members = ", ".join(f"seed {m['seed']} ({m['n']} photos, validation top-1 {_pct(m['validation_top1'])})"
                         for m in pool.get("members", []))
-    pooled = (f", this training's own and those of {len(pool['members'])} other trainings of the same command line "
+    n_other = len(pool.get("members", []))
+    pooled = (f", this training's own and those of {n_other} other training{'s' if n_other > 1 else ''} of the "
+              "same command line "
               f"with another seed (train/crossfit.py: {members}); the unknown threshold above comes from this "
               "training's own views only" if members else "; the unknown threshold above comes from the same views")
     lines = ["## Confidence calibration (validation photos as the product sees them: train/realinput.py)", "",
@@ -113,7 +106,7 @@ def _heads(tc: dict[str, Any]) -> str:
     return f" + cosine-softmax ({', '.join(parts)})" if parts else ""
 
 
-def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
+def write_card(out: Path, config: VericarConfig, meta: dict[str, Any]) -> None:
     """README.md of the artifact: what it is, how well it does, how to reproduce it. Every setting is
     read from the artifact itself (its config tree, and meta.train_config for data and optimisation)."""
     v, tc, density, ood = meta["metrics"]["validation"], meta.get("train_config") or {}, config.ranking.density, config.ood

@@ -4,9 +4,10 @@ One training holds out 5% of the training CSV (390 photos) to fit its confidence
 that is few photos for a softmax over 196 models, and dev showed the model level's ECE above what
 noise alone explains. Trainings of the same recipe with other seeds hold out other photos. Their
 held-out votes (each pool member's validation photos, seen as the product sees them, against that
-member's own training photos) behave like the shipped model's own, so the calibration is fitted on
-all of them together (``python -m train.calibrate --artifact OUT --pool FOLD1 FOLD2``). Nothing is
-fitted on dev, and the shipped model's weights and gallery stay as they are.
+member's own training photos) stand in for more of the shipped model's own, so the calibration is
+fitted on all of them together (``python -m train.calibrate --artifact OUT --pool FOLD1 FOLD2``). Nothing is
+fitted on dev, and the shipped model's weights and gallery stay as they are. Whether a fit on the
+other trainings' photos transfers is measured, not assumed (``leave_one_out_ece``, in the card).
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from train.errors import TrainError
-from train.ship import short_ref
 from vericar.core.recognizer import Recognizer
-from vericar.evaluation.data import load_source, split_holdout, stratified_split
+from vericar.evaluation.data import load_source, short_ref, split_holdout, stratified_split
 from vericar.search.calibration import LevelVotes, expected_calibration_error, fit_softmax, held_out_votes
 from vericar.search.density import DensityCorrection
 from vericar.search.gallery import Gallery
@@ -26,7 +26,7 @@ from vericar.search.gallery import Gallery
 Votes = tuple[dict[str, LevelVotes], "dict[str, LevelVotes] | None"]
 # Settings that may differ between pool members: where things are written, and the seed (the point).
 FREE_SETTINGS = frozenset({"seed", "output_dir", "feature_cache_dir", "resume", "push_to_hub", "progress",
-                           "time_limit", "num_workers", "decode_workers"})
+                           "num_workers", "decode_workers"})
 
 
 def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray, list[Any]]:
@@ -44,14 +44,27 @@ def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray,
     return is_val, [by_ref[r] for r, v in zip(rec.gallery.refs, is_val) if v]
 
 
-def recipe_differences(tc: dict[str, Any], like: dict[str, Any]) -> list[str]:
-    """The training settings (meta.train_config) in which ``tc`` differs from ``like``, bar FREE_SETTINGS."""
-    return sorted(k for k in set(tc) | set(like) if k not in FREE_SETTINGS and tc.get(k) != like.get(k))
+def recipe_differences(member: Recognizer, like: Recognizer) -> list[str]:
+    """What ``member`` was trained or is set up differently from ``like`` with: training settings
+    (meta.train_config, bar FREE_SETTINGS), model and preprocessing, k, classes, and a run cut short."""
+    tc, tc_like = dict(member.meta.get("train_config") or {}), dict(like.meta.get("train_config") or {})
+    diff = sorted(k for k in set(tc) | set(tc_like) if k not in FREE_SETTINGS and tc.get(k) != tc_like.get(k))
+    return diff + [name for name, a, b in (
+        ("model (backbone, head, preprocessing)", member.config.model.to_dict(), like.config.model.to_dict()),
+        ("k", member.k, like.k), ("classes", sorted(member.gallery.classes), sorted(like.gallery.classes)),
+        ("a whole run (it was stopped)", _cut_short(member.meta.get("stopped")), False)) if a != b]
 
 
-def member_votes(path: Path, like: Recognizer, density: DensityCorrection) -> tuple[Votes, dict[str, Any]]:
-    """The held-out votes of the training saved at ``path``, refused unless it has ``like``'s recipe
-    (backbone, head, data, every training setting but FREE_SETTINGS) and classes.
+def _cut_short(stopped: str | None) -> bool:
+    """A run ended by a time limit or a signal; early stopping and --max-steps are part of the recipe."""
+    return bool(stopped) and stopped != "early stop" and not str(stopped).startswith("max_steps=")
+
+
+def member_votes(path: Path, like: Recognizer, density: DensityCorrection,
+                 taken: Sequence[Any] = ()) -> tuple[Votes, dict[str, Any]]:
+    """The held-out votes of the training saved at ``path``, as ``like`` would vote (its k, the
+    ranking ``density``). Refused unless it has ``like``'s recipe (``recipe_differences``) and a
+    seed not in ``taken`` (a validation slice counted twice would weigh twice).
 
     Returns the votes and what the report says of the member (its seed, photos, validation top-1).
     """
@@ -60,31 +73,35 @@ def member_votes(path: Path, like: Recognizer, density: DensityCorrection) -> tu
     from vericar.models.embedding import embed
 
     rec = load(f"local-dir:{path}")
-    tc, tc_like = dict(rec.meta.get("train_config") or {}), dict(like.meta.get("train_config") or {})
-    diff = recipe_differences(tc, tc_like) + [
-        name for name, a, b in (("backbone", rec.config.model.spec, like.config.model.spec),
-                                ("embed_dim", rec.config.model.embed_dim, like.config.model.embed_dim),
-                                ("classes", sorted(rec.gallery.classes), sorted(like.gallery.classes))) if a != b]
-    if not tc or diff:
-        raise TrainError(f"{path} cannot join the calibration pool: it differs from the calibrated artifact in "
-                         f"{diff or ['train_config (it has none)']}. Pool only trainings of the same command line "
-                         f"with another --seed (e.g. {like.meta.get('command', '').splitlines()[0]} --seed 1).")
+    tc = dict(rec.meta.get("train_config") or {})
+    diff = recipe_differences(rec, like) if tc else ["train_config (it has none)"]
+    seed = tc.get("seed")
+    if diff or seed in taken:
+        why = f"it differs in {diff}" if diff else f"its seed {seed} is already in the pool (seeds {list(taken)})"
+        raise TrainError(f"{path} cannot join the calibration pool: {why}. Pool only whole trainings of the "
+                         "calibrated artifact's command line (its model card's Reproduce section), each with a new "
+                         "--output-dir and an unused --seed.")
     is_val, val_in_g = validation_slice(rec, path)
     labels = np.array(rec.gallery.labels)
     q = embed(rec.model, real_input_views([s.image for s in val_in_g], tc.get("seed", 0)))
     gallery = Gallery(rec.gallery.dim)
     gallery.add(rec.gallery.embeddings[~is_val], list(labels[~is_val]))
-    member = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=density)
+    member = Recognizer(rec.model, gallery, rec.ood, k=like.k, density=density)
     top1 = ((rec.meta.get("metrics") or {}).get("validation") or {}).get("top1") or {}
     return held_out_votes(member, q, list(labels[is_val])), {
-        "artifact": path.name, "seed": tc.get("seed"), "n": int(is_val.sum()), "validation_top1": top1.get("model")}
+        "artifact": path.name, "seed": seed, "n": int(is_val.sum()), "validation_top1": top1.get("model")}
 
 
 def join(sources: Sequence[Votes]) -> Votes:
-    """Several sources' votes as one set of photos, level by level."""
+    """Several sources' votes as one set of photos, level by level (the sources must have the same
+    levels, and all or none the votes with each photo's own class taken out)."""
+    shapes = {(tuple(known), None if loo is None else tuple(loo)) for known, loo in sources}
+    if len(shapes) != 1:
+        raise TrainError(f"the pool's votes differ in their levels ({sorted(map(str, shapes))}): pool only "
+                         "trainings on the same labels.")
     known = {lvl: LevelVotes.concat([s[0][lvl] for s in sources]) for lvl in sources[0][0]}
-    has_loo = all(s[1] is not None for s in sources)
-    loo = {lvl: LevelVotes.concat([s[1][lvl] for s in sources]) for lvl in sources[0][1]} if has_loo else None
+    loo = None if sources[0][1] is None else {
+        lvl: LevelVotes.concat([s[1][lvl] for s in sources]) for lvl in sources[0][1]}
     return known, loo
 
 

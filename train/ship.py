@@ -6,8 +6,8 @@ What ships: config.json, model.safetensors, the gallery's embeddings + labels, t
 training curve. What does not: training checkpoints, and the gallery thumbnails — they are small
 copies of the dataset's photos, which must not be committed (the app then shows label tiles).
 References are rewritten to dataset-relative ids, and the training machine's folders (output,
-feature cache, the artifacts a command read) leave the recorded settings and commands: no local
-paths in the package. The card is written again from the result.
+feature cache, checkpoints, the artifacts a command read) leave the recorded settings and commands;
+the card is written again from them. The data source stays as training was given it.
 """
 from __future__ import annotations
 
@@ -25,58 +25,64 @@ if __name__ == "__main__" and not __package__:  # run as a file: train/ would be
 
 import yaml
 
-from train.card import read_history, write_card
-from train.errors import cli
-from vericar.artifacts.hub import CONFIG_NAME, WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config
+from train.card import write_card
+from train.errors import TrainError, cli
+from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config
 from vericar.core.config import DetectorCfg
+from vericar.evaluation.data import short_ref
 from vericar.search.gallery import Gallery
 
 COPY = (WEIGHTS_NAME, "training_curve.png", "metrics.csv")  # config.json, card, train_config.yaml: rewritten
 OUT_FLAGS = ("--output-dir", "--artifact")  # a machine's folder in a recorded command -> "OUT"
 DROP_FLAGS = ("--feature-cache-dir",)  # where a cache lived changes nothing the model learns
-
-
-def short_ref(ref: str) -> str:
-    """"dataset:folder/file" for a photo path: what a shipped gallery keeps of it (no local paths)."""
-    p = Path(ref)
-    return f"{p.parent.parent.name}:{p.parent.name}/{p.name}" if p.parent.name else ref
+KEEP_FLAGS = ("--data",)  # as in the settings: a shipped copy finds its validation photos by it
 
 
 def portable_command(line: str) -> str:
     """A recorded command line without the training machine's folders: the output / artifact folder
-    becomes OUT, the feature cache flag goes, any other absolute path keeps only its name."""
+    becomes OUT, the feature cache flag goes, any other absolute path but the data's keeps only its name."""
+    try:
+        toks = shlex.split(line)
+    except ValueError as e:
+        raise TrainError(f"cannot read the recorded command {line!r} ({e}); fix meta.command in the "
+                         "artifact's config.json, then ship again.") from e
     out: list[str] = []
-    toks, flag = shlex.split(line), None
-    i = 0
-    while i < len(toks):
-        tok = toks[i]
-        name, eq, value = tok.partition("=") if tok.startswith("--") else ("", "", "")
-        if (name if eq else tok) in DROP_FLAGS:
-            i += 1 if eq else 2
-            continue
-        if eq:  # --flag=value
-            out.append(f"{name}={'OUT' if name in OUT_FLAGS else portable_value(value)}")
-        elif tok.startswith("--"):
-            out.append(tok)
+    flag, skip = None, False
+    for tok in toks:
+        if tok.startswith("--"):
+            flag, eq, value = tok.partition("=")
+            skip = flag in DROP_FLAGS and not eq  # its value is the next token
+            if flag in DROP_FLAGS:
+                continue
+            out.append(f"{flag}={_portable_arg(flag, value)}" if eq else tok)
+        elif skip:
+            skip = False
         else:
-            out.append("OUT" if flag in OUT_FLAGS else portable_value(tok))
-        flag = tok if tok.startswith("--") and not eq else flag
-        i += 1
+            out.append(_portable_arg(flag, tok))
     return shlex.join(out)
 
 
+def _portable_arg(flag: str | None, value: str) -> str:
+    return "OUT" if flag in OUT_FLAGS else value if flag in KEEP_FLAGS else portable_value(value)
+
+
 def portable_value(v: Any) -> Any:
-    """An absolute path keeps only its last part; anything else is left as it is."""
-    return Path(v).name if isinstance(v, str) and os.path.isabs(v) else v
+    """An absolute path (also behind a "local-dir:" spec) keeps only its last part; anything else stays."""
+    if not isinstance(v, str):
+        return v
+    prefix, sep, rest = v.partition("local-dir:")
+    if sep and not prefix and os.path.isabs(rest):
+        return f"local-dir:{Path(rest).name}"
+    return Path(v).name if os.path.isabs(v) else v
 
 
 def portable_settings(tc: dict[str, Any]) -> dict[str, Any]:
-    """Training settings without the training machine's folders (see ``portable_command``)."""
-    tc = {k: portable_value(v) for k, v in tc.items()}
-    if "output_dir" in tc:
-        tc["output_dir"] = "OUT"
-    if tc.get("feature_cache_dir"):
-        tc["feature_cache_dir"] = None
+    """Training settings without the training machine's folders: output OUT, no cache folder or
+    checkpoint to resume from (the data source stays: a shipped copy still finds its photos by it)."""
+    tc = dict(tc)
+    for key, value in (("output_dir", "OUT"), ("feature_cache_dir", None), ("resume", None)):
+        if key in tc:
+            tc[key] = value
     return tc
 
 
@@ -88,6 +94,24 @@ def portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     if meta.get("train_config"):
         meta["train_config"] = portable_settings(dict(meta["train_config"]))
     return meta
+
+
+def _write_metadata(src: Path, tmp: Path, detector: str) -> None:
+    """config.json, train_config.yaml and the card of ``src``, written to ``tmp`` without local folders."""
+    config, meta = read_artifact(src)
+    if detector != "none":
+        config = dataclasses.replace(config, detector=DetectorCfg(detector))
+    meta = portable_meta(meta)
+    write_config(tmp, config, meta)
+    if (src / "train_config.yaml").is_file():
+        settings = portable_settings(yaml.safe_load((src / "train_config.yaml").read_text()) or {})
+        (tmp / "train_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    if (meta.get("metrics") or {}).get("validation") is not None:
+        write_card(tmp, config, meta)
+    elif (src / "README.md").is_file():
+        shutil.copy2(src / "README.md", tmp / "README.md")
+        print(f"warning: {src} has no training metrics to write a card from; its README.md is copied as "
+              "written (check it for local folders).")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -114,19 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in COPY:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
-    config, meta = read_artifact(src)
-    if args.detector != "none":
-        config = dataclasses.replace(config, detector=DetectorCfg(args.detector))
-    meta = portable_meta(meta)
     # tmp is not served yet, so plain writes are safe (the renames below make the swap atomic).
-    write_config(tmp, config, meta)
-    if (src / "train_config.yaml").is_file():
-        settings = portable_settings(yaml.safe_load((src / "train_config.yaml").read_text()) or {})
-        (tmp / "train_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    if meta.get("metrics", {}).get("validation") is not None:
-        write_card(tmp, config, meta, read_history(src / "metrics.csv"))
-    elif (src / "README.md").is_file():
-        shutil.copy2(src / "README.md", tmp / "README.md")
+    _write_metadata(src, tmp, args.detector)
     g = Gallery.load(src)
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
@@ -139,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "| top-1 model | top-1 make | top-1 type | top-5 model | macro-F1 | Recall@1 |\n|---|---|---|---|---|---|\n"
             f"| {100 * t['model']:.2f}% | {100 * t['make']:.2f}% | {100 * t['type']:.2f}% | "
             f"{100 * r['top5']['model']:.2f}% | {100 * r['macro_f1']:.2f}% | {100 * r['recall_at_1']:.2f}% |\n\n"
-            f"```\n{args.eval_command or ''}\n```\n\nThe gallery ships without thumbnails (they would be copies "
+            f"```\n{portable_command(args.eval_command or '')}\n```\n\nThe gallery ships without thumbnails (they would be copies "
             "of the dataset's photos).\n"
         )
         card = tmp / "README.md"

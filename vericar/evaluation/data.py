@@ -35,6 +35,12 @@ class Sample:
         return self.image if isinstance(self.image, str) else (self.row_ref or "")
 
 
+def short_ref(ref: str) -> str:
+    """"dataset:folder/file" for a photo path: what a shipped gallery keeps of it (no local paths)."""
+    p = Path(ref)
+    return f"{p.parent.parent.name}:{p.parent.name}/{p.name}" if p.parent.name else ref
+
+
 def load_csv(path: str | Path) -> list[Sample]:
     """Read a local CSV (``file,label,class_name``; paths relative to the CSV)."""
     path = Path(path)

@@ -138,7 +138,7 @@ class LevelVotes:
     ks: list[int]
     n_values: int
     correct: np.ndarray  # bool: winner == true value
-    n_values_per_query: list[int] | None = None  # set when each photo's own class was taken out
+    n_values_per_query: list[int] | None = None  # per photo when it differs (own class out, joined sources)
 
     @classmethod
     def concat(cls, parts: Sequence[LevelVotes]) -> LevelVotes:
@@ -280,7 +280,7 @@ def held_out_votes(rec: Any, emb: np.ndarray, true_labels: Sequence[str]) -> tup
     """What ``fit_votes`` fits on: each level's votes for these photos, and for the partial-answer
     levels the votes with each photo's own class taken out (None when the labels have no make / type)."""
     known = collect_votes(rec, emb, true_labels)
-    loo = collect_votes(rec, emb, true_labels, exclude_own=True) if all(l in known for l in PARTIAL_LEVELS) else None
+    loo = collect_votes(rec, emb, true_labels, exclude_own=True) if all(lvl in known for lvl in PARTIAL_LEVELS) else None
     return known, loo
 
 
