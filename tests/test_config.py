@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,9 @@ def test_the_shipped_default_is_current_and_consistent():
     tc = raw["meta"]["train_config"]
     assert portable_settings(tc) == tc and not Path(tc["data"]).is_absolute()
     assert all(portable_command(line) == line for line in raw["meta"]["command"].splitlines())
+    for name in ("README.md", "train_config.yaml"):
+        text = (hub.DEFAULT_DIR / name).read_text()
+        assert not re.search(r"(?<![\w.])/(work|home|tmp|root|Users)/", text), name
 
 
 SPECS = [

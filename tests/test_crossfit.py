@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from test_train import _args, _photo, tiny_csv  # noqa: F401  (tiny_csv is a fixture)
 from train.errors import TrainError
@@ -27,16 +29,17 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     the weights stay the calibrated artifact's own; config.json and the card say what it was fitted on."""
     import vericar
     from train.calibrate import main as calibrate
-    from train.crossfit import join, member_votes
+    from train.crossfit import join, load_member, member_votes
     from vericar.search.calibration import fit_votes, log_loss
 
     a0, a1 = two_seeds
     rec0 = vericar.load(f"local-dir:{a0}")
-    own, info0 = member_votes(a0, rec0, rec0.density)
-    other, info1 = member_votes(a1, rec0, rec0.density)
-    assert info1["seed"] == 1 and info0["n"] + info1["n"] == len(own[0]["model"].winners) + len(other[0]["model"].winners)
+    own, info0 = member_votes(a0, load_member(a0, rec0), rec0, rec0.density)
+    other, info1 = member_votes(a1, load_member(a1, rec0, taken=[0]), rec0, rec0.density)
+    assert (info0["seed"], info1["seed"]) == (0, 1) and info0["n"] > 0 and info1["n"] > 0
     expected, _ = fit_votes(*join([own, other]))
     alone, _ = fit_votes(*own)
+    weights = load_file(a0 / "model.safetensors")
     before = json.loads((a0 / "config.json").read_text())
     calibrate(["--artifact", str(a0), "--pool", str(a1)])
     after = json.loads((a0 / "config.json").read_text())
@@ -44,8 +47,11 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     for key in ("temperatures", "biases", "thresholds"):
         assert cal[key] == pytest.approx(getattr(expected, key)), key
     assert after["ood"]["threshold"] == pytest.approx(before["ood"]["threshold"], abs=1e-6)
-    # The pooled fit is the log-loss optimum on both trainings' photos: no worse there than the fit on
-    # this training's alone (a dropped source would make it the same as that one, or worse).
+    again = load_file(a0 / "model.safetensors")
+    assert again.keys() == weights.keys() and all(torch.equal(again[n], weights[n]) for n in weights)
+    # Not the fit on this training's photos alone (what a dropped source would give), and no worse than
+    # it on both trainings' photos (the pooled fit is the log-loss optimum there).
+    assert cal["temperatures"]["model"] != pytest.approx(alone.temperatures["model"])
     joined = join([own, other])[0]["model"]
     pooled_loss = log_loss(joined.confidences(cal["temperatures"]["model"], cal["biases"]["model"]), joined.correct)
     assert pooled_loss <= log_loss(joined.confidences(alone.temperatures["model"], alone.biases["model"]),
@@ -57,7 +63,7 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     assert len(rep["pool"]["leave_one_out_ece"]["model"]) == 2
     assert "of 2 trainings of this recipe (seeds [0, 1];" in cal["info"]["fitted_on"]
     card = (a0 / "README.md").read_text()
-    assert "seed 1 (" in card and "fitted on the other trainings' only" in card
+    assert "`seed1`: seed 1, " in card and "fitted on the other trainings' only" in card
     assert vericar.load(f"local-dir:{a0}").predict(_photo(1, 2)).confidence["model"] > 0
 
 
@@ -77,6 +83,12 @@ def test_pool_refuses_another_recipe_with_a_message(two_seeds, tiny_csv, tmp_pat
     for pool in ([a0], [a1, a1]):
         with pytest.raises(TrainError, match=r"seed \d is already in the pool"):
             calibrate(["--artifact", str(a0), "--pool", *map(str, pool)])
+    # A run a time limit or a signal cut short is not the recipe's model.
+    raw = json.loads((a1 / "config.json").read_text())
+    raw["meta"]["stopped"] = "time limit (60 s)"
+    (a1 / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(TrainError, match=r"differs in \['a whole run \(it was stopped\)'\]"):
+        calibrate(["--artifact", str(a0), "--pool", str(a1)])
     odd = tmp_path / "odd"
     with pytest.raises(VericarError, match="drop --clean-views"):
         calibrate(["--artifact", str(a0), "--pool", str(odd), "--clean-views"])
@@ -101,3 +113,18 @@ def test_concatenated_votes_are_the_votes_of_all_photos():
     assert np.allclose(j.confidences(0.5, -1.0), np.r_[x.confidences(0.5, -1.0), y.confidences(0.5, -1.0)])
     with pytest.raises(ValueError, match="at least one"):
         LevelVotes.concat([])
+
+
+def test_join_refuses_votes_of_other_levels():
+    from train.crossfit import join
+    from vericar.search.calibration import LevelVotes
+
+    def votes(levels, loo):
+        v = {lvl: LevelVotes([{"a": 1.0}], ["a"], [1], 2, np.array([True])) for lvl in levels}
+        return v, (v if loo else None)
+
+    known, loo = join([votes(("model", "make"), True), votes(("model", "make"), True)])
+    assert len(known["make"].winners) == 2 and len(loo["model"].winners) == 2
+    for other in (votes(("model",), False), votes(("model", "make"), False)):
+        with pytest.raises(TrainError, match="differ in their levels.*same labels"):
+            join([votes(("model", "make"), True), other])

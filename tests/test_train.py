@@ -253,7 +253,7 @@ def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
     # to reproduce it.
     for f in dest.iterdir():
         if f.suffix in (".json", ".md", ".yaml", ".csv"):
-            assert str(out) not in f.read_text().replace(str(tiny_csv), "DATA"), f.name
+            assert str(tmp_path) not in f.read_text().replace(str(tiny_csv), "DATA"), f.name
     assert "--output-dir OUT" in (dest / "README.md").read_text()
     assert "output_dir: OUT" in (dest / "train_config.yaml").read_text()
 
@@ -270,6 +270,8 @@ def test_portable_command_drops_machine_folders():
     # A --flag=value, or a dropped flag, does not hand its role to the values after it.
     assert portable_command("x --artifact /w/a --pool=/w/f1 /w/f2 --feature-cache-dir /c /w/f3") == \
         "x --artifact OUT --pool=f1 f2 f3"
+    assert portable_command("x --artifact=/w/a /w/b --data=/d/t.csv /w/c --output-dir /w/o -v /w/d") == \
+        "x --artifact=OUT b --data=/d/t.csv c --output-dir OUT -v d"
     assert portable_command("x --model local-dir:/w/a --queries ../d/dev.csv --data=/d/train.csv") == \
         "x --model local-dir:a --queries ../d/dev.csv --data=/d/train.csv"
     with pytest.raises(TrainError, match="cannot read the recorded command.*meta.command"):

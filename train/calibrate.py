@@ -25,7 +25,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: train/ would be
 
 import numpy as np
 
-from train.crossfit import Votes, join, leave_one_out_ece, member_votes, validation_slice
+from train.crossfit import Votes, join, leave_one_out_ece, load_member, member_votes, validation_slice
 from train.errors import TrainError, cli
 from vericar.core.errors import VericarError
 from vericar.core.recognizer import Recognizer
@@ -160,10 +160,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.pool and args.clean_views:
         raise VericarError("--pool fits on real-input views of each training's validation photos; "
                            "drop --clean-views to use it.")
-    pooled: list[tuple[Votes, dict[str, Any]]] = []
-    for p in args.pool:  # each refused before any work if its recipe or seed does not fit
-        pooled.append(member_votes(Path(p), rec, density, taken=[tc.get("seed")] + [i["seed"] for _, i in pooled]))
     is_val, val_in_g = validation_slice(rec, out)
+    members = []  # every member checked (recipe, seed, validation photos) before any is embedded
+    for p in args.pool:
+        taken = [tc.get("seed")] + [(m[0].meta.get("train_config") or {}).get("seed") for _, m in members]
+        members.append((Path(p), load_member(Path(p), rec, taken)))
+    pooled = [member_votes(path, m, rec, density) for path, m in members]
     emb, labels = rec.gallery.embeddings, np.array(rec.gallery.labels)
     ood, calibration, metrics = calibrate(
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],

@@ -59,12 +59,13 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
     if not rep:
         return []
     pool = rep.get("pool") or {}
-    members = ", ".join(f"seed {m['seed']} ({m['n']} photos, validation top-1 {_pct(m['validation_top1'])})"
-                        for m in pool.get("members", []))
+    members = ", ".join(f"`{m['artifact']}`: seed {m['seed']}, {m['n']} photos, validation top-1 "
+                        f"{_pct(m['validation_top1'])}" for m in pool.get("members", []))
     n_other = len(pool.get("members", []))
     pooled = (f", this training's own and those of {n_other} other training{'s' if n_other > 1 else ''} of the "
               "same command line "
-              f"with another seed (train/crossfit.py: {members}); the unknown threshold above comes from this "
+              f"with another seed (train/crossfit.py; each is the training command under Reproduce with "
+              f"`--seed N --output-dir NAME`: {members}); the unknown threshold above comes from this "
               "training's own views only" if members else "; the unknown threshold above comes from the same views")
     lines = ["## Confidence calibration (validation photos as the product sees them: train/realinput.py)", "",
              f"Fitted on {rep['n']} validation photos (margin, lower resolution, 224x224 squash, JPEG){pooled}. "

@@ -25,8 +25,9 @@ from vericar.search.gallery import Gallery
 
 Votes = tuple[dict[str, LevelVotes], "dict[str, LevelVotes] | None"]
 # Settings that may differ between pool members: where things are written, and the seed (the point).
+# (A --time-limit that never fired changes nothing; a run it did stop is refused as cut short.)
 FREE_SETTINGS = frozenset({"seed", "output_dir", "feature_cache_dir", "resume", "push_to_hub", "progress",
-                           "num_workers", "decode_workers"})
+                           "num_workers", "decode_workers", "time_limit"})
 
 
 def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray, list[Any]]:
@@ -60,17 +61,11 @@ def _cut_short(stopped: str | None) -> bool:
     return bool(stopped) and stopped != "early stop" and not str(stopped).startswith("max_steps=")
 
 
-def member_votes(path: Path, like: Recognizer, density: DensityCorrection,
-                 taken: Sequence[Any] = ()) -> tuple[Votes, dict[str, Any]]:
-    """The held-out votes of the training saved at ``path``, as ``like`` would vote (its k, the
-    ranking ``density``). Refused unless it has ``like``'s recipe (``recipe_differences``) and a
-    seed not in ``taken`` (a validation slice counted twice would weigh twice).
-
-    Returns the votes and what the report says of the member (its seed, photos, validation top-1).
-    """
-    from train.realinput import real_input_views
+def load_member(path: Path, like: Recognizer, taken: Sequence[Any] = ()) -> tuple[Recognizer, np.ndarray, list[Any]]:
+    """The training saved at ``path``, its validation mask and photos (``validation_slice``), refused
+    unless it has ``like``'s recipe (``recipe_differences``) and a seed not in ``taken`` (a
+    validation slice counted twice would weigh twice). Cheap: nothing is embedded."""
     from vericar.artifacts.hub import load
-    from vericar.models.embedding import embed
 
     rec = load(f"local-dir:{path}")
     tc = dict(rec.meta.get("train_config") or {})
@@ -81,14 +76,28 @@ def member_votes(path: Path, like: Recognizer, density: DensityCorrection,
         raise TrainError(f"{path} cannot join the calibration pool: {why}. Pool only whole trainings of the "
                          "calibrated artifact's command line (its model card's Reproduce section), each with a new "
                          "--output-dir and an unused --seed.")
-    is_val, val_in_g = validation_slice(rec, path)
+    return (rec, *validation_slice(rec, path))
+
+
+def member_votes(path: Path, member: tuple[Recognizer, np.ndarray, list[Any]], like: Recognizer,
+                 density: DensityCorrection) -> tuple[Votes, dict[str, Any]]:
+    """The held-out votes of a ``load_member`` result, as ``like`` would vote (its k, the ranking
+    ``density``): its validation photos' real-input views against its own training photos.
+
+    Returns the votes and what the report says of the member (its folder, seed, photos, validation top-1).
+    """
+    from train.realinput import real_input_views
+    from vericar.models.embedding import embed
+
+    rec, is_val, val_in_g = member
+    seed = (rec.meta.get("train_config") or {}).get("seed", 0)
     labels = np.array(rec.gallery.labels)
-    q = embed(rec.model, real_input_views([s.image for s in val_in_g], tc.get("seed", 0)))
+    q = embed(rec.model, real_input_views([s.image for s in val_in_g], seed))
     gallery = Gallery(rec.gallery.dim)
     gallery.add(rec.gallery.embeddings[~is_val], list(labels[~is_val]))
-    member = Recognizer(rec.model, gallery, rec.ood, k=like.k, density=density)
+    voter = Recognizer(rec.model, gallery, rec.ood, k=like.k, density=density)
     top1 = ((rec.meta.get("metrics") or {}).get("validation") or {}).get("top1") or {}
-    return held_out_votes(member, q, list(labels[is_val])), {
+    return held_out_votes(voter, q, list(labels[is_val])), {
         "artifact": path.name, "seed": seed, "n": int(is_val.sum()), "validation_top1": top1.get("model")}
 
 

@@ -1,6 +1,7 @@
 """Copy a trained artifact into the package as the shipped default model (``vericar/default``).
 
-    python -m train.ship --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..."
+    python -m train.ship --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..." \
+        [--card-extra dev_confidences.md]
 
 What ships: config.json, model.safetensors, the gallery's embeddings + labels, the model card and
 training curve. What does not: training checkpoints, and the gallery thumbnails — they are small
@@ -49,12 +50,13 @@ def portable_command(line: str) -> str:
     out: list[str] = []
     flag, skip = None, False
     for tok in toks:
-        if tok.startswith("--"):
-            flag, eq, value = tok.partition("=")
-            skip = flag in DROP_FLAGS and not eq  # its value is the next token
-            if flag in DROP_FLAGS:
+        if tok.startswith("-") and len(tok) > 1:
+            name, eq, value = tok.partition("=")
+            flag = None if eq else name  # the values that follow belong to this flag; none after --flag=value
+            skip = name in DROP_FLAGS and not eq  # its value is the next token
+            if name in DROP_FLAGS:
                 continue
-            out.append(f"{flag}={_portable_arg(flag, value)}" if eq else tok)
+            out.append(f"{name}={_portable_arg(name, value)}" if eq else tok)
         elif skip:
             skip = False
         else:
@@ -63,7 +65,9 @@ def portable_command(line: str) -> str:
 
 
 def _portable_arg(flag: str | None, value: str) -> str:
-    return "OUT" if flag in OUT_FLAGS else value if flag in KEEP_FLAGS else portable_value(value)
+    if flag in OUT_FLAGS:
+        return "OUT"
+    return value if flag in KEEP_FLAGS else portable_value(value)
 
 
 def portable_value(v: Any) -> Any:
@@ -96,12 +100,14 @@ def portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _write_metadata(src: Path, tmp: Path, detector: str) -> None:
+def _write_metadata(src: Path, tmp: Path, detector: str, card_extra: str | None = None) -> None:
     """config.json, train_config.yaml and the card of ``src``, written to ``tmp`` without local folders."""
     config, meta = read_artifact(src)
     if detector != "none":
         config = dataclasses.replace(config, detector=DetectorCfg(detector))
     meta = portable_meta(meta)
+    if card_extra is not None:
+        meta["card_extra"] = card_extra.strip()
     write_config(tmp, config, meta)
     if (src / "train_config.yaml").is_file():
         settings = portable_settings(yaml.safe_load((src / "train_config.yaml").read_text()) or {})
@@ -120,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "vericar" / "default"))
     ap.add_argument("--eval-json", help="python -m vericar.evaluate --json output on dev, quoted in the card")
     ap.add_argument("--eval-command", help="the command that produced --eval-json")
+    ap.add_argument("--card-extra", help="a Markdown file appended to the card (kept in meta.card_extra, so a "
+                                         "later ship of the shipped copy keeps it), e.g. dev figures measured after")
     ap.add_argument("--detector", default="opencv-ssd:mobilenet_v2_coco",
                     help="the vehicle detector the shipped model runs (training writes 'none': the training "
                          "machine may lack the detector's files); 'none' keeps the artifact's own setting")
@@ -139,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
     # tmp is not served yet, so plain writes are safe (the renames below make the swap atomic).
-    _write_metadata(src, tmp, args.detector)
+    _write_metadata(src, tmp, args.detector, Path(args.card_extra).read_text() if args.card_extra else None)
     g = Gallery.load(src)
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
@@ -148,11 +156,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         r = json.loads(Path(args.eval_json).read_text())
         t = r["top1"]
         extra = (
-            f"## Dev accuracy ({r['n_queries']:,} photos of the Stanford Cars test split, k-NN on this gallery)\n\n"
+            f"## Dev accuracy ({r['n_queries']:,} photos of the Stanford Cars test split, k-NN on this gallery"
+            f"{', detector ' + str(r['detector']) if r.get('detector') else ''})\n\n"
             "| top-1 model | top-1 make | top-1 type | top-5 model | macro-F1 | Recall@1 |\n|---|---|---|---|---|---|\n"
             f"| {100 * t['model']:.2f}% | {100 * t['make']:.2f}% | {100 * t['type']:.2f}% | "
             f"{100 * r['top5']['model']:.2f}% | {100 * r['macro_f1']:.2f}% | {100 * r['recall_at_1']:.2f}% |\n\n"
-            f"```\n{portable_command(args.eval_command or '')}\n```\n\nThe gallery ships without thumbnails (they would be copies "
+            + (f"```\n{portable_command(args.eval_command)}\n```\n\n" if args.eval_command else "")
+            + "The gallery ships without thumbnails (they would be copies "
             "of the dataset's photos).\n"
         )
         card = tmp / "README.md"
