@@ -256,6 +256,14 @@ def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
             assert str(tmp_path) not in f.read_text().replace(str(tiny_csv), "DATA"), f.name
     assert "--output-dir OUT" in (dest / "README.md").read_text()
     assert "output_dir: OUT" in (dest / "train_config.yaml").read_text()
+    # Unreadable extra inputs are refused before anything is written: the shipped model stays as it was.
+    card = (dest / "README.md").read_text()
+    (tmp_path / "bad.json").write_text('{"top1": 1}')
+    for extra, words in ((["--card-extra", str(tmp_path / "missing.md")], "--card-extra .*cannot read it"),
+                         (["--eval-json", str(tmp_path / "bad.json")], "not what python -m vericar.evaluate")):
+        with pytest.raises(TrainError, match=words):
+            ship(["--artifact", str(out), "--dest", str(dest), *extra])
+        assert (dest / "README.md").read_text() == card and not dest.with_name("default.tmp").exists()
 
 
 def test_portable_command_drops_machine_folders():

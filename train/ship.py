@@ -120,6 +120,31 @@ def _write_metadata(src: Path, tmp: Path, detector: str, card_extra: str | None 
               "written (check it for local folders).")
 
 
+def _read_input(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainError(f"{flag} {path}: cannot read it ({e}); give an existing text file.") from e
+
+
+def _dev_section(eval_json: str, command: str | None) -> str:
+    """The card's dev accuracy table from ``python -m vericar.evaluate --json`` output."""
+    try:
+        r = json.loads(eval_json)
+        t = r["top1"]
+        return (
+            f"## Dev accuracy ({r['n_queries']:,} photos of the Stanford Cars test split, k-NN on this gallery"
+            f"{', detector ' + str(r['detector']) if r.get('detector') else ''})\n\n"
+            "| top-1 model | top-1 make | top-1 type | top-5 model | macro-F1 | Recall@1 |\n|---|---|---|---|---|---|\n"
+            f"| {100 * t['model']:.2f}% | {100 * t['make']:.2f}% | {100 * t['type']:.2f}% | "
+            f"{100 * r['top5']['model']:.2f}% | {100 * r['macro_f1']:.2f}% | {100 * r['recall_at_1']:.2f}% |\n\n"
+            + (f"```\n{portable_command(command)}\n```\n\n" if command else "")
+            + "The gallery ships without thumbnails (they would be copies of the dataset's photos).\n")
+    except (ValueError, KeyError, TypeError) as e:
+        raise TrainError(f"--eval-json is not what python -m vericar.evaluate --json writes ({e!r}); "
+                         "give that command's output.") from e
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True)
@@ -134,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     src, dest = Path(args.artifact), Path(args.dest)
     read_config(src)  # refuse to ship something that would not load
+    # The other inputs too, before anything is written.
+    card_extra = _read_input(args.card_extra, "--card-extra") if args.card_extra else None
+    dev_section = _dev_section(_read_input(args.eval_json, "--eval-json"), args.eval_command) if args.eval_json else ""
     old = dest.with_name(dest.name + ".old")
     if not dest.exists() and is_complete(old):
         # An earlier ship stopped between its two renames: put the previous model back first, so
@@ -147,26 +175,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
     # tmp is not served yet, so plain writes are safe (the renames below make the swap atomic).
-    _write_metadata(src, tmp, args.detector, Path(args.card_extra).read_text() if args.card_extra else None)
+    _write_metadata(src, tmp, args.detector, card_extra)
     g = Gallery.load(src)
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
     slim.save(tmp)
-    if args.eval_json:
-        r = json.loads(Path(args.eval_json).read_text())
-        t = r["top1"]
-        extra = (
-            f"## Dev accuracy ({r['n_queries']:,} photos of the Stanford Cars test split, k-NN on this gallery"
-            f"{', detector ' + str(r['detector']) if r.get('detector') else ''})\n\n"
-            "| top-1 model | top-1 make | top-1 type | top-5 model | macro-F1 | Recall@1 |\n|---|---|---|---|---|---|\n"
-            f"| {100 * t['model']:.2f}% | {100 * t['make']:.2f}% | {100 * t['type']:.2f}% | "
-            f"{100 * r['top5']['model']:.2f}% | {100 * r['macro_f1']:.2f}% | {100 * r['recall_at_1']:.2f}% |\n\n"
-            + (f"```\n{portable_command(args.eval_command)}\n```\n\n" if args.eval_command else "")
-            + "The gallery ships without thumbnails (they would be copies "
-            "of the dataset's photos).\n"
-        )
+    if dev_section:
         card = tmp / "README.md"
-        card.write_text(card.read_text() + "\n" + extra if card.is_file() else extra)
+        card.write_text(card.read_text() + "\n" + dev_section if card.is_file() else dev_section)
     if dest.exists():
         shutil.rmtree(old, ignore_errors=True)
         dest.rename(old)  # two renames: there is always a whole model at dest or at dest.old
