@@ -40,19 +40,21 @@ from vericar.artifacts.hub import load  # noqa: E402
 from vericar.core.recognizer import Recognizer  # noqa: E402
 from vericar.evaluate import cached_embeddings  # noqa: E402
 from vericar.evaluation.data import load_source  # noqa: E402
-from vericar.search.calibration import expected_calibration_error as ece  # noqa: E402
-from vericar.search.calibration import threshold_at_max_wrong  # noqa: E402
+from vericar.search.calibration_fit import expected_calibration_error as ece  # noqa: E402
+from vericar.search.calibration_fit import threshold_at_max_wrong  # noqa: E402
 from vericar.search.gallery import Gallery  # noqa: E402
 from vericar.search.taxonomy import Taxonomy  # noqa: E402
 
 
-def aggregated_make(pred, make_of, classes_per_make: dict, n_classes: int, t: float, b: float) -> tuple:
+def aggregated_make(pred, make_of, classes_per_make: dict, n_classes: int, t: float, b: float,
+                    a: float = 0.0) -> tuple:
     """The make with the largest summed model-level probability (softmax of vericar/search/calibration.py,
-    unvoted classes at logit ``b``) and that sum."""
-    k, w = len(pred.neighbours), {}
+    unvoted classes at logit ``b``, nearness scale ``a``) and that sum."""
+    k, w, near = len(pred.neighbours), {}, {}
     for n in pred.neighbours:
         w[n.label] = w.get(n.label, 0.0) + max(n.score, 0.0)
-    z = {c: x / (max(k, 1) * t) for c, x in w.items()}
+        near[n.label] = max(near.get(n.label, 0.0), n.score, 0.0)
+    z = {c: x / (max(k, 1) * t) + a * near[c] for c, x in w.items()}
     m = max(max(z.values()), b)
     mass = {mk: n * math.exp(b - m) for mk, n in classes_per_make.items()}
     for c, v in z.items():
@@ -66,10 +68,11 @@ def records(rec, preds, make_of) -> list[dict]:
     per_make: dict = {}
     for c in classes:
         per_make[make_of(c)] = per_make.get(make_of(c), 0) + 1
-    t, b = rec.calibration.temperatures.get("model", 1.0), rec.calibration.biases.get("model", 0.0)
+    cal = rec.calibration
+    t, b, a = cal.temperatures.get("model", 1.0), cal.biases.get("model", 0.0), cal.scales.get("model", 0.0)
     out = []
     for p in preds:
-        agg, p_agg = aggregated_make(p, make_of, per_make, len(classes), t, b)
+        agg, p_agg = aggregated_make(p, make_of, per_make, len(classes), t, b, a)
         out.append({"unknown": p.unknown, "ood": p.ood_score, "make": p.make, "p_make": p.confidence.get("make", 0.0),
                     "type": p.type, "p_type": p.confidence.get("type", 0.0), "agg": agg, "p_agg": p_agg})
     return out

@@ -30,7 +30,8 @@ from vericar.core.recognizer import Recognizer  # noqa: E402
 from vericar.evaluate import evaluate_embeddings  # noqa: E402
 from vericar.evaluation.data import load_source  # noqa: E402
 from vericar.models.embed_cache import cached_embeddings  # noqa: E402
-from vericar.search.calibration import Calibration, expected_calibration_error, reliability  # noqa: E402
+from vericar.search.calibration import Calibration  # noqa: E402
+from vericar.search.calibration_fit import expected_calibration_error, reliability  # noqa: E402
 from vericar.search.taxonomy import LEVELS, Taxonomy  # noqa: E402
 
 

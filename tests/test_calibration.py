@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from vericar.search.calibration import (Calibration, LevelVotes, collect_votes, expected_calibration_error,
-                                 fit_calibration, fit_softmax, softmax_confidence, threshold_at_max_wrong)
+from vericar.search.calibration import Calibration, level_maxima, softmax_confidence
+from vericar.search.calibration_fit import (LevelVotes, collect_votes, expected_calibration_error, fit_calibration,
+                                            fit_softmax, threshold_at_max_wrong)
 from vericar.artifacts.hub import load, save_pretrained
 from vericar.core.errors import ArtifactError
 from vericar.core.recognizer import Recognizer
@@ -56,10 +57,11 @@ def make_rec(model, calibration=None, per_class=8) -> Recognizer:
     return rec
 
 
-def naive_softmax(weights: dict, winner, k: int, n_values: int, t: float, b: float = 0.0) -> float:
+def naive_softmax(weights: dict, winner, k: int, n_values: int, t: float, b: float = 0.0,
+                  maxima: dict | None = None, a: float = 0.0) -> float:
     logits = np.full(n_values, b)  # every value the gallery knows; the voted ones first
-    for i, w in enumerate(weights.values()):
-        logits[i] = w / (k * t)
+    for i, (v, w) in enumerate(weights.items()):
+        logits[i] = w / (k * t) + a * (maxima[v] if maxima else 0.0)
     return float(softmax(logits)[list(weights).index(winner)])
 
 
@@ -71,6 +73,24 @@ def test_softmax_confidence_matches_a_full_softmax():
                 assert softmax_confidence(w, "a", 5, n, t, b) == pytest.approx(naive_softmax(w, "a", 5, n, t, b), rel=1e-9)
     assert softmax_confidence(w, "b", 5, 3, 1e-3) == pytest.approx(0.0, abs=1e-12)  # no overflow either
     assert softmax_confidence(w, None, 5, 3, 1.0) == 0.0
+    near = {"a": 0.9, "b": 0.7, "c": 0.0}
+    for a in (0.5, 4.0, 60.0):
+        for b in (-4.0, 1.0):
+            assert softmax_confidence(w, "b", 5, 196, 0.3, b, near, a) == pytest.approx(
+                naive_softmax(w, "b", 5, 196, 0.3, b, near, a), rel=1e-9)
+    assert softmax_confidence(w, "a", 5, 10, 0.3, 1.0, near, 0.0) == softmax_confidence(w, "a", 5, 10, 0.3, 1.0)
+
+
+def test_level_maxima_match_a_naive_loop():
+    rng = np.random.default_rng(3)
+    labels = [f"M{i % 4} x" for i in range(12)]
+    scores, idx = rng.uniform(-0.3, 1.0, 8), rng.permutation(12)[:8]
+    idx[-1] = -1  # a missing neighbour (faiss pads with -1) counts for nothing
+    make = lambda lab: lab.split()[0]  # noqa: E731
+    want: dict = {}
+    for s_, j in zip(scores[:-1], idx[:-1]):
+        want[make(labels[j])] = max(want.get(make(labels[j]), 0.0), max(s_, 0.0))
+    assert level_maxima(scores, idx, labels, make) == pytest.approx(want)
 
 
 def random_votes(rng, n=300) -> LevelVotes:
@@ -87,7 +107,8 @@ def random_votes(rng, n=300) -> LevelVotes:
 
 def test_fit_softmax_matches_a_grid_search():
     votes = random_votes(np.random.default_rng(0))
-    t, b = fit_softmax(votes)
+    t, b, a = fit_softmax(votes)
+    assert a == 0.0  # votes without maxima: no nearness term
     logits = np.zeros((len(votes.winners), 20))
     logits[:, :2] = [[w["win"], w["other"]] for w in votes.weights]
 
@@ -102,6 +123,40 @@ def test_fit_softmax_matches_a_grid_search():
     assert nll(t, b) <= nll(*best) + 1e-5  # at least as good as the best point of a fine grid
     assert t == pytest.approx(best[0], rel=0.1) and b == pytest.approx(best[1], abs=0.3)
     assert nll(t, b) < nll(fit_softmax_t_only(votes), 0.0)  # the bias earns its place on these votes
+
+
+def near_votes(rng, n=400) -> LevelVotes:
+    """Votes whose winner is right more often when its nearest neighbour is nearer, at equal weights:
+    what the vote weight cannot tell, the nearness term can."""
+    weights, maxima, correct = [], [], []
+    for _ in range(n):
+        near = rng.uniform(0.3, 1.0)
+        weights.append({"win": 2.0, "other": 1.0})
+        maxima.append({"win": near, "other": 0.5})
+        correct.append(rng.random() < 1 / (1 + math.exp(-(8 * near - 4))))
+    return LevelVotes(weights, ["win"] * n, [5] * n, 20, np.array(correct), maxima=maxima)
+
+
+def test_fit_softmax_with_nearness_matches_a_grid_search():
+    votes = near_votes(np.random.default_rng(4))
+    t, b, a = fit_softmax(votes)
+    near = np.array([m["win"] for m in votes.maxima])
+
+    def nll(temp, bias, scale):  # the full softmax over 20 values, written out
+        z = np.full((len(near), 20), bias)
+        z[:, 0], z[:, 1] = 2.0 / (5 * temp) + scale * near, 1.0 / (5 * temp) + scale * 0.5
+        p = np.clip(softmax(z, axis=1)[:, 0], 1e-7, 1 - 1e-7)
+        return -np.mean(np.where(votes.correct, np.log(p), np.log(1 - p)))
+
+    grid = [(g, h, s) for g in np.exp(np.linspace(math.log(0.05), math.log(10), 25)) for h in np.linspace(-6, 6, 25)
+            for s in np.linspace(0, 16, 33)]
+    best = min(grid, key=lambda p: nll(*p))
+    assert nll(t, b, a) <= nll(*best) + 1e-4  # at least as good as the best point of the grid
+    assert a > 2.0  # the nearness carries what the weights cannot
+    t2, b2 = fit_softmax(LevelVotes(votes.weights, votes.winners, votes.ks, 20, votes.correct))[:2]
+    assert nll(t, b, a) < nll(t2, b2, 0.0) - 0.02  # and it earns its place
+    assert np.allclose(votes.confidences(t, b, a), [naive_softmax(w, "win", 5, 20, t, b, m, a)
+                                                    for w, m in zip(votes.weights, votes.maxima)])
 
 
 def fit_softmax_t_only(votes):
@@ -136,6 +191,12 @@ def test_collect_votes_vote_as_the_recognizer_does(model):
     rec.calibration = Calibration({"model": 0.2, "make": 0.3})
     preds = rec.predict_embeddings(q)
     np.testing.assert_allclose(votes["model"].confidences(0.2), [p.confidence["model"] for p in preds], rtol=1e-6)
+    rec.calibration = Calibration({"model": 0.2, "make": 0.3}, biases={"model": -2.0}, scales={"model": 5.0, "make": 3.0})
+    preds = rec.predict_embeddings(q)
+    for lvl, t, b, a in (("model", 0.2, -2.0, 5.0), ("make", 0.3, 0.0, 3.0)):
+        conf = votes[lvl].confidences(t, b, a)
+        np.testing.assert_allclose(conf, [p.confidence[lvl] for p in preds], rtol=1e-6)
+        assert not np.allclose(conf, votes[lvl].confidences(t, b))  # the term is used, not ignored
     # With its own class taken out, a Jeep photo's model vote is never right, its make vote usually is.
     loo = collect_votes(rec, q, truth, exclude_own=True)
     assert not loo["model"].correct.any() and loo["make"].correct[:9].all()
@@ -154,7 +215,7 @@ def test_fit_calibration_on_noisy_photos(model):
     assert 0.5 < model_level["accuracy"] < 1.0
     assert model_level["ece_calibrated"] < model_level["ece_vote_share"]
     loo = collect_votes(rec, q, truth, exclude_own=True)["make"]
-    given = loo.confidences(cal.temperatures["make"], cal.biases["make"]) >= cal.thresholds["make"]
+    given = loo.confidences(cal.temperatures["make"], cal.biases["make"], cal.scales.get("make", 0.0)) >= cal.thresholds["make"]
     assert given.any() and (given & ~loo.correct).mean() <= 0.1
     assert report["levels"]["make"]["partial_given_right"] == pytest.approx((given & loo.correct).mean())
 
@@ -190,7 +251,14 @@ def test_partial_answer_on_a_hand_built_gallery(model, tmp_path):
 
 def test_calibration_from_dict_refuses_bad_input():
     assert not Calibration.from_dict(None).active
+    cal = Calibration({"model": 0.3}, {"make": 0.7}, {"fitted_on": "x"}, {"model": -4.0}, {"model": 6.0})
+    assert cal.to_dict()["method"] == "knn-softmax-sim" and Calibration.from_dict(cal.to_dict()) == cal
+    # Without a nearness term the artifact stays readable by the vericar before it (same method name).
+    assert Calibration({"model": 0.3}, scales={"model": 0.0}).to_dict()["method"] == "knn-softmax"
+    assert "scales" not in Calibration({"model": 0.3}).to_dict()
     for bad in ({"method": "platt"}, {"method": "knn-softmax", "temperatures": {"model": -1}},
+                {"method": "knn-softmax-sim", "temperatures": {"model": 1}, "scales": {"model": -2.0}},
+                {"method": "knn-softmax-sim", "scales": {"model": float("nan")}}, "knn-softmax",
                 {"method": "knn-softmax", "thresholds": {"colour": 0.5}},
                 {"method": "knn-softmax", "temperatures": {"model": "hot"}}):
         with pytest.raises(ArtifactError, match="calibrat"):

@@ -30,7 +30,7 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     import vericar
     from train.calibrate import main as calibrate
     from train.crossfit import join, load_member, member_votes
-    from vericar.search.calibration import fit_votes, log_loss
+    from vericar.search.calibration_fit import fit_votes, log_loss
 
     a0, a1 = two_seeds
     rec0 = vericar.load(f"local-dir:{a0}")
@@ -44,8 +44,8 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     calibrate(["--artifact", str(a0), "--pool", str(a1)])
     after = json.loads((a0 / "config.json").read_text())
     cal = after["calibration"]
-    for key in ("temperatures", "biases", "thresholds"):
-        assert cal[key] == pytest.approx(getattr(expected, key)), key
+    for key in ("temperatures", "biases", "thresholds", "scales"):
+        assert cal.get(key, {}) == pytest.approx(getattr(expected, key)), key
     assert after["ood"]["threshold"] == pytest.approx(before["ood"]["threshold"], abs=1e-6)
     again = load_file(a0 / "model.safetensors")
     assert again.keys() == weights.keys() and all(torch.equal(again[n], weights[n]) for n in weights)
@@ -53,9 +53,9 @@ def test_pooled_calibration_is_one_fit_on_every_trainings_photos(two_seeds):
     # it on both trainings' photos (the pooled fit is the log-loss optimum there).
     assert cal["temperatures"]["model"] != pytest.approx(alone.temperatures["model"])
     joined = join([own, other])[0]["model"]
-    pooled_loss = log_loss(joined.confidences(cal["temperatures"]["model"], cal["biases"]["model"]), joined.correct)
-    assert pooled_loss <= log_loss(joined.confidences(alone.temperatures["model"], alone.biases["model"]),
-                                   joined.correct) + 1e-9
+    fitted = lambda c: (c["temperatures"]["model"], c["biases"]["model"], c.get("scales", {}).get("model", 0.0))  # noqa: E731
+    pooled_loss = log_loss(joined.confidences(*fitted(cal)), joined.correct)
+    assert pooled_loss <= log_loss(joined.confidences(*fitted(alone.to_dict())), joined.correct) + 1e-9
     assert "pool" not in cal["info"]["fit"]  # the diagnostics live in the metrics, not in the calibration
     rep = after["meta"]["metrics"]["calibration"]
     assert rep["n"] == info0["n"] + info1["n"]
@@ -97,27 +97,31 @@ def test_pool_refuses_another_recipe_with_a_message(two_seeds, tiny_csv, tmp_pat
 
 def test_concatenated_votes_are_the_votes_of_all_photos():
     """LevelVotes.concat of two halves = the votes of all photos at once (photos keep their own counts)."""
-    from vericar.search.calibration import LevelVotes
+    from vericar.search.calibration_fit import LevelVotes
 
     rng = np.random.default_rng(0)
 
-    def votes(n, n_values, per_query):
+    def votes(n, n_values, per_query, near=True):
         return LevelVotes([{"a": float(x)} for x in rng.random(n)], ["a"] * n, [3] * n, n_values,
-                          rng.random(n) > 0.5, [n_values - 1] * n if per_query else None)
+                          rng.random(n) > 0.5, [n_values - 1] * n if per_query else None,
+                          [{"a": float(x)} for x in rng.random(n)] if near else None)
 
     x, y = votes(4, 10, False), votes(3, 10, True)
     j = LevelVotes.concat([x, y])
     assert j.weights == x.weights + y.weights and j.winners == x.winners + y.winners and j.ks == [3] * 7
     assert j.n_values_per_query == [10] * 4 + [9] * 3
     assert list(j.correct) == list(x.correct) + list(y.correct)
-    assert np.allclose(j.confidences(0.5, -1.0), np.r_[x.confidences(0.5, -1.0), y.confidences(0.5, -1.0)])
+    assert j.maxima == x.maxima + y.maxima
+    assert np.allclose(j.confidences(0.5, -1.0, 4.0), np.r_[x.confidences(0.5, -1.0, 4.0), y.confidences(0.5, -1.0, 4.0)])
     with pytest.raises(ValueError, match="at least one"):
         LevelVotes.concat([])
+    with pytest.raises(ValueError, match="some not"):  # a fit must not silently lose the nearness term
+        LevelVotes.concat([x, votes(2, 10, False, near=False)])
 
 
 def test_join_refuses_votes_of_other_levels():
     from train.crossfit import join
-    from vericar.search.calibration import LevelVotes
+    from vericar.search.calibration_fit import LevelVotes
 
     def votes(levels, loo):
         v = {lvl: LevelVotes([{"a": 1.0}], ["a"], [1], 2, np.array([True])) for lvl in levels}
@@ -128,3 +132,29 @@ def test_join_refuses_votes_of_other_levels():
     for other in (votes(("model",), False), votes(("model", "make"), False)):
         with pytest.raises(TrainError, match="differ in their levels.*same labels"):
             join([votes(("model", "make"), True), other])
+
+
+def test_calibration_loto_scores_each_training_under_a_fit_on_the_others(two_seeds, tmp_path):
+    """benchmarks/calibration_loto.py: each training's held-out votes scored under a fit on the other
+    training only, with and without the nearness term (checked against the fits done by hand)."""
+    import dataclasses
+
+    import vericar
+    from benchmarks.calibration_loto import main as loto
+    from train.crossfit import load_member, member_votes
+    from vericar.search.calibration_fit import LevelVotes, fit_softmax, log_loss
+
+    a0, a1 = two_seeds
+    res = loto(["--artifacts", str(a0), str(a1), "--json", str(tmp_path / "loto.json")])
+    assert json.loads((tmp_path / "loto.json").read_text()) == res
+    rec0 = vericar.load(f"local-dir:{a0}")
+    v0 = member_votes(a0, load_member(a0, rec0), rec0, rec0.density)[0][0]["model"]
+    v1 = member_votes(a1, load_member(a1, rec0, taken=[0]), rec0, rec0.density)[0][0]["model"]
+    for fam, strip in (("T, b, a", lambda v: v), ("T, b", lambda v: dataclasses.replace(v, maxima=None))):
+        p = np.r_[strip(v0).confidences(*fit_softmax(strip(v1))), strip(v1).confidences(*fit_softmax(strip(v0)))]
+        y = np.r_[v0.correct, v1.correct]
+        assert res["model"][fam]["real_log_loss"] == pytest.approx(log_loss(p, y))
+        assert res["model"][fam]["real_n"] == res["model"][fam]["harsh_n"] == len(y)
+    assert isinstance(LevelVotes.concat([v0, v1]).maxima, list)
+    with pytest.raises(SystemExit):  # one training cannot be scored under a fit on the others
+        loto(["--artifacts", str(a0)])

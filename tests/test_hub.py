@@ -105,6 +105,18 @@ def test_push_download_load_round_trip(fake_hub):
     assert loaded.ood.threshold == pytest.approx(rec.ood.threshold)
 
 
+def test_saving_the_same_model_twice_writes_the_same_bytes(tmp_path):
+    """Weights and gallery files do not change when nothing in them did (a re-shipped default would
+    otherwise add new multi-MB files to git: safetensors writes metadata keys in a random order)."""
+    rec = _recognizer()
+    hub.save_pretrained(rec, tmp_path / "first")
+    want = {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir() if p.suffix == ".safetensors"}
+    assert "model.safetensors" in want and any(n.startswith("gallery-") for n in want)
+    for i in range(8):
+        hub.save_pretrained(rec, tmp_path / f"again{i}")
+        assert {p.name: p.read_bytes() for p in (tmp_path / f"again{i}").iterdir() if p.suffix == ".safetensors"} == want
+
+
 def test_push_of_a_folder_refuses_what_would_not_load(fake_hub, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="config.json"):

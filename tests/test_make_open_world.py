@@ -24,19 +24,20 @@ def pred(neigh: list[tuple[str, float]]) -> Prediction:
                       ood_score=0.0, neighbours=[Neighbour(lab, s) for lab, s in neigh])
 
 
-@pytest.mark.parametrize("t,b", [(0.3, -5.8), (0.1, 0.0), (2.0, 1.5)])
-def test_aggregated_make_is_the_full_softmax_summed_per_make(t, b):
+@pytest.mark.parametrize("t,b,a", [(0.3, -5.8, 0.0), (0.1, 0.0, 0.0), (2.0, 1.5, 0.0), (0.3, -5.8, 7.0)])
+def test_aggregated_make_is_the_full_softmax_summed_per_make(t, b, a):
     # Two Audi neighbours (one class), three Jeep neighbours over two classes; BMW and a Jeep unvoted.
     neigh = [("Audi A4 Sedan 2012", 0.9), ("Jeep Compass SUV 2012", 0.7), ("Jeep Liberty SUV 2012", 0.6),
              ("Audi A4 Sedan 2012", 0.5), ("Jeep Compass SUV 2012", 0.4)]
     k = len(neigh)
     w = {c: sum(max(s, 0) for lab, s in neigh if lab == c) for c in CLASSES}
-    logits = np.array([w[c] / (k * t) if w[c] > 0 else b for c in CLASSES])
+    near = {c: max([s for lab, s in neigh if lab == c], default=0.0) for c in CLASSES}
+    logits = np.array([w[c] / (k * t) + a * near[c] if w[c] > 0 else b for c in CLASSES])
     p = softmax(logits)
     per_make = {m: float(sum(pi for c, pi in zip(CLASSES, p) if make_of(c) == m)) for m in ("Jeep", "Audi", "BMW")}
     best = max(per_make, key=per_make.get)
     counts = {m: sum(make_of(c) == m for c in CLASSES) for m in per_make}
-    got, prob = aggregated_make(pred(neigh), make_of, counts, len(CLASSES), t, b)
+    got, prob = aggregated_make(pred(neigh), make_of, counts, len(CLASSES), t, b, a)
     assert got == best and prob == pytest.approx(per_make[best], rel=1e-9)
 
 

@@ -32,7 +32,8 @@ from vericar.core.recognizer import Recognizer
 from vericar.evaluate import evaluate_embeddings
 from vericar.models.embedding import embed
 from vericar.models.model import EmbeddingModel
-from vericar.search.calibration import Calibration, fit_votes, held_out_votes
+from vericar.search.calibration import Calibration
+from vericar.search.calibration_fit import fit_votes, held_out_votes
 from vericar.search.density import DensityCorrection
 from vericar.search.gallery import Gallery
 from vericar.search.ood import KNNOOD
@@ -179,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     save_pretrained(rec, out, half=bool(tc.get("weights_half")))
     write_card(out, rec.config, rec.meta)
     top1 = (val_metrics.get("top1") or {}).get("model", float("nan"))
-    temps = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.temperatures.items())
+    temps = ", ".join(f"{lvl} {t:.4f}" + (f" (nearness {calibration.scales[lvl]:.2f})" if lvl in calibration.scales
+                                         else "") for lvl, t in calibration.temperatures.items())
     thr = ", ".join(f"{lvl} {t:.4f}" for lvl, t in calibration.thresholds.items()) or "none"
     print(f"re-calibrated {out}: density weight {density.weight}, OOD threshold {ood.threshold:.4f}, "
           f"validation top-1 {top1:.4f}; temperatures {temps}; partial-answer thresholds {thr}")

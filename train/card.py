@@ -73,11 +73,12 @@ def _calibration_lines(meta: dict[str, Any]) -> list[str]:
              "for an unknown model when their confidence clears the lowest threshold at which at most "
              f"{100 * rep['max_wrong']:.0f}% of these photos, each with its own class taken out of the gallery, "
              "got a wrong one.", "",
-             "| level | temperature | logit of unvoted values | accuracy | ECE vote share → calibrated (these photos) "
-             "| partial-answer threshold |", "|---|---|---|---|---|---|"]
+             "| level | temperature | logit of unvoted values | nearness scale | accuracy | ECE vote share → "
+             "calibrated (these photos) | partial-answer threshold |", "|---|---|---|---|---|---|---|"]
     for lvl, r in rep["levels"].items():
         thr = r.get("partial_threshold")
-        lines.append(f"| {lvl} | {r['temperature']:.4f} | {r.get('bias', 0.0):.2f} | {_pct(r['accuracy'])} | "
+        lines.append(f"| {lvl} | {r['temperature']:.4f} | {r.get('bias', 0.0):.2f} | {r.get('scale', 0.0):.2f} | "
+                     f"{_pct(r['accuracy'])} | "
                      f"{_pct(r['ece_vote_share'])} → "
                      f"{_pct(r['ece_calibrated'])} | {'—' if thr is None else format(thr, '.3f')} |")
     return lines + [""] + _pool_lines(pool)

@@ -19,7 +19,7 @@ import numpy as np
 from train.errors import TrainError
 from vericar.core.recognizer import Recognizer
 from vericar.evaluation.data import load_source, short_ref, split_holdout, stratified_split
-from vericar.search.calibration import LevelVotes, expected_calibration_error, fit_softmax, held_out_votes
+from vericar.search.calibration_fit import LevelVotes, expected_calibration_error, fit_softmax, held_out_votes
 from vericar.search.density import DensityCorrection
 from vericar.search.gallery import Gallery
 
@@ -80,9 +80,10 @@ def load_member(path: Path, like: Recognizer, taken: Sequence[Any] = ()) -> tupl
 
 
 def member_votes(path: Path, member: tuple[Recognizer, np.ndarray, list[Any]], like: Recognizer,
-                 density: DensityCorrection) -> tuple[Votes, dict[str, Any]]:
+                 density: DensityCorrection, recipe: dict[str, Any] | None = None) -> tuple[Votes, dict[str, Any]]:
     """The held-out votes of a ``load_member`` result, as ``like`` would vote (its k, the ranking
-    ``density``): its validation photos' real-input views against its own training photos.
+    ``density``): its validation photos' real-input views (``recipe`` overrides train/realinput.py's)
+    against its own training photos.
 
     Returns the votes and what the report says of the member (its folder, seed, photos, validation top-1).
     """
@@ -92,7 +93,7 @@ def member_votes(path: Path, member: tuple[Recognizer, np.ndarray, list[Any]], l
     rec, is_val, val_in_g = member
     seed = (rec.meta.get("train_config") or {}).get("seed", 0)
     labels = np.array(rec.gallery.labels)
-    q = embed(rec.model, real_input_views([s.image for s in val_in_g], seed))
+    q = embed(rec.model, real_input_views([s.image for s in val_in_g], seed, recipe))
     gallery = Gallery(rec.gallery.dim)
     gallery.add(rec.gallery.embeddings[~is_val], list(labels[~is_val]))
     voter = Recognizer(rec.model, gallery, rec.ood, k=like.k, density=density)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save
 
 from vericar._infra.io import atomic_write
 from vericar.artifacts import config_file as artifact
-from vericar.artifacts.config_file import CONFIG_NAME, FORMAT, FORMAT_VERSION
+from vericar.artifacts.config_file import CONFIG_NAME, FORMAT
 from vericar.artifacts.spec import BACKBONE_KINDS, SPEC_HELP, ModelSpec, parse_spec
 from vericar.core.config import SourceCfg, VericarConfig
 from vericar.core.errors import ArtifactError, SpecError
@@ -55,7 +55,9 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     state = {k: v.detach().cpu().contiguous() for k, v in recognizer.model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}))
+    # One metadata key: safetensors writes several in a random order (the same weights would get
+    # other bytes each save); the format version is in config.json, where it is checked.
+    atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT}))
     recognizer.gallery.save(out)
     # config.json last: a folder without it is not an artifact, so a crash mid-save is visible.
     write_config(out, config, recognizer.meta)

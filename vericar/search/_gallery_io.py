@@ -52,8 +52,11 @@ def write(directory: str | os.PathLike, parts: GalleryParts) -> Path:
     offsets = np.zeros(len(thumbs) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(t or b"") for t in thumbs])
     blob = np.frombuffer(b"".join(t or b"" for t in thumbs), dtype=np.uint8)
+    # One metadata key: safetensors writes several in a random order, so the same gallery would get
+    # other bytes, another file name and a new multi-MB file in git each time it is saved. The
+    # format version is in gallery.json, where it is checked.
     data = st_save({"embeddings": parts.embeddings, "thumbnails": blob, "thumbnail_offsets": offsets},
-                   metadata={"format": KIND, "format_version": str(FORMAT_VERSION)})
+                   metadata={"format": KIND})
     digest = hashlib.sha256(data).hexdigest()
     tensors_name = f"gallery-{digest[:16]}.safetensors"
     meta = {
