@@ -52,6 +52,8 @@ def aggregated_make(pred, make_of, classes_per_make: dict, n_classes: int, t: fl
     unvoted classes at logit ``b``, nearness scale ``a``) and that sum."""
     k, w, near = len(pred.neighbours), {}, {}
     for n in pred.neighbours:
+        if not math.isfinite(n.score):  # as the calibrated vote skips them (vericar/search/calibration.py)
+            continue
         w[n.label] = w.get(n.label, 0.0) + max(n.score, 0.0)
         near[n.label] = max(near.get(n.label, 0.0), n.score, 0.0)
     z = {c: x / (max(k, 1) * t) + a * near[c] for c, x in w.items()}

@@ -10,7 +10,7 @@ from scipy.special import softmax
 
 from vericar.search.calibration import Calibration, level_maxima, softmax_confidence
 from vericar.search.calibration_fit import (LevelVotes, collect_votes, expected_calibration_error, fit_calibration,
-                                            fit_softmax, threshold_at_max_wrong)
+                                            fit_softmax, log_loss, threshold_at_max_wrong)
 from vericar.artifacts.hub import load, save_pretrained
 from vericar.core.errors import ArtifactError
 from vericar.core.recognizer import Recognizer
@@ -159,6 +159,54 @@ def test_fit_softmax_with_nearness_matches_a_grid_search():
                                                     for w, m in zip(votes.weights, votes.maxima)])
 
 
+def two_mechanism_votes(seed: int = 136, n: int = 300) -> LevelVotes:
+    """Votes right when the vote is lopsided or when the winner is much nearer than its rival: the
+    loss over the nearness scale has a dip at 0 (sharp on the weights) and a lower one further out,
+    where a search started at a = 0 stopped (the shipped default's type level did too)."""
+    rng = np.random.default_rng(seed)
+    sharp, scale = rng.uniform(0.05, 0.2), rng.uniform(8, 25)
+    weights, maxima, correct = [], [], []
+    for _ in range(n):
+        kw, near_w, near_o = int(rng.integers(4, 11)), rng.uniform(0.3, 0.95), rng.uniform(0.2, 0.95)
+        w = {"win": kw * near_w * 0.8, **({"other": (10 - kw) * near_o * 0.8} if kw < 10 else {})}
+        weights.append(w)
+        maxima.append({k: m for k, m in (("win", near_w), ("other", near_o)) if k in w})
+        z = (kw - 7) / (10 * sharp) + scale * (near_w - near_o) * (kw < 10)
+        correct.append(rng.random() < 1 / (1 + math.exp(-z)))
+    return LevelVotes(weights, ["win"] * n, [10] * n, 9, np.array(correct), maxima=maxima)
+
+
+def test_fit_softmax_finds_the_lower_of_two_dips():
+    votes = two_mechanism_votes()
+    w = np.array([[x["win"], x.get("other", np.nan)] for x in votes.weights])
+    m = np.array([[x["win"], x.get("other", np.nan)] for x in votes.maxima])
+
+    def nll(temp, bias, scale):  # the full softmax over 9 values, written out (no rival: 8 unvoted)
+        z = np.full((len(w), 9), bias)
+        z[:, :2] = w / (10 * temp) + scale * m
+        z[np.isnan(z)] = bias
+        p = np.clip(softmax(z, axis=1)[:, 0], 1e-7, 1 - 1e-7)
+        return -np.mean(np.where(votes.correct, np.log(p), np.log(1 - p)))
+
+    t, b, a = fit_softmax(votes)
+    grid = [(g, h, s) for g in np.exp(np.linspace(math.log(0.02), math.log(3), 30)) for h in np.linspace(-4, 6, 21)
+            for s in np.linspace(0, 12, 25)]
+    best = min(grid, key=lambda p: nll(*p))
+    assert nll(t, b, a) <= nll(*best) + 1e-4
+    no_term = min((p for p in grid if p[2] == 0), key=lambda p: nll(*p))
+    assert a > 1.0 and nll(t, b, a) < nll(*no_term) - 5e-4  # not the dip at a = 0
+    assert nll(t, b, a) == pytest.approx(log_loss(votes.confidences(t, b, a), votes.correct), abs=1e-9)
+
+
+def test_a_nearness_term_that_saves_nothing_is_dropped():
+    """Votes where nearness carries nothing beyond the weights: a = 0 exactly, so the calibration is
+    written in the format older vericars read."""
+    votes = random_votes(np.random.default_rng(5))
+    votes.maxima = [{v: 0.5 for v in w} for w in votes.weights]  # the same nearness for every value
+    t, b, a = fit_softmax(votes)
+    assert a == 0.0 and (t, b) == pytest.approx(fit_softmax(random_votes(np.random.default_rng(5)))[:2])
+
+
 def fit_softmax_t_only(votes):
     grid = np.exp(np.linspace(math.log(1e-2), math.log(10), 150))
     return grid[np.argmin([-np.mean(np.where(votes.correct, np.log(np.clip(votes.confidences(g), 1e-7, 1)),
@@ -259,6 +307,11 @@ def test_calibration_from_dict_refuses_bad_input():
     for bad in ({"method": "platt"}, {"method": "knn-softmax", "temperatures": {"model": -1}},
                 {"method": "knn-softmax-sim", "temperatures": {"model": 1}, "scales": {"model": -2.0}},
                 {"method": "knn-softmax-sim", "scales": {"model": float("nan")}}, "knn-softmax",
+                {"method": "knn-softmax", "temperatures": {"model": 1}, "scales": {"model": 2.0}},  # old readers ignore
+                {"method": "knn-softmax-sim", "scales": {"model": True}}, {"method": "knn-softmax-sim", "scales": 0},
+                {"method": "knn-softmax-sim", "scales": [1.0]}, {"method": "knn-softmax", "thresholds": {"make": float("nan")}},
+                {"method": "knn-softmax", "thresholds": {"make": 1.5}}, {"method": "knn-softmax", "info": "x"},
+                {"method": "knn-softmax", "temperatures": {"model": 1e308}}, {"method": "knn-softmax-sim", "scales": {"model": 1e9}},
                 {"method": "knn-softmax", "thresholds": {"colour": 0.5}},
                 {"method": "knn-softmax", "temperatures": {"model": "hot"}}):
         with pytest.raises(ArtifactError, match="calibrat"):

@@ -149,9 +149,30 @@ def test_format_1_is_plain_cosine(tmp_path):
     assert cfg.ranking.density == cfg.ood.calibrated_for == DensityCfg()
 
 
+def test_format_4_only_for_a_nearness_calibration(tmp_path):
+    """A calibration with a nearness term is written as format 4, which the vericar before it refuses
+    cleanly ("install the version that wrote it"); without one an artifact stays format 3."""
+    from vericar.search.calibration import Calibration
+
+    rec, new = _saved(tmp_path)
+    assert json.loads((new / "config.json").read_text())["format_version"] == 3
+    for cal, version in ((Calibration({"model": 0.3}, biases={"model": -2.0}), 3),
+                         (Calibration({"model": 0.3}, biases={"model": -2.0}, scales={"model": 7.0}), 4)):
+        rec.calibration = cal
+        hub.save_pretrained(rec, tmp_path / f"v{version}")
+        raw = json.loads((tmp_path / f"v{version}" / "config.json").read_text())
+        assert raw["format_version"] == version
+        assert hub.load(f"local-dir:{tmp_path / f'v{version}'}").calibration == cal
+        raw["format_version"] = 5  # a later vericar's: refused with the versions this one reads
+        (tmp_path / f"v{version}" / "config.json").write_text(json.dumps(raw))
+        with pytest.raises(ArtifactError, match="format version 5, this vericar reads versions 1, 2, 3, 4"):
+            hub.load(f"local-dir:{tmp_path / f'v{version}'}")
+
+
 def test_the_shipped_default_is_current_and_consistent():
     raw = json.loads((hub.DEFAULT_DIR / "config.json").read_text())
-    assert raw["format_version"] == 3 and "ood_threshold" not in raw["meta"]
+    assert raw["format_version"] == 4 and raw["calibration"]["method"] == "knn-softmax-sim"
+    assert "ood_threshold" not in raw["meta"]
     assert not set(raw["meta"]["train_config"]) & {"density_weight", "backbone", "ood_tpr", "k"}
     cfg = hub.read_config(hub.DEFAULT_DIR)
     assert cfg.ood.calibrated_for == cfg.ranking.density and cfg.ood.threshold is not None

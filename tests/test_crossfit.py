@@ -142,7 +142,7 @@ def test_calibration_loto_scores_each_training_under_a_fit_on_the_others(two_see
     import vericar
     from benchmarks.calibration_loto import main as loto
     from train.crossfit import load_member, member_votes
-    from vericar.search.calibration_fit import LevelVotes, fit_softmax, log_loss
+    from vericar.search.calibration_fit import fit_softmax, log_loss
 
     a0, a1 = two_seeds
     res = loto(["--artifacts", str(a0), str(a1), "--json", str(tmp_path / "loto.json")])
@@ -155,6 +155,36 @@ def test_calibration_loto_scores_each_training_under_a_fit_on_the_others(two_see
         y = np.r_[v0.correct, v1.correct]
         assert res["model"][fam]["real_log_loss"] == pytest.approx(log_loss(p, y))
         assert res["model"][fam]["real_n"] == res["model"][fam]["harsh_n"] == len(y)
-    assert isinstance(LevelVotes.concat([v0, v1]).maxima, list)
     with pytest.raises(SystemExit):  # one training cannot be scored under a fit on the others
         loto(["--artifacts", str(a0)])
+
+
+def test_leave_one_out_against_a_naive_loop():
+    """calibration_loto.leave_one_out on three sources of votes whose rightness depends on nearness:
+    each source scored under fits on the other two, pooled; the nearness term wins held out."""
+    import dataclasses
+
+    from benchmarks.calibration_loto import leave_one_out
+    from test_calibration import two_mechanism_votes
+    from vericar.search.calibration_fit import LevelVotes, expected_calibration_error, fit_softmax, log_loss
+
+    real = [two_mechanism_votes(seed=136 + i, n=200) for i in range(3)]
+    harsh = [two_mechanism_votes(seed=236 + i, n=100) for i in range(3)]
+    res = leave_one_out({"real": [{"model": v} for v in real], "harsh": [{"model": v} for v in harsh]})
+    losses = {}
+    for fam, strip in (("T, b, a", lambda v: v), ("T, b", lambda v: dataclasses.replace(v, maxima=None))):
+        p, y, ph, yh = [], [], [], []
+        for i in range(3):
+            fit = fit_softmax(LevelVotes.concat([strip(real[j]) for j in range(3) if j != i]))
+            p.append(strip(real[i]).confidences(*fit))
+            y.append(real[i].correct)
+            ph.append(strip(harsh[i]).confidences(*fit))
+            yh.append(harsh[i].correct)
+        p, y, ph, yh = map(np.concatenate, (p, y, ph, yh))
+        row = res["model"][fam]
+        assert row["real_log_loss"] == pytest.approx(log_loss(p, y))
+        assert row["real_ece"] == pytest.approx(expected_calibration_error(p, y))
+        assert row["harsh_gap"] == pytest.approx(ph.mean() - yh.mean())
+        assert row["real_n"] == 600 and row["harsh_n"] == 300
+        losses[fam] = row["real_log_loss"]
+    assert losses["T, b, a"] < losses["T, b"]

@@ -2,6 +2,9 @@
 migrate older ones (``python -m vericar.artifacts.config_file migrate DIR [DIR ...]``).
 
 Format 3 is ``{"format": "vericar", "format_version": 3, **VericarConfig.to_dict(), "meta": {...}}``.
+Format 4 is format 3 with a calibration that has a nearness term (method "knn-softmax-sim"): it is
+written only then, so the vericar before it refuses such an artifact with its clear "install the
+version that wrote it" instead of misreading the calibration; every other artifact stays format 3.
 Formats 1 and 2 (vericar before the config tree) restated settings: the density weight in
 ``density`` and again in ``meta.train_config``, the OOD threshold in ``ood`` and again in
 ``meta.ood_threshold``, and linked threshold and ranking only through the version number (2 =
@@ -21,7 +24,7 @@ from vericar.core.config import TRAIN_SETTINGS_IN_TREE, DensityCfg, DetectorCfg,
 from vericar.core.errors import ArtifactError, SpecError
 
 FORMAT = "vericar"
-FORMAT_VERSION = 3
+CURRENT_VERSIONS = (3, 4)  # read as the tree itself; written: see ``version_for``
 LEGACY_VERSIONS = (1, 2)
 CONFIG_NAME = "config.json"
 
@@ -44,12 +47,12 @@ def read(directory: str | os.PathLike) -> tuple[VericarConfig, dict[str, Any], i
     version = raw.get("format_version")
     if version in LEGACY_VERSIONS:
         cfg, meta = upgrade(raw, directory)
-    elif version == FORMAT_VERSION:
+    elif version in CURRENT_VERSIONS:
         cfg, meta = VericarConfig.from_dict(raw), dict(raw.get("meta") or {})
     else:
         raise ArtifactError(
             f"{directory} uses artifact format version {version}, this vericar reads versions "
-            f"{', '.join(map(str, (*LEGACY_VERSIONS, FORMAT_VERSION)))}. "
+            f"{', '.join(map(str, (*LEGACY_VERSIONS, *CURRENT_VERSIONS)))}. "
             "Install the vericar version that wrote it, or re-export the model with this one."
         )
     return cfg.check(str(directory)), meta, version
@@ -57,9 +60,17 @@ def read(directory: str | os.PathLike) -> tuple[VericarConfig, dict[str, Any], i
 
 def write(directory: str | os.PathLike, cfg: VericarConfig, meta: dict[str, Any]) -> None:
     """Write config.json (atomically; without ``source``: where it is loaded from next is the reader's)."""
-    body = {"format": FORMAT, "format_version": FORMAT_VERSION, **cfg.to_dict(), "meta": meta}
+    body = {"format": FORMAT, "format_version": version_for(cfg), **cfg.to_dict(), "meta": meta}
     body.pop("source", None)
     atomic_write(Path(directory) / CONFIG_NAME, json.dumps(body, indent=2, sort_keys=True).encode())
+
+
+def version_for(cfg: VericarConfig) -> int:
+    """The format ``cfg`` is written in: 4 when its calibration has a nearness term, else 3."""
+    from vericar.search.calibration import METHODS
+
+    nearness = cfg.calibration is not None and cfg.calibration.get("method") == METHODS[1]
+    return CURRENT_VERSIONS[1] if nearness else CURRENT_VERSIONS[0]
 
 
 def upgrade(raw: dict[str, Any], where: Any = "config.json") -> tuple[VericarConfig, dict[str, Any]]:
@@ -96,10 +107,10 @@ def upgrade(raw: dict[str, Any], where: Any = "config.json") -> tuple[VericarCon
 def migrate(directory: str | os.PathLike) -> str:
     """Rewrite ``directory``'s config.json in the current format (only that file); says what it did."""
     cfg, meta, version = read(directory)
-    if version == FORMAT_VERSION:
-        return f"{directory}: already format {FORMAT_VERSION}, nothing to do"
+    if version in CURRENT_VERSIONS:
+        return f"{directory}: already format {version}, nothing to do"
     write(directory, cfg, meta)
-    return f"{directory}: config.json migrated from format {version} to {FORMAT_VERSION}"
+    return f"{directory}: config.json migrated from format {version} to {version_for(cfg)}"
 
 
 def legacy_model_dict(model: ModelCfg) -> dict[str, Any]:

@@ -42,8 +42,8 @@ class Recognizer:
         density: how neighbours are ranked (``DensityCorrection``); plain cosine if omitted.
         taxonomy: maps labels to make / type / year; built from the gallery's labels if omitted.
         meta: free-form facts saved with the artifact (metrics, training command, …).
-        calibration: per-level confidence temperatures and partial-answer thresholds; plain vote
-            shares and no partial answers if omitted.
+        calibration: per-level confidence softmax (temperature, bias, nearness) and partial-answer
+            thresholds; plain vote shares and no partial answers if omitted.
         detector: finds the vehicles in a photo (``vericar.vision.detect``: a Detector or a spec such as
             'opencv-ssd:mobilenet_v2_coco'); None or 'none' treats the whole photo as the vehicle.
         source: where it was loaded from (``vericar.load`` sets it; see ``config.source``).
