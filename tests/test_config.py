@@ -169,6 +169,29 @@ def test_format_4_only_for_a_nearness_calibration(tmp_path):
             hub.load(f"local-dir:{tmp_path / f'v{version}'}")
 
 
+def test_migrate_and_save_keep_format_and_calibration_honest(tmp_path, capsys):
+    """migrate rewrites a format 3 config.json whose calibration has a nearness term as format 4;
+    a calibration loading would refuse is refused on saving, before anything is written."""
+    from vericar.search.calibration import Calibration
+
+    rec, new = _saved(tmp_path)
+    rec.calibration = Calibration({"model": 0.3}, scales={"model": 7.0})
+    hub.save_pretrained(rec, new)
+    raw = json.loads((new / "config.json").read_text())
+    raw["format_version"] = 3  # as the first nearness calibrations were written
+    (new / "config.json").write_text(json.dumps(raw))
+    artifact_main(["migrate", str(new)])
+    assert "migrated from format 3 to 4" in capsys.readouterr().out
+    assert json.loads((new / "config.json").read_text())["format_version"] == 4
+    before = {p.name: p.read_bytes() for p in new.iterdir()}
+    for bad in (Calibration({"model": 20.0}), Calibration({"model": 0.3}, {"make": 1.2}),
+                Calibration({"model": 0.3}, scales={"model": -1.0})):
+        rec.calibration = bad
+        with pytest.raises(ArtifactError, match="not saved.*calibration"):
+            hub.save_pretrained(rec, new)
+        assert {p.name: p.read_bytes() for p in new.iterdir()} == before  # nothing lost, nothing half-written
+
+
 def test_the_shipped_default_is_current_and_consistent():
     raw = json.loads((hub.DEFAULT_DIR / "config.json").read_text())
     assert raw["format_version"] == 4 and raw["calibration"]["method"] == "knn-softmax-sim"

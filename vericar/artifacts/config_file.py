@@ -107,7 +107,7 @@ def upgrade(raw: dict[str, Any], where: Any = "config.json") -> tuple[VericarCon
 def migrate(directory: str | os.PathLike) -> str:
     """Rewrite ``directory``'s config.json in the current format (only that file); says what it did."""
     cfg, meta, version = read(directory)
-    if version in CURRENT_VERSIONS:
+    if version == version_for(cfg):  # (a format 3 file with a nearness calibration is rewritten as 4)
         return f"{directory}: already format {version}, nothing to do"
     write(directory, cfg, meta)
     return f"{directory}: config.json migrated from format {version} to {version_for(cfg)}"

@@ -44,9 +44,10 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     """Write a recognizer to ``directory`` as config.json + model.safetensors + gallery files.
 
     ``half=True`` stores weights as float16 (half the size; they are cast back to float32 on load).
-    An unknown threshold fitted under another neighbour ranking is refused before anything is written.
+    An unknown threshold fitted under another neighbour ranking, or a calibration loading would refuse,
+    is refused before anything is written.
     """
-    config = recognizer.config.check("save_pretrained")
+    config = _checked(recognizer.config, directory)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     # Overwriting: drop config.json first, so a crash midway leaves "not an artifact" (a clear
@@ -77,7 +78,19 @@ def read_artifact(directory: str | os.PathLike) -> tuple[VericarConfig, dict[str
 
 def write_config(directory: str | os.PathLike, config: VericarConfig, meta: dict[str, Any]) -> None:
     """Write ``config`` (checked) and ``meta`` as ``directory``/config.json, atomically."""
-    artifact.write(directory, config.check(str(directory)), meta)
+    artifact.write(directory, _checked(config, directory), meta)
+
+
+def _checked(config: VericarConfig, where: Any) -> VericarConfig:
+    """``config.check``, and its calibration read back as loading reads it: what loading would
+    refuse (a hand-set temperature of 20, a threshold of 1.2) is refused before anything is written."""
+    config.check(str(where))
+    if config.calibration is not None:
+        try:
+            Calibration.from_dict(dict(config.calibration))
+        except ArtifactError as e:
+            raise ArtifactError(f"{where}: not saved: {e}") from e
+    return config
 
 
 def load_local(directory: str | os.PathLike, *, source: SourceCfg | None = None, **recognizer_kw: Any) -> "Recognizer":

@@ -17,11 +17,12 @@ import numpy as np
 
 from vericar.search.calibration import (A_BOUNDS, B_BOUNDS, PARTIAL_LEVELS, T_BOUNDS, Calibration, level_maxima,
                                         level_weights, softmax_confidence)
-
-A_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # where the profile search over the nearness scale looks
-MIN_GAIN = 1e-4  # log loss (nats per photo) a nearness term must save to be kept
 from vericar.search.taxonomy import LEVELS
 from vericar.search.voting import knn_vote
+
+A_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # where the profile search over the nearness scale looks
+B_STARTS = (-6.0, 0.0, 6.0)  # where each (T, b) search starts: the loss has a basin on each side of b = 0
+MIN_GAIN = 1e-4  # log loss (nats per photo) a nearness term must save to be kept
 
 
 @dataclass
@@ -76,11 +77,13 @@ def fit_softmax(votes: LevelVotes) -> tuple[float, float, float]:
     """The temperature, absent-value logit and nearness scale that minimise the log loss of "the
     winner is right" (the scale is 0 for votes without ``maxima``).
 
-    The loss over ``a`` can have two dips (the shipped default's type level: one at a = 0, a lower
-    one near a = 11, higher in between), so ``a`` is searched as a profile: (T, b) fitted at each
-    ``a`` of A_GRID, then the best polished in (log T, b, a). A term that lowers the loss by less
-    than MIN_GAIN is dropped (a = 0: the calibration older vericars read). Never worse than the
-    fit without it; all stay inside T_BOUNDS / B_BOUNDS / A_BOUNDS.
+    The loss is not convex: at a fixed ``a`` it can have one basin with a small T and b > 0 and
+    another with a larger T and b < 0 (the shipped default's type level), and a search in
+    (T, b, a) started at a = 0 stayed there. So (T, b) is searched from several starts
+    (``_fit_tb``), and ``a`` as a profile: (T, b) fitted at a = 0 and at each ``a`` of A_GRID, the
+    best polished in (log T, b, a). A term that lowers the loss by less than MIN_GAIN is dropped
+    (a = 0: the calibration older vericars read). Never worse than the fit without it; all stay
+    inside T_BOUNDS / B_BOUNDS / A_BOUNDS.
     """
     from scipy.optimize import minimize
 
@@ -109,16 +112,25 @@ def fit_softmax(votes: LevelVotes) -> tuple[float, float, float]:
 
 
 def _fit_tb(loss: Any, a: float, log_t_bounds: tuple[float, float]) -> np.ndarray:
-    """(log T, b, a) minimising ``loss`` at this ``a``: the best temperature at b = 0 (a bounded 1-D
-    search), then Nelder-Mead over (log T, b) from there, kept only if it lowers the loss."""
+    """(log T, b, a) minimising ``loss`` at this ``a``: from each b of B_STARTS, the best temperature
+    at that b (a bounded 1-D search), then Nelder-Mead over (log T, b); the best end point, clipped
+    to the bounds (outside them the loss is flat, and a search that wandered there stops early)."""
     from scipy.optimize import minimize, minimize_scalar
 
-    t0 = minimize_scalar(lambda lt: loss(np.array([lt, 0.0, a])), bounds=log_t_bounds, method="bounded",
-                         options={"xatol": 1e-4}).x
-    start = np.array([t0, 0.0])
-    res = minimize(lambda p: loss(np.r_[p, a]), start, method="Nelder-Mead",
-                   options={"xatol": 1e-4, "fatol": 1e-7, "initial_simplex": start + [[0, 0], [0.3, 0], [0, 2.0]]})
-    return np.r_[res.x if res.fun <= loss(np.r_[start, a]) else start, a]
+    lo, hi = log_t_bounds
+
+    def at(p: np.ndarray) -> np.ndarray:
+        return np.r_[min(max(p[0], lo), hi), min(max(p[1], B_BOUNDS[0]), B_BOUNDS[1]), a]
+
+    ends = []
+    for b0 in B_STARTS:
+        t0 = minimize_scalar(lambda lt: loss(np.array([lt, b0, a])), bounds=log_t_bounds, method="bounded",
+                             options={"xatol": 1e-4}).x
+        start = np.array([t0, b0])
+        res = minimize(lambda p: loss(at(p)), start, method="Nelder-Mead",
+                       options={"xatol": 1e-4, "fatol": 1e-7, "initial_simplex": start + [[0, 0], [0.3, 0], [0, 2.0]]})
+        ends += [at(res.x), at(start)]
+    return min(ends, key=loss)
 
 
 def threshold_at_max_wrong(conf: np.ndarray, correct: np.ndarray, max_wrong: float) -> float | None:
