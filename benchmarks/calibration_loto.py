@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.crossfit import load_member, member_votes  # noqa: E402
+from train.errors import cli  # noqa: E402
 from vericar.search.calibration_fit import LevelVotes, expected_calibration_error, fit_softmax, log_loss  # noqa: E402
 
 HARSH = {"margin": (0.08, 0.15), "scale": (0.25, 0.5), "quality": (40, 70)}
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)  # a folder that is not a training, or trainings of other recipes: the message, no traceback
