@@ -8,10 +8,12 @@ Every option has an environment variable (vericar.ui.webui.AppSettings): $VERICA
 $VERICAR_DATA_DIR (enrolled vehicles; default ~/.cache/vericar), $VERICAR_GALLERY_IMAGES,
 $VERICAR_CONCURRENCY (model calls at once across all events, default 2), $VERICAR_MAX_UPLOAD (default
 25mb), $VERICAR_PUBLIC=1 (the default on a Space: each visitor's vehicles stay in their session,
-vericar.ui.visitors), $VERICAR_MCP=1 (also serve Gradio's MCP server). GRADIO_SERVER_NAME /
+vericar.ui.visitors), $VERICAR_MCP=1 (also serve Gradio's MCP server; in public mode its agents
+may not add or remove vehicles, vericar.ui.handlers.MCP_SHARED). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar, /explain,
-/enroll, /remove. Uploads and the files written for an answer are removed once no request or
-open page uses them; an API answer's files stay $VERICAR_DELIVERY_S (30) s to be fetched (vericar.ui.tempfiles).
+/enroll, /remove; public mode also /admin_enroll, /admin_remove (undocumented). Uploads and the
+files written for an answer are removed once no request or open page uses them; an API answer's
+files stay $VERICAR_DELIVERY_S (30) s to be fetched (vericar.ui.tempfiles).
 
 Run as a script, ``demo`` is built from the options and the environment, then launched; imported,
 from the environment (a page saying why, if the model cannot load); ``create_app(...)`` builds one
@@ -38,8 +40,9 @@ from vericar.ui.gallery_images import image_source, page_examples
 from vericar.ui.handlers import Handlers
 from vericar.ui.present import model_card
 from vericar.ui.tempfiles import RequestFiles
+from vericar.ui.api_inputs import CountInput, FileInput
 from vericar.ui.visitors import SessionVehicles, make_vehicles
-from vericar.ui.webui import DELETE_CACHE, AppSettings, FileInput, PhotoInput, VericarApp, launch_options, user_errors
+from vericar.ui.webui import DELETE_CACHE, AppSettings, PhotoInput, VericarApp, launch_options, user_errors
 
 __all__ = ["AppSettings", "VericarApp", "build_app", "create_app", "demo", "error_demo", "launch_options"]
 log = logging.getLogger("vericar.app")
@@ -98,11 +101,15 @@ def _add_tab(h: Handlers, public: bool, model_q: dict[str, Any]) -> tuple[gr.Mar
 
 
 def _api(h: Handlers, model_q: dict[str, Any]) -> None:
-    """API endpoints: hidden components, explicit names (gradio_client: api_name="/identify", ...)."""
+    """API endpoints: hidden components, explicit names (gradio_client: api_name="/identify", ...).
+
+    A payload of the wrong shape (one file for a list, text for a file, k="abc") is answered with
+    what to send (vericar.ui.api_inputs), not Gradio's opaque "upstream app has raised an exception".
+    """
     with gr.Row(visible=False):
         a_img = FileInput(label="image")
         a_imgs = FileInput(label="images", file_count="multiple")
-        a_k = gr.Number(label="k", value=5, precision=0)
+        a_k = CountInput(label="k", value=5)
         a_label = gr.Textbox(label="label")
         a_json = gr.JSON(label="result")
         a_overlay = gr.Image(label="overlay", type="filepath", format="png")
@@ -116,13 +123,19 @@ def _api(h: Handlers, model_q: dict[str, Any]) -> None:
     if isinstance(vehicles, SessionVehicles):  # the shared gallery changes only with the admin token
         a_token = gr.Textbox(label="token", visible=False)
 
-        def admin_enroll(tok: str, ims: list[str] | None, lab: str) -> dict[str, Any]:  # (the API's parameter names)
-            return vehicles.admin_enroll(tok, list(ims or []), lab)
+        def admin_enroll(token: str, images: list[str] | None, label: str) -> dict[str, Any]:
+            """Add a vehicle to the shared gallery every visitor sees (needs $VERICAR_ADMIN_TOKEN)."""
+            return vehicles.admin_enroll(token, list(images or []), label)
 
-        trigger.click(user_errors(admin_enroll), [a_token, a_imgs, a_label], [a_json], api_name="admin_enroll",
-                      **model_q)
-        trigger.click(user_errors(vehicles.admin_remove), [a_token, a_label], [a_json], api_name="admin_remove",
-                      **model_q)
+        def admin_remove(token: str, label: str) -> dict[str, Any]:
+            """Remove a vehicle from the shared gallery every visitor sees (needs $VERICAR_ADMIN_TOKEN)."""
+            return vehicles.admin_remove(token, label)
+
+        # Callable by gradio_client (api_name="/admin_enroll"), but neither in the API page nor an MCP tool:
+        # they are the operator's, and an agent has no use for a tool that always answers "wrong token".
+        for fn, inputs in ((admin_enroll, [a_token, a_imgs, a_label]), (admin_remove, [a_token, a_label])):
+            trigger.click(user_errors(fn), inputs, [a_json], api_name=fn.__name__, api_visibility="undocumented",
+                          **model_q)
 
 
 def build_app(rec: Recognizer, settings: AppSettings) -> VericarApp:

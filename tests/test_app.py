@@ -131,6 +131,9 @@ def test_module_level_demo(app_module):
     assert isinstance(app_module.demo, gr.Blocks)
     names = {d["api_name"] for d in app_module.demo.config["dependencies"] if d.get("api_visibility") == "public"}
     assert {"identify", "similar", "explain", "enroll", "remove"} <= names
+    # A list of files is described without $refs: Gradio's MCP bridge moves $defs away from them (test_mcp).
+    images = app_module.demo.get_api_info()["named_endpoints"]["/enroll"]["parameters"][0]
+    assert images["parameter_name"] == "images" and "$ref" not in json.dumps(images["type"])
 
 
 def test_identify(served, photo):
@@ -241,6 +244,25 @@ def test_bad_input_then_still_serving(served, photo, tmp_path):
     assert client.predict(handle_file(photo), api_name="/identify")["neighbours"][0]["label"] == BASE[0]
 
 
+@pytest.mark.parametrize("args, api, says", [  # args: what to send, given the photo as handle_file(...)
+    (lambda f: ([f],), "/identify", "`image` must be one file: handle_file('car.jpg')"),
+    (lambda f: ("car.jpg",), "/identify", "got the text 'car.jpg' (a path is uploaded only when wrapped in "
+                                          "handle_file)"),
+    (lambda f: (f, NEW), "/enroll", "`images` must be a list of files: [handle_file('car.jpg'), ...]"),
+    (lambda f: ([f, "/etc/passwd"], NEW), "/enroll", "got a list of 2 items, item 2 being the text '/etc/passwd'"),
+    (lambda f: (f, "abc"), "/similar", "k must be a whole number between 1 and 50 (e.g. 5); got abc."),
+    (lambda f: (f, 2.5), "/similar", "k must be a whole number between 1 and 50"),
+    (lambda f: (f, 51), "/similar", "k must be a whole number between 1 and 50"),
+])
+def test_wrong_payload_shapes_say_what_to_send(served, photo, args, api, says):
+    """Gradio's payload validation fails before the app runs: its answer names what to send, not "upstream"."""
+    _, client = served
+    with pytest.raises(Exception) as e:
+        client.predict(*args(handle_file(photo)), api_name=api)
+    assert says in str(e.value) and "upstream" not in str(e.value) and "/tmp" not in str(e.value)
+    assert len(client.predict(handle_file(photo), 4.0, api_name="/similar")) == 4  # a whole float is a whole number
+
+
 def test_sixteen_concurrent_identify(served, photo):
     _, client = served
     with ThreadPoolExecutor(16) as pool:
@@ -249,15 +271,21 @@ def test_sixteen_concurrent_identify(served, photo):
 
 
 def test_upload_cap(served, app_module, photo, tmp_path):
-    """main()'s launch options refuse a file over the cap before any of it is decoded."""
+    """main()'s launch options refuse a file over the cap before any of it is decoded; each way in
+    says so in its own words (README, public-Space section; the page's: tests/browser)."""
+    import httpx
     from gradio.utils import _parse_file_size
 
-    _, client = served
+    app, client = served
     big = tmp_path / "huge.png"
     cap = _parse_file_size(app_module.launch_options()["max_file_size"])
     big.write_bytes(Path(photo).read_bytes() + b"\0" * cap)
-    with pytest.raises(Exception, match="(?i)size"):
-        client.predict(handle_file(str(big)), api_name="/identify")
+    with pytest.raises(ValueError, match=f"File .*huge.png exceeds the maximum file size of {cap} bytes"):
+        client.predict(handle_file(str(big)), api_name="/identify")  # gradio_client checks before uploading
+    with big.open("rb") as f:  # a raw HTTP upload
+        r = httpx.post(app.demo.local_url.rstrip("/") + "/gradio_api/upload", files=[("files", ("huge.png", f))],
+                       timeout=60)
+    assert r.status_code == 413 and f"File size exceeded maximum allowed size of {cap} bytes." in r.text
     assert client.predict(handle_file(photo), api_name="/identify")["label"] == BASE[0]
 
 

@@ -143,6 +143,12 @@ def test_public_visitors_isolated_labels_are_text_errors_readable(tmp_path, monk
                 b.locator("#vericar-identify").click()
                 shown = _toast(b)
                 assert "notes.jpg: The upload is not an image" in shown and "/tmp" not in shown
+                # A file over the upload cap: refused by the page itself, in Gradio's words (README).
+                big = tmp_path / "big.png"
+                big.write_bytes(b"\x89PNG" + b"\0" * (25 * 2**20))
+                b.locator("#vericar-photo input[type=file]").set_input_files(str(big))
+                too_big = 'File(s) exceed the maximum allowed size of 25.0 Mb: "big.png"'
+                expect(b.get_by_test_id("toast-text").filter(has_text=too_big).first).to_be_visible(timeout=60_000)
                 # Visitor A adds a vehicle with a hostile name: it is shown as text, no <img> made of it.
                 a.get_by_role("tab", name="Add a vehicle").click()
                 a.locator("#vericar-photos input[type=file]").set_input_files(photos)

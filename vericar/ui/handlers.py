@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from vericar.core.recognizer import Recognizer
+from vericar.ui.api_inputs import MAX_K
 from vericar.ui.gallery_images import HubImages, LocalImages
 from vericar.ui.labels import md_text
 from vericar.ui.present import finite, placeholder, result_markdown
@@ -20,12 +21,26 @@ from vericar.ui.visitors import LocalVehicles, SessionVehicles
 from vericar.ui.webui import open_upload, user_errors
 from vericar.vision.scene import no_vehicle
 
-MAX_K = 50
+__all__ = ["MAX_K", "MCP_SHARED", "Handlers", "from_mcp", "session_of"]
+# Public mode: why an MCP agent cannot add or remove vehicles, and what to use instead.
+MCP_SHARED = ("Adding and removing vehicles is turned off for MCP agents on this public demo: every agent's MCP "
+              "calls reach the app through one shared connection (one session), so a vehicle one agent added "
+              "would be seen and removable by all the others. Use gradio_client instead, where each Client is "
+              "its own session (Client(URL).predict([handle_file('car.jpg'), ...], 'Make Model Type Year', "
+              "api_name='/enroll')), or run the app yourself (python app.py), where the vehicles you add are "
+              "kept. identify, similar and explain work for MCP agents here.")
 
 
 def session_of(request: gr.Request | None) -> str | None:
     """The visitor's Gradio session (one per page load / gradio_client.Client)."""
     return getattr(request, "session_hash", None)
+
+
+def from_mcp(request: gr.Request | None) -> bool:
+    """The request came through Gradio's MCP server (gradio/mcp.py sends every tool call through one
+    cached gradio_client.Client with this header; a client that sets it itself only limits itself)."""
+    headers = getattr(request, "headers", None) or {}
+    return str(headers.get("x-gradio-user", "")).strip().lower() == "mcp"
 
 
 class Handlers:
@@ -51,8 +66,8 @@ class Handlers:
     @user_errors
     def similar(self, image: str, k: float, request: gr.Request) -> list[dict[str, Any]]:
         """The k most similar gallery photos, best first."""
-        if k is None or not 1 <= int(k) <= MAX_K:
-            raise gr.Error(f"k must be between 1 and {MAX_K}, got {k}.")
+        if k is None or not 1 <= int(k) <= MAX_K:  # the API's k input already checked it (api_inputs.CountInput)
+            raise gr.Error(f"k must be a whole number between 1 and {MAX_K} (e.g. 5); got {k}.")
         with self.files.request(session_of(request), [image]):
             found = self._rec(request).similar(open_upload(image), int(k))
         return [{"label": n.label, "score": finite(n.score)} for n in found]
@@ -63,15 +78,22 @@ class Handlers:
         with self.files.request(session_of(request), [image]) as out:
             return out.image(self._rec(request).explain(open_upload(image)).overlay, "overlay", "png")
 
+    def _no_shared_changes(self, request: gr.Request | None) -> None:
+        """Public mode: MCP agents share one session (see MCP_SHARED), so they may not add or remove."""
+        if self.vehicles.public and from_mcp(request):
+            raise gr.Error(MCP_SHARED, print_exception=False)
+
     @user_errors
     def enroll(self, images: list[str] | None, label: str, request: gr.Request) -> dict[str, Any]:
         """Add photos of a new vehicle under ``label`` (no retraining; public mode: for this session only)."""
+        self._no_shared_changes(request)
         with self.files.request(session_of(request), images or []):
             return self.vehicles.enroll(session_of(request), list(images or []), label)
 
     @user_errors
     def remove(self, label: str, request: gr.Request) -> dict[str, Any]:
         """Remove a vehicle that was added with /enroll (public mode: one this session added)."""
+        self._no_shared_changes(request)
         return self.vehicles.remove(session_of(request), label)
 
     # ----------------------------------------------------------------- page

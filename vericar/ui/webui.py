@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import gradio as gr
-from gradio.utils import NamedString
-from gradio_client import utils as client_utils
 
 from vericar.core.errors import VericarError
 from vericar.ui.enrolled import EnrolledStore
@@ -150,26 +148,6 @@ def check_upload(path: Any, name: str | None = None) -> str:
     """``path`` when it holds a usable photo (see ``open_upload``)."""
     open_upload(path, name)
     return str(path)
-
-
-def FileInput(**kwargs: Any) -> gr.File:  # noqa: N802 - used like a component class
-    """A ``gr.File`` (type "filepath") that passes on the upload's path and nothing else.
-
-    Gradio 6.31's gr.File(type="filepath") makes an empty NamedTemporaryFile in its cache for every
-    file it preprocesses and never removes it (no temp-file set holds it, so not even
-    ``delete_cache`` does): one leaked file per photo per request. Its type check is kept.
-    """
-    kwargs.update(type="filepath")
-    component = gr.File(**kwargs)
-    plain = component._process_single_file
-
-    def process(payload: Any) -> Any:
-        if component.file_types and not client_utils.is_valid_file(payload.path, component.file_types):
-            return plain(payload)  # Gradio's own "Invalid file type" error
-        return NamedString(payload.path)
-
-    component._process_single_file = process
-    return component
 
 
 def PhotoInput(**kwargs: Any) -> gr.Image:  # noqa: N802 - used like a component class
