@@ -34,6 +34,7 @@ from gradio.utils import NamedString
 from gradio_client import utils as client_utils
 from pydantic import BaseModel, ValidationError
 
+from vericar.ui.enrolled import MAX_ENROL_PHOTOS
 from vericar.ui.labels import html_text
 from vericar.ui.webui import user_message
 
@@ -91,6 +92,9 @@ def _checked(model: type[BaseModel], expected: str, urls: bool) -> type[BaseMode
         def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
             sent = obj
             if urls and isinstance(obj, list):
+                if len(obj) > MAX_ENROL_PHOTOS:  # before any URL in it is fetched: no request fetches more
+                    raise gr.Error(f"{len(obj)} photos is more than the {MAX_ENROL_PHOTOS} accepted at once; pick "
+                                   "the best few.", print_exception=False)
                 obj = [_as_file(x) for x in obj]
             try:
                 return super().model_validate(obj, *args, **kwargs)
