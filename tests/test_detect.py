@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,14 +349,39 @@ def test_predict_all_order_box_and_batching(rec, make_car_image, monkeypatch):
 
 
 def test_no_vehicle_and_tight_crop_fallback(rec, make_car_image):
-    rec.detector = FixedDetector([])
+    rec.detector = FixedDetector([])  # no box at all, not even a faint one: no vehicle, whatever the photo looks like
+    for threshold in (-1.0, None):  # rejected / accepted by the unknown check
+        rec.ood.threshold = threshold
+        assert rec.predict_all(make_car_image(1, (96, 64))) == []
+        nothing = rec.predict(street((300, 200)))
+        assert not nothing.vehicle_found and nothing.label is None and nothing.box is None and nothing.unknown
+    rec.detector = FixedDetector([(10, 10, 30, 30, 0.1, "car")])  # only a faint, small box: the unknown check decides
     rec.ood.threshold = -1.0  # the whole photo does not look like a known vehicle either
     assert rec.predict_all(street((300, 200))) == []
-    nothing = rec.predict(street((300, 200)))
-    assert not nothing.vehicle_found and nothing.label is None and nothing.box is None and nothing.unknown
-    rec.ood.threshold = None  # looks known: a tight crop the detector missed, whole photo, boxed by its edges
+    rec.ood.threshold = None  # looks known: a tight crop the detector was unsure of, whole photo, boxed by its edges
     tight = rec.predict_all(make_car_image(1, (96, 64)))
     assert len(tight) == 1 and tight[0].box == [0, 0, 96, 64] and tight[0].vehicle_found
+
+
+def test_keeps_rule():
+    from vericar.vision.scene import Region, keeps
+
+    known, unknown = types.SimpleNamespace(unknown=False), types.SimpleNamespace(unknown=True)
+    sure, faint = Region(Box(0, 0, 9, 9), (0, 0, 9, 9)), Region(Box(0, 0, 9, 9), (0, 0, 9, 9), True, tentative=True)
+    assert [keeps(None, known), keeps(None, unknown)] == [False, False]  # the detector saw nothing
+    assert [keeps(sure, known), keeps(sure, unknown)] == [True, True]  # a detected vehicle, known or not
+    assert [keeps(faint, known), keeps(faint, unknown)] == [True, False]
+
+
+def test_real_photo_without_a_vehicle_is_no_vehicle(rec, ssd):
+    """scikit-learn's china.jpg (a temple): the real SSD sees no box in it at all, so it is no vehicle even
+    though the unknown check accepts everything here (before, such photos were named as cars)."""
+    import sklearn.datasets
+
+    photo = Image.open(Path(sklearn.datasets.__file__).parent / "images" / "china.jpg").convert("RGB")
+    assert ssd.detect(photo, min_score=0.05) == []
+    rec.detector, rec.ood.threshold = ssd, None
+    assert rec.predict_all(photo) == [] and not rec.predict(photo).vehicle_found
 
 
 def test_no_detector_keeps_whole_photo(rec, make_car_image):

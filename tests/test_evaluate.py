@@ -17,6 +17,7 @@ from vericar.evaluation.data import load_csv, parse_holdout, split_holdout, stra
 from vericar.models.model import create_model
 from vericar.search.gallery import Gallery
 from vericar.search.ood import KNNOOD
+from vericar.vision.scene import Region
 
 NAMES = ["Audi TTS Coupe 2012", "BMW X5 SUV 2007", "Audi S4 Sedan 2012", "Ford F-150 Regular Cab 2012", "Volvo 240 Sedan 1993"]
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 20), (240, 240, 240)]
@@ -114,12 +115,13 @@ def test_metrics_reference():
 def test_detector_runs_queries_through_the_whole_pipeline(data):
     tmp, g, q = data
     plain = main(["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--queries", q, "--no-progress"])
-    # The drawn squares are no cars: nothing is detected, every query goes through whole (as without
-    # a detector) unless the unknown check rejects it too, which then counts as "no vehicle" (wrong).
+    # The drawn squares are no cars: the real detector sees nothing in them, not even a faint box, so
+    # every query is "no vehicle" (wrong) although the uncalibrated unknown check would accept it.
     r = main(["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--queries", q, "--no-progress",
               "--detector", "opencv-ssd:mobilenet_v2_coco"])
     assert r["detector"] == "opencv-ssd:mobilenet_v2_coco" and r["no_detection"] == 5
-    assert r["top1"] == plain["top1"]  # uncalibrated KNN+ (threshold None) flags nothing
+    assert plain["top1"]["model"] > 0 and r["top1"] == {"model": 0.0, "make": 0.0, "type": 0.0}
+    assert r["recall_at_1"] == plain["recall_at_1"]  # the same photos, embedded whole
     with pytest.raises(VericarError, match="unknown detector spec"):
         main(["--model", f"local-dir:{tmp / 'm'}", "--queries", q, "--detector", "yolo"])
 
@@ -134,8 +136,14 @@ def test_no_vehicle_queries_count_as_wrong(data):
     rec.add_embeddings(rec.embed([s.image for s in gs]), [s.class_name for s in gs])
     qs = load_csv(q)
     emb = rec.embed([s.image for s in qs])
-    rec.ood.threshold = -1.0  # unknown, and the detector missed them: no vehicle
-    r = evaluate_embeddings(rec, emb, [s.class_name for s in qs], np.ones(len(qs), bool))
-    assert r["top1"] == {"model": 0.0, "make": 0.0, "type": 0.0} and r["macro_f1"] == 0.0
-    kept = evaluate_embeddings(rec, emb, [s.class_name for s in qs], np.zeros(len(qs), bool))
-    assert kept["top1"]["model"] > 0.0
+    names = [s.class_name for s in qs]
+    faint = [Region(None, (0, 0, 1, 1), True, tentative=True)] * len(qs)  # only faint boxes seen
+    sure = [Region(None, (0, 0, 1, 1))] * len(qs)
+    for threshold in (-1.0, None):  # the detector saw nothing: no vehicle, known-looking or not
+        rec.ood.threshold = threshold
+        r = evaluate_embeddings(rec, emb, names, [None] * len(qs))
+        assert r["top1"] == {"model": 0.0, "make": 0.0, "type": 0.0} and r["macro_f1"] == 0.0
+        assert evaluate_embeddings(rec, emb, names, sure)["top1"]["model"] > 0.0  # detected: a vehicle either way
+    assert evaluate_embeddings(rec, emb, names, faint)["top1"]["model"] > 0.0  # accepted by the unknown check
+    rec.ood.threshold = -1.0
+    assert evaluate_embeddings(rec, emb, names, faint)["top1"]["model"] == 0.0  # rejected too: no vehicle

@@ -44,17 +44,18 @@ def embed_samples(
 
 
 def evaluate_embeddings(
-    recognizer: Recognizer, query_emb: np.ndarray, query_names: Sequence[str], missed: np.ndarray | None = None
+    recognizer: Recognizer, query_emb: np.ndarray, query_names: Sequence[str], mains: Sequence[Any] | None = None
 ) -> dict[str, Any]:
-    """Every figure of the evaluation for already-embedded queries (no timing). ``missed``: queries
-    in which the detector found nothing; those the OOD check rejects too are "no vehicle" (wrong)."""
+    """Every figure of the evaluation for already-embedded queries (no timing). ``mains``: each query's
+    main region as the detector found it (``scene.embed_main_vehicles``); a query that is no vehicle
+    there (``scene.keeps``) is answered "no vehicle" (wrong)."""
     known_classes = set(recognizer.gallery.classes)
     taxonomy = Taxonomy.from_labels(sorted(known_classes | set(query_names)))
     preds = recognizer.predict_embeddings(query_emb)
-    if missed is not None:
-        from vericar.vision.scene import no_vehicle
+    if mains is not None:
+        from vericar.vision.scene import keeps, no_vehicle
 
-        preds = [no_vehicle() if m and p.unknown else p for p, m in zip(preds, missed)]
+        preds = [p if keeps(r, p) else no_vehicle() for p, r in zip(preds, mains)]
     depth = min(RANK_DEPTH, len(recognizer.gallery))
     _, _, idx = recognizer.search(query_emb, depth)  # top-5: classes in the order the product ranks them
     plain = recognizer.gallery.search(query_emb, 1)[1]  # Recall@1: the embedding's own nearest photo
@@ -223,20 +224,20 @@ def _set_ranking(rec: Recognizer, args: argparse.Namespace) -> None:
 
 
 def _answer_queries(rec: Recognizer, queries: list[Sample], args: argparse.Namespace,
-                    kw: dict) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Query embeddings, the photos in which the detector found nothing (None: no detector) and
+                    kw: dict) -> tuple[np.ndarray, list | None, float]:
+    """Query embeddings, each query's main region (None: no detector ran; see scene.embed_main_vehicles) and
     the seconds taken to answer them: embedding, detection and cropping, search, vote and OOD."""
     t0 = time.perf_counter()
-    missed = None
+    mains = None
     if rec.detector.spec == "none":
         q = embed(rec.model, queries, desc="queries", **kw)
     else:  # timed too: detection and cropping are part of each answer
         from vericar.vision.scene import embed_main_vehicles
 
-        q, missed = embed_main_vehicles(rec, [s.image for s in queries], batch_size=args.batch_size,
+        q, mains = embed_main_vehicles(rec, [s.image for s in queries], batch_size=args.batch_size,
                                         progress=not args.no_progress)
     rec.predict_embeddings(q)  # timed: search + vote + OOD
-    return q, missed, time.perf_counter() - t0
+    return q, mains, time.perf_counter() - t0
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -256,10 +257,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
-    q, missed, elapsed = _answer_queries(rec, queries, args, kw)
-    result = evaluate_embeddings(rec, q, [s.class_name for s in queries], missed)
-    if missed is not None:
-        result.update(detector=rec.detector.spec, no_detection=int(missed.sum()))
+    q, mains, elapsed = _answer_queries(rec, queries, args, kw)
+    result = evaluate_embeddings(rec, q, [s.class_name for s in queries], mains)
+    if mains is not None:  # photos in which the detector saw no sure vehicle (none at all, or only faint boxes)
+        result.update(detector=rec.detector.spec, no_detection=sum(r is None or r.tentative for r in mains))
     result["ms_per_image"] = 1000.0 * elapsed / max(1, len(queries))
     print(format_table(result))
     if args.json:
