@@ -35,7 +35,7 @@ from vericar._infra.runtime import tune_malloc
 from vericar.artifacts import hub
 from vericar.core.errors import VericarError
 from vericar.core.recognizer import Recognizer
-from vericar.ui.enrolled import default_data_dir
+from vericar.ui.enrolled import EnrolledStore, default_data_dir
 from vericar.ui.gallery_images import image_source, page_examples
 from vericar.ui.handlers import Handlers
 from vericar.ui.present import model_card
@@ -138,11 +138,12 @@ def _api(h: Handlers, model_q: dict[str, Any]) -> None:
                           **model_q)
 
 
-def build_app(rec: Recognizer, settings: AppSettings) -> VericarApp:
-    """The Gradio app over one loaded recognizer, configured by ``settings``."""
+def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | None = None) -> VericarApp:
+    """The Gradio app over one loaded recognizer, configured by ``settings``; over ``store`` (an open
+    EnrolledStore of ``rec``) if given, else a new store of the data dir (one per data dir at a time)."""
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     vehicles = make_vehicles(rec, data_dir, public=settings.public, admin_token=settings.admin_token,
-                             write_rate=settings.write_rate, read_rate=settings.read_rate)
+                             write_rate=settings.write_rate, read_rate=settings.read_rate, store=store)
     files = RequestFiles(get_upload_folder(), delivery_s=settings.delivery_s)
     # Photos for the similar-vehicle tiles and real examples: --gallery-images DIR, or the Hub dataset on a Space.
     source = image_source(settings.gallery_images)
@@ -219,8 +220,12 @@ def from_command_line(argv: list[str] | None = None) -> VericarApp:
 # `demo` at module level in both cases: `gradio app.py` (reload mode) runs this file as __main__ and
 # looks `demo` up there after each reload.
 if __name__ == "__main__":
+    # `gradio app.py` runs this file again, in this process, after each edit: the page is rebuilt over the
+    # model and store already loaded (the store holds the data dir; a second one there is refused).
+    previous = globals().get("served")
     try:
-        served = from_command_line()
+        served = (from_command_line() if previous is None
+                  else build_app(previous.store.rec, previous.settings, store=previous.store))
     except VericarError as e:
         sys.exit(f"error: {e}")
     demo = served.demo

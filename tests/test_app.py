@@ -342,6 +342,7 @@ def test_enrolled_survive_restart(app_module, artifact, tmp_path):
         client.predict([handle_file(p) for p in paths], NEW, api_name="/enroll")
     finally:
         app.demo.close()
+        app.store.close()  # the data dir is held until the store closes (or its process ends)
     app, client = _launch(app_module, artifact, data)  # a fresh model load over the same data dir
     try:
         out = client.predict(handle_file(paths[0]), api_name="/identify")
@@ -349,6 +350,7 @@ def test_enrolled_survive_restart(app_module, artifact, tmp_path):
         assert app.store.summary() == [(NEW, 2)]
     finally:
         app.demo.close()
+        app.store.close()
 
 
 def test_model_card_and_examples(artifact, tmp_path):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ from vericar.core.recognizer import Recognizer
 from vericar.models.model import create_model, embed_images
 from vericar.search.gallery import Gallery
 from vericar.search.ood import KNNOOD
-from vericar.ui.enrolled import MAX_ENROL_PHOTOS, EnrolledStore, default_data_dir, model_key
+from vericar.ui.enrolled import LOCK_NAME, MAX_ENROL_PHOTOS, EnrolledStore, default_data_dir, model_key
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASE = ["Audi A4 Sedan 2012", "BMW X5 SUV 2007", "Ford F-150 Regular Cab 2012"]
 NEW = "Testmake Roadster Convertible 2024"
@@ -98,7 +102,8 @@ def test_restart_restores_and_remove_persists(weights, tmp_path):
     store.enroll(new, NEW)
     store.enroll(other, OTHER)
 
-    rec2 = fresh_rec(weights)  # a restart: new recognizer, new store, same data dir
+    store.close()  # a restart: the old app ends; a new recognizer and store over the same data dir
+    rec2 = fresh_rec(weights)
     store2 = EnrolledStore(rec2, tmp_path)
     assert store2.summary() == [(OTHER, 3), (NEW, 2)]
     assert len(rec2.gallery) == 6 + 5 and rec2.predict(new[1]).neighbours[0].label == NEW
@@ -114,6 +119,7 @@ def test_restart_restores_and_remove_persists(weights, tmp_path):
     assert out == {"label": NEW, "removed": 2, "enrolled": [OTHER], "gallery_size": 9}
     assert NEW not in {n.label for n in rec2.predict(new[1]).neighbours}
 
+    store2.close()
     rec3 = fresh_rec(weights)
     store3 = EnrolledStore(rec3, tmp_path)
     assert store3.summary() == [(OTHER, 3)] and NEW not in rec3.gallery.labels
@@ -122,17 +128,20 @@ def test_restart_restores_and_remove_persists(weights, tmp_path):
 
 
 def test_enrolled_belong_to_their_model(weights, tmp_path):
-    EnrolledStore(fresh_rec(weights), tmp_path).enroll(photos([501]), NEW)
+    with EnrolledStore(fresh_rec(weights), tmp_path) as store:
+        store.enroll(photos([501]), NEW)
     torch.manual_seed(1)
     other_model = {k: v.clone() for k, v in
                    create_model("timm:test_efficientnet", embed_dim=16, pretrained=False).state_dict().items()}
     rec = fresh_rec(other_model)
     assert model_key(rec) != model_key(fresh_rec(weights)) == model_key(fresh_rec(weights))
-    assert EnrolledStore(rec, tmp_path).summary() == [] and NEW not in rec.gallery.labels
+    with EnrolledStore(rec, tmp_path) as store:
+        assert store.summary() == [] and NEW not in rec.gallery.labels
 
 
 def test_label_the_model_learnt_since_is_dropped(weights, tmp_path):
-    EnrolledStore(fresh_rec(weights), tmp_path).enroll(photos([501, 502, 503]), NEW)
+    with EnrolledStore(fresh_rec(weights), tmp_path) as store:
+        store.enroll(photos([501, 502, 503]), NEW)
     rec = fresh_rec(weights, BASE + [NEW], BASE_IMGS + photos([801, 802]))  # same weights, NEW now known
     store = EnrolledStore(rec, tmp_path)
     assert store.summary() == [] and rec.gallery.labels.count(NEW) == 2  # the model's own entries only
@@ -157,11 +166,83 @@ def test_save_failure_rolls_back_enrol_and_remove(weights, tmp_path):
     assert sorted(rec.gallery.labels) == sorted(before[1]) and store.summary() == [(NEW, 1)]
     assert rec.predict(photos([501])[0]).neighbours[0].label == NEW  # still recognised after the rollback
 
-    store.dir = good_dir  # the disk was never touched: a restart finds exactly NEW
-    restarted = EnrolledStore(fresh_rec(weights), tmp_path)
-    assert restarted.summary() == [(NEW, 1)]
+    store.dir = good_dir  # the disk was never touched: it holds exactly NEW
+    assert Gallery.load(good_dir).labels == [NEW]
     store.remove(NEW)  # and once saving works again, removal goes through
-    assert EnrolledStore(fresh_rec(weights), tmp_path).summary() == []
+    store.close()
+    with EnrolledStore(fresh_rec(weights), tmp_path) as restarted:
+        assert restarted.summary() == []
+
+
+def test_one_store_per_data_dir(weights, tmp_path):
+    """Two stores on one folder would each save only their own vehicles (the last save dropping the
+    other's): the second is refused at start, and can open once the first is closed."""
+    first = EnrolledStore(fresh_rec(weights), tmp_path)
+    first.enroll(photos([501]), NEW)
+    rec = fresh_rec(weights)
+    with pytest.raises(VericarError, match=f"another EnrolledStore in this process is using the data folder "
+                                           f"{tmp_path}.*close\\(\\) the other store first"):
+        EnrolledStore(rec, tmp_path)
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    link.symlink_to(tmp_path)
+    with pytest.raises(VericarError, match="another EnrolledStore"):  # any model, any spelling: one folder
+        EnrolledStore(fresh_rec(weights, BASE[:2], BASE_IMGS[:4]), link)
+    assert NEW not in rec.gallery.labels  # refused before it read anything
+    first.close()
+    first.close()  # twice is fine
+    with pytest.raises(VericarError, match="was closed.*open a new EnrolledStore"):
+        first.enroll(photos([601]), OTHER)
+    with pytest.raises(VericarError, match="was closed"):
+        first.remove(NEW)
+    with EnrolledStore(rec, tmp_path) as second:  # the first's vehicles are all there
+        assert second.summary() == [(NEW, 1)]
+        second.enroll(photos([601]), OTHER)
+    with EnrolledStore(fresh_rec(weights), tmp_path) as third:
+        assert third.summary() == [(OTHER, 1), (NEW, 1)]
+
+
+def test_a_store_that_fails_to_start_frees_the_folder(weights, tmp_path):
+    with EnrolledStore(fresh_rec(weights), tmp_path) as store:
+        store.enroll(photos([501]), NEW)
+        (store.dir / "gallery.json").write_text("{ not json")
+    for _ in range(2):  # the same clear error each time, never "another store is using it"
+        with pytest.raises(VericarError, match="cannot be read.*move that folder away"):
+            EnrolledStore(fresh_rec(weights), tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(VericarError, match="cannot use .*a-file as the data folder.*VERICAR_DATA_DIR"):
+        EnrolledStore(fresh_rec(weights), blocker)
+
+
+def test_another_process_holding_the_data_dir(weights, tmp_path):
+    """The real case: a second `python app.py` on the same folder. The lock dies with its process."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from vericar.ui.enrolled import lock_data_dir; "
+         "lock = lock_data_dir(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(tmp_path)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(VericarError, match=f"another vericar app is using the data folder {tmp_path} "
+                                               f"\\(it holds {LOCK_NAME} there\\).*Stop the other app, or set "
+                                               "VERICAR_DATA_DIR"):
+            EnrolledStore(fresh_rec(weights), tmp_path)
+    finally:
+        holder.kill()  # no clean exit: the OS frees the lock of a killed process
+        holder.wait(timeout=60)
+    with EnrolledStore(fresh_rec(weights), tmp_path) as store:
+        assert store.summary() == []
+
+
+def test_one_photo_and_label_types(weights, tmp_path):
+    rec = fresh_rec(weights)
+    with EnrolledStore(rec, tmp_path) as store:
+        path = tmp_path / "car.jpg"
+        photos([501])[0].save(path)
+        assert store.enroll(str(path), NEW)["added"] == 1  # one photo is a list of one, not of characters
+        for bad in (5, ["x"], b"Bytes Car Sedan 2020"):
+            with pytest.raises(VericarError, match="must be text like 'Tesla Model 3 Sedan 2021'"):
+                store.enroll(photos([601]), bad)
+        assert store.summary() == [(NEW, 1)]
 
 
 def test_default_data_dir(monkeypatch, tmp_path):

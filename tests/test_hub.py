@@ -14,7 +14,7 @@ import pytest
 import huggingface_hub
 from vericar import space
 from vericar.artifacts import hub
-from vericar.core.errors import ArtifactError, SpecError
+from vericar.core.errors import ArtifactError, SpecError, VericarError
 from vericar.core.recognizer import Recognizer
 from vericar.models.model import create_model
 from vericar.search.gallery import Gallery
@@ -115,6 +115,16 @@ def test_saving_the_same_model_twice_writes_the_same_bytes(tmp_path):
     for i in range(8):
         hub.save_pretrained(rec, tmp_path / f"again{i}")
         assert {p.name: p.read_bytes() for p in (tmp_path / f"again{i}").iterdir() if p.suffix == ".safetensors"} == want
+
+
+def test_saving_onto_a_file_says_to_pass_a_folder(tmp_path):
+    rec = _recognizer()
+    photo = tmp_path / "good1.jpg"
+    photo.write_bytes(b"a photo")
+    for where in (photo, photo / "model"):  # the path is a file, or a folder above it is
+        with pytest.raises(VericarError, match="good1.jpg is a file; pass the path of a folder"):
+            hub.save_pretrained(rec, where)
+    assert photo.read_bytes() == b"a photo"
 
 
 def test_push_of_a_folder_refuses_what_would_not_load(fake_hub, tmp_path):

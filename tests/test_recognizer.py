@@ -77,6 +77,29 @@ def test_enroll_refuses_bad_input_and_loses_nothing(rec):
     assert len(rec.gallery) == n  # the good photo of the failed batch was not added
 
 
+def test_enroll_takes_one_photo_as_a_list_of_one(rec, tmp_path):
+    path = tmp_path / "car.png"
+    photo(3, 0).save(path)
+    buf = path.read_bytes()
+    for i, one in enumerate([str(path), path, photo(3, 1), buf, np.asarray(photo(3, 2))]):
+        assert rec.enroll(one, f"Tesla Model {i} Sedan 2021") == 1  # not walked letter by letter / byte by byte
+    assert rec.gallery.labels[-1] == "Tesla Model 4 Sedan 2021"
+    with pytest.raises(VericarError, match="one photo or a list of photos"):
+        rec.enroll(5, "Tesla Model 3 Sedan 2021")
+
+
+def test_enroll_labels_must_be_visible_text(rec):
+    n = len(rec.gallery)
+    for bad in (5, 2.0, ["BMW X5 SUV 2007"], b"BMW X5 SUV 2007"):
+        with pytest.raises(VericarError, match="must be text like"):
+            rec.enroll([photo(0, 0)], bad)
+    with pytest.raises(VericarError, match="U\\+2800 BRAILLE PATTERN BLANK"):  # shows as "BMW X5 SUV 2007"
+        rec.enroll([photo(0, 0)], "BMW\u2800X5 SUV 2007")
+    assert len(rec.gallery) == n
+    rec.enroll([photo(1, 4)], " BMW\u00a0X5  SUV 2007 ")  # ordinary spaces of any kind: the known label
+    assert len(rec.gallery) == n + 1 and rec.gallery.labels[-1] == "BMW X5 SUV 2007"
+
+
 def test_unknown_flag_uses_calibrated_threshold(rec):
     rec.ood.threshold = -1.0  # everything is farther than that: all unknown
     assert rec.predict(photo(0, 1)).unknown

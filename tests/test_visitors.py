@@ -74,10 +74,12 @@ def test_caps_rate_limit_and_expiry(weights, tmp_path):  # noqa: F811
         vis.remove("a", NEW)
     vis.end("a")
     assert vis.sessions() == 0 and vis.summary("a") == []
+    vis.close()  # frees the data dir for the next public app over it
     short = public(weights, tmp_path, ttl_s=0.0)
     short.enroll("x", photos([501]), NEW)
     short.summary("y")  # any later access sweeps sessions idle longer than ttl_s
     assert short.sessions() == 0
+    short.close()
     few = public(weights, tmp_path, max_sessions=2)
     for sid in "pqr":
         few.enroll(sid, photos([501]), NEW)
@@ -116,6 +118,10 @@ def test_admin_token(weights, tmp_path):  # noqa: F811
     ("Tesla \u2066Model\u2069 3", "U\\+2066"),  # bidi isolate
     ("bad\x07bell", "U\\+0007"),
     ("x" * 121, "at most 120"),
+    ("BMW\u2800X5 SUV 2007", "U\\+2800 BRAILLE PATTERN BLANK"),  # shows as "BMW X5 SUV 2007"
+    ("BMW\u3164X5 SUV 2007", "U\\+3164 HANGUL FILLER"),  # named as typed, though NFKC makes it U+1160
+    ("Tesla Model 3\u115f", "U\\+115F"),
+    (5, "must be text like"),
 ])
 def test_hostile_labels_refused(weights, tmp_path, label, match):  # noqa: F811
     for vis in (public(weights, tmp_path / "p"), make_vehicles(fresh_rec(weights), tmp_path / "l", public=False)):
@@ -126,6 +132,9 @@ def test_hostile_labels_refused(weights, tmp_path, label, match):  # noqa: F811
 
 def test_label_text_rules():
     assert normalise_label("  Ｔｅｓｌａ\u00a0Model\t3  ") == "Tesla Model 3"  # NFKC, spaces collapsed
+    assert normalise_label("Tesla\u3000Model\u2009\u205f3") == "Tesla Model 3"  # ideographic, thin, math spaces
+    with pytest.raises(LabelError, match="empty"):  # None (an empty text box) is empty, not a wrong type
+        normalise_label(None)
     assert skeleton("Аudi") == skeleton("Audi") and skeleton("Audi") != skeleton("Audl")
     check_not_confusable("Audi A4 Sedan 2012", ["Audi A4 Sedan 2012"])  # the label itself is not a look-alike
     with pytest.raises(LabelError):
@@ -134,6 +143,23 @@ def test_label_text_rules():
     md = md_text(hostile)
     assert "<" not in md and "](" not in md and "**" not in md and "$$" not in md
     assert md.replace("\\", "").replace("&lt;", "<") == hostile
+
+
+def test_blank_and_default_ignorable_letters_are_refused():
+    """Every character Unicode marks Default_Ignorable_Code_Point, and the blanks outside that set, is
+    refused: each can make a new label look like a known one ("BMW\u2800X5 SUV 2007")."""
+    regex = pytest.importorskip("regex")
+    ignorable = [chr(c) for c in range(0x110000) if regex.match(r"\p{Default_Ignorable_Code_Point}", chr(c))]
+    assert len(ignorable) > 4000 and "\u3164" in ignorable and "\u2800" not in ignorable
+    for ch in ignorable + ["\u2800", "\U0001d159", "\u115f", "\u1160", "\uffa0"]:
+        with pytest.raises(LabelError, match="invisible, blank or control"):
+            normalise_label(f"BMW{ch}X5 SUV 2007")
+
+
+def test_public_enrolment_takes_one_photo(weights, tmp_path):  # noqa: F811
+    vis = public(weights, tmp_path)
+    assert vis.enroll("a", photos([501])[0], NEW)["added"] == 1  # a PIL image, not a list of one
+    assert vis.summary("a") == [(NEW, 1)]
 
 
 def test_merged_gallery_search_is_the_search_of_the_union():

@@ -49,7 +49,13 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     """
     config = _checked(recognizer.config, directory)
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # FileExistsError when `directory` (or a folder above it) is a file
+        file = next((p for p in (out, *out.parents) if p.is_file()), None)
+        what = f"{file} is a file" if file else f"{out} cannot be created ({e.strerror or e})"
+        raise ArtifactError(f"save_pretrained: {what}; pass the path of a folder to write config.json, "
+                            "model.safetensors and the gallery into (it is created if missing).") from e
     # Overwriting: drop config.json first, so a crash midway leaves "not an artifact" (a clear
     # error on load) rather than new weights beside an old gallery that would load silently.
     (out / CONFIG_NAME).unlink(missing_ok=True)

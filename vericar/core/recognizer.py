@@ -25,10 +25,11 @@ from vericar.models.transforms import eval_transform, input_view
 from vericar.search.calibration import Calibration
 from vericar.search.density import DensityCorrection
 from vericar.search.gallery import Gallery
+from vericar.search.labels import normalise_label
 from vericar.search.ood import KNNOOD
 from vericar.search.taxonomy import Taxonomy
 from vericar.vision.detect import Detector, create_detector
-from vericar.vision.images import make_thumbnail, open_image
+from vericar.vision.images import make_thumbnail, open_image, photo_list
 from vericar.vision.scene import main_crop, main_predictions, recognise
 
 class Recognizer:
@@ -227,11 +228,14 @@ class Recognizer:
             ]
 
     # ---------------------------------------------------------------- enrolment
-    def enroll(self, images: Sequence[Any], label: str, refs: Sequence[str] | None = None) -> int:
-        """Add photos of a (new or known) vehicle to the gallery; no retraining. Returns how many."""
-        label = (label or "").strip()
-        if not label:
-            raise VericarError("the vehicle label is empty; give a name such as 'Tesla Model 3 Sedan 2021'.")
+    def enroll(self, images: Any, label: str, refs: Sequence[str] | None = None) -> int:
+        """Add photos of a (new or known) vehicle to the gallery; no retraining. Returns how many.
+
+        ``images``: one photo or a list (paths, bytes, PIL images, arrays). ``label``: text such as
+        "Tesla Model 3 Sedan 2021", NFKC-normalised, spaces collapsed, invisible characters refused.
+        """
+        label = normalise_label(label)
+        images = photo_list(images)
         if not images:
             raise VericarError("no photos were given; enroll at least one photo of the vehicle.")
         pil = [open_image(im) for im in images]  # every photo is checked before anything is added

@@ -3,9 +3,16 @@
     store = EnrolledStore(recognizer, default_data_dir())   # merges earlier additions into the recognizer
     store.enroll(["a.jpg", "b.jpg"], "Tesla Model 3 Sedan 2021")
     store.remove("Tesla Model 3 Sedan 2021")
+    store.close()                                            # or `with EnrolledStore(...) as store:`
 
 The added vehicles are a Gallery of their own under ``data_dir/enrolled/<model key>``: embeddings
 only make sense for the model that made them, so another model starts with none of them.
+
+One store per data dir: a store holds an exclusive lock on ``data_dir/vericar.lock`` (an OS file
+lock, freed by ``close()`` or when the process ends, even killed) from start to close. Two stores
+on one folder would each save only their own in-memory vehicles, the last save silently dropping
+the other's, so a second one (another ``python app.py``, or another store in this process) is
+refused at start with a message naming the folder.
 """
 from __future__ import annotations
 
@@ -14,8 +21,11 @@ import json
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
+
+from filelock import FileLock, Timeout
 
 from vericar.artifacts.config_file import legacy_model_dict
 from vericar.core.errors import ArtifactError, VericarError
@@ -23,10 +33,14 @@ from vericar.core.recognizer import Recognizer
 from vericar.search.gallery import Gallery
 from vericar.ui.labels import MAX_LABEL_LEN  # noqa: F401 - re-exported: the label rules live in labels.py
 from vericar.ui.labels import check_not_confusable, html_text, normalise_label
-from vericar.vision.images import open_image
+from vericar.vision.images import open_image, photo_list
 
 log = logging.getLogger(__name__)
 MAX_ENROL_PHOTOS = 32
+LOCK_NAME = "vericar.lock"
+# The data dirs this process holds (to say which kind of holder it is); an entry goes with its lock,
+# which a store dropped without close() releases when it is garbage collected.
+_LOCKED_HERE: weakref.WeakValueDictionary[Path, FileLock] = weakref.WeakValueDictionary()
 
 
 def default_data_dir() -> Path:
@@ -35,6 +49,32 @@ def default_data_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vericar"
+
+
+def lock_data_dir(data_dir: str | os.PathLike) -> FileLock:
+    """Take the exclusive lock of ``data_dir`` (created if missing) for as long as the result is not released.
+
+    VericarError, naming the folder and the fix, when another store holds it or it cannot be written.
+    """
+    folder = Path(data_dir).expanduser().absolute()
+    lock = FileLock(folder / LOCK_NAME, thread_local=False)  # one holder per store, whichever thread closes it
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        held = _LOCKED_HERE.get(folder.resolve())
+        if held is not None and held.is_locked:
+            raise VericarError(f"another EnrolledStore in this process is using the data folder {folder}; two "
+                               "stores on one folder lose each other's added vehicles. close() the other store "
+                               "first, or use another folder.") from None
+        raise VericarError(f"another vericar app is using the data folder {folder} (it holds {LOCK_NAME} there); "
+                           "two apps on one folder lose each other's added vehicles. Stop the other app, or set "
+                           "VERICAR_DATA_DIR (python app.py --data-dir) to another folder.") from None
+    except OSError as e:
+        raise VericarError(f"cannot use {folder} as the data folder ({e}); set VERICAR_DATA_DIR (python app.py "
+                           "--data-dir) to a folder you can write to.") from e
+    _LOCKED_HERE[folder.resolve()] = lock  # resolved: a folder reached through a link is the same folder
+    return lock
 
 
 def model_key(rec: Recognizer) -> str:
@@ -56,8 +96,8 @@ def _copy(src: Gallery, rows: Iterable[int], add: Callable[..., Any]) -> None:
 
 
 def clean_label(label: Any) -> str:
-    """``label`` as plain text (vericar.ui.labels.normalise_label: NFKC, whitespace collapsed); VericarError
-    when empty, too long, or holding control / zero-width / bidi characters."""
+    """``label`` as plain text (vericar.search.labels.normalise_label: NFKC, whitespace collapsed); VericarError
+    when not a string, empty, too long, or holding control / zero-width / bidi / blank-looking characters."""
     return normalise_label(label)
 
 
@@ -73,22 +113,51 @@ class EnrolledStore:
 
     def __init__(self, rec: Recognizer, data_dir: str | os.PathLike) -> None:
         self.rec = rec
-        self.dir = Path(data_dir) / "enrolled" / model_key(rec)
+        root = Path(data_dir).expanduser()
+        self.dir = root / "enrolled" / model_key(rec)
         self.lock = threading.Lock()
         self.base = {lab.casefold() for lab in rec.gallery.classes}
-        self.gallery = Gallery(rec.gallery.dim)
-        if (self.dir / "gallery.json").is_file():
-            try:
-                saved = Gallery.load(self.dir)
-            except ArtifactError as e:
-                raise ArtifactError(f"the added vehicles in {self.dir} cannot be read ({e}); move that folder "
-                                    "away to start without them.") from e
-            for label in saved.classes:
-                if label.casefold() in self.base:  # the model learnt it since: its own entries win
-                    log.warning("enrolled vehicle %r is now part of the model; dropping the enrolled copy", label)
-                    saved.remove_label(label)
-            self.gallery = saved
-            _copy(saved, range(len(saved)), rec.add_embeddings)
+        self._dir_lock: FileLock | None = lock_data_dir(root)  # before reading: the disk is ours from here
+        try:
+            self.gallery = self._load()
+            _copy(self.gallery, range(len(self.gallery)), rec.add_embeddings)
+        except BaseException:
+            self.close()  # a store that failed to start must not keep the folder from the next attempt
+            raise
+
+    def _load(self) -> Gallery:
+        """The saved added vehicles (none if nothing was saved), less those the model has learnt since."""
+        if not (self.dir / "gallery.json").is_file():
+            return Gallery(self.rec.gallery.dim)
+        try:
+            saved = Gallery.load(self.dir)
+        except ArtifactError as e:
+            raise ArtifactError(f"the added vehicles in {self.dir} cannot be read ({e}); move that folder "
+                                "away to start without them.") from e
+        for label in saved.classes:
+            if label.casefold() in self.base:  # the model learnt it since: its own entries win
+                log.warning("enrolled vehicle %r is now part of the model; dropping the enrolled copy", label)
+                saved.remove_label(label)
+        return saved
+
+    def close(self) -> None:
+        """Release the data dir for another store; this one then refuses changes. Safe to call twice."""
+        with self.lock:
+            lock, self._dir_lock = self._dir_lock, None
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> EnrolledStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        """VericarError once closed: another store may own the folder now, and saving would undo its changes."""
+        if self._dir_lock is None:
+            raise VericarError(f"this store of added vehicles was closed (its data folder {self.dir.parent.parent} "
+                               "may have another owner now); open a new EnrolledStore to make changes.")
 
     def summary(self) -> list[tuple[str, int]]:
         """(label, photo count) of every added vehicle, sorted by label."""
@@ -105,12 +174,13 @@ class EnrolledStore:
             raise VericarError(f"could not save the added vehicles under {self.dir} ({e}); nothing was changed. "
                                "Check that VERICAR_DATA_DIR is writable and has space.") from e
 
-    def enroll(self, images: Sequence[Any], label: Any) -> dict[str, Any]:
-        """Add photos under a new label; everything is checked before anything changes.
+    def enroll(self, images: Any, label: Any) -> dict[str, Any]:
+        """Add photos (one photo or a list) under a new label; everything is checked before anything changes.
 
         Returns {"label", "added", "enrolled" (all added labels), "gallery_size"}.
         """
         label = clean_label(label)
+        images = photo_list(images)
         if not images:
             raise VericarError("No photos were given; add at least one photo of the vehicle (2-10 work best).")
         if len(images) > MAX_ENROL_PHOTOS:
@@ -124,6 +194,7 @@ class EnrolledStore:
                 name = Path(im).name if isinstance(im, (str, os.PathLike)) else "a photo"
                 raise VericarError(f"{name}: {e} Nothing was added; replace that photo and try again.") from e
         with self.lock:
+            self._check_open()
             if label.casefold() in self.base:
                 raise VericarError(f"'{html_text(label)}' is already a vehicle the model knows; choose another name.")
             if label.casefold() in {lab.casefold() for lab in self.gallery.classes}:
@@ -152,6 +223,7 @@ class EnrolledStore:
         """
         label = clean_label(label)
         with self.lock:
+            self._check_open()
             if label not in self.gallery.classes:
                 if label.casefold() in self.base:
                     raise VericarError(f"'{html_text(label)}' is one of the model's own vehicles, not an added one; "

@@ -30,7 +30,7 @@ from vericar.search.gallery import Gallery
 from vericar.ui.enrolled import MAX_ENROL_PHOTOS, EnrolledStore
 from vericar.ui.labels import check_not_confusable, html_text, normalise_label
 from vericar.ui.sessions import SessionRecognizer, own_densities
-from vericar.vision.images import make_thumbnail, open_image
+from vericar.vision.images import make_thumbnail, open_image, photo_list
 from vericar.vision.scene import main_crop
 
 MAX_VEHICLES = 5  # per session; with MAX_ENROL_PHOTOS photos each
@@ -101,6 +101,10 @@ class LocalVehicles:
     def end(self, session: str | None) -> None:
         """Nothing to free: local vehicles persist."""
 
+    def close(self) -> None:
+        """Release the data dir (EnrolledStore.close)."""
+        self.store.close()
+
 
 @dataclass
 class _Session:
@@ -159,6 +163,10 @@ class SessionVehicles:
             with self._lock:
                 self._drop(session)
 
+    def close(self) -> None:
+        """Release the shared store's data dir (EnrolledStore.close); visitors' vehicles were never saved."""
+        self.store.close()
+
     def sessions(self) -> int:
         """How many sessions hold vehicles now (for tests and monitoring)."""
         with self._lock:
@@ -177,9 +185,12 @@ class SessionVehicles:
             return s.view
 
     # ------------------------------------------------------------------- changes
-    def enroll(self, session: str | None, images: Sequence[Any], label: Any) -> dict[str, Any]:
-        """Add a vehicle to this session only. Returns {"label", "added", "enrolled" (this session's), ...}."""
+    def enroll(self, session: str | None, images: Any, label: Any) -> dict[str, Any]:
+        """Add a vehicle (one photo or a list) to this session only.
+
+        Returns {"label", "added", "enrolled" (this session's), "gallery_size"}."""
         label = normalise_label(label)
+        images = photo_list(images)
         if not images:
             raise VericarError("No photos were given; add at least one photo of the vehicle (2-10 work best).")
         if len(images) > self.max_photos:
@@ -270,12 +281,17 @@ def public_mode(env: Mapping[str, str] | None = None) -> bool:
 
 
 def make_vehicles(rec: Recognizer, data_dir: str | os.PathLike, *, public: bool | None = None,
-                  **kw: Any) -> LocalVehicles | SessionVehicles:
+                  store: EnrolledStore | None = None, **kw: Any) -> LocalVehicles | SessionVehicles:
     """Local or public mode (``public`` default: $VERICAR_PUBLIC), over the store under ``data_dir``.
 
     Public mode reads $VERICAR_ADMIN_TOKEN, $VERICAR_WRITE_RATE and $VERICAR_READ_RATE ('N/SECONDS').
+    ``store``: an open EnrolledStore over ``rec`` to use instead of opening one (which would be refused
+    while that one holds the folder), e.g. when a page is rebuilt in the same process.
     """
-    store = EnrolledStore(rec, Path(data_dir))
+    if store is not None and store.rec is not rec:
+        raise VericarError("make_vehicles: the store given serves another recognizer; pass store.rec as rec.")
+    if store is None:
+        store = EnrolledStore(rec, Path(data_dir))
     if not (public_mode() if public is None else public):
         return LocalVehicles(store)
     kw.setdefault("admin_token", os.environ.get("VERICAR_ADMIN_TOKEN"))

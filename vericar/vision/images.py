@@ -11,14 +11,14 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vericar.core.errors import ImageError
 
-__all__ = ["MAX_PIXELS", "MIN_SIDE", "ImageSource", "open_image", "to_rgb", "make_thumbnail"]
+__all__ = ["MAX_PIXELS", "MIN_SIDE", "ImageSource", "open_image", "photo_list", "to_rgb", "make_thumbnail"]
 
 #: Largest accepted image, in pixels (width * height). 50 MP lets 48 MP phone photos through
 #: while keeping one decoded RGB image under ~150 MB.
@@ -27,6 +27,25 @@ MAX_PIXELS = 50_000_000
 MIN_SIDE = 16
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+
+def photo_list(images: Any) -> list[Any]:
+    """``images`` as a list of photos: one photo (path, bytes, PIL image, 2-3-D array) becomes a list of one.
+
+    Enrolment takes several photos; without this a single path would be walked letter by letter.
+    None is no photos.
+    """
+    if images is None:
+        return []
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
+            isinstance(images, np.ndarray) and images.ndim <= 3):
+        return [images]
+    try:
+        return list(images)
+    except TypeError:
+        raise ImageError(f"Photos must be one photo or a list of photos (file paths, bytes, PIL images or "
+                         f"arrays), not {type(images).__name__}.") from None
+
 
 _HINT = "Use a JPEG, PNG or WebP photo of a vehicle."
 
