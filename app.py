@@ -16,8 +16,8 @@ files written for an answer are removed once no request or open page uses them; 
 files stay $VERICAR_DELIVERY_S (30) s to be fetched (vericar.ui.tempfiles).
 
 Run as a script, ``demo`` is built from the options and the environment, then launched; imported,
-from the environment (a page saying why, if the model cannot load); ``create_app(...)`` builds one
-from arguments.
+from the environment (a page saying why, if the model or the data folder cannot be used);
+``create_app(...)`` builds one from arguments.
 """
 from __future__ import annotations
 
@@ -174,10 +174,10 @@ def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | Non
 
 
 def error_demo(message: str) -> gr.Blocks:
-    """A page that explains why the model could not be loaded (instead of a crash at import)."""
+    """A page that explains why the app could not start (its model or its data folder), instead of a crash at import."""
     with gr.Blocks(title=ERROR_TITLE) as demo:
-        gr.Markdown(f"# vericar could not start\n\n{message}\n\nSet `VERICAR_MODEL` (or pass `--model`) to "
-                    f"{hub.SPEC_HELP}, then restart.")
+        gr.Markdown(f"# vericar could not start\n\n{message}\n\nIf it is the model that cannot load, set "
+                    f"`VERICAR_MODEL` (or pass `--model`) to {hub.SPEC_HELP}, then restart.")
     return demo
 
 
@@ -192,7 +192,7 @@ def create_app(model: str | None = None, data_dir: str | os.PathLike | None = No
 
 
 def load_demo() -> gr.Blocks:
-    """The app configured by the environment, or a page saying why the model could not load."""
+    """The app configured by the environment, or a page saying why it could not start."""
     try:
         return create_app().demo
     except VericarError as e:

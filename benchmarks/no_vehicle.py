@@ -1,8 +1,8 @@
 """When is a photo "no vehicle"? What the detector sees in real car photos and in real photos of
 other things, and what the recogniser then answers.
 
-    python benchmarks/no_vehicle.py --csv ../shared/data/stanford_cars/train.csv   # car crops: how many get no box at all
-    python benchmarks/no_vehicle.py --photos DIR_OR_FILES...                        # other photos: named as a car?
+    python benchmarks/no_vehicle.py --csv ../shared/data/stanford_cars/train.csv  # car crops with no box at all
+    python benchmarks/no_vehicle.py --photos DIR_OR_FILES...                       # other photos: named as a car?
 
 With no ``--photos``, the non-vehicle photos that ship with installed packages are used: scikit-learn's
 two (china.jpg, flower.jpg), matplotlib's grace_hopper.jpg and, if scikit-image is installed
@@ -55,7 +55,8 @@ def main() -> None:
             regions = locate(rec.detector, open_image(root / r["file"]), max_vehicles=1)
             (blank if not regions else faint if regions[0].tentative else []).append(r["file"])
             if (i + 1) % 500 == 0:
-                print(f"{i + 1} photos: {len(blank)} without a box, {len(faint)} only faint", file=sys.stderr, flush=True)
+                print(f"{i + 1} photos: {len(blank)} without a box, {len(faint)} only faint", file=sys.stderr,
+                      flush=True)
         print(json.dumps({"csv": args.csv, "photos": len(rows), "no_box_at_all": blank, "only_faint_boxes": faint},
                          indent=1))
         return

@@ -70,5 +70,6 @@ def others_markdown(preds: Sequence[Any]) -> str:
 
 def no_vehicle_markdown() -> str:
     """The Identify tab's answer for a photo without a vehicle."""
-    return ("### No vehicle found\nThe detector found no car, bus or truck in this photo, and the photo as a "
-            "whole does not look like a known vehicle. Try a photo where the vehicle is larger or clearer.")
+    return ("### No vehicle found\nThe detector found no car, bus or truck in this photo (or only a faint "
+            "trace of one, and the photo as a whole does not look like a known vehicle). Try a photo where the "
+            "vehicle is larger or clearer.")
