@@ -6,13 +6,12 @@ other things, and what the recogniser then answers.
 
 With no ``--photos``, the non-vehicle photos that ship with installed packages are used: scikit-learn's
 two (china.jpg, flower.jpg), matplotlib's grace_hopper.jpg and, if scikit-image is installed
-(``pip install scikit-image``, ~15 MB), its 30 sample images (astronaut, coffee, coins, grass, ...;
+(``pip install scikit-image``, ~15 MB), its 26 sample images (astronaut, coffee, coins, grass, ...;
 two are motorcycles, not in the gallery either).
 """
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 

@@ -363,6 +363,19 @@ def test_no_vehicle_and_tight_crop_fallback(rec, make_car_image):
     assert len(tight) == 1 and tight[0].box == [0, 0, 96, 64] and tight[0].vehicle_found
 
 
+def test_no_box_at_all_similar_explain_enroll(rec, make_car_image):
+    """similar and explain agree with predict (no vehicle); enroll takes the whole photo: the user says what it is."""
+    rec.detector, rec.ood.threshold = FixedDetector([]), None
+    photo = make_car_image(9, (96, 64))  # not in the gallery
+    assert rec.similar(photo, k=2) == []
+    with pytest.raises(VericarError, match="No vehicle was found in this photo.*nothing to explain"):
+        rec.explain(photo)
+    assert rec.enroll([photo], "Closeup  Make Thing Coupe 2024") == 1  # stored as "Closeup Make Thing Coupe 2024"
+    rec.detector = NoDetector()
+    assert rec.similar(photo, k=1)[0].label == "Closeup Make Thing Coupe 2024"
+    assert rec.remove("Closeup  Make Thing Coupe 2024") == 1  # removed as enroll normalised it
+
+
 def test_keeps_rule():
     from vericar.vision.scene import Region, keeps
 

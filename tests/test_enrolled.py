@@ -175,25 +175,32 @@ def test_save_failure_rolls_back_enrol_and_remove(weights, tmp_path):
 
 
 def test_one_store_per_data_dir(weights, tmp_path):
-    """Two stores on one folder would each save only their own vehicles (the last save dropping the
-    other's): the second is refused at start, and can open once the first is closed."""
-    first = EnrolledStore(fresh_rec(weights), tmp_path)
+    """Two stores of one model on one folder would each save only their own vehicles (the last save
+    dropping the other's): the second is refused at start, and can open once the first is closed."""
+    first_rec = fresh_rec(weights)
+    first = EnrolledStore(first_rec, tmp_path)
     first.enroll(photos([501]), NEW)
     rec = fresh_rec(weights)
-    with pytest.raises(VericarError, match=f"another EnrolledStore in this process is using the data folder "
-                                           f"{tmp_path}.*close\\(\\) the other store first"):
+    with pytest.raises(VericarError, match=f"another EnrolledStore in this process is using the folder "
+                                           f"{first.dir}.*close\(\) the other store first"):
         EnrolledStore(rec, tmp_path)
     link = tmp_path.parent / f"{tmp_path.name}-link"
     link.symlink_to(tmp_path)
-    with pytest.raises(VericarError, match="another EnrolledStore"):  # any model, any spelling: one folder
-        EnrolledStore(fresh_rec(weights, BASE[:2], BASE_IMGS[:4]), link)
+    with pytest.raises(VericarError, match="another EnrolledStore"):  # any spelling of the folder: one folder
+        EnrolledStore(fresh_rec(weights), link)
     assert NEW not in rec.gallery.labels  # refused before it read anything
+    retrained = {k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}
+    with EnrolledStore(fresh_rec(retrained), tmp_path) as other_model:
+        assert other_model.dir != first.dir and other_model.summary() == []  # another model: its own folder
     first.close()
     first.close()  # twice is fine
+    assert NEW not in first_rec.gallery.labels  # a closed store's vehicles leave its recognizer
     with pytest.raises(VericarError, match="was closed.*open a new EnrolledStore"):
         first.enroll(photos([601]), OTHER)
     with pytest.raises(VericarError, match="was closed"):
         first.remove(NEW)
+    with EnrolledStore(first_rec, tmp_path) as again:  # reopened over the same recognizer: nothing is lost
+        assert again.summary() == [(NEW, 1)] and first_rec.predict(photos([501])[0]).label == NEW
     with EnrolledStore(rec, tmp_path) as second:  # the first's vehicles are all there
         assert second.summary() == [(NEW, 1)]
         second.enroll(photos([601]), OTHER)
@@ -210,20 +217,21 @@ def test_a_store_that_fails_to_start_frees_the_folder(weights, tmp_path):
             EnrolledStore(fresh_rec(weights), tmp_path)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(VericarError, match="cannot use .*a-file as the data folder.*VERICAR_DATA_DIR"):
+    with pytest.raises(VericarError, match="cannot keep added vehicles in .*a-file.*VERICAR_DATA_DIR"):
         EnrolledStore(fresh_rec(weights), blocker)
 
 
 def test_another_process_holding_the_data_dir(weights, tmp_path):
     """The real case: a second `python app.py` on the same folder. The lock dies with its process."""
+    folder = tmp_path / "enrolled" / model_key(fresh_rec(weights))  # what a store of this model locks
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from vericar.ui.enrolled import lock_data_dir; "
-         "lock = lock_data_dir(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(tmp_path)],
+         "lock = lock_data_dir(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(folder)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(VericarError, match=f"another vericar app is using the data folder {tmp_path} "
-                                               f"\\(it holds {LOCK_NAME} there\\).*Stop the other app, or set "
+        with pytest.raises(VericarError, match=f"another vericar app of this model is using its added vehicles in "
+                                               f"{folder} \\(it holds {LOCK_NAME} there\\).*Stop the other app, or set "
                                                "VERICAR_DATA_DIR"):
             EnrolledStore(fresh_rec(weights), tmp_path)
     finally:

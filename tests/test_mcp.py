@@ -50,18 +50,9 @@ def data_url(path: str) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-@pytest.fixture
-def loopback_urls(monkeypatch):
-    """Let the server fetch URLs on 127.0.0.1: Gradio refuses hosts on its own network (SSRF), and the
-    test's app stands in for a public one. Gradio's own tests use this hook the same way."""
-    from gradio import processing_utils
-
-    monkeypatch.setattr(processing_utils, "async_transport", httpx.AsyncHTTPTransport())
-
-
-def test_mcp_tools_and_enroll(app_module, artifact, tmp_path, monkeypatch, loopback_urls):  # noqa: F811
-    """The tool schemas hold no dangling $ref (the MCP server checks every call against them), and a list
-    of photos, as http URLs or data: URLs, really enrolls."""
+def test_mcp_tools_and_enroll(app_module, artifact, tmp_path, monkeypatch):  # noqa: F811
+    """The tool schemas hold no dangling $ref (the MCP server checks every call against them), a list of
+    photos as data: URLs really enrolls, and http URLs in a list are refused, never fetched."""
     monkeypatch.setenv("VERICAR_MCP", "1")
     assert app_module.launch_options()["mcp_server"] is True
     app, _ = _launch(app_module, artifact, tmp_path / "data")
@@ -71,11 +62,13 @@ def test_mcp_tools_and_enroll(app_module, artifact, tmp_path, monkeypatch, loopb
         schema = httpx.get(url.rstrip("/") + "/gradio_api/mcp/schema", timeout=30).json()
         urls = [upload(url, p) for p in paths]
         tools, out = mcp_calls(url, [
-            ("enroll", {"images": urls[:2], "label": NEW}), ("identify", {"image": urls[2]}),
-            ("remove", {"label": NEW}), ("enroll", {"images": [data_url(p) for p in paths], "label": NEW}),
+            ("enroll", {"images": [data_url(p) for p in paths[:2]], "label": NEW}),
+            ("identify", {"image": data_url(paths[2])}), ("remove", {"label": NEW}),
+            ("enroll", {"images": [data_url(p) for p in paths], "label": NEW}),
             ("enroll", {"images": ["/etc/passwd"], "label": "Pathmake Car Sedan 2020"}),
+            ("enroll", {"images": urls[:1], "label": "Urlmake Car Sedan 2020"}),
         ])
-        assert app.store.summary() == [(NEW, 3)]  # the data: URLs' enrolment stayed
+        assert app.store.summary() == [(NEW, 3)]  # the second data: URL enrolment stayed
     finally:
         app.demo.close()
     names = {t["name"] for t in schema}
@@ -83,10 +76,11 @@ def test_mcp_tools_and_enroll(app_module, artifact, tmp_path, monkeypatch, loopb
     assert set(tools) >= {"identify", "enroll"} and not any("admin" in t for t in tools)
     images = next(t for t in schema if t["name"] == "enroll")["inputSchema"]["properties"]["images"]
     assert images["type"] == "array" and images["items"]["type"] == "string" and "url" in images["items"]["format"]
-    (e1, added), (e2, found), (e3, removed), (e4, again), (e5, path) = out
+    (e1, added), (e2, found), (e3, removed), (e4, again), (e5, path), (e6, url_item) = out
     assert not (e1 or e2 or e3 or e4), out
     assert "'added': 2" in added and NEW in found and "'removed': 2" in removed and "'added': 3" in again
     assert e5 and "`images` must be a list of files" in path and "'/etc/passwd'" in path
+    assert e6 and "data: URLs" in url_item and "http" in url_item
     monkeypatch.delenv("VERICAR_MCP")
     assert "mcp_server" not in app_module.launch_options()
 
@@ -108,7 +102,7 @@ def test_public_mcp_agents_cannot_add_or_remove(app_module, artifact, tmp_path, 
         tools, out = mcp_calls(url, [
             ("enroll", {"images": [data_url(p) for p in paths[1:]], "label": NEW}), ("remove", {"label": NEW}),
             ("identify", {"image": data_url(paths[0])}), ("similar", {"image": data_url(paths[0]), "k": 3}),
-            ("enroll", {"images": [upload(url, paths[1])], "label": NEW}),  # no loopback_urls here
+            ("enroll", {"images": [upload(url, paths[1])], "label": NEW}),  # an http URL in a list: never fetched
         ])
         client = Client(url, verbose=False)  # gradio_client: a session of its own, so it may add
         added = client.predict([handle_file(p) for p in paths[1:]], NEW, api_name="/enroll")
@@ -122,5 +116,5 @@ def test_public_mcp_agents_cannot_add_or_remove(app_module, artifact, tmp_path, 
     assert e1 and e2 and enrolled == removed == MCP_SHARED
     assert "gradio_client" in MCP_SHARED and "python app.py" in MCP_SHARED
     assert not e3 and not e4 and BASE[0] in found and BASE[0] in similar
-    assert e5 and "Could not fetch http://127.0.0.1" in fetched and "server's own network are refused" in fetched
+    assert e5 and "`images` must be a list of files" in fetched and "data: URLs" in fetched
     assert added["enrolled"] == [NEW] and shared["added"] == 1

@@ -217,8 +217,12 @@ class Recognizer:
 
     def similar(self, image: Any, k: int = 5) -> list[Neighbour]:
         """The ``k`` gallery entries most similar to a photo, in this recognizer's ranking (as the
-        neighbours of ``predict``); each ``score`` is the plain cosine similarity."""
-        emb = self._embed_pil([main_crop(self, open_image(image))])
+        neighbours of ``predict``); each ``score`` is the plain cosine similarity. A photo in which the
+        detector sees no box at all has no vehicle to compare: ``[]``."""
+        crop = main_crop(self, open_image(image), none_if_blank=True)
+        if crop is None:  # no vehicle in the photo (as predict says): nothing to compare
+            return []
+        emb = self._embed_pil([crop])
         with self._lock:
             _, cosine, idx = self.search(emb, int(k))
             return [
@@ -262,9 +266,14 @@ class Recognizer:
         return len(labels)
 
     def remove(self, label: str) -> int:
-        """Remove every gallery entry of ``label``. Returns how many were removed."""
+        """Remove every gallery entry of ``label`` (as given, else as ``enroll`` normalised it: "New  Car"
+        removes "New Car"). Returns how many were removed."""
+        try:
+            folded = normalise_label(label)
+        except VericarError:  # a label enroll would refuse can only be in the gallery as it is
+            folded = label
         with self._lock:
-            n = self.gallery.remove_label(label)
+            n = self.gallery.remove_label(label) or (self.gallery.remove_label(folded) if folded != label else 0)
             self._changed()
         return n
 
@@ -288,7 +297,10 @@ class Recognizer:
         """Grad-CAM++ of the similarity to the predicted vehicle's gallery embeddings."""
         from vericar.models.explain import gradcam_pp, overlay  # lazy: pytorch-grad-cam is only needed here
 
-        pil = main_crop(self, open_image(image))
+        pil = main_crop(self, open_image(image), none_if_blank=True)
+        if pil is None:
+            raise VericarError("No vehicle was found in this photo (the detector saw none), so there is nothing to "
+                               "explain; try a photo where the vehicle is larger or clearer.")
         pred = self.predict_embeddings(self._embed_pil([pil]))[0]
         with self._lock:
             rows = [i for i, lab in enumerate(self.gallery.labels) if lab == pred.label]

@@ -11,11 +11,16 @@ browser cannot load) with, set on the instance:
   (gradio/mcp.py simplify_filedata_schema) turns a single file's schema into "a URL" but left the
   list's ``items`` as ``{"$ref": "#/$defs/FileData"}`` with no ``$defs`` where the ref points, so
   the MCP server, which checks each call against the schema, failed every /enroll call;
-- URLs as a list's items: the bridge turns a URL into a file for a single file only (it looks for
-  the schema's ["images", "items"] among the call's ["images", 0], ...), so a list of files reaches
-  the app as a list of strings. An http(s) URL is fetched as Gradio fetches one (refused when it
-  points into the server's own network), a data: URL is decoded; any other string (it could be a
-  server path) is refused.
+- ``data:`` URLs as a list's items: the bridge turns a URL into a file for a single file only (it
+  looks for the schema's ["images", "items"] among the call's ["images", 0], ...), so a list of
+  files reaches the app as a list of strings. A base64 ``data:`` URL carries the photo itself and is
+  decoded (then handled as an upload: removed after the request). An http(s) URL in a list is
+  refused, never fetched, in either shape (a string, or a file object whose path is the URL, which
+  Gradio itself would fetch): one small request must not make the server download up to 32 files
+  before any rate limit or check has run;
+- a cap on the file objects in a payload, checked before Gradio moves or fetches any of them
+  (``guard_file_counts``): one for a single file (Gradio fetches a file given by http(s) URL, as it
+  does in any app: MCP tools pass photos so), ``MAX_ENROL_PHOTOS`` for a list.
 """
 from __future__ import annotations
 
@@ -24,7 +29,6 @@ import math
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import gradio as gr
 from gradio import processing_utils
@@ -39,7 +43,8 @@ from vericar.ui.labels import html_text
 from vericar.ui.webui import user_message
 
 MAX_K = 50
-_REMOTE = ("http://", "https://", "data:")
+_DATA_URL = "data:"
+_HTTP = ("http://", "https://")
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +82,9 @@ def _received(obj: Any) -> str:
 
 
 def _as_file(item: Any) -> Any:
-    """An http(s) or data: URL as a file payload (fetched in ``preprocess``); anything else as it is."""
-    if isinstance(item, str) and item.startswith(_REMOTE):
-        name = Path(urlparse(item).path).name if not item.startswith("data:") else None
-        return {"path": item, "orig_name": name or None, "meta": {"_type": "gradio.FileData"}}
+    """A data: URL as a file payload (decoded in ``preprocess``); anything else as it is."""
+    if isinstance(item, str) and item.startswith(_DATA_URL):
+        return {"path": item, "orig_name": None, "meta": {"_type": "gradio.FileData"}}
     return item
 
 
@@ -92,7 +96,7 @@ def _checked(model: type[BaseModel], expected: str, urls: bool) -> type[BaseMode
         def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
             sent = obj
             if urls and isinstance(obj, list):
-                if len(obj) > MAX_ENROL_PHOTOS:  # before any URL in it is fetched: no request fetches more
+                if len(obj) > MAX_ENROL_PHOTOS:  # before any data: URL in it is decoded
                     raise gr.Error(f"{len(obj)} photos is more than the {MAX_ENROL_PHOTOS} accepted at once; pick "
                                    "the best few.", print_exception=False)
                 obj = [_as_file(x) for x in obj]
@@ -104,28 +108,64 @@ def _checked(model: type[BaseModel], expected: str, urls: bool) -> type[BaseMode
     return Checked
 
 
-def fetch(url: str, cache_dir: str) -> str:
-    """The file at an http(s) or data: ``url``, saved in Gradio's cache; gr.Error saying why not."""
+def decode(url: str, cache_dir: str) -> str:
+    """The photo in a base64 data: ``url``, saved in Gradio's cache as an upload (removed after the
+    request that uses it, vericar.ui.tempfiles); gr.Error saying why not."""
     blocks = LocalContext.blocks.get(None)
     cap = getattr(blocks, "max_file_size", None) or math.inf
-    shown = "a data: URL" if url.startswith("data:") else html_text(url[:100])
-    if url.startswith("data:") and len(url) * 3 // 4 > cap:
-        raise gr.Error(f"{shown} holds more than the {cap} bytes one upload may have; send a smaller photo.",
+    if len(url) * 3 // 4 > cap:
+        raise gr.Error(f"a data: URL holds more than the {cap} bytes one upload may have; send a smaller photo.",
                        print_exception=False)
     try:
-        if url.startswith("data:"):
-            path = processing_utils.save_base64_to_cache(url, cache_dir)
-        else:  # as Gradio fetches a URL given as a file: refused when the host is on the server's network
-            path = processing_utils.ssrf_protected_download(url, cache_dir)
-    except Exception as e:  # noqa: BLE001 - any failure to fetch is the client's to fix, said as such
+        path = processing_utils.save_base64_to_cache(url, cache_dir)
+    except Exception as e:  # noqa: BLE001 - any failure to decode is the client's to fix, said as such
         why = html_text(user_message(str(e)))
-        raise gr.Error(f"Could not fetch {shown}: {why}. Give a public http(s) URL of the photo (addresses on the "
-                       "server's own network are refused) or a base64 data: URL.", print_exception=False) from e
-    if Path(path).stat().st_size > cap:
-        Path(path).unlink(missing_ok=True)
-        raise gr.Error(f"{shown} is more than the {cap} bytes one upload may have; send a smaller photo.",
-                       print_exception=False)
+        raise gr.Error(f"Could not decode a data: URL ({why}); send data:image/jpeg;base64,<the photo's bytes in "
+                       "base64>.", print_exception=False) from e
+    uploads = getattr(blocks, "upload_file_set", None)
+    if uploads is not None:
+        uploads.update([path])  # reported as an upload: deleted once no request uses it
     return path
+
+
+def _no_fetch(component: gr.File) -> None:
+    """``component`` refuses a file object whose path is an http(s) URL instead of fetching it."""
+    plain = component.async_move_resource_to_block_cache
+
+    async def move(url_or_file_path: Any) -> Any:
+        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(_HTTP):
+            raise gr.Error("A list of photos takes uploaded files (handle_file('car.jpg') with gradio_client) or "
+                           "base64 data: URLs (MCP clients); an http(s) URL in a list is not fetched.",
+                           print_exception=False)
+        return await plain(url_or_file_path)
+
+    component.async_move_resource_to_block_cache = move  # type: ignore[method-assign]
+
+
+def guard_file_counts() -> None:
+    """Check each vericar input's count of file objects before Gradio moves (or fetches) any of them.
+
+    Gradio moves every file object it finds in a payload into its cache, fetching those given by
+    URL, before the component's model rejects a payload of the wrong shape: 1,000 file objects sent
+    for one photo would be 1,000 fetches. Installed once, process-wide; other components are untouched.
+    """
+    plain = processing_utils.async_move_files_to_cache
+    if getattr(plain, "vericar_guard", False):
+        return
+
+    async def move(data: Any, block: Any, *args: Any, **kwargs: Any) -> Any:
+        limit = getattr(block, "vericar_max_files", None)
+        if limit is not None and not kwargs.get("postprocess") and not (args and args[0]):
+            found: list[Any] = []
+            client_utils.traverse(data, found.append, client_utils.is_file_obj_with_meta)
+            if len(found) > limit:
+                raise gr.Error(f"{len(found)} files were sent where at most {limit} {'is' if limit == 1 else 'are'} "
+                               "accepted; send one photo per request (or at most "
+                               f"{MAX_ENROL_PHOTOS} for a vehicle's photos).", print_exception=False)
+        return await plain(data, block, *args, **kwargs)
+
+    move.vericar_guard = True  # type: ignore[attr-defined]
+    processing_utils.async_move_files_to_cache = move
 
 
 def FileInput(**kwargs: Any) -> gr.File:  # noqa: N802 - used like a component class
@@ -145,15 +185,19 @@ def FileInput(**kwargs: Any) -> gr.File:  # noqa: N802 - used like a component c
     component.api_info = lambda: copy.deepcopy(schema)  # type: ignore[method-assign]
     if many:
         expected = (f"`{name}` must be a list of files: [handle_file('car.jpg'), ...] with gradio_client, or a "
-                    "list of the photos' http(s) URLs from an MCP client")
+                    "list of the photos as base64 data: URLs from an MCP client")
     else:
         expected = (f"`{name}` must be one file: handle_file('car.jpg') with gradio_client, or the photo's "
                     "http(s) URL from an MCP client")
     component.data_model = _checked(ListFiles if many else FileData, expected, urls=many)
+    component.vericar_max_files = MAX_ENROL_PHOTOS if many else 1  # read by guard_file_counts
+    if many:
+        _no_fetch(component)
+    guard_file_counts()
 
     def process(payload: Any) -> Any:
-        if payload.path.startswith(_REMOTE):  # a URL sent as a list item (_as_file): fetched here, off the event loop
-            payload = payload.model_copy(update={"path": fetch(payload.path, component.GRADIO_CACHE)})
+        if payload.path.startswith(_DATA_URL):  # a data: URL sent as a list item (_as_file): decoded here
+            payload = payload.model_copy(update={"path": decode(payload.path, component.GRADIO_CACHE)})
         if component.file_types and not client_utils.is_valid_file(payload.path, component.file_types):
             return plain(payload)  # Gradio's own "Invalid file type" error
         return NamedString(payload.path)

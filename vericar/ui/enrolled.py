@@ -8,11 +8,12 @@
 The added vehicles are a Gallery of their own under ``data_dir/enrolled/<model key>``: embeddings
 only make sense for the model that made them, so another model starts with none of them.
 
-One store per data dir: a store holds an exclusive lock on ``data_dir/vericar.lock`` (an OS file
-lock, freed by ``close()`` or when the process ends, even killed) from start to close. Two stores
-on one folder would each save only their own in-memory vehicles, the last save silently dropping
-the other's, so a second one (another ``python app.py``, or another store in this process) is
-refused at start with a message naming the folder.
+One store per model folder: a store holds an exclusive lock on ``<its folder>/vericar.lock`` (an
+OS file lock, freed by ``close()`` or when the process ends, even killed) from start to close. Two
+stores on one folder would each save only their own in-memory vehicles, the last save silently
+dropping the other's, so a second one (another ``python app.py`` of the same model on the same data
+dir, or another store in this process) is refused at start with a message naming the folder. Apps
+of different models share a data dir freely: their folders differ.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def default_data_dir() -> Path:
 
 
 def lock_data_dir(data_dir: str | os.PathLike) -> FileLock:
-    """Take the exclusive lock of ``data_dir`` (created if missing) for as long as the result is not released.
+    """Take the exclusive lock of the folder ``data_dir`` (created if missing; a store's is its model's
+    folder under the data dir) for as long as the result is not released.
 
     VericarError, naming the folder and the fix, when another store holds it or it cannot be written.
     """
@@ -64,14 +66,14 @@ def lock_data_dir(data_dir: str | os.PathLike) -> FileLock:
     except Timeout:
         held = _LOCKED_HERE.get(folder.resolve())
         if held is not None and held.is_locked:
-            raise VericarError(f"another EnrolledStore in this process is using the data folder {folder}; two "
+            raise VericarError(f"another EnrolledStore in this process is using the folder {folder}; two "
                                "stores on one folder lose each other's added vehicles. close() the other store "
-                               "first, or use another folder.") from None
-        raise VericarError(f"another vericar app is using the data folder {folder} (it holds {LOCK_NAME} there); "
-                           "two apps on one folder lose each other's added vehicles. Stop the other app, or set "
-                           "VERICAR_DATA_DIR (python app.py --data-dir) to another folder.") from None
+                               "first (an app's: app.close()), or use another folder.") from None
+        raise VericarError(f"another vericar app of this model is using its added vehicles in {folder} (it holds "
+                           f"{LOCK_NAME} there); two apps on one folder lose each other's added vehicles. Stop the "
+                           "other app, or set VERICAR_DATA_DIR (python app.py --data-dir) to another folder.") from None
     except OSError as e:
-        raise VericarError(f"cannot use {folder} as the data folder ({e}); set VERICAR_DATA_DIR (python app.py "
+        raise VericarError(f"cannot keep added vehicles in {folder} ({e}); set VERICAR_DATA_DIR (python app.py "
                            "--data-dir) to a folder you can write to.") from e
     _LOCKED_HERE[folder.resolve()] = lock  # resolved: a folder reached through a link is the same folder
     return lock
@@ -117,7 +119,8 @@ class EnrolledStore:
         self.dir = root / "enrolled" / model_key(rec)
         self.lock = threading.Lock()
         self.base = {lab.casefold() for lab in rec.gallery.classes}
-        self._dir_lock: FileLock | None = lock_data_dir(root)  # before reading: the disk is ours from here
+        # Before reading: this model's folder is ours from here (another model's store may share the data dir).
+        self._dir_lock: FileLock | None = lock_data_dir(self.dir)
         try:
             self.gallery = self._load()
             _copy(self.gallery, range(len(self.gallery)), rec.add_embeddings)
@@ -141,9 +144,13 @@ class EnrolledStore:
         return saved
 
     def close(self) -> None:
-        """Release the data dir for another store; this one then refuses changes. Safe to call twice."""
+        """Release the folder for another store; this one then refuses changes, and its vehicles leave the
+        recognizer (a new store over it reads them back from disk). Safe to call twice."""
         with self.lock:
             lock, self._dir_lock = self._dir_lock, None
+            if lock is not None:
+                for label in getattr(self, "gallery", Gallery(1)).classes:  # (none if it failed before loading)
+                    self.rec.remove(label)
         if lock is not None:
             lock.release()
 

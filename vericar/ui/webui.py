@@ -94,6 +94,11 @@ class VericarApp:
         """``demo.launch`` with this app's launch options (``kwargs`` win)."""
         return self.demo.launch(**{**launch_options(self.settings), **kwargs})
 
+    def close(self) -> None:
+        """Stop serving and free the data folder (its store's lock) for another app in this process."""
+        self.demo.close()
+        self.store.close()
+
 
 def launch_options(settings: AppSettings | None = None) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch()``: the upload cap, and Gradio's MCP server when asked for.

@@ -135,11 +135,14 @@ def recognise(rec: Any, photos: Sequence[Any], *, max_vehicles: int = MAX_VEHICL
     return out
 
 
-def main_crop(rec: Any, photo: Any) -> Any:
-    """The main vehicle's crop of ``photo`` (PIL), or the whole photo when none is found: what
-    ``similar``, ``explain`` and ``enroll`` look at."""
+def main_crop(rec: Any, photo: Any, *, none_if_blank: bool = False) -> Any:
+    """The main vehicle's crop of ``photo`` (PIL): what ``similar``, ``explain`` and ``enroll`` look at.
+    When the detector sees no box at all: None if ``none_if_blank`` (``similar`` / ``explain``: no
+    vehicle, as ``predict`` says), else the whole photo (``enroll``: the user says what it shows)."""
     regions = locate(rec.detector, photo, max_vehicles=1)
-    return regions[0].image(photo) if regions else photo
+    if regions:
+        return regions[0].image(photo)
+    return None if none_if_blank else photo
 
 
 def main_predictions(rec: Any, photos: Sequence[Any]) -> list[Any]:
