@@ -40,7 +40,7 @@ from vericar.ui.gallery_images import image_source, page_examples
 from vericar.ui.handlers import Handlers
 from vericar.ui.present import model_card
 from vericar.ui.tempfiles import RequestFiles
-from vericar.ui.api_inputs import CountInput, FileInput
+from vericar.ui.api_inputs import CountInput, FileInput, limit_file_inputs
 from vericar.ui.visitors import SessionVehicles, make_vehicles
 from vericar.ui.webui import DELETE_CACHE, AppSettings, PhotoInput, VericarApp, launch_options, user_errors
 
@@ -140,7 +140,7 @@ def _api(h: Handlers, model_q: dict[str, Any]) -> None:
 
 def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | None = None) -> VericarApp:
     """The Gradio app over one loaded recognizer, configured by ``settings``; over ``store`` (an open
-    EnrolledStore of ``rec``) if given, else a new store of the data dir (one per data dir at a time)."""
+    EnrolledStore of ``rec``) if given, else a new store in the data dir (one per model folder at a time)."""
     data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
     vehicles = make_vehicles(rec, data_dir, public=settings.public, admin_token=settings.admin_token,
                              write_rate=settings.write_rate, read_rate=settings.read_rate, store=store)
@@ -168,6 +168,7 @@ def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | Non
         demo.load(h.enrolled_view, None, [listing, pick], api_visibility="private")  # fresh list per page load
         demo.unload(h.session_ended)  # a closed page: its files go (and, public, its vehicles)
     files.watch_uploads(demo)
+    limit_file_inputs(demo)  # no request makes Gradio fetch more than one URL per photo input
     # Events outside the "model" group (the page-load listing) get the same per-event limit.
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
     return VericarApp(demo, vehicles, files, settings)

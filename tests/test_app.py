@@ -254,7 +254,10 @@ def test_bad_input_then_still_serving(served, photo, tmp_path):
      "33 photos is more than the 32 accepted at once"),
     (lambda f: ([handle_file("http://192.0.2.1/car.jpg")], NEW), "/enroll",  # Gradio would fetch it: refused first
      "an http(s) URL in a list is not fetched"),
-    (lambda f: ([f, f],), "/identify", "2 files were sent where at most 1 is accepted"),
+    (lambda f: ([f, f],), "/identify", "2 files were sent where one photo is accepted"),
+    (lambda f: (handle_file("http://192.0.2.1/a.jpg"),), "/remove",  # a file as the label: never fetched
+     "This input takes text or a number, not files; got 1 file."),
+    (lambda f: (f, handle_file("http://192.0.2.1/a.jpg")), "/similar", "not files"),
     (lambda f: (f, "abc"), "/similar", "k must be a whole number between 1 and 50 (e.g. 5); got abc."),
     (lambda f: (f, 2.5), "/similar", "k must be a whole number between 1 and 50"),
     (lambda f: (f, 51), "/similar", "k must be a whole number between 1 and 50"),

@@ -181,8 +181,8 @@ def test_one_store_per_data_dir(weights, tmp_path):
     first = EnrolledStore(first_rec, tmp_path)
     first.enroll(photos([501]), NEW)
     rec = fresh_rec(weights)
-    with pytest.raises(VericarError, match=f"another EnrolledStore in this process is using the folder "
-                                           f"{first.dir}.*close\(\) the other store first"):
+    with pytest.raises(VericarError, match=rf"another EnrolledStore in this process is using the folder "
+                                           rf"{first.dir}.*close\(\) the other store first"):
         EnrolledStore(rec, tmp_path)
     link = tmp_path.parent / f"{tmp_path.name}-link"
     link.symlink_to(tmp_path)

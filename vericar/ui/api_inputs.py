@@ -142,12 +142,22 @@ def _no_fetch(component: gr.File) -> None:
     component.async_move_resource_to_block_cache = move  # type: ignore[method-assign]
 
 
-def guard_file_counts() -> None:
-    """Check each vericar input's count of file objects before Gradio moves (or fetches) any of them.
+def _too_many(n: int, limit: int) -> str:
+    """Why a payload of ``n`` file objects is refused by an input that takes ``limit``."""
+    if limit == 0:
+        return f"This input takes text or a number, not files; got {n} file{'s' * (n != 1)}."
+    if limit == 1:
+        return f"{n} files were sent where one photo is accepted; send one photo per request."
+    return f"{n} photos is more than the {limit} accepted at once; pick the best few."
 
-    Gradio moves every file object it finds in a payload into its cache, fetching those given by
-    URL, before the component's model rejects a payload of the wrong shape: 1,000 file objects sent
-    for one photo would be 1,000 fetches. Installed once, process-wide; other components are untouched.
+
+def guard_file_counts() -> None:
+    """Check each limited input's count of file objects before Gradio moves (or fetches) any of them.
+
+    Gradio moves every file object it finds in any input's payload into its cache (a text box's
+    too), fetching those given by URL, before the component's model rejects a payload of the wrong
+    shape: 1,000 file objects sent for one photo, or as a label, would be 1,000 fetches. Installed
+    once, process-wide; blocks without ``vericar_max_files`` (see ``limit_file_inputs``) are untouched.
     """
     plain = processing_utils.async_move_files_to_cache
     if getattr(plain, "vericar_guard", False):
@@ -159,13 +169,22 @@ def guard_file_counts() -> None:
             found: list[Any] = []
             client_utils.traverse(data, found.append, client_utils.is_file_obj_with_meta)
             if len(found) > limit:
-                raise gr.Error(f"{len(found)} files were sent where at most {limit} {'is' if limit == 1 else 'are'} "
-                               "accepted; send one photo per request (or at most "
-                               f"{MAX_ENROL_PHOTOS} for a vehicle's photos).", print_exception=False)
+                raise gr.Error(_too_many(len(found), limit), print_exception=False)
         return await plain(data, block, *args, **kwargs)
 
     move.vericar_guard = True  # type: ignore[attr-defined]
     processing_utils.async_move_files_to_cache = move
+
+
+def limit_file_inputs(demo: gr.Blocks) -> None:
+    """Give every input of ``demo``'s events a file limit (and install the guard): its own if set
+    (``FileInput``: 1 or ``MAX_ENROL_PHOTOS``), one for an image, none for anything else, so no
+    request to this app, API or page event, makes Gradio fetch more than one URL per photo input."""
+    for fn in demo.fns.values():
+        for block in fn.inputs:
+            if getattr(block, "vericar_max_files", None) is None:
+                block.vericar_max_files = 1 if isinstance(block, gr.Image) else 0
+    guard_file_counts()
 
 
 def FileInput(**kwargs: Any) -> gr.File:  # noqa: N802 - used like a component class
@@ -193,7 +212,6 @@ def FileInput(**kwargs: Any) -> gr.File:  # noqa: N802 - used like a component c
     component.vericar_max_files = MAX_ENROL_PHOTOS if many else 1  # read by guard_file_counts
     if many:
         _no_fetch(component)
-    guard_file_counts()
 
     def process(payload: Any) -> Any:
         if payload.path.startswith(_DATA_URL):  # a data: URL sent as a list item (_as_file): decoded here

@@ -163,8 +163,8 @@ class EnrolledStore:
     def _check_open(self) -> None:
         """VericarError once closed: another store may own the folder now, and saving would undo its changes."""
         if self._dir_lock is None:
-            raise VericarError(f"this store of added vehicles was closed (its data folder {self.dir.parent.parent} "
-                               "may have another owner now); open a new EnrolledStore to make changes.")
+            raise VericarError(f"this store of added vehicles was closed (its folder {self.dir} may have another "
+                               "owner now); open a new EnrolledStore to make changes.")
 
     def summary(self) -> list[tuple[str, int]]:
         """(label, photo count) of every added vehicle, sorted by label."""

@@ -18,8 +18,10 @@ import csv
 import functools
 import itertools
 import logging
+import os
 import re
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,7 +159,10 @@ class HubImages:
             if j % 40:  # every 40th row: a few different cars
                 continue
             path = folder / f"test-{j:05d}.jpg"
-            open_image(row["image"]).save(path, quality=90)
+            if not path.is_file():  # whole or absent: another app on this data dir may be serving it
+                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+                open_image(row["image"]).save(tmp, format="JPEG", quality=90)
+                os.replace(tmp, path)
             out.append((str(path), names.int2str(int(row["label"]))))
         return out
 

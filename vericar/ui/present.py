@@ -5,8 +5,9 @@ plain functions a test (or another front end) can call.
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,8 @@ def make_examples(folder: Path) -> list[str]:
             for cx in (85, 235):  # wheels
                 d.ellipse([cx - 22, 128, cx + 22, 172], fill=(25, 25, 25))
                 d.ellipse([cx - 9, 141, cx + 9, 159], fill=(180, 180, 180))
-            tmp = path.with_suffix(".tmp.png")
-            img.save(tmp)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # one per writer: apps may share a data dir
+            img.save(tmp, format="PNG")
             os.replace(tmp, path)  # several workers may draw at once
         out.append(str(path))
     return out

@@ -102,7 +102,7 @@ class LocalVehicles:
         """Nothing to free: local vehicles persist."""
 
     def close(self) -> None:
-        """Release the data dir (EnrolledStore.close)."""
+        """Release the model folder of the data dir (EnrolledStore.close)."""
         self.store.close()
 
 
@@ -164,7 +164,7 @@ class SessionVehicles:
                 self._drop(session)
 
     def close(self) -> None:
-        """Release the shared store's data dir (EnrolledStore.close); visitors' vehicles were never saved."""
+        """Release the shared store's folder (EnrolledStore.close); visitors' vehicles were never saved."""
         self.store.close()
 
     def sessions(self) -> int:
