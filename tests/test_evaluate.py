@@ -147,3 +147,26 @@ def test_no_vehicle_queries_count_as_wrong(data):
     assert evaluate_embeddings(rec, emb, names, faint)["top1"]["model"] > 0.0  # accepted by the unknown check
     rec.ood.threshold = -1.0
     assert evaluate_embeddings(rec, emb, names, faint)["top1"]["model"] == 0.0  # rejected too: no vehicle
+
+
+def test_bad_arguments_and_csvs_are_refused_before_any_work(data, tmp_path):
+    """Wrong figures (k <= 0) or a failure after minutes of embedding (--json to a folder) are refused up front."""
+    tmp, g, q = data
+    base = ["--model", f"local-dir:{tmp / 'm'}", "--gallery", g, "--queries", q, "--no-progress"]
+    for extra, says in ((["--k", "0"], "--k must be a positive"), (["--limit", "0"], "--limit must be a positive"),
+                        (["--input-size", "0"], "--input-size must be a positive"),
+                        (["--workers", "-1"], "--workers must be 0"),
+                        (["--json", str(tmp_path)], "is a folder"),
+                        (["--json", str(tmp_path / "no" / "r.json")], "its folder does not exist")):
+        with pytest.raises(VericarError, match=says):
+            main(base + extra)
+    rows = open(q, encoding="utf-8").read()
+    bom = tmp_path / "bom.csv"  # as a spreadsheet saves it; paths relative to the CSV
+    bom.write_bytes(b"\xef\xbb\xbf" + rows.replace("\n", "\r\n").encode())
+    assert load_csv(bom) == load_csv(q)  # the byte-order mark is not part of the first column's name
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(rows.encode() + "x.jpg,1,Citroën C4\n".encode("latin-1"))
+    with pytest.raises(VericarError, match="is not UTF-8 text.*save it as a UTF-8 CSV"):
+        load_csv(latin)
+    with pytest.raises(VericarError, match="is a folder, not a CSV"):
+        load_csv(tmp_path)

@@ -170,6 +170,17 @@ def test_config_overrides_and_errors(tmp_path):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(TrainError, match="--coarse-ce-weight -1.0: a loss weight is >= 0"):
         parse_args(["--coarse-ce-weight", "-1"])
+    for flags, says in ((["--lr-head", "-1"], "--lr-head -1.0: must be a finite number > 0"),
+                        (["--lr-backbone", "nan"], "--lr-backbone nan: must be a finite number > 0"),
+                        (["--weight-decay", "-0.1"], "--weight-decay -0.1: must be a finite number >= 0")):
+        with pytest.raises(TrainError, match=says):
+            parse_args(flags)
+    for text, says in (("lr_head: fast\n", "lr_head: 'fast' is not a float.*fix it in the preset"),
+                       ("thumbnails: 3\n", "thumbnails: 3 is not a bool"),
+                       ("epochs: [3\n", "is not valid YAML"), ("- epochs\n", "expected 'key: value' lines")):
+        bad.write_text(text)
+        with pytest.raises(TrainError, match=says):
+            parse_args(["--config", str(bad)])
 
 
 def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):
@@ -264,6 +275,16 @@ def test_ship_copies_a_loadable_model_without_thumbnails(tiny_csv, tmp_path):
         with pytest.raises(TrainError, match=words):
             ship(["--artifact", str(out), "--dest", str(dest), *extra])
         assert (dest / "README.md").read_text() == card and not dest.with_name("default.tmp").exists()
+    # A half-written artifact, or a file as --dest, is refused and the shipped model stays as it was.
+    half = tmp_path / "half"
+    shutil.copytree(out, half)
+    (half / "model.safetensors").unlink()
+    with pytest.raises(TrainError, match="not a whole artifact"):
+        ship(["--artifact", str(half), "--dest", str(dest)])
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(TrainError, match="--dest .*a-file is a file"):
+        ship(["--artifact", str(out), "--dest", str(tmp_path / "a-file")])
+    assert (dest / "README.md").read_text() == card and vericar.load(f"local-dir:{dest}").detector.spec == "none"
 
 
 def test_portable_command_drops_machine_folders():
@@ -369,5 +390,9 @@ def test_coarse_heads_give_each_level_logits_and_add_their_loss(tiny_csv, tmp_pa
     assert "per make and body type at weight 1" in (out / "README.md").read_text()  # the card says how it was trained
     assert _heads({"ce_weight": 0.0, "coarse_ce_weight": 0.5}) == " + cosine-softmax (a proxy per make and body type at weight 0.5)"
     assert _heads({"ce_weight": 0.0, "coarse_ce_weight": 0.0}) == ""  # no classification head: nothing to name
+    settings = (out / "train_config.yaml").read_text()
     with pytest.raises(TrainError, match="coarse-ce-weight"):  # its checkpoint has heads a plain run has not
         main(_args(tiny_csv, out, "--epochs", "2", "--resume", "auto"))
+    assert (out / "train_config.yaml").read_text() == settings  # a failed run leaves the artifact's settings
+    with pytest.raises(TrainError, match="--output-dir .*README.md is a file; pass a folder"):
+        main(_args(tiny_csv, out / "README.md", "--epochs", "1"))

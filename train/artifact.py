@@ -15,7 +15,7 @@ import numpy as np
 from train.calibrate import calibrate
 from train.card import write_card
 from train.loop import embed_rows
-from train.steps import Run, planned_epochs
+from train.steps import Run, planned_epochs, write_settings
 from vericar.artifacts.hub import push_to_hub, save_pretrained
 from vericar.core.recognizer import Recognizer
 from vericar.search.gallery import Gallery
@@ -52,6 +52,7 @@ def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) ->
         rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=run.density, meta=meta,
                          calibration=calibration)
         save_pretrained(rec, run.out, half=cfg.weights_half)
+        write_settings(run)  # with the artifact it describes (a failed run leaves the old pair as it was)
         write_card(run.out, rec.config, meta)
         acc.print(f"wrote {run.out} in {wall / 60:.1f} min; validation top-1 model "
                   f"{(val_metrics['top1'] or {}).get('model', float('nan')):.4f}")

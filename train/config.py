@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -82,11 +83,27 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # A preset's value of the wrong kind ("lr_head: fast") would fail deep in the scheduler.
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if value is None or default is None or isinstance(default, str):
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if (isinstance(default, bool) and not isinstance(value, bool)) or (
+                    not isinstance(default, bool) and isinstance(default, (int, float)) and not number):
+                raise TrainError(f"{f.name}: {value!r} is not a {type(default).__name__} (default {default!r}); "
+                                 "fix it in the preset or on the command line.")
         # A negative weight would not turn a loss off but train against it (or, for the coarse
         # heads, be skipped without a word): refuse it.
         for name in ("metric_weight", "ce_weight", "coarse_ce_weight"):
             if getattr(self, name) < 0:
                 raise TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: a loss weight is >= 0 (0 turns it off).")
+        # A learning rate <= 0 (or NaN) trains nothing, or NaN embeddings found only at the end.
+        for name, low in (("lr_backbone", 0.0), ("lr_head", 0.0), ("weight_decay", None)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or (value <= low if low is not None else value < 0):
+                raise TrainError(f"--{name.replace('_', '-')} {value}: must be a finite number "
+                                 f"{'> 0' if low is not None else '>= 0'}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,7 +147,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         path = Path(args.pop("config"))
         if not path.is_file():
             raise TrainError(f"--config {path}: no such file; presets are in train/configs/.")
-        preset = yaml.safe_load(path.read_text()) or {}
+        try:
+            preset = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise TrainError(f"--config {path} is not valid YAML: {e}".replace("\n", " ")) from None
+        if not isinstance(preset, dict):
+            raise TrainError(f"--config {path}: expected 'key: value' lines (a mapping), got a {type(preset).__name__}.")
         unknown = sorted(set(preset) - set(known))
         if unknown:
             raise TrainError(f"{path}: unknown setting(s) {unknown}; see train/config.py for the valid names.")

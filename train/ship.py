@@ -28,7 +28,8 @@ import yaml
 
 from train.card import write_card
 from train.errors import TrainError, cli
-from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, read_artifact, read_config, write_config
+from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, load_local, read_artifact, read_config, write_config
+from vericar.core.errors import VericarError
 from vericar.core.config import DetectorCfg
 from vericar.evaluation.data import short_ref
 from vericar.search.gallery import Gallery
@@ -159,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     src, dest = Path(args.artifact), Path(args.dest)
     read_config(src)  # refuse to ship something that would not load
+    if not is_complete(src):
+        raise TrainError(f"{src} is not a whole artifact (it needs config.json, {WEIGHTS_NAME} and gallery.json); "
+                         "ship the output folder of a finished training (or re-run train.calibrate on it).")
+    if dest.exists() and not dest.is_dir():
+        raise TrainError(f"--dest {dest} is a file; pass the folder to ship into (e.g. vericar/default).")
     # The other inputs too, before anything is written.
     card_extra = _read_input(args.card_extra, "--card-extra") if args.card_extra else None
     dev_section = _dev_section(_read_input(args.eval_json, "--eval-json"), args.eval_command) if args.eval_json else ""
@@ -183,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if dev_section:
         card = tmp / "README.md"
         card.write_text(card.read_text() + "\n" + dev_section if card.is_file() else dev_section)
+    try:  # what would be served must load before it replaces anything
+        load_local(tmp, detector="none")
+    except VericarError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainError(f"the copy of {src} does not load ({e}); nothing was changed at {dest}.") from e
     if dest.exists():
         shutil.rmtree(old, ignore_errors=True)
         dest.rename(old)  # two renames: there is always a whole model at dest or at dest.old

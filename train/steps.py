@@ -43,6 +43,7 @@ class Run:
     out: Path
     stopper: StopSignal
     t_start: float
+    config_text: str = ""  # train_config.yaml: the settings as given at the start
     train_s: list[Sample] = field(default_factory=list)
     val_s: list[Sample] = field(default_factory=list)
     held: list[Sample] = field(default_factory=list)
@@ -90,10 +91,20 @@ def start(cfg: TrainConfig, t_start: float) -> Run:
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cuda  # fixed input sizes: let cuDNN pick its fastest kernels once
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--output-dir {out} is a file; pass a folder (new, or one to resume or overwrite).")
+    run = Run(cfg, accelerator, out, StopSignal(cfg.time_limit).install(), t_start,
+              config_text=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return Run(cfg, accelerator, out, StopSignal(cfg.time_limit).install(), t_start)
+        if not (out / "train_config.yaml").is_file():  # an artifact's own is replaced only with the new one (artifact.py)
+            write_settings(run)
+    return run
+
+
+def write_settings(run: Run) -> None:
+    """The settings this run started with, as ``train_config.yaml`` in its output folder."""
+    (run.out / "train_config.yaml").write_text(run.config_text)
 
 
 def load_data(run: Run) -> None:

@@ -11,11 +11,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from vericar.core.errors import VericarError
+from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.recognizer import Recognizer
 from vericar.evaluation import metrics
 from vericar.evaluation.data import Sample, load_source, parse_holdout
@@ -240,6 +242,22 @@ def _answer_queries(rec: Recognizer, queries: list[Sample], args: argparse.Names
     return q, mains, time.perf_counter() - t0
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse what would fail late (after minutes of embedding) or give wrong figures silently."""
+    for name in ("k", "limit", "input_size"):
+        if getattr(args, name) is not None:
+            check_positive_int(getattr(args, name), f"--{name.replace('_', '-')}")
+    if args.workers < 0:
+        raise VericarError(f"--workers must be 0 (decode in this process) or more, got {args.workers}.")
+    if args.json:
+        out = Path(args.json)
+        if out.is_dir() or not out.parent.is_dir():
+            raise VericarError(f"--json {out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}; "
+                               "give a file path in an existing folder, e.g. --json dev.json.")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise VericarError(f"--device {args.device}: this machine has no usable CUDA GPU; use --device cpu.")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """CLI entry point; returns the result dict. Bad input raises ``VericarError``."""
     from vericar._infra.runtime import tune_malloc
@@ -247,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     tune_malloc()  # ~2x faster CPU embedding (vericar/_infra/runtime.py)
     args = _parser().parse_args(argv)
+    _check_args(args)
     rec = load(args.model, **({"detector": args.detector} if args.detector else {}))
     rec.model.to(args.device)
     if args.input_size or args.crop_mode:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vericar.core.config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
-from vericar.core.errors import VericarError
+from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
 from vericar.models.embedding import embed
 from vericar.models.model import EmbeddingModel
@@ -219,12 +219,15 @@ class Recognizer:
         """The ``k`` gallery entries most similar to a photo, in this recognizer's ranking (as the
         neighbours of ``predict``); each ``score`` is the plain cosine similarity. A photo in which the
         detector sees no box at all has no vehicle to compare: ``[]``."""
+        k = check_positive_int(k, "k", what="how many similar gallery entries")
         crop = main_crop(self, open_image(image), none_if_blank=True)
         if crop is None:  # no vehicle in the photo (as predict says): nothing to compare
             return []
         emb = self._embed_pil([crop])
         with self._lock:
-            _, cosine, idx = self.search(emb, int(k))
+            if not len(self.gallery):
+                return []
+            _, cosine, idx = self.search(emb, min(k, len(self.gallery)))  # k = 10**9 must not size arrays by k
             return [
                 Neighbour(self.gallery.labels[j], float(s), self.gallery.refs[j] if self.gallery.refs else None, int(j))
                 for s, j in zip(cosine[0], idx[0])

@@ -45,16 +45,21 @@ def load_csv(path: str | Path) -> list[Sample]:
     """Read a local CSV (``file,label,class_name``; paths relative to the CSV)."""
     path = Path(path)
     if not path.is_file():
-        raise VericarError(f"CSV {path} not found; give a file such as ../shared/data/stanford_cars/train.csv.")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise VericarError(
-                f"{path} lacks column(s) {missing}; expected a header 'file,label,class_name' "
-                "(paths relative to the CSV)."
-            )
-        rows = list(reader)
+        what = "is a folder, not a CSV" if path.is_dir() else "not found"
+        raise VericarError(f"CSV {path} {what}; give a file such as ../shared/data/stanford_cars/train.csv.")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is no column
+            reader = csv.DictReader(f)
+            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise VericarError(
+                    f"{path} lacks column(s) {missing}; expected a header 'file,label,class_name' "
+                    "(paths relative to the CSV)."
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise VericarError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as a UTF-8 CSV "
+                           "with the header 'file,label,class_name'.") from None
     samples = []
     for n, row in enumerate(rows, start=2):
         try:
