@@ -170,3 +170,23 @@ def test_bad_arguments_and_csvs_are_refused_before_any_work(data, tmp_path):
         load_csv(latin)
     with pytest.raises(VericarError, match="is a folder, not a CSV"):
         load_csv(tmp_path)
+
+
+def test_offline_hub_sources_say_what_to_do(monkeypatch):
+    """No network: a Hub dataset or a pretrained non-Lite backbone fails with a message, not a traceback."""
+    import datasets
+    import timm
+
+    from vericar.core.errors import SpecError
+    from vericar.evaluation.data import load_hf
+    from vericar.models.backbones import create_backbone
+
+    def offline(*a, **kw):
+        raise ConnectionError("Couldn't reach the Hub")  # what datasets / huggingface_hub raise offline
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(VericarError, match="hf:org/name .*could not be loaded.*pass a local CSV"):
+        load_hf("org/name", "test")
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(SpecError, match="weights of 'resnet18' could not be fetched.*pretrained=False"):
+        create_backbone("timm:resnet18", pretrained=True)

@@ -79,7 +79,11 @@ def load_hf(name: str = HF_DEFAULT, split: str = "train") -> list[Sample]:
     except ImportError as e:
         raise VericarError("reading from the Hub needs the 'datasets' package: pip install -r requirements-train.txt") from e
 
-    ds = load_dataset(name, split=split)
+    try:
+        ds = load_dataset(name, split=split)
+    except (OSError, ValueError) as e:  # offline (ConnectionError is an OSError), no such dataset or split
+        raise VericarError(f"hf:{name} (split {split!r}) could not be loaded ({type(e).__name__}: {str(e)[:160]}); "
+                           "check the name and the network, or pass a local CSV (file,label,class_name).") from e
     names = ds.features["label"].names
     return [
         Sample(row["image"], int(row["label"]), names[int(row["label"])], f"hf:{name}/{split}/{i}")

@@ -87,7 +87,14 @@ def _timm_backbone(name: str, pretrained: bool) -> Backbone:
             f"timm has no model {name!r}; list names with timm.list_models('*pattern*'); {SPEC_FORMS}"
         )
     offline_lite = name in LITE_VARIANTS
-    module = timm.create_model(name, pretrained=pretrained and not offline_lite, num_classes=0)
+    try:
+        module = timm.create_model(name, pretrained=pretrained and not offline_lite, num_classes=0)
+    except (OSError, RuntimeError) as e:  # huggingface_hub's download errors are OSErrors (no network, no cache)
+        if not pretrained or offline_lite:
+            raise
+        raise SpecError(f"the pretrained weights of {name!r} could not be fetched ({type(e).__name__}: "
+                        f"{str(e)[:160]}); connect to the Hugging Face Hub once (they are cached), pass "
+                        "pretrained=False, or use an offline backbone (timm:tf_efficientnet_lite0/1/2).") from e
     if pretrained and offline_lite:
         state = load_efficientnet_lite_state_dict(name, [len(s) for s in module.blocks])
         # num_classes=0 removed the ImageNet classifier; its weights have nowhere to go.
