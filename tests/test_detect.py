@@ -379,6 +379,7 @@ def test_no_box_at_all_similar_explain_enroll(rec, make_car_image):
 def test_similar_k(rec, make_car_image):
     photo = make_car_image(2, (96, 64))
     assert len(rec.similar(photo, k=10**9)) == len(rec.gallery)  # at most the gallery, in no time
+    assert len(rec.similar(photo, k=2.0)) == 2  # a whole float is a whole number
     for bad in (0, -1, 2.5):
         with pytest.raises(VericarError, match="k must be a positive"):
             rec.similar(photo, k=bad)

@@ -170,14 +170,19 @@ def test_config_overrides_and_errors(tmp_path):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(TrainError, match="--coarse-ce-weight -1.0: a loss weight is >= 0"):
         parse_args(["--coarse-ce-weight", "-1"])
+    assert parse_args(["--lr-backbone", "0"]).lr_backbone == 0.0  # a linear probe: the backbone stays as it is
+    bad.write_text("lr_head: 1e-3\n")  # YAML reads this as text; it is the number it looks like
+    assert parse_args(["--config", str(bad)]).lr_head == pytest.approx(1e-3)
     for flags, says in ((["--lr-head", "-1"], "--lr-head -1.0: must be a finite number > 0"),
-                        (["--lr-backbone", "nan"], "--lr-backbone nan: must be a finite number > 0"),
+                        (["--lr-head", "0"], "--lr-head 0.0: must be a finite number > 0"),
+                        (["--lr-backbone", "nan"], "--lr-backbone nan: must be a finite number >= 0"),
                         (["--weight-decay", "-0.1"], "--weight-decay -0.1: must be a finite number >= 0")):
         with pytest.raises(TrainError, match=says):
             parse_args(flags)
     for text, says in (("lr_head: fast\n", "lr_head: 'fast' is not a float.*fix it in the preset"),
                        ("thumbnails: 3\n", "thumbnails: 3 is not a bool"),
-                       ("epochs: [3\n", "is not valid YAML"), ("- epochs\n", "expected 'key: value' lines")):
+                       ("epochs: [3\n", "is not valid YAML"), ("- epochs\n", "expected 'key: value' lines"),
+                       ("weight_decay: null\n", "weight_decay: needs a value")):
         bad.write_text(text)
         with pytest.raises(TrainError, match=says):
             parse_args(["--config", str(bad)])
@@ -394,5 +399,5 @@ def test_coarse_heads_give_each_level_logits_and_add_their_loss(tiny_csv, tmp_pa
     with pytest.raises(TrainError, match="coarse-ce-weight"):  # its checkpoint has heads a plain run has not
         main(_args(tiny_csv, out, "--epochs", "2", "--resume", "auto"))
     assert (out / "train_config.yaml").read_text() == settings  # a failed run leaves the artifact's settings
-    with pytest.raises(TrainError, match="--output-dir .*README.md is a file; pass a folder"):
+    with pytest.raises(TrainError, match="--output-dir .*README.md: cannot create it as a folder"):
         main(_args(tiny_csv, out / "README.md", "--epochs", "1"))

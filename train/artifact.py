@@ -52,7 +52,7 @@ def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) ->
         rec = Recognizer(final.cpu().float(), gallery, ood, k=cfg.k, density=run.density, meta=meta,
                          calibration=calibration)
         save_pretrained(rec, run.out, half=cfg.weights_half)
-        write_settings(run)  # with the artifact it describes (a failed run leaves the old pair as it was)
+        write_settings(run.out, run.config_text)  # with its artifact (a failed run leaves the old pair as it was)
         write_card(run.out, rec.config, meta)
         acc.print(f"wrote {run.out} in {wall / 60:.1f} min; validation top-1 model "
                   f"{(val_metrics['top1'] or {}).get('model', float('nan')):.4f}")

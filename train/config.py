@@ -86,6 +86,9 @@ class TrainConfig:
         # A preset's value of the wrong kind ("lr_head: fast") would fail deep in the scheduler.
         for f in fields(self):
             value, default = getattr(self, f.name), f.default
+            if value is None and default is not None and "None" not in str(f.type):
+                raise TrainError(f"{f.name}: needs a value (default {default!r}); fix it in the preset or on the "
+                                 "command line.")
             if value is None or default is None or isinstance(default, str):
                 continue
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -98,12 +101,13 @@ class TrainConfig:
         for name in ("metric_weight", "ce_weight", "coarse_ce_weight"):
             if getattr(self, name) < 0:
                 raise TrainError(f"--{name.replace('_', '-')} {getattr(self, name)}: a loss weight is >= 0 (0 turns it off).")
-        # A learning rate <= 0 (or NaN) trains nothing, or NaN embeddings found only at the end.
-        for name, low in (("lr_backbone", 0.0), ("lr_head", 0.0), ("weight_decay", None)):
+        # NaN gives NaN embeddings found only at the end; a head that does not learn trains nothing
+        # (a backbone rate of 0 is a linear probe: the backbone stays as it is).
+        for name, strict in (("lr_head", True), ("lr_backbone", False), ("weight_decay", False)):
             value = getattr(self, name)
-            if not math.isfinite(value) or (value <= low if low is not None else value < 0):
+            if not math.isfinite(value) or value < 0 or (strict and value == 0):
                 raise TrainError(f"--{name.replace('_', '-')} {value}: must be a finite number "
-                                 f"{'> 0' if low is not None else '>= 0'}.")
+                                 f"{'> 0' if strict else '>= 0'}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +160,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         unknown = sorted(set(preset) - set(known))
         if unknown:
             raise TrainError(f"{path}: unknown setting(s) {unknown}; see train/config.py for the valid names.")
+        for name, value in preset.items():  # YAML reads "1e-3" as text, as the command line's _coerce knows
+            if isinstance(value, str) and isinstance(known[name].default, float):
+                try:
+                    preset[name] = float(value)
+                except ValueError:
+                    pass  # __post_init__ says what is wrong
         values.update(preset)
     else:
         args.pop("config", None)

@@ -25,6 +25,7 @@ from train.errors import TrainError
 from train.featcache import LateStages, cached_trunk, check_supported
 from train.heads import COARSE_CE_LEVELS, CosineClassifier, freeze_early
 from train.stopping import StopSignal, ignore_sigint
+from vericar.artifacts.hub import is_complete
 from vericar.evaluation.data import Sample, load_source, split_holdout, stratified_split
 from vericar.models.losses import HiMSMin, MultiSimilarity, build_level_index
 from vericar.models.model import EmbeddingModel, create_model
@@ -91,20 +92,22 @@ def start(cfg: TrainConfig, t_start: float) -> Run:
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = cuda  # fixed input sizes: let cuDNN pick its fastest kernels once
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"--output-dir {out} is a file; pass a folder (new, or one to resume or overwrite).")
-    run = Run(cfg, accelerator, out, StopSignal(cfg.time_limit).install(), t_start,
-              config_text=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "train_config.yaml").is_file():  # an artifact's own is replaced only with the new one (artifact.py)
-            write_settings(run)
-    return run
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainError(f"--output-dir {out}: cannot create it as a folder ({e}); pass a folder path you "
+                             "can write to (new, or one to resume or overwrite).") from e
+        if not is_complete(out):  # an artifact's own settings are replaced only with the new artifact (artifact.py)
+            write_settings(out, text)
+    # Signal handlers last: train.py restores them once this returns.
+    return Run(cfg, accelerator, out, StopSignal(cfg.time_limit).install(), t_start, config_text=text)
 
 
-def write_settings(run: Run) -> None:
-    """The settings this run started with, as ``train_config.yaml`` in its output folder."""
-    (run.out / "train_config.yaml").write_text(run.config_text)
+def write_settings(out: Path, text: str) -> None:
+    """The settings a run started with, as ``train_config.yaml`` in its output folder."""
+    (out / "train_config.yaml").write_text(text)
 
 
 def load_data(run: Run) -> None:

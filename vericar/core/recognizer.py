@@ -219,7 +219,8 @@ class Recognizer:
         """The ``k`` gallery entries most similar to a photo, in this recognizer's ranking (as the
         neighbours of ``predict``); each ``score`` is the plain cosine similarity. A photo in which the
         detector sees no box at all has no vehicle to compare: ``[]``."""
-        k = check_positive_int(k, "k", what="how many similar gallery entries")
+        k = check_positive_int(int(k) if isinstance(k, float) and k.is_integer() else k, "k",
+                               what="how many similar gallery entries")
         crop = main_crop(self, open_image(image), none_if_blank=True)
         if crop is None:  # no vehicle in the photo (as predict says): nothing to compare
             return []
