@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.errors import cli  # noqa: E402
 from vericar.artifacts.hub import load  # noqa: E402
 from vericar.vision.images import open_image  # noqa: E402
 from vericar.vision.scene import locate  # noqa: E402
@@ -59,6 +60,9 @@ def main() -> None:
         print(json.dumps({"csv": args.csv, "photos": len(rows), "no_box_at_all": blank, "only_faint_boxes": faint},
                          indent=1))
         return
+    missing = [p for p in args.photos or [] if not Path(p).exists()]
+    if missing:
+        ap.error(f"--photos: {', '.join(missing)} not found; give photo files or folders of them.")
     paths = [q for p in map(Path, args.photos) for q in (sorted(p.iterdir()) if p.is_dir() else [p])
              if q.suffix.lower() in IMAGE_TYPES] if args.photos else packaged_photos()
     out = []
@@ -73,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)  # an unreadable photo or CSV: its message, no traceback

@@ -97,8 +97,7 @@ def _checked(model: type[BaseModel], expected: str, urls: bool) -> type[BaseMode
             sent = obj
             if urls and isinstance(obj, list):
                 if len(obj) > MAX_ENROL_PHOTOS:  # before any data: URL in it is decoded
-                    raise gr.Error(f"{len(obj)} photos is more than the {MAX_ENROL_PHOTOS} accepted at once; pick "
-                                   "the best few.", print_exception=False)
+                    raise gr.Error(_too_many(len(obj), MAX_ENROL_PHOTOS), print_exception=False)
                 obj = [_as_file(x) for x in obj]
             try:
                 return super().model_validate(obj, *args, **kwargs)
