@@ -44,9 +44,20 @@ def test_importable_code_raises_instead_of_exiting():
     assert _exits(ROOT / "train" / "errors.py"), "cli() is the one place a command exits"
 
 
+ENTRY_FILES = {"train/train.py", "train/calibrate.py", "train/ship.py"}
+
+
 def test_no_sys_path_changes_in_the_packages():
+    """Only the three training entry files touch sys.path, and only when run as a file (under their guard):
+    Python then puts train/ first, where `train` would be train.py itself, so they put the repository there."""
     hits = [f"{p.relative_to(ROOT)}" for p in CODE if "sys.path" in p.read_text()]
-    assert hits == []
+    assert set(hits) <= ENTRY_FILES
+    for rel in hits:
+        tree = ast.parse((ROOT / rel).read_text())
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        uses = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "path"
+                and ast.unparse(n.value).endswith("sys")]
+        assert uses and all(_under_main_guard(n, parents) for n in uses), rel
 
 
 def test_cli_turns_errors_into_the_messages_commands_print():
@@ -78,10 +89,12 @@ def test_training_settings_errors_are_typed(tmp_path, tiny_vit_model):
     assert issubclass(TrainError, VericarError)
 
 
-def test_running_a_training_file_directly_says_how_to_run_it():
-    r = subprocess.run([sys.executable, "train/train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 1 and "python -m train.train" in r.stderr
+@pytest.mark.parametrize("script", ["train.py", "calibrate.py", "ship.py"])
+def test_training_scripts_run_as_files_from_any_folder(script, tmp_path):
+    """The promised form (accelerate launch train/train.py) runs the file: from the root and from elsewhere."""
+    for cwd, path in [(ROOT, f"train/{script}"), (tmp_path, str(ROOT / "train" / script))]:
+        r = subprocess.run([sys.executable, path, "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and f"usage: train/{script}" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("bad", [0, -3, True, 2.0, "3", None])

@@ -68,7 +68,7 @@ def test_train_resume_and_load(tiny_csv, tmp_path):
     assert rec.model.pretrained_cfg["input_size"][1:] == (32, 32)
     pred = rec.predict(_photo(2, 1))
     assert pred.label in NAMES and len(pred.neighbours) > 0
-    assert json.loads((out / "config.json").read_text())["meta"]["command"].startswith("python -m train.train")
+    assert json.loads((out / "config.json").read_text())["meta"]["command"].startswith("python train/train.py")
 
 
 def test_resume_finds_best_weights_of_the_older_checkpoint_layout(tiny_csv, tmp_path, capsys):
@@ -208,11 +208,11 @@ def test_recalibrate_artifact_with_density_correction(tiny_csv, tmp_path):
     assert cfg["ranking"]["density"]["weight"] == 0.25 and cfg["ranking"]["density"]["k"] == 3
     assert cfg["ood"]["calibrated_for"] == cfg["ranking"]["density"]  # the threshold follows the ranking
     assert "`cos - 0.25 * density`" in (out / "README.md").read_text()  # the card reads the artifact
-    assert cfg["meta"]["command"].splitlines()[0].startswith("python -m train.train")
-    assert cfg["meta"]["command"].splitlines()[-1].startswith("python -m train.calibrate")
+    assert cfg["meta"]["command"].splitlines()[0].startswith("python train/train.py")
+    assert cfg["meta"]["command"].splitlines()[-1].startswith("python train/calibrate.py")
     rec = vericar.load(f"local-dir:{out}")
     assert rec.density.weight == 0.25 and rec.ood.threshold == pytest.approx(cfg["ood"]["threshold"])
-    assert "python -m train.calibrate" in (out / "README.md").read_text()
+    assert "python train/calibrate.py" in (out / "README.md").read_text()
     assert rec.predict(_photo(1, 2)).label in NAMES
 
 

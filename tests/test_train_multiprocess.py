@@ -87,3 +87,28 @@ def test_two_cpu_processes_train_push_once_load_and_resume(tiny_csv, tmp_path):
     assert rec.meta["epochs_done"] == 2 and len(rec.gallery) == 24
     hist = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert hist == ["1", "2"]
+
+
+def test_file_form_two_processes_from_another_folder(tiny_csv, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 /path/to/repo/train/train.py ...`, typed as users type it,
+    from a folder that is not the repository: trains on two gloo processes and writes an artifact that loads;
+    `python /path/to/repo/train/calibrate.py` refits it from there too."""
+    import vericar
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": ""}
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "0", str(ROOT / "train" / "train.py"),
+           *_args(tiny_csv, out, "--epochs", "1")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=elsewhere, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    rec = vericar.load(f"local-dir:{out}")
+    assert rec.meta["processes"] == 2 and len(rec.gallery) == 24
+    assert rec.meta["command"].startswith("python train/train.py")
+    assert rec.predict(_photo(1, 3)).label in NAMES
+
+    p = subprocess.run([sys.executable, str(ROOT / "train" / "calibrate.py"), "--artifact", str(out), "--clean-views"],
+                       capture_output=True, text=True, env=env, cwd=elsewhere, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    assert vericar.load(f"local-dir:{out}").meta["command"].splitlines()[-1].startswith("python train/calibrate.py")

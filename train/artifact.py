@@ -41,7 +41,7 @@ def write_artifact(run: Run, argv: Sequence[str] | None, stopped: str | None) ->
     gallery.add(np.concatenate([g_tr, g_va]), [names[y] for y in run.tr_y + run.va_y],
                 refs=[s.ref for s in run.train_s + run.val_s], thumbnails=_thumbs(run.thumbs) if cfg.thumbnails else None)
     wall = time.time() - run.t_start
-    command = "python -m train.train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python train/train.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     meta = {"metrics": cal_metrics, "command": command,
             "train_seconds": round(wall, 1), "classes": len(names), "holdout_classes": cfg.holdout_classes,
             "train_config": cfg.optimisation_dict(), "held_out_class_names": sorted({s.class_name for s in run.held}),

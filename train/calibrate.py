@@ -1,7 +1,7 @@
 """The unknown-vehicle threshold and the confidence calibration of an artifact, from its
 validation slice; re-calibration in place.
 
-    python -m train.calibrate --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
+    python train/calibrate.py --artifact OUT [--density-weight 0.5] [--density-k 10] [--clean-views]
                               [--pool OTHER_SEED_OUT ...]
 
 train.py calls ``calibrate`` at the end of training. The command line re-does that step for a
@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
-    raise SystemExit("run it as a module from the repository root: python -m train.calibrate --artifact OUT ...")
+if __name__ == "__main__" and not __package__:  # run as a file (accelerate launch train/calibrate.py): Python put
+    import os as _os, sys as _sys  # train/ first on the path, where `train` is train.py; the repository instead
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
 
 import numpy as np
 
@@ -121,7 +123,7 @@ def calibrate(
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m train.calibrate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="train/calibrate.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
     ap.add_argument("--density-weight", type=float, help="0 = plain cosine, 0.5 = CSLS (default: the artifact's)")
     ap.add_argument("--density-k", type=int, help="default: the artifact's")
@@ -173,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or tc.get("ood_tpr", 0.95), density=density,
         max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0), pool=pooled)
     rec.ood, rec.density, rec.calibration = ood, density, calibration
-    command = "python -m train.calibrate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(command=f"{rec.meta.get('command', '')}\n{command}")
     rec.meta.setdefault("metrics", {}).update(metrics)
     val_metrics = metrics["validation"]

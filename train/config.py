@@ -139,7 +139,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Build the config from ``--config PRESET.yaml`` and ``--key value`` overrides."""
     known = {f.name: f for f in fields(TrainConfig)}
     ap = argparse.ArgumentParser(
-        prog="python -m train.train",
+        prog="train/train.py",
         description="Train a vericar embedding model. Any setting of train/config.py can be given as --key value.",
     )
     ap.add_argument("--config", help="preset YAML (train/configs/*.yaml)")

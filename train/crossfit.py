@@ -5,7 +5,7 @@ that is few photos for a softmax over 196 models, and dev showed the model level
 noise alone explains. Trainings of the same recipe with other seeds hold out other photos. Their
 held-out votes (each pool member's validation photos, seen as the product sees them, against that
 member's own training photos) stand in for more of the shipped model's own, so the calibration is
-fitted on all of them together (``python -m train.calibrate --artifact OUT --pool FOLD1 FOLD2``). Nothing is
+fitted on all of them together (``python train/calibrate.py --artifact OUT --pool FOLD1 FOLD2``). Nothing is
 fitted on dev, and the shipped model's weights and gallery stay as they are. Whether a fit on the
 other trainings' photos transfers is measured, not assumed (``leave_one_out_ece``, in the card).
 """

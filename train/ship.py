@@ -1,6 +1,6 @@
 """Copy a trained artifact into the package as the shipped default model (``vericar/default``).
 
-    python -m train.ship --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..." \
+    python train/ship.py --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..." \
         [--card-extra dev_confidences.md]
 
 What ships: config.json, model.safetensors, the gallery's embeddings + labels, the model card and
@@ -21,8 +21,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
-    raise SystemExit("run it as a module from the repository root: python -m train.ship --artifact OUT ...")
+if __name__ == "__main__" and not __package__:  # run as a file (accelerate launch train/ship.py): Python put
+    import os as _os, sys as _sys  # train/ first on the path, where `train` is train.py; the repository instead
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
 
 import yaml
 
@@ -147,7 +149,7 @@ def _dev_section(eval_json: str, command: str | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="train/ship.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True)
     ap.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "vericar" / "default"))
     ap.add_argument("--eval-json", help="python -m vericar.evaluate --json output on dev, quoted in the card")

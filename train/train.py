@@ -1,8 +1,9 @@
 """Train a vericar embedding model with accelerate.
 
-    accelerate launch -m train.train --config train/configs/offline-cpu.yaml --data ../shared/data/stanford_cars/train.csv --output-dir OUT
-    python -m train.train ...            # the same, one process
-    accelerate launch --multi_gpu --num_processes 4 -m train.train --config train/configs/offline-gpu.yaml ...
+    accelerate launch train/train.py --config train/configs/offline-cpu.yaml --data ../shared/data/stanford_cars/train.csv --output-dir OUT
+    python train/train.py ...            # the same, one process; from any folder (path/to/repo/train/train.py)
+    accelerate launch --multi_gpu --num_processes 4 train/train.py --config train/configs/offline-gpu.yaml ...
+    python -m train.train ...            # the module form, from the repository root, works too
 
 Writes OUT/ as a vericar artifact (config.json, model.safetensors, gallery, README.md model card,
 training_curve.png, metrics.csv, train_config.yaml) that ``vericar.load("local-dir:OUT")`` and the
@@ -14,9 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-if __name__ == "__main__" and not __package__:  # run as a file: train/ would be on the path, not the repository
-    raise SystemExit("run training as a module from the repository root: python -m train.train ... "
-                     "(accelerate launch -m train.train ... for several processes)")
+if __name__ == "__main__" and not __package__:  # run as a file (accelerate launch train/train.py): Python put
+    import os as _os, sys as _sys  # train/ first on the path, where `train` is train.py; the repository instead
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
 
 from train.artifact import write_artifact
 from train.config import parse_args

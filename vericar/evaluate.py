@@ -221,7 +221,7 @@ def _set_ranking(rec: Recognizer, args: argparse.Namespace) -> None:
             # An experiment: AUROC / FPR95 do not use the threshold; the share flagged unknown does.
             print(f"warning: the model's unknown threshold was calibrated for {rec.ood.calibrated_for}, not "
                   f"{density.cfg}: the unknown flags use a mismatched threshold (AUROC/FPR95 do not use it); "
-                  "re-calibrate with python -m train.calibrate for a matching one.", file=sys.stderr)
+                  "re-calibrate with python train/calibrate.py for a matching one.", file=sys.stderr)
         rec.density = density
 
 

@@ -36,7 +36,7 @@ def read(directory: str | os.PathLike) -> tuple[VericarConfig, dict[str, Any], i
     if not path.is_file():
         raise ArtifactError(
             f"{path} not found: {directory} is not a vericar model folder. Point at a folder written by "
-            "save_pretrained or python -m train.train --output-dir."
+            "save_pretrained or python train/train.py --output-dir."
         )
     try:
         raw = json.loads(path.read_text())

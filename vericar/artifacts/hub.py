@@ -189,11 +189,11 @@ def resolve(spec: str | ModelSpec) -> Path:
     folder = default_dir()
     if folder != DEFAULT_DIR:
         warnings.warn(f"{DEFAULT_DIR} is missing but {folder.name} holds the previous default model (an "
-                      "interrupted python -m train.ship); loading that. Run python -m train.ship again to finish.", stacklevel=3)
+                      "interrupted python train/ship.py); loading that. Run python train/ship.py again to finish.", stacklevel=3)
     elif not (DEFAULT_DIR / CONFIG_NAME).is_file():
         raise ArtifactError(
             f"the default model is not shipped in this installation ({DEFAULT_DIR} has no {CONFIG_NAME}). "
-            "Train one (python -m train.train --output-dir OUT) and load 'local-dir:OUT', or use 'hf-hub:ORG/NAME'."
+            "Train one (python train/train.py --output-dir OUT) and load 'local-dir:OUT', or use 'hf-hub:ORG/NAME'."
         )
     return folder
 

@@ -1,7 +1,7 @@
 """The model spec string, parsed in one place.
 
     "default"                       the model shipped in vericar/default
-    "local-dir:PATH"                a folder written by save_pretrained / python -m train.train
+    "local-dir:PATH"                a folder written by save_pretrained / python train/train.py
     "hf-hub:ORG/NAME[@REVISION]"    such a folder on the Hugging Face Hub
     "timm:NAME"                     a bare timm backbone (no trained head, empty gallery)
     "open_clip:ARCH/TAG"            a bare OpenCLIP image tower ("open_clip:tiny-test": tiny random, tests)

@@ -34,7 +34,7 @@ _LEGACY_RESIZE = {"shortest": "center", "squash": "squash"}  # vericar < format 
 # others (data, optimisation), so no setting is written twice (formats 1-2 restated these).
 TRAIN_SETTINGS_IN_TREE = ("backbone", "embed_dim", "eval_size", "resize_mode", "k", "ood_k", "ood_tpr",
                           "density_weight", "density_k")
-RECALIBRATE = "Re-run `python -m train.calibrate --artifact DIR` on that folder to fit the threshold for the ranking in use"
+RECALIBRATE = "Re-run `python train/calibrate.py --artifact DIR` on that folder to fit the threshold for the ranking in use"
 
 
 def _floats(v: Any, name: str) -> tuple[float, ...]:

@@ -141,14 +141,14 @@ class Calibration:
             got = d.get("method") if isinstance(d, dict) else type(d).__name__
             raise ArtifactError(f"calibration method {got!r} is not one this vericar reads ({', '.join(METHODS)}): "
                                 "the artifact was written by another vericar version, or by hand. Install the "
-                                "version that wrote it, or re-calibrate with python -m train.calibrate.")
+                                "version that wrote it, or re-calibrate with python train/calibrate.py.")
         if d.get("scales") and d["method"] != METHODS[1]:  # a reader of the old method would ignore them
             raise ArtifactError(f"calibration method {d['method']!r} has no nearness scales, but scales "
-                                f"{d['scales']!r} are given; re-calibrate with python -m train.calibrate.")
+                                f"{d['scales']!r} are given; re-calibrate with python train/calibrate.py.")
         temps, thr, biases, scales = (_numbers(d, key) for key in ("temperatures", "thresholds", "biases", "scales"))
         if not isinstance(d.get("info") or {}, dict):
             raise ArtifactError(f"calibration info must be an object, got {d.get('info')!r}; "
-                                "re-calibrate with python -m train.calibrate.")
+                                "re-calibrate with python train/calibrate.py.")
         out_of_range = {f"{key}[{lvl}]": x for key, vals, (lo, hi) in (
             ("temperatures", temps, T_BOUNDS), ("biases", biases, B_BOUNDS), ("scales", scales, A_BOUNDS),
             ("thresholds", thr, (0.0, 1.0))) for lvl, x in vals.items()
@@ -157,7 +157,7 @@ class Calibration:
         if bad or out_of_range:
             raise ArtifactError(f"calibration has unknown levels {bad} or values out of range {out_of_range} "
                                 f"(levels are {LEVELS}; temperatures in {T_BOUNDS}, biases in {B_BOUNDS}, scales "
-                                f"in {A_BOUNDS}, thresholds in [0, 1]). Re-calibrate with python -m train.calibrate.")
+                                f"in {A_BOUNDS}, thresholds in [0, 1]). Re-calibrate with python train/calibrate.py.")
         return cls(temps, thr, dict(d.get("info") or {}), biases, scales)
 
 
@@ -169,5 +169,5 @@ def _numbers(d: dict[str, Any], key: str) -> dict[str, float]:
     if not isinstance(vals, dict) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                              for x in vals.values()):
         raise ArtifactError(f"calibration {key} must be an object of numbers per level, got {vals!r}; "
-                            "re-calibrate with python -m train.calibrate.")
+                            "re-calibrate with python train/calibrate.py.")
     return {str(k): float(x) for k, x in vals.items()}

@@ -162,7 +162,7 @@ def model_card(rec: "Recognizer", spec: str | None = None) -> tuple[str, str | N
         if (folder / "training_curve.png").is_file():
             curve = str(folder / "training_curve.png")
     if len(lines) == 1:
-        lines += ["", "This model carries no metrics or training command (it was not saved by python -m train.train)."]
+        lines += ["", "This model carries no metrics or training command (it was not saved by python train/train.py)."]
     return "\n".join(lines), curve
 
 
