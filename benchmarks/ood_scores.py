@@ -99,7 +99,7 @@ def _embed_mirrored(model: "EmbeddingModel", queries: Sequence["Sample"]) -> np.
 
     from vericar.models.embedding import embed
 
-    return embed(model, queries, forward=lambda x: model(torch.flip(x, dims=[3])))
+    return embed(model, queries, forward=lambda x: model(torch.flip(x, dims=[3])), tta=())
 
 
 def _backbone_features(rec: "Recognizer", queries: Sequence["Sample"]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +110,7 @@ def _backbone_features(rec: "Recognizer", queries: Sequence["Sample"]) -> tuple[
     photos = [Sample(r, -1, lab) for r, lab in zip(rec.gallery.refs, rec.gallery.labels)]
     out = []
     for samples in (queries, photos):
-        f = embed(rec.model, samples, forward=rec.model.features)
+        f = embed(rec.model, samples, forward=rec.model.features, tta=())
         out.append(f / np.linalg.norm(f, axis=1, keepdims=True))
     return out[0], out[1]
 

@@ -401,3 +401,41 @@ def test_coarse_heads_give_each_level_logits_and_add_their_loss(tiny_csv, tmp_pa
     assert (out / "train_config.yaml").read_text() == settings  # a failed run leaves the artifact's settings
     with pytest.raises(TrainError, match="--output-dir .*README.md: cannot create it as a folder"):
         main(_args(tiny_csv, out / "README.md", "--epochs", "1"))
+
+
+def test_training_with_flip_and_recalibrating_to_flip_or_back(tiny_csv, tmp_path):
+    """--tta flip trains an artifact whose gallery is flip-averaged (training's gallery goes through the
+    one embedding path); train/calibrate.py --tta re-embeds an artifact's gallery from its photos either way."""
+    import vericar
+    from train.calibrate import main as calibrate
+    from vericar.evaluation.data import load_csv
+    from vericar.models.embedding import embed
+
+    out = tmp_path / "flip"
+    main(_args(tiny_csv, out, "--epochs", "1", "--max-steps", "2", "--ood-k", "2", "--k", "2", "--tta", "flip"))
+    rec = vericar.load(f"local-dir:{out}")
+    assert rec.model.tta == ("flip",) and rec.gallery.tta == ("flip",)
+    by_ref = {s.ref: s for s in load_csv(tiny_csv)}
+    photos = [by_ref[r] for r in rec.gallery.refs]
+    np.testing.assert_allclose(rec.gallery.embeddings, embed(rec.model, photos), atol=5e-4)
+
+    calibrate(["--artifact", str(out), "--tta", "none"])
+    plain = vericar.load(f"local-dir:{out}")
+    assert plain.model.tta == () and plain.gallery.tta == ()
+    assert json.loads((out / "config.json").read_text())["format_version"] in (3, 4)
+    np.testing.assert_allclose(plain.gallery.embeddings, embed(plain.model, photos), atol=5e-4)
+    assert np.abs(plain.gallery.embeddings - rec.gallery.embeddings).max() > 1e-3
+    assert plain.gallery.labels == rec.gallery.labels and plain.gallery.refs == rec.gallery.refs
+    with pytest.raises(TrainError, match="--tta 'sideways'"):
+        main(_args(tiny_csv, tmp_path / "bad", "--tta", "sideways"))
+
+    # The CPU preset's path: the gallery from the cached early maps of each photo and of its mirror image.
+    cached = tmp_path / "cached"
+    main(_args(tiny_csv, cached, "--epochs", "1", "--max-steps", "2", "--feature-cache-stages", "2",
+               "--freeze-stages", "0", "--tta", "flip"))
+    rec = vericar.load(f"local-dir:{cached}")
+    assert rec.gallery.tta == ("flip",)
+    photos = [by_ref[r] for r in rec.gallery.refs]
+    got, want, plain = rec.gallery.embeddings, embed(rec.model, photos), embed(rec.model, photos, tta=())
+    # The maps are cached in float16: close to the flip-averaged embeddings, and much closer than to plain ones.
+    assert np.abs(got - want).max() < 5e-3 and np.abs(got - want).mean() < 0.2 * np.abs(got - plain).mean()

@@ -122,6 +122,26 @@ def calibrate(
     return ood, calibration, metrics
 
 
+def re_embed_gallery(rec: Recognizer, views: tuple[str, ...], *, progress: bool = False) -> None:
+    """Set ``rec``'s test-time views and embed its whole gallery again that way, from the photo files its refs
+    name in the training data (meta.train_config.data); labels, refs and thumbnails stay as they are."""
+    from vericar.evaluation.data import load_source, short_ref
+
+    tc = dict(rec.meta.get("train_config") or {})
+    by_ref = {r: s for s in load_source(tc["data"], "train") for r in (s.ref, short_ref(s.ref))}
+    g = rec.gallery
+    missing = [r for r in g.refs if r not in by_ref]
+    if missing:
+        raise TrainError(f"{len(missing)} of the gallery's {len(g)} photos (e.g. {missing[0]!r}) are not in "
+                         f"{tc['data']!r}; run this from the folder training ran in, with its data there.")
+    rec.model.tta = views
+    emb = embed(rec.model, [by_ref[r] for r in g.refs], batch_size=32, num_workers=2, progress=progress,
+                desc="gallery")
+    new = Gallery(g.dim, **{**g.settings(), "tta": views})
+    new.add(emb, list(g.labels), refs=list(g.refs), thumbnails=[g.thumbnail(i) for i in range(len(g))])
+    rec.gallery = new
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train/calibrate.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
@@ -133,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--pool", nargs="+", default=[], metavar="ARTIFACT",
                     help="other trainings of the same command line with another --seed: their validation photos "
                          "join the confidence calibration's fit (train/crossfit.py)")
+    ap.add_argument("--tta", choices=("flip", "none"),
+                    help="re-embed the gallery from its photos with these test-time views (flip: each photo averaged "
+                         "with its mirror image), then refit everything for them (default: keep the artifact's)")
     ap.add_argument("--clean-views", action="store_true",
                     help="fit on the stored tight crops instead of real-input views of them (the old behaviour)")
     return ap
@@ -163,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.pool and args.clean_views:
         raise VericarError("--pool fits on real-input views of each training's validation photos; "
                            "drop --clean-views to use it.")
+    if args.tta is not None and (views := () if args.tta == "none" else (args.tta,)) != rec.model.tta:
+        re_embed_gallery(rec, views, progress=True)
     is_val, val_in_g = validation_slice(rec, out)
     members = []  # every member checked (recipe, seed, validation photos) before any is embedded
     for p in args.pool:

@@ -33,6 +33,7 @@ class TrainConfig:
     train_size: int = 160  # training crop (px)
     eval_size: int | None = None  # input size written into the model's preprocessing (None: backbone's)
     resize_mode: str | None = "squash"  # None: backbone's
+    tta: str = "none"  # test-time views of the artifact's embeddings: none | flip (each photo averaged with its mirror)
     cache_short_side: int | None = 224  # decoded photos kept in RAM at this short side; None: full size
     scale_min: float = 0.35
     color_jitter: float = 0.2
@@ -108,6 +109,14 @@ class TrainConfig:
             if not math.isfinite(value) or value < 0 or (strict and value == 0):
                 raise TrainError(f"--{name.replace('_', '-')} {value}: must be a finite number "
                                  f"{'> 0' if strict else '>= 0'}.")
+
+        if self.tta not in ("none", "flip"):
+            raise TrainError(f"--tta {self.tta!r}: none or flip (each photo's embedding averaged with its mirror image's).")
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """``tta`` as the config tree's ModelCfg.tta."""
+        return () if self.tta == "none" else (self.tta,)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

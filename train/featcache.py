@@ -18,7 +18,7 @@ from torch import nn
 
 from train.errors import TrainError
 from vericar.models.embed_cache import cached
-from vericar.models.embedding import forward_batches
+from vericar.models.embedding import average_views, forward_batches
 
 
 def check_supported(model: nn.Module) -> None:
@@ -95,9 +95,16 @@ def train_views(feats: torch.Tensor, idx: torch.Tensor, min_crop: float, generat
     return torch.stack(crops).float().contiguous(memory_format=torch.channels_last)
 
 
-def embed_cached(late: LateStages, feats: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Embeddings of the un-mirrored, uncropped cached maps (what the full model gives on the photos)."""
-    return forward_batches(late, feats[:, 0], preprocess=None, batch_size=batch_size, channels_last=True)
+def embed_cached(late: LateStages, feats: torch.Tensor, batch_size: int = 128, views: tuple[str, ...] = ()) -> torch.Tensor:
+    """Embeddings of the uncropped cached maps (what the full model gives on the photos): the un-mirrored
+    maps, or with ``views`` ("flip",) each photo's two maps in one batch, averaged as vericar's embed does."""
+    if "flip" not in views:
+        return forward_batches(late, feats[:, 0], preprocess=None, batch_size=batch_size, channels_last=True)
+    if feats.shape[1] < 2:
+        raise TrainError("--tta flip with the feature cache needs the mirror images' maps too: set cache_flip: true.")
+    pairs = feats[:, :2].flatten(0, 1)  # photo 0, its mirror, photo 1, ...: an even batch keeps each pair together
+    y = forward_batches(late, pairs, preprocess=None, batch_size=2 * max(1, batch_size // 2), channels_last=True)
+    return average_views(y, 2)
 
 
 def trunk_weights(model: nn.Module, n: int) -> dict[str, torch.Tensor]:

@@ -54,7 +54,7 @@ def embed_rows(run: Run, split: str, rows: list[int] | None = None) -> np.ndarra
     if run.cfg.feature_cache_stages:
         feats = run.feats_tr if split == "train" else run.feats_va
         late = run.accelerator.unwrap_model(run.net)
-        return embed_cached(late, feats[rows]).numpy()
+        return embed_cached(late, feats[rows], views=run.cfg.views).numpy()
     return embed_photos(run, [imgs[i] for i in rows])
 
 

@@ -132,6 +132,7 @@ def build_model(run: Run) -> None:
     cfg = run.cfg
     model = create_model(cfg.backbone, embed_dim=cfg.embed_dim, pretrained=cfg.pretrained)
     model.preprocess = model.preprocess.override(size=cfg.eval_size, crop_mode=cfg.resize_mode)
+    model.tta = cfg.views  # validation and the artifact's gallery are embedded as the served model embeds
     run.pre = model.preprocess.to_dict()
     run.train_pre = model.preprocess.override(size=cfg.train_size).to_dict()
     fc = cfg.feature_cache_stages
@@ -152,7 +153,8 @@ def build_model(run: Run) -> None:
     if fc:
         feats = cached_trunk(model, cfg, run.pre, run.train_s + run.val_s, run.tr_imgs + run.va_imgs, fc,
                              progress=run.progress)
-        run.feats_tr, run.feats_va = feats[: len(run.train_s)], feats[len(run.train_s):, :1]
+        # Validation photos are only embedded, never trained on: their mirror maps only serve --tta flip.
+        run.feats_tr, run.feats_va = feats[: len(run.train_s)], feats[len(run.train_s):, :2 if cfg.views else 1]
         run.net = LateStages(model, fc)
 
 

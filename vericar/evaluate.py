@@ -181,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--input-size", type=int, help="override the model's input size (bare backbones: try others)")
     ap.add_argument("--crop-mode", "--resize-mode", choices=("center", "squash", "shortest"),
                     help="override the model's crop mode (timm's names; 'shortest' = 'center')")
+    ap.add_argument("--tta", choices=("flip", "none"), help="test-time views: flip averages each photo with its "
+                    "mirror image (default: the model's own; another than the model's needs --gallery CSV)")
     ap.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:1 (float32 either way)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--no-progress", action="store_true")
@@ -188,8 +190,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _override_preprocess(rec: Recognizer, args: argparse.Namespace) -> None:
-    """``--input-size`` / ``--crop-mode``: an experiment on preprocessing; the embeddings (and explanations) follow it."""
+    """``--input-size`` / ``--crop-mode`` / ``--tta``: an experiment on preprocessing; the embeddings (and
+    explanations) follow it. Test-time views other than the gallery's need a gallery embedded with them."""
     rec.model.preprocess = rec.model.preprocess.override(size=args.input_size, crop_mode=args.crop_mode)
+    tta = () if args.tta == "none" else (args.tta,) if args.tta else rec.model.tta
+    if tta != rec.model.tta and not args.gallery:
+        raise VericarError(f"--tta {args.tta}: the model's gallery was embedded with views {list(rec.model.tta)}; "
+                           "give --gallery CSV to embed a gallery this way too.")
+    rec.model.tta = tta
 
 
 def _with_photos(rec: Recognizer, args: argparse.Namespace, kw: dict) -> Recognizer:
@@ -268,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _check_args(args)
     rec = load(args.model, **({"detector": args.detector} if args.detector else {}))
     rec.model.to(args.device)
-    if args.input_size or args.crop_mode:
+    if args.input_size or args.crop_mode or args.tta:
         _override_preprocess(rec, args)
     kw = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
     rec = _with_photos(rec, args, kw)

@@ -4,7 +4,10 @@ migrate older ones (``python -m vericar.artifacts.config_file migrate DIR [DIR .
 Format 3 is ``{"format": "vericar", "format_version": 3, **VericarConfig.to_dict(), "meta": {...}}``.
 Format 4 is format 3 with a calibration that has a nearness term (method "knn-softmax-sim"): it is
 written only then, so the vericar before it refuses such an artifact with its clear "install the
-version that wrote it" instead of misreading the calibration; every other artifact stays format 3.
+version that wrote it" instead of misreading the calibration. Format 5 is a model with test-time
+views (``model.tta``, e.g. flip averaging): a vericar before it would embed queries without them
+against a gallery embedded with them, a silent accuracy loss, so it must refuse. Every other
+artifact stays format 3.
 Formats 1 and 2 (vericar before the config tree) restated settings: the density weight in
 ``density`` and again in ``meta.train_config``, the OOD threshold in ``ood`` and again in
 ``meta.ood_threshold``, and linked threshold and ranking only through the version number (2 =
@@ -24,7 +27,7 @@ from vericar.core.config import TRAIN_SETTINGS_IN_TREE, DensityCfg, DetectorCfg,
 from vericar.core.errors import ArtifactError, SpecError
 
 FORMAT = "vericar"
-CURRENT_VERSIONS = (3, 4)  # read as the tree itself; written: see ``version_for``
+CURRENT_VERSIONS = (3, 4, 5)  # read as the tree itself; written: see ``version_for``
 LEGACY_VERSIONS = (1, 2)
 CONFIG_NAME = "config.json"
 
@@ -66,9 +69,12 @@ def write(directory: str | os.PathLike, cfg: VericarConfig, meta: dict[str, Any]
 
 
 def version_for(cfg: VericarConfig) -> int:
-    """The format ``cfg`` is written in: 4 when its calibration has a nearness term, else 3."""
+    """The format ``cfg`` is written in: 5 with test-time views, else 4 when its calibration has a
+    nearness term, else 3 (the oldest that reads it right)."""
     from vericar.search.calibration import METHODS
 
+    if cfg.model.tta:
+        return CURRENT_VERSIONS[2]
     nearness = cfg.calibration is not None and cfg.calibration.get("method") == METHODS[1]
     return CURRENT_VERSIONS[1] if nearness else CURRENT_VERSIONS[0]
 

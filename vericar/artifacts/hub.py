@@ -48,6 +48,7 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     is refused before anything is written.
     """
     config = _checked(recognizer.config, directory)
+    recognizer.check_views()  # queries and gallery embedded alike, or loading would refuse what is written
     out = Path(directory)
     try:
         out.mkdir(parents=True, exist_ok=True)

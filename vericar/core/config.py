@@ -2,7 +2,7 @@
 
     VericarConfig(
         model=ModelCfg(spec, embed_dim, preprocess=PreprocessCfg(input_size, mean, std, interpolation,
-                                                                   crop_mode, crop_pct)),
+                                                                   crop_mode, crop_pct), tta=() or ("flip",)),
         ranking=RankingCfg(k, density=DensityCfg(weight, k, max_fetch)),
         ood=OODCfg(k, threshold, tpr, calibrated_for=<the DensityCfg the threshold was fitted with>),
         calibration={...} | None, detector=DetectorCfg(spec), source=SourceCfg(spec, folder) | None)
@@ -25,15 +25,18 @@ from typing import Any, Mapping
 from vericar.core.errors import ArtifactError, SpecError
 
 __all__ = ["PreprocessCfg", "ModelCfg", "DensityCfg", "RankingCfg", "OODCfg", "DetectorCfg", "SourceCfg",
-           "VericarConfig", "CROP_MODES", "INTERPOLATIONS", "TRAIN_SETTINGS_IN_TREE"]
+           "VericarConfig", "CROP_MODES", "INTERPOLATIONS", "TRAIN_SETTINGS_IN_TREE", "TTA_VIEWS", "check_tta"]
 
 CROP_MODES = ("center", "squash")  # timm's names: short side to size / crop_pct + centre crop | stretch to size
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# Test-time views an embedding may average over (vericar/models/embedding.py): the mirror image. Cars are
+# close to mirror-symmetric, so a side view facing left then matches the gallery's photos facing right.
+TTA_VIEWS = ("flip",)
 _LEGACY_RESIZE = {"shortest": "center", "squash": "squash"}  # vericar < format 3 called crop_mode "resize_mode"
 # Settings of train/config.py that end up in the tree: an artifact's meta.train_config keeps only the
 # others (data, optimisation), so no setting is written twice (formats 1-2 restated these).
 TRAIN_SETTINGS_IN_TREE = ("backbone", "embed_dim", "eval_size", "resize_mode", "k", "ood_k", "ood_tpr",
-                          "density_weight", "density_k")
+                          "density_weight", "density_k", "tta")
 RECALIBRATE = "Re-run `python train/calibrate.py --artifact DIR` on that folder to fit the threshold for the ranking in use"
 
 
@@ -107,20 +110,38 @@ class PreprocessCfg:
         return cls(**d)
 
 
+def check_tta(tta: Any) -> tuple[str, ...]:
+    """``tta`` as a tuple of known view names (SpecError otherwise): [] or ["flip"]."""
+    if isinstance(tta, str) or not isinstance(tta, (list, tuple)):
+        raise SpecError(f"model tta must be a list of views from {list(TTA_VIEWS)} ([] = none), got {tta!r}")
+    bad = [v for v in tta if v not in TTA_VIEWS]
+    if bad or len(set(tta)) != len(tta):
+        raise SpecError(f"model tta takes each of {list(TTA_VIEWS)} at most once ([] = none), got {list(tta)!r}")
+    return tuple(tta)
+
+
 @dataclass(frozen=True)
 class ModelCfg:
-    """The embedding model: backbone spec, projection width (0 = raw features) and its preprocessing."""
+    """The embedding model: backbone spec, projection width (0 = raw features), its preprocessing and
+    its test-time views (``tta``: ``("flip",)`` averages each photo's embedding with its mirror image's)."""
 
     spec: str
     embed_dim: int
     preprocess: PreprocessCfg
+    tta: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tta", check_tta(self.tta))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "embed_dim": self.embed_dim, "preprocess": self.preprocess.to_dict()}
+        d = {"spec": self.spec, "embed_dim": self.embed_dim, "preprocess": self.preprocess.to_dict()}
+        if self.tta:  # written only when set: a plain model's config.json stays as older vericars wrote it
+            d["tta"] = list(self.tta)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelCfg":
-        return cls(str(d["spec"]), int(d["embed_dim"]), PreprocessCfg.from_dict(d["preprocess"]))
+        return cls(str(d["spec"]), int(d["embed_dim"]), PreprocessCfg.from_dict(d["preprocess"]), check_tta(d.get("tta", [])))
 
 
 @dataclass(frozen=True)

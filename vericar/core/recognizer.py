@@ -19,7 +19,7 @@ import numpy as np
 from vericar.core.config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
-from vericar.models.embedding import embed
+from vericar.models.embedding import check_views, embed
 from vericar.models.model import EmbeddingModel
 from vericar.models.transforms import eval_transform, input_view
 from vericar.search.calibration import Calibration
@@ -74,6 +74,9 @@ class Recognizer:
             )
         self.model = model.eval()
         self.gallery = gallery
+        if gallery.tta is None:  # built in memory from embeddings of this model: record how they were made
+            gallery.tta = model.tta
+        self.check_views()
         self.ood = ood
         self.k = int(k)
         self.taxonomy = taxonomy or Taxonomy.from_labels(list(gallery.classes))
@@ -110,7 +113,12 @@ class Recognizer:
         return self._embed_pil(pil)
 
     def _embed_pil(self, pil: Sequence[Any]) -> np.ndarray:
+        self.check_views()  # a tuple compare per request: model.tta may be set after the gallery was built
         return embed(self.model, pil, batch_size=self.batch_size)
+
+    def check_views(self) -> None:
+        """ArtifactError when queries would be embedded otherwise than the gallery (models.embedding.check_views)."""
+        check_views(getattr(self.gallery, "tta", None), self.model.tta)
 
     # --------------------------------------------------------------- prediction
     def predict(self, image: Any) -> Prediction:

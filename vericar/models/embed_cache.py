@@ -117,5 +117,7 @@ def cached_embeddings(model: Any, samples: Sequence[Any], folder: str | Path | N
     emb = cached(folder, lambda: torch.from_numpy(embed(model, samples, **embed_kw)), weights=model,
                  preprocess=model.pretrained_cfg, files=[s.ref for s in samples],
                  extra={"spec": model.spec, "embed_dim": model.embed_dim,
-                        "precision": str(embed_kw.get("precision", "float32"))})
+                        "precision": str(embed_kw.get("precision", "float32")),
+                        # only when set: plain entries cached before test-time views keep their keys
+                        **({"tta": list(views)} if (views := embed_kw.get("tta", model.tta)) else {})})
     return emb.numpy()

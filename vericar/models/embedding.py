@@ -7,7 +7,10 @@ One place therefore decides the preprocessing arithmetic: the model's eval trans
 (decoded in DataLoader workers when asked), batches normalised on the model's device by
 ``normalize_batch`` (the same float32 arithmetic as torchvision's ``ToDtype`` + ``Normalize``),
 the forward pass under ``torch.inference_mode`` in float32 unless ``precision`` asks for autocast,
-and float32 out.
+and float32 out. It is also the one place that applies a model's test-time views (``model.tta``):
+with "flip", each photo and its mirror image go through the network in one batch and their
+embeddings are averaged (then L2-normalised), for the gallery, queries, enrolment, calibration,
+evaluation and training's gallery alike.
 """
 from __future__ import annotations
 
@@ -18,15 +21,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vericar.core.errors import ImageError, VericarError, check_positive_int
+from vericar.core.config import check_tta
+from vericar.core.errors import ArtifactError, ImageError, VericarError, check_positive_int
 from vericar.models.transforms import eval_transform, normalize_batch
 from vericar.vision.images import open_image
 
-__all__ = ["PRECISIONS", "embed", "forward_batches"]
+__all__ = ["PRECISIONS", "average_views", "check_views", "embed", "flip_averaged", "forward_batches"]
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -137,9 +142,44 @@ def forward_batches(
     return torch.cat(out) if out else torch.zeros((0, getattr(model, "output_dim", 0)), dtype=out_dtype)
 
 
-def embed(model: nn.Module, inputs: Any, **kw: Any) -> np.ndarray:
+def average_views(y: torch.Tensor, n_views: int) -> torch.Tensor:
+    """Outputs ``(N * n_views, D)``, each photo's views in consecutive rows -> ``(N, D)``: their mean, L2-normalised."""
+    return F.normalize(y.view(-1, n_views, y.shape[-1]).sum(dim=1), dim=-1)
+
+
+def flip_averaged(run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``run`` on a batch and its mirror images in ONE forward pass; each pair's mean, L2-normalised."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return average_views(run(torch.stack([x, torch.flip(x, dims=[3])], dim=1).flatten(0, 1)), 2)
+
+    return forward
+
+
+def embed(model: nn.Module, inputs: Any, *, tta: Sequence[str] | None = None, **kw: Any) -> np.ndarray:
     """Embeddings ``(N, output_dim)`` float32 of photos / files / samples / uint8 tensors, in input order.
 
+    ``tta``: test-time views to average over (default: the model's own ``model.tta``; ``()`` = none). They
+    apply to ``forward`` too when one is given (e.g. the model without a wrapper): pass ``tta=()`` with a
+    forward that is not the embedding (backbone features).
     Keywords as :func:`forward_batches` (batch_size, num_workers, device, precision, progress, ...).
     """
+    views = check_tta(getattr(model, "tta", ()) if tta is None else tta)
+    if "flip" in views:
+        kw["forward"] = flip_averaged(kw.get("forward") or model)
     return forward_batches(model, inputs, out_dtype=torch.float32, **kw).numpy()
+
+
+_VIEW_WORDS = {(): "plain (one view per photo)", ("flip",): "flip-averaged (each photo with its mirror image)"}
+
+
+def check_views(made: Sequence[str] | None, asked: Sequence[str]) -> None:
+    """Refuse queries embedded with views ``asked`` against a gallery made with ``made`` (None: not recorded):
+    flip-averaged against plain, or the reverse, would put every similarity off a little, a silent loss."""
+    if made is None or tuple(made) == tuple(asked):
+        return
+    raise ArtifactError(
+        f"the gallery's embeddings are {_VIEW_WORDS.get(tuple(made), made)} but the model embeds queries "
+        f"{_VIEW_WORDS.get(tuple(asked), asked)}; they would not compare fairly. Set model.tta to {list(made)}, or "
+        f"re-embed the gallery with the model's setting (python train/calibrate.py --artifact DIR --tta "
+        f"{'flip' if asked else 'none'} for a trained artifact; python -m vericar.evaluate --gallery CSV builds one).")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vericar.core.config import ModelCfg, PreprocessCfg
+from vericar.core.config import ModelCfg, PreprocessCfg, check_tta
 from vericar.core.errors import ArtifactError, SpecError, VericarError
 from vericar.models.backbones import Backbone, create_backbone
 
@@ -35,6 +35,7 @@ class EmbeddingModel(nn.Module):
         self.num_features = backbone.num_features
         self.output_dim = embed_dim or backbone.num_features
         self.preprocess = PreprocessCfg.from_dict(backbone.pretrained_cfg)  # frozen: change with dataclasses.replace
+        self.tta = ()  # test-time views vericar.models.embedding.embed averages over (ModelCfg.tta)
         self.kind = backbone.kind
         self.backbone = backbone.module
         self.head: nn.Module = nn.Linear(self.num_features, embed_dim) if embed_dim else nn.Identity()
@@ -53,9 +54,18 @@ class EmbeddingModel(nn.Module):
         return MappingProxyType(asdict(self.preprocess))
 
     @property
+    def tta(self) -> tuple[str, ...]:
+        """Test-time views each embedding averages over: () or ("flip",) (its mirror image too)."""
+        return self._tta
+
+    @tta.setter
+    def tta(self, views: Any) -> None:
+        self._tta = check_tta(views)
+
+    @property
     def model_cfg(self) -> ModelCfg:
         """This model's node of the config tree (vericar.core.config.ModelCfg)."""
-        return ModelCfg(self.spec, self.embed_dim, self.preprocess)
+        return ModelCfg(self.spec, self.embed_dim, self.preprocess, self.tta)
 
     @property
     def clip_model(self) -> nn.Module | None:
@@ -93,14 +103,15 @@ class EmbeddingModel(nn.Module):
                 pre = None if saved is None else PreprocessCfg.from_dict(saved)
             except SpecError as e:
                 raise ArtifactError(f"model config's preprocess/pretrained_cfg is invalid ({e}); re-save the model") from e
-            spec, embed_dim = cfg["spec"], int(cfg["embed_dim"])
+            spec, embed_dim, tta = cfg["spec"], int(cfg["embed_dim"]), ()
         elif isinstance(cfg, ModelCfg):
-            spec, embed_dim, pre = cfg.spec, cfg.embed_dim, cfg.preprocess
+            spec, embed_dim, pre, tta = cfg.spec, cfg.embed_dim, cfg.preprocess, cfg.tta
         else:
             raise ArtifactError(f"model config must be a ModelCfg or a dict, got {type(cfg).__name__}")
         model = create_model(spec, int(embed_dim), pretrained=pretrained)
         if pre is not None:  # the saved preprocessing is what the weights were trained with: it wins
             model.preprocess = pre
+        model.tta = tta
         return model
 
     def target_layers(self) -> list[nn.Module]:

@@ -18,7 +18,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from vericar.core.errors import ArtifactError, GalleryError, check_positive_int
+from vericar.core.config import check_tta
+from vericar.core.errors import ArtifactError, GalleryError, SpecError, check_positive_int
 from vericar.search import _gallery_io
 from vericar.search._gallery_io import FORMAT_VERSION, JSON_NAME, GalleryParts
 from vericar.search.voting import knn_vote
@@ -38,6 +39,9 @@ class Gallery:
         nprobe: IVF lists visited per query (recall/speed trade-off).
         nlist: IVF list count.
         hnsw_m, ef_construction, ef_search: HNSW graph settings.
+        tta: the test-time views its embeddings were made with (``ModelCfg.tta``: () or ("flip",)), or
+            None when not recorded (a gallery built in memory: the recognizer it is given to records its
+            model's). Saved with the gallery; a saved gallery that records none was made with none.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class Gallery:
         hnsw_m: int = 32,
         ef_construction: int = 64,
         ef_search: int = 128,
+        tta: Sequence[str] | None = None,
     ) -> None:
         check_positive_int(dim, "dim", GalleryError, "the embedding size")
         if index not in INDEX_TYPES:
@@ -66,6 +71,10 @@ class Gallery:
         self.index_type = index
         self.nprobe, self.nlist = int(nprobe), int(nlist)
         self.hnsw_m, self.ef_construction, self.ef_search = int(hnsw_m), int(ef_construction), int(ef_search)
+        try:
+            self.tta: tuple[str, ...] | None = None if tta is None else check_tta(tta)
+        except SpecError as e:
+            raise GalleryError(f"gallery {e}") from e
         self._emb = np.zeros((0, self.dim), dtype=np.float32)
         self.labels: list[str] = []
         self.refs: list[str] = []
@@ -85,9 +94,11 @@ class Gallery:
         return g
 
     def settings(self) -> dict[str, Any]:
-        """Index settings (JSON-able); ``Gallery(dim, **settings)`` recreates an empty twin."""
+        """Index settings (JSON-able); ``Gallery(dim, **settings)`` recreates an empty twin. ``tta`` is
+        written only when the embeddings had test-time views (a plain gallery.json stays as it was)."""
+        views = {"tta": list(self.tta)} if self.tta else {}
         return {"index": self.index_type, "nprobe": self.nprobe, "nlist": self.nlist, "hnsw_m": self.hnsw_m,
-                "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+                "ef_construction": self.ef_construction, "ef_search": self.ef_search, **views}
 
     def _new_index(self) -> faiss.Index:
         n = self._emb.shape[0]
@@ -250,7 +261,7 @@ class Gallery:
         """Read a gallery written by ``save`` (ArtifactError when missing, corrupt or of another version)."""
         parts = _gallery_io.read(directory)
         try:
-            g = cls(parts.dim, **parts.settings)
+            g = cls(parts.dim, **{"tta": (), **parts.settings})  # recorded none: made with none
         except (GalleryError, TypeError) as e:  # TypeError: a setting this vericar does not know
             raise ArtifactError(f"gallery in {directory} has unusable settings ({e}); rebuild it.") from e
         g._emb, g.labels, g.refs, g._thumbs = parts.embeddings, parts.labels, parts.refs, parts.thumbnails

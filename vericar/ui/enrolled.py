@@ -31,6 +31,7 @@ from filelock import FileLock, Timeout
 from vericar.artifacts.config_file import legacy_model_dict
 from vericar.core.errors import ArtifactError, VericarError
 from vericar.core.recognizer import Recognizer
+from vericar.models.embedding import check_views
 from vericar.search.gallery import Gallery
 from vericar.ui.labels import MAX_LABEL_LEN  # noqa: F401 - re-exported: the label rules live in labels.py
 from vericar.ui.labels import check_not_confusable, html_text, normalise_label
@@ -79,14 +80,28 @@ def lock_data_dir(data_dir: str | os.PathLike) -> FileLock:
     return lock
 
 
-def model_key(rec: Recognizer) -> str:
-    """Short fingerprint of the served model: enrolled embeddings only make sense for the model that made them."""
+def model_key(rec: Recognizer, tta: tuple[str, ...] | None = None) -> str:
+    """Short fingerprint of the served model: enrolled embeddings only make sense for the model that made them
+    (``tta``: as if its test-time views were these; default its own)."""
     # The pre-tree form of the model's description, so enrolments saved before it still match.
-    h = hashlib.sha256(json.dumps(legacy_model_dict(rec.model.model_cfg), sort_keys=True, default=str).encode())
+    described = legacy_model_dict(rec.model.model_cfg)
+    views = rec.model.tta if tta is None else tta
+    if views:  # other embeddings from the same weights; a plain model's key stays what it was
+        described["tta"] = list(views)
+    h = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
     params = list(rec.model.parameters())
     for p in (params[:1] + params[-1:]):  # first and last tensors tell trained weights apart cheaply
         h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _say_if_left_behind(root: Path, rec: Recognizer, own: Path) -> None:
+    """Vehicles added under the same weights embedded another way (before flip averaging) are not loaded:
+    their embeddings would not compare with this model's. Say where they are, once, at start."""
+    plain = root / "enrolled" / model_key(rec, tta=())
+    if plain != own and (plain / "gallery.json").is_file() and not (own / "gallery.json").is_file():
+        log.warning("vehicles added before this model averaged each photo with its mirror image are kept in %s "
+                    "but not loaded (their embeddings are plain); add their photos again to use them", plain)
 
 
 def _copy(src: Gallery, rows: Iterable[int], add: Callable[..., Any]) -> None:
@@ -117,6 +132,7 @@ class EnrolledStore:
         self.rec = rec
         root = Path(data_dir).expanduser()
         self.dir = root / "enrolled" / model_key(rec)
+        _say_if_left_behind(root, rec, self.dir)
         self.lock = threading.Lock()
         self.base = {lab.casefold() for lab in rec.gallery.classes}
         # Before reading: this model's folder is ours from here (another model's store may share the data dir).
@@ -131,9 +147,10 @@ class EnrolledStore:
     def _load(self) -> Gallery:
         """The saved added vehicles (none if nothing was saved), less those the model has learnt since."""
         if not (self.dir / "gallery.json").is_file():
-            return Gallery(self.rec.gallery.dim)
+            return Gallery(self.rec.gallery.dim, tta=self.rec.model.tta)
         try:
             saved = Gallery.load(self.dir)
+            check_views(saved.tta, self.rec.model.tta)
         except ArtifactError as e:
             raise ArtifactError(f"the added vehicles in {self.dir} cannot be read ({e}); move that folder "
                                 "away to start without them.") from e
