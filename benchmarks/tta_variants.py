@@ -90,8 +90,8 @@ def main(argv=None) -> dict:
     recs = {"cur": load(args.model, detector="none"), "prev": load(f"local-dir:{args.previous}", detector="none")}
     rec = recs["cur"]
     train = load_csv(Path(args.data) / "train.csv")
-    by_ref = {short_ref(s.ref): s for s in train}
-    g_samples = [by_ref[short_ref(r)] for r in rec.gallery.refs]
+    by_ref = {r: s for s in train for r in (s.ref, short_ref(s.ref))}  # a shipped gallery keeps short refs
+    g_samples = [by_ref[r] for r in rec.gallery.refs]
     if args.split == "validation":
         is_val, val_s = validation_slice(rec, args.model)
         q_items = real_input_views([s.image for s in val_s], seed=0)

@@ -388,7 +388,15 @@ def test_unknown_notice_names_no_vehicle():
     md = result_markdown(pred, 0.25)
     assert "Unknown vehicle" in md and "0.731" in md and "0.250" in md and "Audi" not in md
     pred.unknown_levels = ["model", "type", "year"]  # the make is confident on its own
+    pred.confidence = {"model": 0.4, "make": 0.7}
     md = result_markdown(pred, 0.25)
-    assert md.startswith("### Audi — model not in the gallery") and "A4" not in md and "Sedan" not in md
+    assert md.startswith("### Probably an Audi (make 70%); type and model not in the gallery")
+    assert "A4" not in md and "Sedan" not in md
+    pred.unknown_levels = ["model", "make", "year"]  # only the type
+    pred.confidence = {"model": 0.4, "make": 0.3, "type": 0.96}
+    md = result_markdown(pred, 0.25)
+    assert md.startswith("### A Sedan (96%); make and model not in the gallery") and "Audi" not in md
+    pred.ood_score = 0.2  # flagged by the model-confidence floor, not by its score: said so
+    assert "disagree on which model it is" in result_markdown(pred, 0.25)
     pred.unknown, pred.unknown_levels = False, []
     assert "Audi A4 Sedan 2012" in result_markdown(pred, 0.25)

@@ -282,7 +282,9 @@ def test_partial_answer_on_a_hand_built_gallery(model, tmp_path):
     d = prediction_dict(pred)
     assert (d["label"], d["model"], d["year"], d["make"], d["type"]) == (None, None, None, "Jeep", "SUV")
     assert d["confidence"]["model"] == 0.0 and d["confidence"]["make"] == pytest.approx(pred.confidence["make"])
-    assert "Jeep · SUV — model not in the gallery" in result_markdown(pred, rec.ood.threshold)
+    words = f"Probably a Jeep (make {pred.confidence['make']:.0%}) · SUV ({pred.confidence['type']:.0%}) · model not in the gallery"
+    assert f"### {words}" in result_markdown(pred, rec.ood.threshold)
+    assert d["summary"] == words[0].lower() + words[1:]
     # Far from everything: nothing is named.
     far = np.zeros(DIM)
     far[12] = 1.0

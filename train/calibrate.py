@@ -142,6 +142,39 @@ def re_embed_gallery(rec: Recognizer, views: tuple[str, ...], *, progress: bool 
     rec.gallery = new
 
 
+def open_world_part(args: argparse.Namespace, known: Recognizer, calibration: Calibration, val_paths: Sequence[Any],
+                    tc: dict[str, Any], false_unknown: float) -> tuple[Calibration, float, dict[str, Any]]:
+    """``--unseen``: fit the calibration's open-world part on this training's held-out classes' photos (their
+    real-input views), never on dev; ``--unseen-from``: carry it over. Returns it, the KNN+ threshold, a report."""
+    from train.realinput import real_input_views
+    from vericar.artifacts.hub import load
+    from vericar.evaluation.data import load_source, split_holdout
+    from vericar.search.unseen_fit import carry_over, fit_unseen
+
+    if args.unseen and args.unseen_from:
+        raise VericarError("--unseen fits on this training's own held-out classes, --unseen-from carries a fit over; "
+                           "give one of them.")
+    seed = tc.get("seed", 0)
+    q_known = embed(known.model, real_input_views(val_paths, seed))
+    if args.unseen_from:
+        source = load(f"local-dir:{args.unseen_from}")
+        if source.config.model != known.model.model_cfg:
+            raise VericarError(f"--unseen-from {args.unseen_from}: its model (backbone, preprocessing, test-time views) "
+                               "differs from this one's; carry over only from a training of the same recipe.")
+        cal, t_o = carry_over(known, calibration, source.calibration, q_known, false_unknown=false_unknown,
+                              source_name=str(args.unseen_from))
+        return cal, t_o, {"carried_over_from": str(args.unseen_from), "ood_threshold": t_o}
+    _, held = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
+    if not held:
+        raise VericarError("--unseen needs an open-world training (train/train.py --holdout-classes RULE): this one "
+                           "was trained on every class, so it has no never-trained photos; use --unseen-from.")
+    if any(Path(str(s.image)).parent.name == "dev" for s in held):
+        raise VericarError("--unseen would fit on dev photos; dev is for measuring only. Train on the training CSV.")
+    q_unseen = embed(known.model, real_input_views([s.image for s in held], seed + 1))
+    return fit_unseen(known, calibration, q_known, q_unseen, [s.class_name for s in held],
+                      max_wrong=args.max_wrong, false_unknown=false_unknown)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train/calibrate.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py")
@@ -156,6 +189,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--tta", choices=("flip", "none"),
                     help="re-embed the gallery from its photos with these test-time views (flip: each photo averaged "
                          "with its mirror image), then refit everything for them (default: keep the artifact's)")
+    ap.add_argument("--unseen", action="store_true",
+                    help="an open-world training: fit what unknown vehicles are told (make / type confidences, partial "
+                         "thresholds, model floor) on its held-out classes' training photos, never trained on")
+    ap.add_argument("--unseen-from", metavar="ARTIFACT",
+                    help="carry that part over from an open-world training of the same recipe fitted with --unseen")
     ap.add_argument("--clean-views", action="store_true",
                     help="fit on the stored tight crops instead of real-input views of them (the old behaviour)")
     return ap
@@ -199,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rec.model, emb[~is_val], labels[~is_val], [] if args.clean_views else [s.image for s in val_in_g],
         labels[is_val], k=rec.k, ood_k=rec.ood.k, tpr=rec.ood.tpr or tc.get("ood_tpr", 0.95), density=density,
         max_wrong=args.max_wrong, g_va_clean=emb[is_val], seed=tc.get("seed", 0), pool=pooled)
+    if args.unseen or args.unseen_from:
+        known = Recognizer(rec.model, Gallery.from_arrays(emb[~is_val], list(labels[~is_val])), KNNOOD(rec.ood.k),
+                           k=rec.k, density=density)
+        calibration, ood.threshold, metrics["unseen"] = open_world_part(
+            args, known, calibration, [s.image for s in val_in_g], tc, 1.0 - (rec.ood.tpr or 0.95))
     rec.ood, rec.density, rec.calibration = ood, density, calibration
     command = "python train/calibrate.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rec.meta.update(command=f"{rec.meta.get('command', '')}\n{command}")

@@ -5,8 +5,9 @@ Format 3 is ``{"format": "vericar", "format_version": 3, **VericarConfig.to_dict
 Format 4 is format 3 with a calibration that has a nearness term (method "knn-softmax-sim"): it is
 written only then, so the vericar before it refuses such an artifact with its clear "install the
 version that wrote it" instead of misreading the calibration. Format 5 is a model with test-time
-views (``model.tta``, e.g. flip averaging): a vericar before it would embed queries without them
-against a gallery embedded with them, a silent accuracy loss, so it must refuse. Every other
+views (``model.tta``, e.g. flip averaging), or a calibration with a part fitted on never-trained
+models (method "knn-softmax-open"): a vericar before it would embed queries without the views against
+a gallery embedded with them, a silent accuracy loss, so it must refuse. Every other
 artifact stays format 3.
 Formats 1 and 2 (vericar before the config tree) restated settings: the density weight in
 ``density`` and again in ``meta.train_config``, the OOD threshold in ``ood`` and again in
@@ -69,13 +70,14 @@ def write(directory: str | os.PathLike, cfg: VericarConfig, meta: dict[str, Any]
 
 
 def version_for(cfg: VericarConfig) -> int:
-    """The format ``cfg`` is written in: 5 with test-time views, else 4 when its calibration has a
-    nearness term, else 3 (the oldest that reads it right)."""
+    """The format ``cfg`` is written in: 5 with test-time views or an open-world calibration, else 4 when
+    its calibration has a nearness term, else 3 (the oldest that reads it right)."""
     from vericar.search.calibration import METHODS
 
-    if cfg.model.tta:
+    method = cfg.calibration.get("method") if cfg.calibration is not None else None
+    if cfg.model.tta or method == METHODS[2]:
         return CURRENT_VERSIONS[2]
-    nearness = cfg.calibration is not None and cfg.calibration.get("method") == METHODS[1]
+    nearness = method == METHODS[1]
     return CURRENT_VERSIONS[1] if nearness else CURRENT_VERSIONS[0]
 
 

@@ -22,7 +22,7 @@ from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, P
 from vericar.models.embedding import check_views, embed
 from vericar.models.model import EmbeddingModel
 from vericar.models.transforms import eval_transform, input_view
-from vericar.search.calibration import Calibration
+from vericar.search.calibration import PARTIAL_LEVELS, Calibration
 from vericar.search.density import DensityCorrection
 from vericar.search.gallery import Gallery
 from vericar.search.labels import normalise_label
@@ -197,6 +197,10 @@ class Recognizer:
             values[level], c = self.calibration.vote(s[0], ix[0], self.gallery.labels, self._level_fn(level),
                                                      level, k, self.n_values(level))
             conf[level] = float(c)
+        unknown = unknown or self.calibration.below_floor(conf["model"])
+        for level in PARTIAL_LEVELS if unknown and self.calibration.unseen else ():  # as fitted on unseen models
+            conf[level] = float(self.calibration.vote(s[0], ix[0], self.gallery.labels, self._level_fn(level), level,
+                                                      k, self.n_values(level), unseen=True)[1])
         label = values["model"]
         hier = label is not None and self.taxonomy.is_hierarchical(label)
         labels, refs = self.gallery.labels, self.gallery.refs

@@ -40,7 +40,7 @@ B_BOUNDS = (-30.0, 30.0)
 A_BOUNDS = (0.0, 100.0)  # logit per unit of cosine; >= 0: a nearer neighbour never makes its value less likely
 # "knn-softmax": temperatures and biases only (every artifact before the similarity term, and any
 # fit that left it at 0: older vericars read those). "knn-softmax-sim": a level has a term.
-METHODS = ("knn-softmax", "knn-softmax-sim")
+METHODS = ("knn-softmax", "knn-softmax-sim", "knn-softmax-open")  # open: with a part fitted on never-trained models
 
 
 def _voters(scores: np.ndarray, idx: np.ndarray, labels: Sequence[str], level_of: Callable[[str], Any]):
@@ -92,6 +92,10 @@ class Calibration:
     ``thresholds[level]``: for ``PARTIAL_LEVELS``, the confidence above which that level is still
     named when the model-level answer is unknown (missing: never named then).
     ``info``: how and on what it was fitted (recipe, photo counts, fitted figures).
+    ``unseen``: fitted on never-trained models (vericar/search/unseen_fit.py), empty when not: the make /
+    type softmax for a vehicle whose model is unknown (``temperatures``, ``biases``, ``scales``), and
+    ``model_floor``, the model-level confidence under which a photo counts as unknown even when its
+    KNN+ score is low. ``thresholds`` are then compared with those unseen confidences.
     """
 
     temperatures: dict[str, float] = field(default_factory=dict)
@@ -99,22 +103,37 @@ class Calibration:
     info: dict[str, Any] = field(default_factory=dict)
     biases: dict[str, float] = field(default_factory=dict)
     scales: dict[str, float] = field(default_factory=dict)
+    unseen: dict[str, Any] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         return bool(self.temperatures or self.thresholds)
 
     def vote(self, scores: np.ndarray, idx: np.ndarray, labels: Sequence[str], level_of: Callable[[str], Any],
-             level: str, k: int, n_values: int) -> tuple[Any, float]:
-        """One query's answer at ``level`` and its confidence (calibrated when this level has a temperature)."""
+             level: str, k: int, n_values: int, *, unseen: bool = False) -> tuple[Any, float]:
+        """One query's answer at ``level`` and its confidence (calibrated when this level has a temperature;
+        ``unseen``: as calibrated on never-trained models, where this calibration has that level)."""
         winner, share = knn_vote(scores[None, :], idx[None, :], labels, level_of)[0]
-        t = self.temperatures.get(level)
+        temps, biases, scales = self.softmax_settings(unseen and level in self.unseen.get("temperatures", {}))
+        t = temps.get(level)
         if t is None:
             return winner, float(share)
-        a = self.scales.get(level, 0.0)
+        a = scales.get(level, 0.0)
         maxima = level_maxima(scores, idx, labels, level_of) if a else None
         return winner, softmax_confidence(level_weights(scores, idx, labels, level_of), winner, k, n_values, t,
-                                          self.biases.get(level, 0.0), maxima, a)
+                                          biases.get(level, 0.0), maxima, a)
+
+    def softmax_settings(self, unseen: bool = False) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """(temperatures, biases, scales) for known vehicles, or (``unseen``) for never-trained models."""
+        if unseen:
+            u = self.unseen
+            return u.get("temperatures", {}), u.get("biases", {}), u.get("scales", {})
+        return self.temperatures, self.biases, self.scales
+
+    def below_floor(self, model_confidence: float) -> bool:
+        """Whether a photo is too unsure of its model to be called known (the unseen fit's ``model_floor``)."""
+        floor = self.unseen.get("model_floor")
+        return floor is not None and model_confidence < floor
 
     def unknown_levels(self, confidence: dict[str, float], unknown: bool) -> list[str]:
         """Levels whose answer is withheld: none for a known vehicle; for an unknown one, model and
@@ -128,8 +147,11 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, stored under "calibration" in an artifact's config.json."""
         scales = {lvl: a for lvl, a in self.scales.items() if a}
-        d = {"method": METHODS[bool(scales)], "temperatures": dict(self.temperatures), "biases": dict(self.biases),
+        method = METHODS[2] if self.unseen else METHODS[bool(scales)]
+        d = {"method": method, "temperatures": dict(self.temperatures), "biases": dict(self.biases),
              "thresholds": dict(self.thresholds), "info": self.info}
+        if self.unseen:
+            d["unseen"] = {k: dict(v) if isinstance(v, dict) else v for k, v in self.unseen.items()}
         return {**d, "scales": scales} if scales else d
 
     @classmethod
@@ -142,7 +164,7 @@ class Calibration:
             raise ArtifactError(f"calibration method {got!r} is not one this vericar reads ({', '.join(METHODS)}): "
                                 "the artifact was written by another vericar version, or by hand. Install the "
                                 "version that wrote it, or re-calibrate with python train/calibrate.py.")
-        if d.get("scales") and d["method"] != METHODS[1]:  # a reader of the old method would ignore them
+        if d.get("scales") and d["method"] == METHODS[0]:  # a reader of the old method would ignore them
             raise ArtifactError(f"calibration method {d['method']!r} has no nearness scales, but scales "
                                 f"{d['scales']!r} are given; re-calibrate with python train/calibrate.py.")
         temps, thr, biases, scales = (_numbers(d, key) for key in ("temperatures", "thresholds", "biases", "scales"))
@@ -158,7 +180,29 @@ class Calibration:
             raise ArtifactError(f"calibration has unknown levels {bad} or values out of range {out_of_range} "
                                 f"(levels are {LEVELS}; temperatures in {T_BOUNDS}, biases in {B_BOUNDS}, scales "
                                 f"in {A_BOUNDS}, thresholds in [0, 1]). Re-calibrate with python train/calibrate.py.")
-        return cls(temps, thr, dict(d.get("info") or {}), biases, scales)
+        return cls(temps, thr, dict(d.get("info") or {}), biases, scales, _unseen(d))
+
+
+def _unseen(d: dict[str, Any]) -> dict[str, Any]:
+    """The calibration's ``unseen`` part, checked (method "knn-softmax-open" has it, the others none)."""
+    u = d.get("unseen")
+    if (u is not None) != (d["method"] == METHODS[2]) or (u is not None and not isinstance(u, dict)):
+        raise ArtifactError(f"calibration method {d['method']!r} with unseen={u!r}: method {METHODS[2]!r} goes with "
+                            "an object fitted on never-trained models, the others with none; re-calibrate with "
+                            "python train/calibrate.py.")
+    if u is None:
+        return {}
+    out: dict[str, Any] = {key: _numbers(u, key) for key in ("temperatures", "biases", "scales")}
+    floor = u.get("model_floor")
+    bounds = {"temperatures": T_BOUNDS, "biases": B_BOUNDS, "scales": A_BOUNDS}
+    bad = {f"{key}[{lvl}]": x for key, vals in out.items() for lvl, x in vals.items()
+           if lvl not in PARTIAL_LEVELS or not bounds[key][0] - 1e-9 <= x <= bounds[key][1] + 1e-9}
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1):
+        bad["model_floor"] = floor
+    if bad:
+        raise ArtifactError(f"calibration unseen part has values out of range or levels other than "
+                            f"{PARTIAL_LEVELS}: {bad}; re-calibrate with python train/calibrate.py.")
+    return {**out, "model_floor": None if floor is None else float(floor), "info": dict(u.get("info") or {})}
 
 
 def _numbers(d: dict[str, Any], key: str) -> dict[str, float]:

@@ -85,23 +85,46 @@ def prediction_dict(pred: Any) -> dict[str, Any]:
         d.update(label=None, **{lvl: None for lvl in LEVELS if lvl in withheld})
         d["confidence"] = {k: 0.0 if k in withheld else v for k, v in d["confidence"].items()}
     d["neighbours"] = [{"label": n["label"], "score": finite(n["score"])} for n in d["neighbours"]]
+    d["summary"] = answer_words(pred)
     return d
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def answer_words(pred: Any, name: Any = str) -> str:
+    """One line that says what is known and how sure, no more: "BMW X5 SUV 2007"; "probably a Jeep (make 70%)
+    · SUV (96%) · model not in the gallery"; "an SUV; make and model not in the gallery"; "unknown vehicle".
+    ``name`` is applied to every name from the gallery (md_text for markdown)."""
+    if not pred.unknown:
+        return name(str(pred.label))
+    make, vtype = (name(getattr(pred, lvl)) if pred.is_known(lvl) and getattr(pred, lvl) else None
+                   for lvl in ("make", "type"))
+    conf = {lvl: f"{pred.confidence.get(lvl, 0.0):.0%}" for lvl in ("make", "type")}
+    if make and vtype:
+        return f"probably {_a(make)} (make {conf['make']}) · {vtype} ({conf['type']}) · model not in the gallery"
+    if make:
+        return f"probably {_a(make)} (make {conf['make']}); type and model not in the gallery"
+    if vtype:
+        return f"{_a(vtype)} ({conf['type']}); make and model not in the gallery"
+    return "unknown vehicle: neither its model nor its make is in the gallery"
+
+
+def _why_unknown(pred: Any, threshold: float | None) -> str:
+    if threshold is not None and pred.ood_score <= threshold:  # flagged by the model-confidence floor
+        return (f"Unknown-vehicle score **{pred.ood_score:.3f}** (threshold {threshold:.3f}), but its nearest known "
+                "vehicles disagree on which model it is, as they do for models the network never saw.")
+    thr = f", above the threshold of {threshold:.3f}" if threshold is not None else ""
+    return f"Unknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike every vehicle the model knows."
+
+
 def result_markdown(pred: Any, threshold: float | None) -> str:
-    """The Identify tab's verdict: the vehicle and its levels, or an unknown-vehicle notice naming none."""
+    """The Identify tab's verdict: the vehicle and its levels, or what is known of an unknown one (answer_words)."""
     if pred.unknown:
-        thr = f", above the threshold of {threshold:.3f}" if threshold is not None else ""
-        named = [getattr(pred, lvl) for lvl in ("make", "type") if pred.is_known(lvl) and getattr(pred, lvl)]
-        if named:  # a partial answer: "Jeep · SUV — model not in the gallery"
-            conf = ", ".join(f"{lvl} {pred.confidence.get(lvl, 0):.0%}" for lvl in ("make", "type")
-                             if pred.is_known(lvl))
-            return (f"### {' · '.join(md_text(n) for n in named)} — model not in the gallery\nConfidence: {conf}. "
-                    f"Unknown-vehicle score **{pred.ood_score:.3f}**{thr}: the exact model is unlike every vehicle "
-                    "the model knows. If it is a new vehicle, add it in the *Add a vehicle* tab.")
-        return (f"### Unknown vehicle\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
-                "every vehicle the model knows, so no name is given. If it is a new vehicle, add it in "
-                "the *Add a vehicle* tab.")
+        words = answer_words(pred, md_text)
+        return (f"### {words[:1].upper() + words[1:]}\n{_why_unknown(pred, threshold)} "
+                "If it is a new vehicle, add it in the *Add a vehicle* tab.")
     parts = [f"**{lvl}**: {md_text(getattr(pred, lvl))}" for lvl in ("make", "model", "type", "year")
              if getattr(pred, lvl)]
     return f"### {md_text(pred.label)}\n" + " · ".join(parts) + "\n\n" + score_words(pred.ood_score, threshold)

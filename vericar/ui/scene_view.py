@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vericar.ui.present import finite, prediction_dict
 
-VEHICLE_KEYS = ("label", "make", "model", "type", "year", "confidence", "unknown", "ood_score")
+VEHICLE_KEYS = ("label", "make", "model", "type", "year", "confidence", "unknown", "ood_score", "summary")
 NO_VEHICLE = "no vehicle found"
 # Main vehicle first, then a few distinct colours for the others.
 COLOURS = [(234, 88, 12), (37, 99, 235), (22, 163, 74), (147, 51, 234), (219, 39, 119), (13, 148, 136)]
@@ -23,7 +23,7 @@ def short_label(pred: Any) -> str:
 def identify_answer(preds: Sequence[Any], main: Any) -> dict[str, Any]:
     """The /identify JSON: every key of the main vehicle's answer (``prediction_dict``), its
     ``box``, and ``vehicles`` (each {box, label, make, model, type, year, confidence, unknown,
-    ood_score}, largest first; [] when no vehicle was found, with ``message`` saying so)."""
+    ood_score, summary}, largest first; [] when no vehicle was found, with ``message`` saying so)."""
     d = prediction_dict(main)
     d["box"] = main.box
     d["vehicles"] = []
