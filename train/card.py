@@ -133,8 +133,8 @@ def _limits(config: VericarConfig, meta: dict[str, Any], tc: dict[str, Any]) -> 
              ("- Whole photos: the vehicles are found by `" + detector + "`; a vehicle it misses is not answered."
               if detector != "none" else "- No vehicle detector: the whole photo is taken as the vehicle; crop it first.")]
     if "stanford_cars" in str(tc.get("data") or ""):
-        lines.insert(3, "- Its vehicles are Stanford Cars' car models, up to model year 2012: a newer model is unknown "
-                        "to it until it is enrolled.")
+        lines.insert(3, "- Its vehicles are Stanford Cars' car models, up to model year 2012: a newer model is not in "
+                        "its gallery until it is enrolled.")
     stopped = _stopped(meta).strip()
     if stopped and not stopped.startswith("Early stopping"):
         lines.append(f"- {stopped}")
@@ -154,8 +154,7 @@ def _licence(config: VericarConfig, tc: dict[str, Any]) -> list[str]:
                                                        if tc.get("pretrained", True) else ", trained from scratch."))
     if "stanford_cars" in data:
         lines.append("- Training data: Stanford Cars (Krause et al., 2013), for non-commercial research use; this "
-                     "model was trained on it, so use it for non-commercial research. The gallery holds embeddings "
-                     "and references of its photos, not the photos.")
+                     "model was trained on it, so use it for non-commercial research.")
     else:
         lines.append(f"- Training data: `{data or '?'}`: its licence applies to this model.")
     if config.detector and config.detector.spec.startswith("opencv-ssd"):
