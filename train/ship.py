@@ -28,7 +28,7 @@ if __name__ == "__main__" and not __package__:  # run as a file (accelerate laun
 
 import yaml
 
-from train.card import write_card
+from train.card import dev_figures, dev_section, write_card
 from train.errors import TrainError, cli
 from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, load_local, read_artifact, read_config, write_config
 from vericar.core.errors import VericarError
@@ -103,8 +103,10 @@ def portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _write_metadata(src: Path, tmp: Path, detector: str, card_extra: str | None = None) -> None:
-    """config.json, train_config.yaml and the card of ``src``, written to ``tmp`` without local folders."""
+def _write_metadata(src: Path, tmp: Path, detector: str, card_extra: str | None = None,
+                    dev: dict[str, Any] | None = None) -> None:
+    """config.json, train_config.yaml and the card of ``src`` (with the ``dev`` figures), written to ``tmp``
+    without local folders."""
     config, meta = read_artifact(src)
     if detector != "none":
         config = dataclasses.replace(config, detector=DetectorCfg(detector))
@@ -116,11 +118,14 @@ def _write_metadata(src: Path, tmp: Path, detector: str, card_extra: str | None 
         settings = portable_settings(yaml.safe_load((src / "train_config.yaml").read_text()) or {})
         (tmp / "train_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     if (meta.get("metrics") or {}).get("validation") is not None:
-        write_card(tmp, config, meta)
-    elif (src / "README.md").is_file():
-        shutil.copy2(src / "README.md", tmp / "README.md")
+        write_card(tmp, config, meta, dev)
+        return
+    card = (src / "README.md").read_text() if (src / "README.md").is_file() else ""
+    if card:
         print(f"warning: {src} has no training metrics to write a card from; its README.md is copied as "
               "written (check it for local folders).")
+    if card or dev:
+        (tmp / "README.md").write_text(card + ("\n" + dev_section(dev) if dev else ""))
 
 
 def _read_input(path: str, flag: str) -> str:
@@ -130,22 +135,15 @@ def _read_input(path: str, flag: str) -> str:
         raise TrainError(f"{flag} {path}: cannot read it ({e}); give an existing text file.") from e
 
 
-def _dev_section(eval_json: str, command: str | None) -> str:
-    """The card's dev accuracy table from ``python -m vericar.evaluate --json`` output."""
+def _read_dev(eval_json: str, command: str | None) -> dict[str, Any]:
+    """The dev figures for the card, from ``python -m vericar.evaluate --json`` output (checked here)."""
     try:
-        r = json.loads(eval_json)
-        t = r["top1"]
-        return (
-            f"## Dev accuracy ({r['n_queries']:,} photos of the Stanford Cars test split, k-NN on this gallery"
-            f"{', detector ' + str(r['detector']) if r.get('detector') else ''})\n\n"
-            "| top-1 model | top-1 make | top-1 type | top-5 model | macro-F1 | Recall@1 |\n|---|---|---|---|---|---|\n"
-            f"| {100 * t['model']:.2f}% | {100 * t['make']:.2f}% | {100 * t['type']:.2f}% | "
-            f"{100 * r['top5']['model']:.2f}% | {100 * r['macro_f1']:.2f}% | {100 * r['recall_at_1']:.2f}% |\n\n"
-            + (f"```\n{portable_command(command)}\n```\n\n" if command else "")
-            + "The gallery ships without thumbnails (they would be copies of the dataset's photos).\n")
-    except (ValueError, KeyError, TypeError) as e:
+        result = json.loads(eval_json)
+        dev_figures(result)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise TrainError(f"--eval-json is not what python -m vericar.evaluate --json writes ({e!r}); "
                          "give that command's output.") from e
+    return {"result": result, "command": portable_command(command) if command else None}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -169,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise TrainError(f"--dest {dest} is a file; pass the folder to ship into (e.g. vericar/default).")
     # The other inputs too, before anything is written.
     card_extra = _read_input(args.card_extra, "--card-extra") if args.card_extra else None
-    dev_section = _dev_section(_read_input(args.eval_json, "--eval-json"), args.eval_command) if args.eval_json else ""
+    dev = _read_dev(_read_input(args.eval_json, "--eval-json"), args.eval_command) if args.eval_json else None
     old = dest.with_name(dest.name + ".old")
     if not dest.exists() and is_complete(old):
         # An earlier ship stopped between its two renames: put the previous model back first, so
@@ -183,14 +181,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
     # tmp is not served yet, so plain writes are safe (the renames below make the swap atomic).
-    _write_metadata(src, tmp, args.detector, card_extra)
+    _write_metadata(src, tmp, args.detector, card_extra, dev)
     g = Gallery.load(src)
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
     slim.save(tmp)
-    if dev_section:
-        card = tmp / "README.md"
-        card.write_text(card.read_text() + "\n" + dev_section if card.is_file() else dev_section)
     try:  # what would be served must load before it replaces anything
         load_local(tmp, detector="none")
     except VericarError as e:
