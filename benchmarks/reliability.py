@@ -1,5 +1,5 @@
 """Do the confidences mean what they say? Does the unknown flag fire at its stated rate? How often
-is a partial answer ("Jeep · SUV — model not in the gallery") right?
+is a partial answer ("probably a Jeep (make 70%) · SUV (96%) · model not in the gallery") right?
 
     python benchmarks/reliability.py --model default --queries $D/dev.csv --png benchmarks/reliability.png
     python benchmarks/reliability.py --model local-dir:OUT --queries $D/dev.csv     # open-world run
@@ -70,6 +70,10 @@ def partial_figures(preds, truth, tax: Taxonomy, known_makes: set) -> dict:
         right = np.array([getattr(preds[i], lvl) == tax.level_value(truth[i], lvl) for i in keep], dtype=bool)
         out[lvl] = {"given_right": float((given & right).mean()), "given_wrong": float((given & ~right).mean()),
                     "withheld": float((~given).mean()),
+                    # does "make 70%" mean 70% on these photos too? (the confidence shown, where a value is shown)
+                    "ece_given": expected_calibration_error(
+                        np.array([preds[i].confidence.get(lvl, 0.0) for i in keep])[given], right[given])
+                    if given.any() else None,
                     # the partial answers alone: photos the unknown check caught
                     "flagged_given_right": float((given & right)[flagged].mean()) if flagged.any() else None,
                     "flagged_given_wrong": float((given & ~right)[flagged].mean()) if flagged.any() else None}
@@ -167,7 +171,8 @@ def report(res: dict) -> None:
         print(f"\nunknown-class queries whose make is known: {u['n']} (flagged unknown {100 * u['flagged_unknown']:.2f}%)")
         for lvl in ("make", "type"):
             print(f"  {lvl}: given and right {100 * u[lvl]['given_right']:.2f}%, given and wrong "
-                  f"{100 * u[lvl]['given_wrong']:.2f}%, withheld {100 * u[lvl]['withheld']:.2f}%; of the photos "
+                  f"{100 * u[lvl]['given_wrong']:.2f}%, withheld {100 * u[lvl]['withheld']:.2f}%, ECE of the "
+                  f"confidence shown {100 * (u[lvl]['ece_given'] or 0):.2f}%; of the photos "
                   f"flagged unknown (partial answers): right {100 * (u[lvl]['flagged_given_right'] or 0):.2f}%, "
                   f"wrong {100 * (u[lvl]['flagged_given_wrong'] or 0):.2f}%")
         print(f"ID top-1 model {100 * e['top1']['model']:.2f}% / make {100 * e['top1']['make']:.2f}% / type "

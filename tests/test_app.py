@@ -396,7 +396,7 @@ def test_unknown_notice_names_no_vehicle():
     pred.confidence = {"model": 0.4, "make": 0.3, "type": 0.96}
     md = result_markdown(pred, 0.25)
     assert md.startswith("### A Sedan (96%); make and model not in the gallery") and "Audi" not in md
-    pred.ood_score = 0.2  # flagged by the model-confidence floor, not by its score: said so
-    assert "disagree on which model it is" in result_markdown(pred, 0.25)
+    pred.ood_score = 0.2  # flagged by the make-confidence floor, not by its score: said so
+    assert "disagree on its make" in result_markdown(pred, 0.25)
     pred.unknown, pred.unknown_levels = False, []
     assert "Audi A4 Sedan 2012" in result_markdown(pred, 0.25)

@@ -116,6 +116,29 @@ def _calibration(meta: dict[str, Any], ood: Any) -> list[str]:
         other = _pct(loo[lvl][0]["ece_others_fit"]) if loo.get(lvl) else "—"
         lines.append(f"| {lvl} | {_pct(r['accuracy'])} | {_pct(r['ece_vote_share'])} → {_pct(r['ece_calibrated'])} | "
                      f"{other} | {'—' if thr is None else format(thr, '.3f')} |")
+    return lines + [""] + _unseen(meta)
+
+
+def _unseen(meta: dict[str, Any]) -> list[str]:
+    """What unknown vehicles are told, when fitted on never-trained models (train/calibrate.py --unseen)."""
+    u = (meta.get("metrics") or {}).get("unseen")
+    if not u:
+        return []
+    if "carried_over_from" in u:
+        return [f"**Unknown vehicles**: their make / type confidences, partial-answer thresholds and make-confidence "
+                f"floor were fitted on never-trained models of an open-world training of this recipe "
+                f"(`{u['carried_over_from']}`) and carried over; the unknown threshold was refitted here with "
+                f"that floor.", ""]
+    lv = u.get("levels", {})
+    lines = [f"**Unknown vehicles**: fitted on {u['n_unseen']} photos of never-trained models (this training's "
+             f"held-out classes): a photo whose make confidence is under {u['make_floor']:.3f} counts as "
+             f"unknown too ({_pct(u['known_flagged'])} of known validation photos flagged in all).", "",
+             "| level | given right | given wrong | withheld | threshold | ECE of the confidence on those photos |",
+             "|---|---|---|---|---|---|"]
+    for lvl, r in lv.items():
+        lines.append(f"| {lvl} | {_pct(r['given_right'])} | {_pct(r['given_wrong'])} | {_pct(r['withheld'])} | "
+                     f"{'—' if r['threshold'] is None else format(r['threshold'], '.3f')} | "
+                     f"{'—' if r.get('ece_unseen') is None else _pct(r['ece_unseen'])} |")
     return lines + [""]
 
 
@@ -187,6 +210,8 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], dev: dict
         + (f"Gallery neighbours are ranked by `cos - {density.weight:g} * density` (CSLS, density = mean cosine "
            f"to the {density.k} nearest gallery entries); the unknown threshold is calibrated for that ranking."
            if density.weight else "Gallery neighbours are ranked by plain cosine similarity.")
+        + (" Every embedding, the gallery's and each query's, is the mean of the photo's and its mirror image's "
+           "(flip averaging, `model.tta`)." if config.model.tta else " Each photo is embedded once, as it is.")
         + f" Training took {meta['train_seconds'] / 60:.1f} min." + _stopped(meta), "",
         "## Figures", "", *_figures(meta, dev), *_calibration(meta, config.ood),
         *_limits(config, meta, tc), *_licence(config, tc),

@@ -197,7 +197,7 @@ class Recognizer:
             values[level], c = self.calibration.vote(s[0], ix[0], self.gallery.labels, self._level_fn(level),
                                                      level, k, self.n_values(level))
             conf[level] = float(c)
-        unknown = unknown or self.calibration.below_floor(conf["model"])
+        unknown = unknown or self.calibration.below_floor(conf)
         for level in PARTIAL_LEVELS if unknown and self.calibration.unseen else ():  # as fitted on unseen models
             conf[level] = float(self.calibration.vote(s[0], ix[0], self.gallery.labels, self._level_fn(level), level,
                                                       k, self.n_values(level), unseen=True)[1])

@@ -94,8 +94,8 @@ class Calibration:
     ``info``: how and on what it was fitted (recipe, photo counts, fitted figures).
     ``unseen``: fitted on never-trained models (vericar/search/unseen_fit.py), empty when not: the make /
     type softmax for a vehicle whose model is unknown (``temperatures``, ``biases``, ``scales``), and
-    ``model_floor``, the model-level confidence under which a photo counts as unknown even when its
-    KNN+ score is low. ``thresholds`` are then compared with those unseen confidences.
+    ``make_floor``, the make confidence under which a photo counts as unknown even when its KNN+
+    score is low. ``thresholds`` are then compared with those unseen confidences.
     """
 
     temperatures: dict[str, float] = field(default_factory=dict)
@@ -130,10 +130,10 @@ class Calibration:
             return u.get("temperatures", {}), u.get("biases", {}), u.get("scales", {})
         return self.temperatures, self.biases, self.scales
 
-    def below_floor(self, model_confidence: float) -> bool:
-        """Whether a photo is too unsure of its model to be called known (the unseen fit's ``model_floor``)."""
-        floor = self.unseen.get("model_floor")
-        return floor is not None and model_confidence < floor
+    def below_floor(self, confidence: dict[str, float]) -> bool:
+        """Whether a photo is too unsure of its make to be called known (the unseen fit's ``make_floor``)."""
+        floor = self.unseen.get("make_floor")
+        return floor is not None and "make" in confidence and confidence["make"] < floor
 
     def unknown_levels(self, confidence: dict[str, float], unknown: bool) -> list[str]:
         """Levels whose answer is withheld: none for a known vehicle; for an unknown one, model and
@@ -193,16 +193,16 @@ def _unseen(d: dict[str, Any]) -> dict[str, Any]:
     if u is None:
         return {}
     out: dict[str, Any] = {key: _numbers(u, key) for key in ("temperatures", "biases", "scales")}
-    floor = u.get("model_floor")
+    floor = u.get("make_floor")
     bounds = {"temperatures": T_BOUNDS, "biases": B_BOUNDS, "scales": A_BOUNDS}
     bad = {f"{key}[{lvl}]": x for key, vals in out.items() for lvl, x in vals.items()
            if lvl not in PARTIAL_LEVELS or not bounds[key][0] - 1e-9 <= x <= bounds[key][1] + 1e-9}
     if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1):
-        bad["model_floor"] = floor
+        bad["make_floor"] = floor
     if bad:
         raise ArtifactError(f"calibration unseen part has values out of range or levels other than "
                             f"{PARTIAL_LEVELS}: {bad}; re-calibrate with python train/calibrate.py.")
-    return {**out, "model_floor": None if floor is None else float(floor), "info": dict(u.get("info") or {})}
+    return {**out, "make_floor": None if floor is None else float(floor), "info": dict(u.get("info") or {})}
 
 
 def _numbers(d: dict[str, Any], key: str) -> dict[str, float]:

@@ -8,13 +8,13 @@ the gallery of the trained ones:
 
 - the make / type softmax for an unknown vehicle (``fit_softmax`` on their votes), so "make 70%"
   is right about 70% of the time on such vehicles too;
-- ``model_floor``: a photo whose model-level confidence is under it counts as unknown even when
-  its KNN+ score is low, because most never-trained photos are not flagged by KNN+ at all and would
-  get a full answer with its make; the KNN+ threshold is refitted so that known photos are still
-  flagged at the nominal rate (floor and score together);
-- the partial-answer thresholds: the lowest confidence at which the makes (types) given on the
-  never-trained photos, in full answers and in partial ones, are wrong on at most ``max_wrong`` of
-  them; among the floors that allow it, the one that gives the most right makes.
+- ``make_floor``: a photo whose make confidence is under it counts as unknown even when its KNN+
+  score is low. Most never-trained photos are not flagged by KNN+ at all and get a full answer,
+  with a make that is often wrong; the floor catches some of them. The KNN+ threshold is refitted so
+  that known photos are still flagged at the nominal rate (floor and score together), and of the
+  floors that keep that rate the one with the fewest wrong makes in full answers is chosen;
+- the partial-answer thresholds: the lowest confidence at which at most ``max_wrong`` of the
+  never-trained photos that are flagged unknown get a wrong make (type) named.
 
 ``carry_over`` puts such a part, fitted on one training, on another of the same recipe trained on
 every class (the shipped default, which has no never-trained classes of its own): the softmax,
@@ -31,9 +31,10 @@ import numpy as np
 
 from vericar.core.errors import VericarError
 from vericar.search.calibration import PARTIAL_LEVELS, Calibration
-from vericar.search.calibration_fit import collect_votes, expected_calibration_error, fit_softmax
+from vericar.search.calibration_fit import (collect_votes, expected_calibration_error, fit_softmax,
+                                            threshold_at_max_wrong)
 
-FLOOR_QUANTILES = (0.0, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03)  # share of known photos a floor may flag
+FLOOR_STEPS = 11  # floors tried: flagging 0, 10%, ..., 100% of the known photos' false-unknown budget
 
 
 def ood_threshold(scores: np.ndarray, floored: np.ndarray, false_unknown: float) -> float:
@@ -48,30 +49,21 @@ def ood_threshold(scores: np.ndarray, floored: np.ndarray, false_unknown: float)
     return float(rest[n_more]) if n_more < len(rest) else float("-inf")
 
 
-def threshold_with_budget(conf: np.ndarray, correct: np.ndarray, budget: int) -> float | None:
-    """Lowest confidence threshold at which at most ``budget`` of these photos get a wrong answer."""
-    order = np.argsort(-conf, kind="stable")
-    c, wrong = conf[order], np.cumsum(~correct[order])
-    last = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, bool)
-    good = np.flatnonzero((wrong <= budget) & last)
-    return None if budget < 0 or len(good) == 0 else float(c[good[-1]])
-
-
-def _answers(rec: Any, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each photo's KNN+ score and model-level confidence as ``rec`` (known calibration, no floor) gives them."""
+def _answers(rec: Any, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """Each photo's KNN+ score, make confidence (known calibration, no floor) and prediction, as ``rec`` gives them."""
     preds = rec.predict_embeddings(emb)
-    return np.array([p.ood_score for p in preds]), np.array([p.confidence.get("model", 0.0) for p in preds])
+    return (np.array([p.ood_score for p in preds]), np.array([p.confidence.get("make", 0.0) for p in preds]), preds)
 
 
-def _level_outcome(known_u: np.ndarray, conf_u: np.ndarray, correct: np.ndarray, max_wrong: float) -> dict[str, Any]:
-    """Given right / wrong / withheld on the never-trained photos at the best partial threshold."""
-    n = len(correct)
-    wrong_known = int((known_u & ~correct).sum())
+def _outcome(known_u: np.ndarray, conf_u: np.ndarray, correct: np.ndarray, max_wrong: float) -> dict[str, Any]:
+    """Given right / wrong / withheld on the never-trained photos: full answers where ``known_u``, partial ones
+    above the threshold at which at most ``max_wrong`` of the flagged photos get a wrong value."""
     unk = ~known_u
-    t = threshold_with_budget(conf_u[unk], correct[unk], int(np.floor(max_wrong * n)) - wrong_known)
-    given = known_u | (unk & (conf_u >= t) if t is not None else known_u)
+    t = threshold_at_max_wrong(conf_u[unk], correct[unk], max_wrong) if unk.any() else None
+    given = known_u | (unk & (conf_u >= t)) if t is not None else known_u.copy()
     return {"threshold": t, "given_right": float((given & correct).mean()), "given_wrong": float((given & ~correct).mean()),
-            "withheld": float((~given).mean()), "feasible": t is not None}
+            "withheld": float((~given).mean()), "full_answer_wrong": float((known_u & ~correct).mean()),
+            "flagged_given_wrong": float((given & ~correct)[unk].mean()) if unk.any() else None}
 
 
 def fit_unseen(rec: Any, calibration: Calibration, known_emb: np.ndarray, unseen_emb: np.ndarray,
@@ -86,33 +78,33 @@ def fit_unseen(rec: Any, calibration: Calibration, known_emb: np.ndarray, unseen
         raise VericarError(f"the unseen fit takes photos of never-trained models only, but {seen[:3]} are in the "
                            "gallery; use an open-world training's held-out classes (--holdout-classes).")
     rec.calibration = replace(calibration, unseen={})
-    s_k, c_k = _answers(rec, known_emb)
-    s_u, c_u = _answers(rec, unseen_emb)
+    s_k, c_k, _ = _answers(rec, known_emb)
+    s_u, c_u, p_u = _answers(rec, unseen_emb)
     votes = collect_votes(rec, unseen_emb, list(unseen_labels))
     levels = [lvl for lvl in PARTIAL_LEVELS if lvl in votes]
     fits = {lvl: fit_softmax(votes[lvl]) for lvl in levels}
     conf = {lvl: votes[lvl].confidences(*fits[lvl]) for lvl in levels}
+    make_ok = np.array([p.make == rec.taxonomy.level_value(t, "make") for p, t in zip(p_u, unseen_labels)])
     best = None
-    for q in FLOOR_QUANTILES:
+    for q in np.linspace(0.0, false_unknown, FLOOR_STEPS):
         floor = float(np.quantile(c_k, q)) if q else 0.0
         t_o = ood_threshold(s_k, c_k < floor, false_unknown)
         known_u = (s_u <= t_o) & (c_u >= floor)
-        make = _level_outcome(known_u, conf["make"], votes["make"].correct, max_wrong) if "make" in conf else None
-        key = (make is None or make["feasible"], make["given_right"] if make else 0.0, -q)
+        key = (-int((known_u & ~make_ok).sum()), int((known_u & make_ok).sum()), -q)  # fewest wrong makes
         if best is None or key > best[0]:
             best = (key, floor, t_o, known_u)
     _, floor, t_o, known_u = best
-    outcome = {lvl: _level_outcome(known_u, conf[lvl], votes[lvl].correct, max_wrong) for lvl in levels}
+    outcome = {lvl: _outcome(known_u, conf[lvl], votes[lvl].correct, max_wrong) for lvl in levels}
     unseen = {"temperatures": {lvl: fits[lvl][0] for lvl in levels}, "biases": {lvl: fits[lvl][1] for lvl in levels},
-              "scales": {lvl: fits[lvl][2] for lvl in levels if fits[lvl][2]}, "model_floor": floor or None,
+              "scales": {lvl: fits[lvl][2] for lvl in levels if fits[lvl][2]}, "make_floor": floor or None,
               "info": {"fitted_on": f"{len(unseen_labels)} photos of {len(set(unseen_labels))} never-trained models",
                        "max_wrong": max_wrong, "false_unknown": false_unknown}}
     thresholds = {lvl: o["threshold"] for lvl, o in outcome.items() if o["threshold"] is not None}
     unk = ~known_u
-    report = {"n_unseen": len(unseen_labels), "n_known": len(known_emb), "model_floor": floor, "ood_threshold": t_o,
-              "known_flagged": float(((s_k > t_o) | (c_k < floor)).mean()), "levels": {
-                  lvl: {**o, "ece_unseen": expected_calibration_error(conf[lvl][unk], votes[lvl].correct[unk])
-                        if unk.any() else None} for lvl, o in outcome.items()}}
+    report = {"n_unseen": len(unseen_labels), "n_known": len(known_emb), "make_floor": floor, "ood_threshold": t_o,
+              "known_flagged": float(((s_k > t_o) | (c_k < floor)).mean()), "unseen_flagged": float(unk.mean()),
+              "levels": {lvl: {**o, "ece_unseen": expected_calibration_error(conf[lvl][unk], votes[lvl].correct[unk])
+                               if unk.any() else None} for lvl, o in outcome.items()}}
     unseen["info"]["fit"] = report
     return replace(calibration, thresholds={**{k: v for k, v in calibration.thresholds.items() if k not in levels},
                                             **thresholds}, unseen=unseen), t_o, report
@@ -126,8 +118,8 @@ def carry_over(rec: Any, calibration: Calibration, source: Calibration, known_em
         raise VericarError(f"{source_name} has no part fitted on never-trained models; fit one first "
                            "(python train/calibrate.py --artifact OPEN_WORLD_RUN --unseen).")
     rec.calibration = replace(calibration, unseen={})
-    s_k, c_k = _answers(rec, known_emb)
-    floor = source.unseen.get("model_floor") or 0.0
+    s_k, c_k, _ = _answers(rec, known_emb)
+    floor = source.unseen.get("make_floor") or 0.0
     t_o = ood_threshold(s_k, c_k < floor, false_unknown)
     info = {**source.unseen.get("info", {}), "carried_over_from": source_name}
     thresholds = {**calibration.thresholds, **{k: v for k, v in source.thresholds.items() if k in PARTIAL_LEVELS}}

@@ -112,9 +112,9 @@ def answer_words(pred: Any, name: Any = str) -> str:
 
 
 def _why_unknown(pred: Any, threshold: float | None) -> str:
-    if threshold is not None and pred.ood_score <= threshold:  # flagged by the model-confidence floor
+    if threshold is not None and pred.ood_score <= threshold:  # flagged by the make-confidence floor
         return (f"Unknown-vehicle score **{pred.ood_score:.3f}** (threshold {threshold:.3f}), but its nearest known "
-                "vehicles disagree on which model it is, as they do for models the network never saw.")
+                "vehicles disagree on its make, as they do for models the network never saw.")
     thr = f", above the threshold of {threshold:.3f}" if threshold is not None else ""
     return f"Unknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike every vehicle the model knows."
 
