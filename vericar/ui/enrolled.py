@@ -26,6 +26,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 from filelock import FileLock, Timeout
 
 from vericar.artifacts.config_file import legacy_model_dict
@@ -39,6 +40,7 @@ from vericar.vision.images import open_image, photo_list
 log = logging.getLogger(__name__)
 MAX_ENROL_PHOTOS = 32
 LOCK_NAME = "vericar.lock"
+ADDED_DIR = "enrolled"  # data_dir/enrolled/<model key>: one folder of added vehicles per model
 # The data dirs this process holds (to say which kind of holder it is); an entry goes with its lock,
 # which a store dropped without close() releases when it is garbage collected.
 _LOCKED_HERE: weakref.WeakValueDictionary[Path, FileLock] = weakref.WeakValueDictionary()
@@ -89,6 +91,58 @@ def model_key(rec: Recognizer) -> str:
     return h.hexdigest()[:16]
 
 
+def _saved(folder: Path, dim: int, base: set[str]) -> Gallery:
+    """The added vehicles saved in ``folder`` (none if nothing was saved), less those whose label is in
+    ``base`` (casefolded: the model has learnt them since, and its own entries win)."""
+    if not (folder / "gallery.json").is_file():
+        return Gallery(dim)
+    try:
+        saved = Gallery.load(folder)
+    except ArtifactError as e:
+        raise ArtifactError(f"the added vehicles in {folder} cannot be read ({e}); move that folder "
+                            "away to start without them.") from e
+    for label in saved.classes:
+        if label.casefold() in base:
+            log.warning("enrolled vehicle %r is now part of the model; dropping the enrolled copy", label)
+            saved.remove_label(label)
+    return saved
+
+
+def read_added(data_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every model's added vehicles saved in ``data_dir`` (the app's local store, ``vericar enroll``), by
+    model key, as plain data ({"embeddings", "labels", "refs"}) that can travel to other processes.
+
+    A snapshot read without the stores' locks, so a reader (``vericar identify``) can run beside an app;
+    a store saves atomically, so a snapshot is never half a save."""
+    out: dict[str, dict[str, Any]] = {}
+    root = Path(data_dir).expanduser() / ADDED_DIR
+    for folder in sorted(root.glob("*/gallery.json")):
+        for attempt in (0, 1):  # a save between reading gallery.json and its tensors file: read the new one
+            try:
+                g = Gallery.load(folder.parent)
+                break
+            except ArtifactError as e:
+                if attempt:
+                    raise ArtifactError(f"the added vehicles in {folder.parent} cannot be read ({e}); move that "
+                                        "folder away to go on without them.") from e
+        out[folder.parent.name] = {"embeddings": g.embeddings, "labels": list(g.labels), "refs": list(g.refs)}
+    return out
+
+
+def merge_added(rec: Recognizer, added: dict[str, dict[str, Any]]) -> list[str]:
+    """Add to ``rec`` its model's vehicles from ``read_added`` (as the app's store does at start, and
+    likewise without those the model has learnt since). Returns their labels."""
+    mine = added.get(model_key(rec))
+    if not mine:
+        return []
+    base = {lab.casefold() for lab in rec.gallery.classes}
+    rows = [i for i, lab in enumerate(mine["labels"]) if lab.casefold() not in base]
+    if rows:
+        rec.add_embeddings(np.asarray(mine["embeddings"])[rows], [mine["labels"][i] for i in rows],
+                           refs=[mine["refs"][i] for i in rows])
+    return sorted({mine["labels"][i] for i in rows})
+
+
 def _copy(src: Gallery, rows: Iterable[int], add: Callable[..., Any]) -> None:
     """Pass entries ``rows`` of ``src`` (embeddings, labels, refs, thumbnails) to ``add`` (Gallery.add-like)."""
     rows = list(rows)
@@ -116,7 +170,7 @@ class EnrolledStore:
     def __init__(self, rec: Recognizer, data_dir: str | os.PathLike) -> None:
         self.rec = rec
         root = Path(data_dir).expanduser()
-        self.dir = root / "enrolled" / model_key(rec)
+        self.dir = root / ADDED_DIR / model_key(rec)
         self.lock = threading.Lock()
         self.base = {lab.casefold() for lab in rec.gallery.classes}
         # Before reading: this model's folder is ours from here (another model's store may share the data dir).
@@ -130,18 +184,7 @@ class EnrolledStore:
 
     def _load(self) -> Gallery:
         """The saved added vehicles (none if nothing was saved), less those the model has learnt since."""
-        if not (self.dir / "gallery.json").is_file():
-            return Gallery(self.rec.gallery.dim)
-        try:
-            saved = Gallery.load(self.dir)
-        except ArtifactError as e:
-            raise ArtifactError(f"the added vehicles in {self.dir} cannot be read ({e}); move that folder "
-                                "away to start without them.") from e
-        for label in saved.classes:
-            if label.casefold() in self.base:  # the model learnt it since: its own entries win
-                log.warning("enrolled vehicle %r is now part of the model; dropping the enrolled copy", label)
-                saved.remove_label(label)
-        return saved
+        return _saved(self.dir, self.rec.gallery.dim, self.base)
 
     def close(self) -> None:
         """Release the folder for another store; this one then refuses changes, and its vehicles leave the
