@@ -60,6 +60,7 @@ def run_ray(todo: Sequence[str], write: Any, *, model: str, detector: str | None
     A Ray already started in this process (``ray.init`` by the caller) is used as it is and left running.
     """
     ray = import_ray()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and progress lines: ours say it per photo
     started = not ray.is_initialized()
     if started:
         _start(ray, address)
@@ -67,7 +68,8 @@ def run_ray(todo: Sequence[str], write: Any, *, model: str, detector: str | None
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts photos, with errors
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         ds = ray.data.from_items([{"file": f} for f in todo])
-        ds = ds.map_batches(IdentifyPhotos, batch_size=batch_size, batch_format="numpy", concurrency=n, num_cpus=1,
+        ds = ds.map_batches(IdentifyPhotos, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(size=n),
                             fn_constructor_kwargs=dict(model=model, detector=detector, added=added,
                                                        batch_size=batch_size, all_vehicles=all_vehicles,
                                                        max_vehicles=max_vehicles))
