@@ -34,8 +34,12 @@ class RunStats:
         skipped = f"; {self.skipped} already there, skipped" if self.skipped else ""
         errors = (f"; {self.errors} could not be read or identified (see their 'error' column)" if self.errors
                   else "; no errors")
-        return (f"wrote {self.rows} rows for {self.photos} photos to {out} in {self.seconds:.1f} s{rate}"
-                f"{skipped}{errors}.")
+        return (f"wrote {_n(self.rows, 'row')} for {_n(self.photos, 'photo')} to {out} in {self.seconds:.1f} s"
+                f"{rate}{skipped}{errors}.")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def identify(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, model: str = "default",
