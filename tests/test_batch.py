@@ -225,6 +225,22 @@ def test_command_line_errors_are_one_line(tiny, tmp_path):
     assert ok.returncode == 0 and "no errors" in ok.stdout, ok.stderr[-2000:]
 
 
+def test_outputs_it_cannot_resume_and_empty_inputs_are_refused(tiny, tmp_path):
+    made_photos(tmp_path / "in", 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VericarError, match="no photos were found"):
+        identify([tmp_path / "empty"], tmp_path / "r.csv", model=tiny)
+    (tmp_path / "latin1.csv").write_bytes("file,label\ncaf\xe9.jpg,x\n".encode("latin-1"))
+    (tmp_path / "part.parquet").mkdir()
+    (tmp_path / "part.parquet" / "part-000000.parquet").write_text("not parquet")
+    for out in ("latin1.csv", "part.parquet"):
+        with pytest.raises(VericarError, match="cannot be resumed"):
+            identify([tmp_path / "in"], tmp_path / out, model=tiny)
+    stats = identify([tmp_path / "in"], tmp_path / "new" / "deeper" / "r.jsonl", model=tiny,
+                     data_dir=tmp_path / "data")  # a missing folder for --out is made
+    assert stats.rows == 1 and stats.errors == 0
+
+
 def test_serve_and_evaluate_are_the_app_and_the_evaluate_cli():
     serve = vericar_cmd("serve", "--help")
     assert serve.returncode == 0 and "vericar Gradio app" in serve.stdout and "--data-dir" in serve.stdout

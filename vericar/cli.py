@@ -131,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{', '.join(r['enrolled']) or 'none'}")
     except VericarError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # the file system said no (permissions, a full disk): one line, not a traceback
+        sys.exit(f"error: {e}; check the paths and that --out's folder can be written to.")
     except KeyboardInterrupt:
         sys.exit("interrupted: the rows written so far are kept; run the same command again to go on.")
     return None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from vericar.batch.inputs import find_photos
+from vericar.batch.inputs import IMAGE_SUFFIXES, find_photos
 from vericar.batch.rows import columns
 from vericar.batch.writer import open_writer
 from vericar.core.errors import VericarError
@@ -63,6 +63,9 @@ def identify(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, mode
     if rec is not None and engine != "local":
         raise VericarError("a Recognizer object runs on the plain engine only; give the Ray engine a model spec.")
     photos = find_photos(paths)
+    if not photos:
+        raise VericarError(f"no photos were found in {', '.join(map(str, paths))} (folders are searched for "
+                           f"files ending in {', '.join(sorted(IMAGE_SUFFIXES))}).")
     writer = open_writer(out, columns(all_vehicles))
     todo = [p for p in photos if p not in writer.done]
     errors = 0

@@ -37,7 +37,14 @@ def open_writer(path: str | os.PathLike, columns: Sequence[str]) -> "CsvWriter |
         raise VericarError(f"--out {path}: expected a name ending in .csv, .jsonl or .parquet, e.g. results.csv.")
     if kind != "parquet" and path.is_dir():
         raise VericarError(f"--out {path} is a folder; give a file name, e.g. {path / 'results.csv'}.")
-    return {"csv": CsvWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}[kind](path, list(columns))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return {"csv": CsvWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}[kind](path, list(columns))
+    except VericarError:
+        raise
+    except (ValueError, KeyError, IndexError, csv.Error, OSError) as e:  # ValueError: bad UTF-8 or Parquet (Arrow)
+        raise VericarError(f"--out {path} exists but cannot be resumed ({type(e).__name__}: {e}); it was not "
+                           "written by vericar identify, or was damaged. Give another --out.") from e
 
 
 class _Writer:
