@@ -91,23 +91,6 @@ def model_key(rec: Recognizer) -> str:
     return h.hexdigest()[:16]
 
 
-def _saved(folder: Path, dim: int, base: set[str]) -> Gallery:
-    """The added vehicles saved in ``folder`` (none if nothing was saved), less those whose label is in
-    ``base`` (casefolded: the model has learnt them since, and its own entries win)."""
-    if not (folder / "gallery.json").is_file():
-        return Gallery(dim)
-    try:
-        saved = Gallery.load(folder)
-    except ArtifactError as e:
-        raise ArtifactError(f"the added vehicles in {folder} cannot be read ({e}); move that folder "
-                            "away to start without them.") from e
-    for label in saved.classes:
-        if label.casefold() in base:
-            log.warning("enrolled vehicle %r is now part of the model; dropping the enrolled copy", label)
-            saved.remove_label(label)
-    return saved
-
-
 def read_added(data_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Every model's added vehicles saved in ``data_dir`` (the app's local store, ``vericar enroll``), by
     model key, as plain data ({"embeddings", "labels", "refs"}) that can travel to other processes.
@@ -130,8 +113,8 @@ def read_added(data_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def merge_added(rec: Recognizer, added: dict[str, dict[str, Any]]) -> list[str]:
-    """Add to ``rec`` its model's vehicles from ``read_added`` (as the app's store does at start, and
-    likewise without those the model has learnt since). Returns their labels."""
+    """Add to ``rec`` its model's vehicles from ``read_added``, as the app's store does at start (and, as
+    ``EnrolledStore._load``, without those the model has learnt since). Returns their labels."""
     mine = added.get(model_key(rec))
     if not mine:
         return []
@@ -184,7 +167,18 @@ class EnrolledStore:
 
     def _load(self) -> Gallery:
         """The saved added vehicles (none if nothing was saved), less those the model has learnt since."""
-        return _saved(self.dir, self.rec.gallery.dim, self.base)
+        if not (self.dir / "gallery.json").is_file():
+            return Gallery(self.rec.gallery.dim)
+        try:
+            saved = Gallery.load(self.dir)
+        except ArtifactError as e:
+            raise ArtifactError(f"the added vehicles in {self.dir} cannot be read ({e}); move that folder "
+                                "away to start without them.") from e
+        for label in saved.classes:
+            if label.casefold() in self.base:  # the model learnt it since: its own entries win
+                log.warning("enrolled vehicle %r is now part of the model; dropping the enrolled copy", label)
+                saved.remove_label(label)
+        return saved
 
     def close(self) -> None:
         """Release the folder for another store; this one then refuses changes, and its vehicles leave the
