@@ -24,6 +24,7 @@ from vericar.batch.rows import columns
 from vericar.batch.writer import open_writer
 from vericar.core.errors import VericarError
 from vericar.ui.scene_view import VEHICLE_KEYS, identify_answer
+from vericar.vision.scene import no_vehicle
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_photos = pytest.mark.skipif(not (CARS_DIR / "dev").is_dir(), reason="no real photos in ../shared")
@@ -76,7 +77,8 @@ def test_rows_are_predict_and_identify_answers_with_error_rows(default_rec, tmp_
         row, pred = by_file[str(p)], default_rec.predict(p)
         same_answer(row, vehicle_row(str(p), pred))
         assert row["error"] is None and row["box"] == pred.box and row["label"] == (None if pred.unknown else pred.label)
-        main = identify_answer(default_rec.predict_all(p), pred)  # the app's /identify for this photo
+        preds = default_rec.predict_all(p)
+        main = identify_answer(preds, preds[0] if preds else no_vehicle())  # the app's /identify (handlers.py)
         assert row["box"] == main["box"] and all(row[k] == main[k] for k in VEHICLE_KEYS if k not in
                                                  ("confidence", "ood_score"))
 
