@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--ray-workers", type=int, default=2)
-    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--no-ray", action="store_true", help="only the loop and the plain engine")
+    ap.add_argument("--no-local", action="store_true", help="only the Ray engine")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
 
@@ -123,29 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
     vericar.tune_malloc()  # as the vericar command does
     started, load_before = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
     photos = find_photos([args.photos])[: args.n]
-    rec = vericar.load("default", batch_size=args.batch_size)
-    rec.predict_batch(photos[:2])  # warm-up (first-call allocations, detector set-up)
-    loop_s = plain_s = 0.0
+    result: dict = {"photos": len(photos), "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
+                    "started": started, "load_average_1_5_15_min": {"start": load_before}}
     with tempfile.TemporaryDirectory() as tmp:
-        size = -(-len(photos) // args.rounds)
-        for r in range(args.rounds):
-            chunk = photos[r * size:(r + 1) * size]
-            if r % 2 == 0:
-                loop_s += _loop(rec, chunk, args.batch_size)
-                plain_s += _plain(rec, chunk, args.batch_size, Path(tmp) / "plain.csv")
-            else:
-                plain_s += _plain(rec, chunk, args.batch_size, Path(tmp) / "plain.csv")
-                loop_s += _loop(rec, chunk, args.batch_size)
-            print(f"round {r + 1}/{args.rounds}: loop {loop_s:.0f} s, plain {plain_s:.0f} s so far", flush=True)
-        local_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result = {
-            "photos": len(photos), "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
-            "started": started, "load_average_1_5_15_min": {"start": load_before},
-            "predict_batch_loop": {"seconds": loop_s, "photos_per_s": len(photos) / loop_s},
-            "plain_engine": {"seconds": plain_s, "photos_per_s": len(photos) / plain_s,
-                             "share_of_loop": loop_s / plain_s},
-            "local_peak_rss_mb": local_peak,
-        }
+        if not args.no_local:
+            result.update(_local(photos, args, Path(tmp)))
         if not args.no_ray:
             result["ray_engine"] = _ray(photos, args.batch_size, args.ray_workers, Path(tmp) / "ray.csv")
             result["ray_engine"]["workers"] = args.ray_workers
@@ -155,6 +138,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _local(photos: list[str], args: argparse.Namespace, tmp: Path) -> dict:
+    """The predict_batch loop and the plain engine, in turn on each of ``args.rounds`` chunks."""
+    import vericar
+
+    rec = vericar.load("default", batch_size=args.batch_size)
+    rec.predict_batch(photos[:2])  # warm-up (first-call allocations, detector set-up)
+    loop_s = plain_s = 0.0
+    size = -(-len(photos) // args.rounds)
+    for r in range(args.rounds):
+        chunk = photos[r * size:(r + 1) * size]
+        if r % 2 == 0:
+            loop_s += _loop(rec, chunk, args.batch_size)
+            plain_s += _plain(rec, chunk, args.batch_size, tmp / "plain.csv")
+        else:
+            plain_s += _plain(rec, chunk, args.batch_size, tmp / "plain.csv")
+            loop_s += _loop(rec, chunk, args.batch_size)
+        print(f"round {r + 1}/{args.rounds}: loop {loop_s:.0f} s, plain {plain_s:.0f} s so far", flush=True)
+    return {"predict_batch_loop": {"seconds": loop_s, "photos_per_s": len(photos) / loop_s},
+            "plain_engine": {"seconds": plain_s, "photos_per_s": len(photos) / plain_s, "share_of_loop": loop_s / plain_s},
+            "local_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 if __name__ == "__main__":
