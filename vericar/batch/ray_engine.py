@@ -89,12 +89,20 @@ def run_ray(todo: Sequence[str], write: Any, *, model: str, detector: str | None
 
 def _start(ray: Any, address: str | None) -> None:
     """Join the cluster at ``address``, or start Ray on this machine with vericar importable by its workers."""
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
     import vericar
 
     # Workers of a local Ray import vericar from where this process did (a source checkout included).
     home = str(Path(vericar.__file__).resolve().parents[1])
-    ray.init(include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"PYTHONPATH": home}})
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": {"PYTHONPATH": home}})
+    except Exception as e:  # noqa: BLE001 - Ray raises bare Exception / ConnectionError / RuntimeError here
+        where = f"the Ray cluster at {address}" if address else "Ray on this machine"
+        fix = ("check the address (ray status on the head shows it) and that this machine can reach it" if address
+               else "Ray gives its processes 30 s to start, which an overloaded machine can miss: try again, or "
+                    "start it yourself (ray start --head) and pass --address auto")
+        raise VericarError(f"could not start {where} ({type(e).__name__}: {e}); {fix}; or leave --engine out "
+                           "for the plain engine.") from e
