@@ -33,6 +33,9 @@ def test_pyproject_declares_the_requirements_files():
     extras = project["optional-dependencies"]
     assert extras["train"] == _requirements("requirements-train.txt")
     assert extras["dev"] == ["vericar[train]"] + _requirements("requirements-dev.txt")
+    # the Ray engine's extra is what CI tests it with
+    assert extras["ray"] == [r for r in _requirements("requirements-dev.txt") if r.startswith("ray[")]
+    assert project["scripts"] == {"vericar": "vericar.cli:main"}
     assert (PKG / "py.typed").is_file()
 
 
@@ -54,6 +57,15 @@ def test_installed_package_loads_the_default_model_from_any_folder(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "196"
+    # the console script: identify a photo with the installed package's default model, from elsewhere
+    from conftest import make_car_image
+
+    make_car_image(0, size=(200, 150)).save(tmp_path / "car.jpg")
+    cli = subprocess.run([str(target / "bin" / "vericar"), "identify", "car.jpg", "--out", "r.csv", "--detector",
+                          "none", "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "wrote 1 row for 1 photo" in cli.stdout and (tmp_path / "r.csv").read_text().count("\n") == 2
 
 
 def _module_name(path: Path) -> str:

@@ -26,6 +26,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 from filelock import FileLock, Timeout
 
 from vericar.artifacts.config_file import legacy_model_dict
@@ -40,6 +41,7 @@ from vericar.vision.images import open_image, photo_list
 log = logging.getLogger(__name__)
 MAX_ENROL_PHOTOS = 32
 LOCK_NAME = "vericar.lock"
+ADDED_DIR = "enrolled"  # data_dir/enrolled/<model key>: one folder of added vehicles per model
 # The data dirs this process holds (to say which kind of holder it is); an entry goes with its lock,
 # which a store dropped without close() releases when it is garbage collected.
 _LOCKED_HERE: weakref.WeakValueDictionary[Path, FileLock] = weakref.WeakValueDictionary()
@@ -98,10 +100,45 @@ def model_key(rec: Recognizer, tta: tuple[str, ...] | None = None) -> str:
 def _say_if_left_behind(root: Path, rec: Recognizer, own: Path) -> None:
     """Vehicles added under the same weights embedded another way (before flip averaging) are not loaded:
     their embeddings would not compare with this model's. Say where they are, once, at start."""
-    plain = root / "enrolled" / model_key(rec, tta=())
+    plain = root / ADDED_DIR / model_key(rec, tta=())
     if plain != own and (plain / "gallery.json").is_file() and not (own / "gallery.json").is_file():
         log.warning("vehicles added before this model averaged each photo with its mirror image are kept in %s "
                     "but not loaded (their embeddings are plain); add their photos again to use them", plain)
+
+
+def read_added(data_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every model's added vehicles saved in ``data_dir`` (the app's local store, ``vericar enroll``), by
+    model key, as plain data ({"embeddings", "labels", "refs"}) that can travel to other processes.
+
+    A snapshot read without the stores' locks, so a reader (``vericar identify``) can run beside an app;
+    a store saves atomically, so a snapshot is never half a save."""
+    out: dict[str, dict[str, Any]] = {}
+    root = Path(data_dir).expanduser() / ADDED_DIR
+    for folder in sorted(root.glob("*/gallery.json")):
+        for attempt in (0, 1):  # a save between reading gallery.json and its tensors file: read the new one
+            try:
+                g = Gallery.load(folder.parent)
+                break
+            except ArtifactError as e:
+                if attempt:
+                    raise ArtifactError(f"the added vehicles in {folder.parent} cannot be read ({e}); move that "
+                                        "folder away to go on without them.") from e
+        out[folder.parent.name] = {"embeddings": g.embeddings, "labels": list(g.labels), "refs": list(g.refs)}
+    return out
+
+
+def merge_added(rec: Recognizer, added: dict[str, dict[str, Any]]) -> list[str]:
+    """Add to ``rec`` its model's vehicles from ``read_added``, as the app's store does at start (and, as
+    ``EnrolledStore._load``, without those the model has learnt since). Returns their labels."""
+    mine = added.get(model_key(rec))
+    if not mine:
+        return []
+    base = {lab.casefold() for lab in rec.gallery.classes}
+    rows = [i for i, lab in enumerate(mine["labels"]) if lab.casefold() not in base]
+    if rows:
+        rec.add_embeddings(np.asarray(mine["embeddings"])[rows], [mine["labels"][i] for i in rows],
+                           refs=[mine["refs"][i] for i in rows])
+    return sorted({mine["labels"][i] for i in rows})
 
 
 def _copy(src: Gallery, rows: Iterable[int], add: Callable[..., Any]) -> None:
@@ -131,7 +168,7 @@ class EnrolledStore:
     def __init__(self, rec: Recognizer, data_dir: str | os.PathLike) -> None:
         self.rec = rec
         root = Path(data_dir).expanduser()
-        self.dir = root / "enrolled" / model_key(rec)
+        self.dir = root / ADDED_DIR / model_key(rec)
         _say_if_left_behind(root, rec, self.dir)
         self.lock = threading.Lock()
         self.base = {lab.casefold() for lab in rec.gallery.classes}
