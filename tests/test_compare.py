@@ -99,6 +99,21 @@ def test_weak_evidence_is_none_not_a_guess(cmp_artifact):
     assert rec.compare(a, b).same_model in (True, False)
 
 
+def test_a_pair_with_an_unknown_vehicle_uses_the_open_rules(cmp_artifact):
+    rec = hub.load(f"local-dir:{cmp_artifact}")
+    rec.comparison.open_levels = {lvl: rule(bias=30.0) for lvl in ("model", "make", "type")}
+    a, b = vehicle_photo(0, 50), vehicle_photo(2, 50)
+    threshold = rec.ood.threshold
+    rec.ood.threshold = float("inf")  # both known: the known rules
+    assert rec.compare(a, b).probability < 0.1
+    rec.ood.threshold = -1.0  # both flagged unknown: the open rules
+    c = rec.compare(a, b)
+    assert c.a.unknown and c.probability > 0.99 and c.same_model is True
+    rec.ood.threshold = threshold
+    back = PairCalibration.from_dict(json.loads(json.dumps(rec.comparison.to_dict())))
+    assert back.open_levels == rec.comparison.open_levels and back.rules(True) is back.open_levels
+
+
 def test_compare_refuses_without_calibration_missing_and_bad_photos(tmp_path, cmp_artifact):
     rec = hub.load(f"local-dir:{make_artifact(tmp_path / 'old')}")  # an artifact from before comparisons
     assert rec.comparison is None and "compare" not in json.loads((tmp_path / "old/config.json").read_text())

@@ -8,7 +8,8 @@ the artifact's train_config describes, train/crossfit.py ``validation_slice``) a
 product sees them (train/realinput.py views) and searched in a gallery of the other training photos.
 Every same-model pair among them and up to ``--negatives`` pairs of each different kind (easy,
 medium, hard) are scored twice: with their classes in the gallery (a known vehicle) and taken
-out of it (a vehicle the gallery lacks), so the fit holds for both. Candidate feature sets are
+out of it (a vehicle the gallery lacks); the first fit the rules for two known vehicles, the second
+those used when either vehicle is flagged unknown. Candidate feature sets are
 compared by class-grouped cross-validation on these pairs and reported (``--report``); the one
 fitted is ``--features``. Photos listed in the dev CSV are refused: dev is for measuring only.
 Re-run it after the weights or the gallery change (e.g. a re-shipped vericar/default).
@@ -38,6 +39,7 @@ DEV_CSV = Path(__file__).resolve().parents[2] / "shared/data/stanford_cars/dev.c
 CANDIDATES = {"cosine": ("cosine",), "vote agreement": ("agree_model", "agree_make", "agree_type"),
               "cosine + agreement": ("cosine", "agree_model", "agree_make", "agree_type"),
               "cosine + agreement + nearness": FEATURES[:5], "cosine + agreement x nearness": FEATURES}
+CHOSEN = "cosine + agreement + nearness"  # best or equal-best known hard AUC with the fewest features (docs)
 
 
 def refuse_dev(paths: Sequence[str], dev_csv: Path | None) -> None:
@@ -109,8 +111,9 @@ def pair_weights(t: dict[str, Any], level: str) -> np.ndarray:
 
 
 def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Per candidate feature set (CANDIDATES), model-level ROC-AUC per kind and mode on held-out
-    folds of classes (a pair is tested when both its classes are in the fold, trained on when neither is)."""
+    """Per candidate feature set (CANDIDATES), model-level ROC-AUC per kind and mode on held-out folds
+    of classes (a pair is tested when both its classes are in the fold, trained on when neither is),
+    each mode's rule fitted on that mode's pairs, as ``fit`` does."""
     from sklearn.metrics import roc_auc_score
 
     names = sorted({c for g in t["groups"] for c in g})
@@ -123,9 +126,13 @@ def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0) -> dict[str
         cols = [FEATURES.index(f) for f in feats]
         prob = np.full(len(y), np.nan)
         for k in range(folds):
-            train, test = (fa != k) & (fb != k), (fa == k) & (fb == k)
-            rule = fit_rule(t["x"][train][:, cols], y[train], feats, w[train])
-            prob[test] = [rule.probability(dict(zip(feats, row))) for row in t["x"][test][:, cols]]
+            for mode in ("known", "open"):
+                m = t["mode"] == mode
+                train, test = m & (fa != k) & (fb != k), m & (fa == k) & (fb == k)
+                if not test.any() or y[train].all() or not y[train].any():
+                    continue
+                rule = fit_rule(t["x"][train][:, cols], y[train], feats, w[train])
+                prob[test] = [rule.probability(dict(zip(feats, row))) for row in t["x"][test][:, cols]]
         res = {}
         for mode in ("known", "open"):
             for kind in KINDS[1:]:
@@ -137,17 +144,22 @@ def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0) -> dict[str
 
 
 def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any]) -> PairCalibration:
-    """Each level's rule on all the pairs (known and open), with its band."""
+    """Each level's rules, with their bands: for known vehicles on the pairs with their classes in the
+    gallery, for unknown ones on the pairs with them taken out."""
     cols = [FEATURES.index(f) for f in features]
-    rules = {lvl: fit_rule(t["x"][:, cols], t["y"][:, i], features, pair_weights(t, lvl))
-             for i, lvl in enumerate(PAIR_LEVELS)}
-    return PairCalibration(rules, info)
+    sets = {}
+    for mode in ("known", "open"):
+        m = t["mode"] == mode
+        sets[mode] = {lvl: fit_rule(t["x"][m][:, cols], t["y"][m, i], features, pair_weights(t, lvl)[m])
+                      for i, lvl in enumerate(PAIR_LEVELS)}
+    return PairCalibration(sets["known"], info, sets["open"])
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train/calibrate_pairs.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py (e.g. vericar/default)")
-    ap.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
+    ap.add_argument("--features", nargs="+", default=list(CANDIDATES[CHOSEN]), choices=FEATURES,
+                    help=f"the features the rules weigh (default: {CHOSEN!r}, chosen by the cross-validation)")
     ap.add_argument("--negatives", type=int, default=2000, help="validation pairs of each different kind (at most)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dev-csv", default=str(DEV_CSV), help="photos listed here are refused (dev is for measuring)")
@@ -204,9 +216,10 @@ def main(argv: Sequence[str] | None = None) -> PairCalibration:
     print(f"fitted the comparison of {out} on {len(t['y'])} validation pairs ({counts})")
     for cand, res in cv.items():
         print(f"  {cand:32s} " + "  ".join(f"{k} {v:.3f}" for k, v in res.items()))
-    for lvl, r in cal.levels.items():
-        print(f"  {lvl}: " + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights))
-              + f", bias {r.bias:+.2f}, no verdict in {r.band[0]:.2f}-{r.band[1]:.2f}")
+    for name, rules in (("known", cal.levels), ("unknown", cal.open_levels or {})):
+        for lvl, r in rules.items():
+            print(f"  {name} {lvl}: " + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights))
+                  + f", bias {r.bias:+.2f}, no verdict in {r.band[0]:.2f}-{r.band[1]:.2f}")
     return cal
 
 

@@ -200,7 +200,8 @@ def _with_photos(rec: Recognizer, args: argparse.Namespace, kw: dict) -> Recogni
                                          args.cache, "gallery", kw)
         gallery = Gallery(rec.model.output_dim)
         gallery.add(emb, [s.class_name for s in g_samples], refs=[s.ref for s in g_samples])
-        rec = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density, detector=rec.detector)
+        rec = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density, detector=rec.detector,
+                         comparison=rec.comparison)
     elif args.gallery_filter:
         raise VericarError("--gallery-filter needs --gallery CSV (it filters the photos the gallery is built from).")
     if args.enroll:

@@ -3,8 +3,9 @@
 ``compare(rec, photo_a, photo_b)`` finds each photo's main vehicle (the detector, as ``predict``),
 embeds both in one batch, lets each vote among its gallery neighbours, and turns the pair's
 evidence (vericar/search/pair_calibration.py: cosine, agreement of the two votes, nearness) into a
-calibrated probability per level. Works for vehicles the gallery does not hold: the fit saw
-validation pairs both with their classes in the gallery and taken out of it.
+calibrated probability per level. Works for vehicles the gallery does not hold: when either photo
+is flagged unknown, rules fitted on validation pairs whose classes were taken out of the gallery
+answer.
 """
 from __future__ import annotations
 
@@ -47,12 +48,13 @@ def compare_predictions(rec: Any, cal: PairCalibration, pa: Prediction, pb: Pred
     """The comparison of two already-answered vehicles (embeddings ``ea`` / ``eb``, L2-normalised)."""
     cos = float(np.dot(ea, eb))
     feats = pair_features(cos, neighbour_votes(pa), neighbour_votes(pb), rec.taxonomy.level_value)
-    probs = {lvl: cal.levels[lvl].probability(feats) for lvl in PAIR_LEVELS}
-    same = {lvl: cal.levels[lvl].verdict(probs[lvl]) for lvl in PAIR_LEVELS}
+    rules = cal.rules(pa.unknown or pb.unknown)
+    probs = {lvl: rules[lvl].probability(feats) for lvl in PAIR_LEVELS}
+    same = {lvl: rules[lvl].verdict(probs[lvl]) for lvl in PAIR_LEVELS}
     if same["model"] is True:  # one model is one make and one type: the coarser answers follow
         same.update(make=True if same["make"] is not False else None, type=True if same["type"] is not False else None)
     return Comparison(same["model"], probs["model"], same["make"], same["type"], probs, 0.5,
-                      {lvl: cal.levels[lvl].band for lvl in PAIR_LEVELS}, cos, pa, pb)
+                      {lvl: rules[lvl].band for lvl in PAIR_LEVELS}, cos, pa, pb)
 
 
 def compare(rec: Any, photo_a: Any, photo_b: Any) -> Comparison:

@@ -182,16 +182,18 @@ def score_pairs(rec: Any, pairs: Sequence[Pair], cache: str | Path | None = None
     # scene.keeps: a faintly seen vehicle counts only when it looks like a known one
     ok = {f: found[i] == 1 or (found[i] == 2 and not preds[i].unknown) for i, f in enumerate(files)}
     row = {f: i for i, f in enumerate(files)}
-    probs, answers, no_vehicle = [], [], 0
+    probs, answers, no_vehicle, open_rule = [], [], 0, 0
     for p in pairs:
         i, j = row[p.file_a], row[p.file_b]
         c = compare_predictions(rec, rec.comparison, preds[i], preds[j], emb[i], emb[j])
         both = ok[p.file_a] and ok[p.file_b]
         no_vehicle += not both
+        open_rule += preds[i].unknown or preds[j].unknown
         probs.append(c.probability)
         answers.append(c.same_model if both else None)
-    return {"prob": np.array(probs), "answers": answers, "no_vehicle": no_vehicle,
-            "threshold": 0.5, "band": list(rec.comparison.levels["model"].band)}
+    return {"prob": np.array(probs), "answers": answers, "no_vehicle": no_vehicle, "open_rule": open_rule,
+            "threshold": 0.5, "band": list(rec.comparison.levels["model"].band),
+            "open_band": list(rec.comparison.rules(True)["model"].band)}
 
 
 def evaluate_pairs(rec: Any, pairs: Sequence[Pair], cache: str | Path | None = None,
@@ -199,7 +201,8 @@ def evaluate_pairs(rec: Any, pairs: Sequence[Pair], cache: str | Path | None = N
     """``pair_report`` of ``score_pairs``: the figures of ``python -m vericar.evaluate --pairs CSV``."""
     s = score_pairs(rec, pairs, cache, progress)
     report = pair_report([p.kind for p in pairs], s["prob"], s["answers"], s["threshold"])
-    return {**report, "band": s["band"], "no_vehicle_pairs": s["no_vehicle"]}
+    return {**report, "band": s["band"], "open_band": s["open_band"], "no_vehicle_pairs": s["no_vehicle"],
+            "unknown_vehicle_pairs": s["open_rule"]}
 
 
 def format_pairs_table(r: dict[str, Any]) -> str:
@@ -209,7 +212,8 @@ def format_pairs_table(r: dict[str, Any]) -> str:
             f"{auc.get('medium', float('nan')):.4f} / {auc.get('hard', float('nan')):.4f} / "
             f"{auc.get('all', float('nan')):.4f} |"]
     for name, key in (("at threshold 0.5 (always answers)", "at_threshold"),
-                      (f"same_model (band {r['band'][0]:.2f}-{r['band'][1]:.2f} is None)", "with_band")):
+                      (f"same_model (None inside {r['band'][0]:.2f}-{r['band'][1]:.2f}; a pair with an unknown vehicle: "
+                       f"{r['open_band'][0]:.2f}-{r['open_band'][1]:.2f})", "with_band")):
         f = r[key]
         rows.append(f"| {name}: accuracy / F1 / precision / recall / answered | {f['accuracy']:.4f} / "
                     f"{f['f1']:.4f} / {f['precision']:.4f} / {f['recall']:.4f} / {f['answered']:.3f} |")
@@ -217,7 +221,9 @@ def format_pairs_table(r: dict[str, Any]) -> str:
     rows.append(f"| balanced mix right by same_model (None wrong): half same / four kinds equal | "
                 f"{b['half_same']:.4f} / {b['four_equal']:.4f} |")
     rows.append("| right per kind | " + ", ".join(f"{k} {v:.3f}" for k, v in b["per_kind"].items()) + " |")
-    return "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\npairs: {r['counts']}"
+    return ("| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\npairs: {r['counts']}; with a vehicle "
+            f"flagged unknown (open rules): {r['unknown_vehicle_pairs']}; with a photo without a vehicle: "
+            f"{r['no_vehicle_pairs']}")
 
 
 def main_pairs(rec: Any, pairs_csv: str, *, cache: str | None = None, json_out: str | None = None,

@@ -8,7 +8,11 @@ how much those votes are worth: far from every known vehicle (a model the galler
 photos' votes agree or not by chance; ``agree_<level>_near`` (agreement × nearness) lets the
 weight of the agreement grow with it. A logistic model per level (model, make, type) turns these
 features into the probability that both photos share that level; ``same_*`` is None when it falls
-in the level's ``band`` (weak evidence either way). Fitted on validation pairs only
+in the level's ``band`` (weak evidence either way). There are two sets of rules: ``levels`` for
+two vehicles the gallery knows, ``open_levels`` for a pair in which either is flagged unknown (KNN+):
+there the neighbours' votes say less (two photos of a model the gallery lacks and two of two
+such models both vote for look-alikes), and a rule fitted on both kinds of pairs at once gave
+each kind less than its own (docs/verification.md). Fitted on validation pairs only
 (train/calibrate_pairs.py), stored under "compare" in an artifact's config.json.
 """
 from __future__ import annotations
@@ -86,14 +90,24 @@ class LevelRule:
 
 @dataclass
 class PairCalibration:
-    """Per level (``PAIR_LEVELS``) its ``LevelRule``; ``info``: what it was fitted on and its figures."""
+    """Per level (``PAIR_LEVELS``) its ``LevelRule`` for two known vehicles (``levels``) and for a pair
+    with an unknown one (``open_levels``; None: ``levels`` for every pair); ``info``: what it was
+    fitted on and its figures."""
 
     levels: dict[str, LevelRule]
     info: dict[str, Any] = field(default_factory=dict)
+    open_levels: dict[str, LevelRule] | None = None
+
+    def rules(self, unknown: bool) -> dict[str, LevelRule]:
+        """The rules for a pair in which a vehicle is flagged unknown (``unknown``) or none is."""
+        return self.open_levels if unknown and self.open_levels is not None else self.levels
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, stored under "compare" in an artifact's config.json."""
-        return {"method": METHOD, "levels": {lvl: r.to_dict() for lvl, r in self.levels.items()}, "info": self.info}
+        d = {"method": METHOD, "levels": {lvl: r.to_dict() for lvl, r in self.levels.items()}, "info": self.info}
+        if self.open_levels is not None:
+            d["open_levels"] = {lvl: r.to_dict() for lvl, r in self.open_levels.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> PairCalibration | None:
@@ -104,11 +118,16 @@ class PairCalibration:
             got = d.get("method") if isinstance(d, dict) else type(d).__name__
             raise ArtifactError(f"compare calibration method {got!r} is not one this vericar reads ({METHOD!r}): "
                                 f"install the vericar version that wrote it, or re-fit it. {REFIT}.")
-        levels = d.get("levels")
-        if not isinstance(levels, dict) or set(levels) != set(PAIR_LEVELS):
-            raise ArtifactError(f"compare calibration must have levels {list(PAIR_LEVELS)}, got "
-                                f"{sorted(levels) if isinstance(levels, dict) else levels!r}. {REFIT}.")
-        return cls({lvl: _rule(lvl, levels[lvl]) for lvl in PAIR_LEVELS}, dict(d.get("info") or {}))
+        sets = {}
+        for key in ("levels", "open_levels"):
+            levels = d.get(key)
+            if levels is None and key == "open_levels":
+                continue
+            if not isinstance(levels, dict) or set(levels) != set(PAIR_LEVELS):
+                raise ArtifactError(f"compare calibration {key} must have the levels {list(PAIR_LEVELS)}, got "
+                                    f"{sorted(levels) if isinstance(levels, dict) else levels!r}. {REFIT}.")
+            sets[key] = {lvl: _rule(lvl, levels[lvl]) for lvl in PAIR_LEVELS}
+        return cls(sets["levels"], dict(d.get("info") or {}), sets.get("open_levels"))
 
 
 def _rule(level: str, r: Any) -> LevelRule:
