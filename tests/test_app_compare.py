@@ -11,6 +11,7 @@ from test_app import _launch, app_module, artifact, make_artifact  # noqa: F401 
 from test_compare import calibration, with_compare
 from test_detect import SSD, _real_photos, street
 from vericar.artifacts import hub
+from vericar.ui.present import prediction_dict
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_compare_a_good_pair(served):
     want = rec.compare(photos["car0"], photos["car1"])
     assert out["probability"] == pytest.approx(want.probability, abs=1e-6) and out["same_model"] == want.same_model
     for side, path in (("a", photos["car0"]), ("b", photos["car1"])):
-        assert len(out[side]["box"]) == 4 and out[side]["label"] == rec.predict(path).label
+        assert len(out[side]["box"]) == 4 and out[side]["label"] == prediction_dict(rec.predict(path))["label"]
         assert {"make", "model", "type", "year", "confidence", "unknown", "neighbours"} <= set(out[side])
 
 
