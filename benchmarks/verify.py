@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,8 +30,6 @@ PAIRS = ROOT / "benchmarks/pairs"
 
 def make_pair_lists(dev_csv: Path, n: int, seed: int) -> None:
     """Write dev_pairs.csv (all classes) and dev_heldout_pairs.csv (label%5==4) beside this script."""
-    import os
-
     from vericar.evaluation.data import load_csv, parse_holdout
     from vericar.evaluation.pairs import make_pairs, write_pairs
 
@@ -68,6 +67,7 @@ def timing(model: str, runs: int, threads: int) -> dict:
     out = {name: {"p50_ms": statistics.median(x), "p90_ms": sorted(x)[int(0.9 * (len(x) - 1))]}
            for name, x in ts.items()}
     out["ratio_p50"] = out["compare"]["p50_ms"] / out["identify"]["p50_ms"]
+    out["load_avg"] = list(os.getloadavg())  # a shared machine: what else was running
     return out
 
 

@@ -150,7 +150,7 @@ def _rule(level: str, r: Any) -> LevelRule:
 
 
 def fit_rule(x: np.ndarray, y: np.ndarray, features: Sequence[str], weight: np.ndarray | None = None,
-             max_abstain: float = 0.1, coin: float = 0.75) -> LevelRule:
+             max_abstain: float = 0.05, coin: float = 2 / 3) -> LevelRule:
     """A level's logistic model fitted on pair features ``x`` (n, len(features)) and outcomes ``y``
     (``weight``: per pair, e.g. to balance same and different pairs), and its band: the widest
     [0.5 - d, 0.5 + d] whose pairs, answered at 0.5, are right less than ``coin`` of the time, while
