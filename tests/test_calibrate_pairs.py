@@ -28,9 +28,11 @@ def test_fit_writes_the_comparison_and_refuses_dev_photos(tiny_csv, tmp_path):  
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["compare"]["method"] == "pair-logistic" and set(cfg["compare"]["open_levels"]) == {"model", "make", "type"}
     assert cfg["compare"]["info"]["pairs"]["known same"] == 4 and "cross_validated_auc" in cfg["compare"]["info"]
-    assert cfg["meta"]["command"].splitlines()[-1].startswith("python train/calibrate_pairs.py")
+    assert cfg["meta"]["command"].splitlines()[-1] == "python train/calibrate_pairs.py --artifact OUT --negatives 50"
     assert cfg["ood"] == before["ood"] and cfg["calibration"] == before["calibration"]  # only "compare" changed
     rec = vericar.load(f"local-dir:{out}")
     assert rec.comparison.levels == cal.levels
+    calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache")])  # a re-run
+    assert json.loads((out / "config.json").read_text())["meta"]["command"].count("calibrate_pairs") == 1
     c = rec.compare(_photo(1, 2), _photo(1, 3))
     assert 0.0 <= c.probability <= 1.0 and c.a.label is not None

@@ -155,6 +155,23 @@ def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any]) -> Pai
     return PairCalibration(sets["known"], info, sets["open"])
 
 
+def recorded_command(previous: str, argv: Sequence[str]) -> str:
+    """The artifact's command with this fit's line in place of any earlier one: what changes the fit
+    only (the artifact is OUT; where caches and reports went, and the dev list, are left out)."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--cache", "--report", "--dev-csv"):
+            skip = True
+        elif not a.startswith(("--cache=", "--report=", "--dev-csv=")):
+            keep.append(a)
+    keep = ["OUT" if i and keep[i - 1] == "--artifact" else a for i, a in enumerate(keep)]
+    lines = [ln for ln in previous.splitlines() if not ln.startswith("python train/calibrate_pairs.py")]
+    return "\n".join(lines + ["python train/calibrate_pairs.py " + " ".join(shlex.quote(a) for a in keep)])
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train/calibrate_pairs.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py (e.g. vericar/default)")
@@ -208,8 +225,7 @@ def main(argv: Sequence[str] | None = None) -> PairCalibration:
             "pairs": counts, "cross_validated_auc": cv}
     cal = fit(t, args.features, info)
     cfg, meta = read_artifact(out)
-    command = "python train/calibrate_pairs.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    meta["command"] = f"{meta.get('command', '')}\n{command}".strip()
+    meta["command"] = recorded_command(meta.get("command", ""), sys.argv[1:] if argv is None else argv)
     write_config(out, replace(cfg, compare=cal.to_dict()), meta)
     if args.report:
         Path(args.report).write_text(json.dumps({"cross_validated_auc": cv, "pairs": counts}, indent=2))

@@ -182,7 +182,7 @@ def score_pairs(rec: Any, pairs: Sequence[Pair], cache: str | Path | None = None
     # scene.keeps: a faintly seen vehicle counts only when it looks like a known one
     ok = {f: found[i] == 1 or (found[i] == 2 and not preds[i].unknown) for i, f in enumerate(files)}
     row = {f: i for i, f in enumerate(files)}
-    probs, answers, no_vehicle, open_rule = [], [], 0, 0
+    probs, answers, cosines, no_vehicle, open_rule = [], [], [], 0, 0
     for p in pairs:
         i, j = row[p.file_a], row[p.file_b]
         c = compare_predictions(rec, rec.comparison, preds[i], preds[j], emb[i], emb[j])
@@ -190,8 +190,9 @@ def score_pairs(rec: Any, pairs: Sequence[Pair], cache: str | Path | None = None
         no_vehicle += not both
         open_rule += preds[i].unknown or preds[j].unknown
         probs.append(c.probability)
+        cosines.append(c.cosine)
         answers.append(c.same_model if both else None)
-    return {"prob": np.array(probs), "answers": answers, "no_vehicle": no_vehicle, "open_rule": open_rule,
+    return {"prob": np.array(probs), "answers": answers, "cosine": np.array(cosines), "no_vehicle": no_vehicle, "open_rule": open_rule,
             "threshold": 0.5, "band": list(rec.comparison.levels["model"].band),
             "open_band": list(rec.comparison.rules(True)["model"].band)}
 
@@ -201,6 +202,7 @@ def evaluate_pairs(rec: Any, pairs: Sequence[Pair], cache: str | Path | None = N
     """``pair_report`` of ``score_pairs``: the figures of ``python -m vericar.evaluate --pairs CSV``."""
     s = score_pairs(rec, pairs, cache, progress)
     report = pair_report([p.kind for p in pairs], s["prob"], s["answers"], s["threshold"])
+    report["auc_plain_cosine"] = pair_report([p.kind for p in pairs], s["cosine"], s["answers"])["auc"]
     return {**report, "band": s["band"], "open_band": s["open_band"], "no_vehicle_pairs": s["no_vehicle"],
             "unknown_vehicle_pairs": s["open_rule"]}
 
@@ -211,6 +213,10 @@ def format_pairs_table(r: dict[str, Any]) -> str:
     rows = [f"| ROC-AUC easy / medium / hard / all | {auc.get('easy', float('nan')):.4f} / "
             f"{auc.get('medium', float('nan')):.4f} / {auc.get('hard', float('nan')):.4f} / "
             f"{auc.get('all', float('nan')):.4f} |"]
+    if "auc_plain_cosine" in r:
+        c = r["auc_plain_cosine"]
+        rows.append("| the plain cosine's ROC-AUC on the same pairs | " + " / ".join(
+            f"{c.get(k, float('nan')):.4f}" for k in ("easy", "medium", "hard", "all")) + " |")
     for name, key in (("at threshold 0.5 (always answers)", "at_threshold"),
                       (f"same_model (None inside {r['band'][0]:.2f}-{r['band'][1]:.2f}; a pair with an unknown vehicle: "
                        f"{r['open_band'][0]:.2f}-{r['open_band'][1]:.2f})", "with_band")):
