@@ -11,7 +11,7 @@ $VERICAR_CONCURRENCY (model calls at once across all events, default 2), $VERICA
 vericar.ui.visitors), $VERICAR_MCP=1 (also serve Gradio's MCP server; in public mode its agents
 may not add or remove vehicles, vericar.ui.handlers.MCP_SHARED). GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT are honoured by ``launch()``. API (gradio_client): /identify, /similar, /explain,
-/enroll, /remove; public mode also /admin_enroll, /admin_remove (undocumented). Uploads and the
+/compare, /enroll, /remove; public mode also /admin_enroll, /admin_remove (undocumented). Uploads and the
 files written for an answer are removed once no request or open page uses them; an API answer's
 files stay $VERICAR_DELIVERY_S (30) s to be fetched (vericar.ui.tempfiles).
 
@@ -41,6 +41,7 @@ from vericar.ui.handlers import Handlers
 from vericar.ui.present import model_card
 from vericar.ui.tempfiles import RequestFiles
 from vericar.ui.api_inputs import CountInput, FileInput, limit_file_inputs
+from vericar.ui.compare import compare_api, compare_tab
 from vericar.ui.visitors import SessionVehicles, make_vehicles
 from vericar.ui.webui import DELETE_CACHE, AppSettings, PhotoInput, VericarApp, launch_options, user_errors
 
@@ -119,6 +120,7 @@ def _api(h: Handlers, model_q: dict[str, Any]) -> None:
     trigger.click(h.explain, [a_img], [a_overlay], api_name="explain", **model_q)
     trigger.click(h.enroll, [a_imgs, a_label], [a_json], api_name="enroll", **model_q)
     trigger.click(h.remove, [a_label], [a_json], api_name="remove", **model_q)
+    compare_api(h, trigger, model_q)
     vehicles = h.vehicles
     if isinstance(vehicles, SessionVehicles):  # the shared gallery changes only with the admin token
         a_token = gr.Textbox(label="token", visible=False)
@@ -158,6 +160,8 @@ def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | Non
                     "vehicles are flagged, and new ones can be added without retraining.")
         with gr.Tab("Identify"):
             _identify_tab(h, page_examples(source, data_dir / "examples"), model_q)
+        with gr.Tab("Compare"):
+            compare_tab(h, model_q)
         with gr.Tab("Add a vehicle"):
             listing, pick = _add_tab(h, vehicles.public, model_q)
         with gr.Tab("Model card"):

@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="default", help="model spec (default, local-dir:PATH, hf-hub:ORG/NAME, timm:...)")
     ap.add_argument("--detector", help="vehicle detector: queries go through the whole pipeline (detect, crop the "
                     "main vehicle); 'opencv-ssd:mobilenet_v2_coco', 'hf-hub:ORG/NAME' or 'none' (default: the model's)")
-    ap.add_argument("--queries", required=True, help="CSV (file,label,class_name) or hf:ORG/NAME")
+    ap.add_argument("--queries", help="CSV (file,label,class_name) or hf:ORG/NAME (required unless --pairs)")
+    ap.add_argument("--pairs", help="a pair list (file_a,file_b,kind): same-model verification (evaluation/pairs.py)")
     ap.add_argument("--gallery", help="build the gallery from this CSV instead of the model's own")
     ap.add_argument("--gallery-filter", help="keep only gallery classes matching a rule, e.g. \"label%%5!=4\"")
     ap.add_argument("--cache", help="folder for cached embeddings (safetensors), reused across runs")
@@ -207,7 +208,8 @@ def _with_photos(rec: Recognizer, args: argparse.Namespace, kw: dict) -> Recogni
                                          args.cache, "gallery", kw)
         gallery = Gallery(rec.model.output_dim)
         gallery.add(emb, [s.class_name for s in g_samples], refs=[s.ref for s in g_samples])
-        rec = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density, detector=rec.detector)
+        rec = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density, detector=rec.detector,
+                         comparison=rec.comparison)
     elif args.gallery_filter:
         raise VericarError("--gallery-filter needs --gallery CSV (it filters the photos the gallery is built from).")
     if args.enroll:
@@ -252,6 +254,8 @@ def _answer_queries(rec: Recognizer, queries: list[Sample], args: argparse.Names
 
 def _check_args(args: argparse.Namespace) -> None:
     """Refuse what would fail late (after minutes of embedding) or give wrong figures silently."""
+    if not (args.queries or args.pairs):
+        raise VericarError("give --queries CSV (identification) or --pairs CSV (same-model verification).")
     for name in ("k", "limit", "input_size"):
         if getattr(args, name) is not None:
             check_positive_int(getattr(args, name), f"--{name.replace('_', '-')}")
@@ -281,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     kw = dict(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
     rec = _with_photos(rec, args, kw)
     _set_ranking(rec, args)
+    if args.pairs:
+        from vericar.evaluation.pairs import main_pairs
+
+        return main_pairs(rec, args.pairs, cache=args.cache, json_out=args.json, progress=not args.no_progress)
     queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")

@@ -341,3 +341,43 @@ def _wait_for(cond, timeout: float = 60.0) -> bool:
     while time.monotonic() < end and not cond():
         time.sleep(0.2)
     return cond()
+
+
+def test_compare_tab_shows_verdict_names_and_heatmaps(tmp_path, monkeypatch):
+    """The Compare tab: two photos in, the verdict and probability the API gives, both names, both
+    vehicles with their boxes and a Grad-CAM++ of each."""
+    from test_compare import calibration, with_compare
+
+    tiny = with_compare(make_artifact(tmp_path / "model"), calibration())
+    monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{tiny}")
+    monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    app_module = importlib.import_module("app")
+    app, client = _launch(app_module, tiny, tmp_path / "data")
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    vehicle_photo(0, 1).save(paths[0])
+    vehicle_photo(0, 2).save(paths[1])
+    try:
+        want = client.predict(handle_file(str(paths[0])), handle_file(str(paths[1])), api_name="/compare")
+        verdict = {True: "Same model", False: "Different models", None: "Not sure"}[want["same_model"]]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1400})
+                page.goto(app.demo.local_url, wait_until="load")
+                page.get_by_role("tab", name="Compare").click()
+                page.locator("#vericar-compare-a input[type=file]").set_input_files(str(paths[0]))
+                page.locator("#vericar-compare-b input[type=file]").set_input_files(str(paths[1]))
+                page.locator("#vericar-compare").click()
+                result = page.locator("#vericar-compare-result")
+                expect(result).to_contain_text(verdict, timeout=60_000)
+                shown = result.inner_text()
+                assert f"{want['probability']:.0%}" in shown and (want["a"]["label"] or "unknown vehicle") in shown
+                for box in ("found-a", "found-b", "cam-a", "cam-b"):
+                    expect(page.locator(f"#vericar-compare-{box} img")).to_be_visible(timeout=60_000)
+                page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        app.demo.close()
+    assert (tmp_path / "compare.png").stat().st_size > 10_000

@@ -25,10 +25,11 @@ from vericar._infra.io import atomic_write
 from vericar.artifacts import config_file as artifact
 from vericar.artifacts.config_file import CONFIG_NAME, FORMAT
 from vericar.artifacts.spec import BACKBONE_KINDS, SPEC_HELP, ModelSpec, parse_spec
-from vericar.core.config import SourceCfg, VericarConfig
+from vericar.core.config import SourceCfg, VericarConfig, plain_json
 from vericar.core.errors import ArtifactError, SpecError
 from vericar.models.model import EmbeddingModel, create_model
 from vericar.search.calibration import Calibration
+from vericar.search.pair_calibration import PairCalibration
 from vericar.search.density import DensityCorrection
 from vericar.search.gallery import JSON_NAME as GALLERY_JSON, Gallery
 from vericar.search.ood import KNNOOD
@@ -92,11 +93,13 @@ def _checked(config: VericarConfig, where: Any) -> VericarConfig:
     """``config.check``, and its calibration read back as loading reads it: what loading would
     refuse (a hand-set temperature of 20, a threshold of 1.2) is refused before anything is written."""
     config.check(str(where))
-    if config.calibration is not None:
-        try:
+    try:
+        if config.calibration is not None:
             Calibration.from_dict(dict(config.calibration))
-        except ArtifactError as e:
-            raise ArtifactError(f"{where}: not saved: {e}") from e
+        if config.compare is not None:
+            PairCalibration.from_dict(plain_json(config.compare))
+    except ArtifactError as e:
+        raise ArtifactError(f"{where}: not saved: {e}") from e
     return config
 
 
@@ -126,6 +129,7 @@ def load_local(directory: str | os.PathLike, *, source: SourceCfg | None = None,
     kw = {"k": config.ranking.k, "meta": meta, "detector": config.detector.spec,
           "density": DensityCorrection.from_cfg(config.ranking.density),
           "calibration": Calibration.from_dict(None if config.calibration is None else dict(config.calibration)),
+          "comparison": PairCalibration.from_dict(None if config.compare is None else plain_json(config.compare)),
           "source": source or SourceCfg(f"local-dir:{directory}", str(directory)), **recognizer_kw}
     return Recognizer(model, gallery, KNNOOD.from_cfg(config.ood), **kw)
 

@@ -5,7 +5,8 @@
                                                                    crop_mode, crop_pct), tta=() or ("flip",)),
         ranking=RankingCfg(k, density=DensityCfg(weight, k, max_fetch)),
         ood=OODCfg(k, threshold, tpr, calibrated_for=<the DensityCfg the threshold was fitted with>),
-        calibration={...} | None, detector=DetectorCfg(spec), source=SourceCfg(spec, folder) | None)
+        calibration={...} | None, detector=DetectorCfg(spec), source=SourceCfg(spec, folder) | None,
+        compare={...} | None)
 
 Every node is a frozen dataclass: change one with ``dataclasses.replace``. ``to_dict`` /
 ``from_dict`` are exact inverses (``from_dict(c.to_dict()) == c``). Consistency is checked, not
@@ -219,10 +220,12 @@ class VericarConfig:
     calibration: Mapping[str, Any] | None = None  # vericar.search.calibration.Calibration.to_dict()
     detector: DetectorCfg = field(default_factory=DetectorCfg)
     source: SourceCfg | None = None
+    compare: Mapping[str, Any] | None = None  # vericar.search.pair_calibration.PairCalibration.to_dict()
 
     def __post_init__(self) -> None:
-        if self.calibration is not None:
-            object.__setattr__(self, "calibration", MappingProxyType(dict(self.calibration)))
+        for name in ("calibration", "compare"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def check(self, where: str = "this model") -> "VericarConfig":
         """Refuse a threshold fitted under another neighbour ranking; returns self."""
@@ -240,9 +243,11 @@ class VericarConfig:
         d: dict[str, Any] = {"model": self.model.to_dict(), "ranking": asdict(self.ranking), "ood": asdict(self.ood),
                              "detector": asdict(self.detector)}
         if self.calibration is not None:
-            d["calibration"] = _plain(self.calibration)
+            d["calibration"] = plain_json(self.calibration)
         if self.source is not None:
             d["source"] = asdict(self.source)
+        if self.compare is not None:
+            d["compare"] = plain_json(self.compare)
         return d
 
     @classmethod
@@ -260,6 +265,7 @@ class VericarConfig:
                 calibration=d.get("calibration"),
                 detector=DetectorCfg(**(d.get("detector") or {})),
                 source=SourceCfg(**d["source"]) if d.get("source") else None,
+                compare=d.get("compare"),
             )
         except (KeyError, TypeError, SpecError) as e:
             raise ArtifactError(f"config.json is not a valid vericar config ({type(e).__name__}: {e}); re-save the "
@@ -271,10 +277,10 @@ def _ranking_words(d: DensityCfg) -> str:
     return "plain cosine" if d.weight == 0 else f"cos - {d.weight:g} * density (density k={d.k}, max_fetch={d.max_fetch})"
 
 
-def _plain(v: Any) -> Any:
+def plain_json(v: Any) -> Any:
     """Mappings (read-only proxies included) and sequences as plain JSON-able dicts and lists."""
     if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
+        return {k: plain_json(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [plain_json(x) for x in v]
     return v

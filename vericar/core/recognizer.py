@@ -10,12 +10,13 @@ with the tightly clustered photos the model was trained on.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
 
+from vericar.core.compare import Comparison, compare
 from vericar.core.config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
@@ -24,6 +25,7 @@ from vericar.models.model import EmbeddingModel
 from vericar.models.transforms import eval_transform, input_view
 from vericar.search.calibration import PARTIAL_LEVELS, Calibration
 from vericar.search.density import DensityCorrection
+from vericar.search.pair_calibration import PairCalibration
 from vericar.search.gallery import Gallery
 from vericar.search.labels import normalise_label
 from vericar.search.ood import KNNOOD
@@ -48,6 +50,7 @@ class Recognizer:
         detector: finds the vehicles in a photo (``vericar.vision.detect``: a Detector or a spec such as
             'opencv-ssd:mobilenet_v2_coco'); None or 'none' treats the whole photo as the vehicle.
         source: where it was loaded from (``vericar.load`` sets it; see ``config.source``).
+        comparison: ``compare``'s fitted same-vehicle probability (None: compare is refused).
 
     ``rec.config`` describes it all as one frozen ``vericar.core.config.VericarConfig``.
     """
@@ -66,6 +69,7 @@ class Recognizer:
         calibration: Calibration | None = None,
         detector: Detector | str | None = None,
         source: SourceCfg | None = None,
+        comparison: PairCalibration | None = None,
     ) -> None:
         if gallery.dim != model.output_dim:
             raise VericarError(
@@ -89,7 +93,7 @@ class Recognizer:
         self._lock = threading.RLock()
         self._counts: dict[str, int] | None = None  # photos per label, for the per-query k cap
         self.density = density or DensityCorrection()
-        self.calibration = calibration or Calibration()
+        self.calibration, self.comparison = calibration or Calibration(), comparison
         self._n_values: dict[str, int] = {}  # distinct values per level, for the calibrated softmax
         self._density_r: np.ndarray | None = None  # each entry's local density, recomputed after changes
         self._density_key: tuple | None = None
@@ -104,7 +108,8 @@ class Recognizer:
             ood = replace(ood, calibrated_for=self.density.cfg)
         return VericarConfig(self.model.model_cfg, RankingCfg(self.k, self.density.cfg), ood,
                              self.calibration.to_dict() if self.calibration.active else None,
-                             DetectorCfg(self.detector.spec), self.source)
+                             DetectorCfg(self.detector.spec), self.source,
+                             self.comparison.to_dict() if self.comparison is not None else None)
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -132,6 +137,10 @@ class Recognizer:
     def predict_all(self, image: Any, max_vehicles: int = 10) -> list[Prediction]:
         """Every vehicle in a photo, largest first (at most ``max_vehicles``; [] when none is found)."""
         return recognise(self, [open_image(image)], max_vehicles=max_vehicles)[0]
+
+    def compare(self, photo_a: Any, photo_b: Any) -> Comparison:
+        """Whether two photos' main vehicles are the same model, make and type (vericar/core/compare.py)."""
+        return compare(self, photo_a, photo_b)
 
     def predict_embeddings(self, emb: np.ndarray) -> list[Prediction]:
         """Predictions for already-computed query embeddings (evaluation reuses this)."""

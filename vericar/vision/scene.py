@@ -121,18 +121,30 @@ def recognise(rec: Any, photos: Sequence[Any], *, max_vehicles: int = MAX_VEHICL
     A photo in which the detector saw only faint boxes is embedded whole: kept as one vehicle if the
     unknown-vehicle detector accepts it (a tight crop the detector was unsure of), else no vehicle ([]).
     """
+    return [[p for p, _ in found] for found in _recognise(rec, photos, max_vehicles, margin)]
+
+
+def _recognise(rec: Any, photos: Sequence[Any], max_vehicles: int, margin: float | None) -> list[list[tuple[Any, Any]]]:
+    """``recognise`` with each kept vehicle's embedding: per photo, [(Prediction, embedding row), ...]."""
     plans = [locate(rec.detector, photo, max_vehicles=max_vehicles, margin=margin) for photo in photos]
     crops = [r.image(p) for p, regions in zip(photos, plans) for r in regions]
-    preds = rec.predict_embeddings(rec._embed_pil(crops)) if crops else []
-    out: list[list[Any]] = []
+    emb = rec._embed_pil(crops) if crops else None
+    preds = rec.predict_embeddings(emb) if crops else []
+    out: list[list[tuple[Any, Any]]] = []
     i = 0
     for regions in plans:
-        mine = preds[i:i + len(regions)]
+        mine = list(zip(preds[i:i + len(regions)], range(i, i + len(regions))))
         i += len(regions)
-        for pred, region in zip(mine, regions):
+        for (pred, _), region in zip(mine, regions):
             pred.box = region.box.to_list() if region.box is not None else None
-        out.append([p for p, r in zip(mine, regions) if keeps(r, p)])
+        out.append([(p, emb[j]) for (p, j), r in zip(mine, regions) if keeps(r, p)])
     return out
+
+
+def main_vehicles(rec: Any, photos: Sequence[Any]) -> list[tuple[Any, Any] | None]:
+    """Each photo's main vehicle as (Prediction with its box, its embedding), in one batch; None
+    where no vehicle was found (``compare`` needs the embeddings as well as the answers)."""
+    return [found[0] if found else None for found in _recognise(rec, photos, 1, None)]
 
 
 def main_crop(rec: Any, photo: Any, *, none_if_blank: bool = False) -> Any:

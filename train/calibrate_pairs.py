@@ -1,0 +1,243 @@
+"""Fit an artifact's comparison (same model / make / type, vericar/search/pair_calibration.py) on
+pairs of its validation photos, and write it into its config.json ("compare").
+
+    python train/calibrate_pairs.py --artifact OUT [--features cosine agree_model ...] [--dev-csv CSV]
+
+As train/calibrate.py does for the confidences: the validation photos (found again from the split
+the artifact's train_config describes, train/crossfit.py ``validation_slice``) are seen as the
+product sees them (train/realinput.py views) and searched in a gallery of the other training photos.
+Every same-model pair among them and up to ``--negatives`` pairs of each different kind (easy,
+medium, hard) are scored twice: with their classes in the gallery (a known vehicle) and taken
+out of it (a vehicle the gallery lacks); the first fit the rules for two known vehicles, the second
+those used when either vehicle is flagged unknown. Candidate feature sets are
+compared by class-grouped cross-validation on these pairs and reported (``--report``); the one
+fitted is ``--features``. Photos listed in the dev CSV are refused: dev is for measuring only.
+Re-run it after the weights or the gallery change (e.g. a re-shipped vericar/default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+if __name__ == "__main__" and not __package__:  # run as a file: put the repository first (see train/calibrate.py)
+    import os as _os, sys as _sys
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+
+import numpy as np
+
+from train.errors import TrainError, cli
+from vericar.evaluation.pairs import KINDS, make_pairs
+from vericar.search.pair_calibration import FEATURES, PAIR_LEVELS, PairCalibration, fit_rule, pair_features
+
+DEV_CSV = Path(__file__).resolve().parents[2] / "shared/data/stanford_cars/dev.csv"
+CANDIDATES = {"cosine": ("cosine",), "vote agreement": ("agree_model", "agree_make", "agree_type"),
+              "cosine + agreement": ("cosine", "agree_model", "agree_make", "agree_type"),
+              "cosine + agreement + nearness": FEATURES[:5], "cosine + agreement x nearness": FEATURES}
+CHOSEN = "cosine + agreement + nearness"  # best or equal-best known hard AUC with the fewest features (docs)
+
+
+def refuse_dev(paths: Sequence[str], dev_csv: Path | None) -> None:
+    """TrainError when any of ``paths`` is a photo of the dev CSV (resolved paths compared)."""
+    if dev_csv is None or not Path(dev_csv).is_file():
+        return
+    from vericar.evaluation.data import load_csv
+
+    dev = {str(Path(s.image).resolve()) for s in load_csv(dev_csv)}
+    hit = [p for p in paths if str(Path(p).resolve()) in dev]
+    if hit:
+        raise TrainError(f"{len(hit)} of the photos to fit on are dev photos ({hit[0]}, listed in {dev_csv}); "
+                         "dev is for measuring only. Fit on an artifact trained on the training split.")
+
+
+def ranked_neighbours(rec: Any, emb: np.ndarray) -> list[list[tuple[str, float]]]:
+    """Each photo's nearest gallery entries (label, cosine) as ``rec`` ranks them, deep enough that
+    ``rec.k`` remain once two classes are left out."""
+    depth = min(len(rec.gallery), rec.k + 2 * max(rec._class_counts().values()) + 1)
+    _, cos, idx = rec.search(np.asarray(emb, np.float32), depth)
+    labels = rec.gallery.labels
+    return [[(labels[j], float(c)) for c, j in zip(cos[q], idx[q]) if j >= 0] for q in range(len(emb))]
+
+
+def voters(rec: Any, ranked: list[tuple[str, float]], exclude: set[str]) -> list[tuple[str, float]]:
+    """The neighbours that vote for one photo, as ``rec.predict_embeddings`` picks them (k capped at
+    the nearest class's photo count), with the classes in ``exclude`` out of the gallery."""
+    kept = [n for n in ranked if n[0] not in exclude]
+    cap = rec._class_counts().get(kept[0][0], 1) if kept else 1
+    return kept[: min(rec.k, cap)]
+
+
+def pair_table(rec: Any, emb: np.ndarray, classes: Sequence[str], negatives: int, seed: int) -> dict[str, Any]:
+    """Features and outcomes of the validation pairs, known (classes in the gallery) and open (out)."""
+    pairs = make_pairs([str(i) for i in range(len(classes))], list(classes), negatives, seed)
+    ranked = ranked_neighbours(rec, emb)
+    rows, ys, kinds, modes, groups = [], [], [], [], []
+    tax = rec.taxonomy
+    for mode in ("known", "open"):
+        for p in pairs:
+            i, j = int(p.file_a), int(p.file_b)
+            out = {classes[i], classes[j]} if mode == "open" else set()  # open: neither class in the gallery
+            f = pair_features(float(emb[i] @ emb[j]), voters(rec, ranked[i], out), voters(rec, ranked[j], out),
+                              tax.level_value)
+            rows.append([f[n] for n in FEATURES])
+            ys.append([tax.level_value(classes[i], lvl) == tax.level_value(classes[j], lvl) for lvl in PAIR_LEVELS])
+            kinds.append(p.kind), modes.append(mode), groups.append((classes[i], classes[j]))
+    return {"x": np.array(rows), "y": np.array(ys, bool), "kind": np.array(kinds), "mode": np.array(modes),
+            "groups": groups}
+
+
+def pair_weights(t: dict[str, Any], level: str) -> np.ndarray:
+    """Per pair: known and open weigh the same; within each, "same at ``level``" as much as "not",
+    and the model level's different pairs each kind equally."""
+    y = t["y"][:, PAIR_LEVELS.index(level)]
+    w = np.zeros(len(y))
+    for mode in ("known", "open"):
+        m = t["mode"] == mode
+        for side in (True, False):
+            s = m & (y == side)
+            if level == "model" and not side:
+                present = [k for k in KINDS[1:] if (s & (t["kind"] == k)).any()]
+                for k in present:
+                    sk = s & (t["kind"] == k)
+                    w[sk] = 1.0 / (sk.sum() * len(present))
+            elif s.any():
+                w[s] = 1.0 / s.sum()
+    return w * len(y) / w.sum()
+
+
+def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Per candidate feature set (CANDIDATES), model-level ROC-AUC per kind and mode on held-out folds
+    of classes (a pair is tested when both its classes are in the fold, trained on when neither is),
+    each mode's rule fitted on that mode's pairs, as ``fit`` does."""
+    from sklearn.metrics import roc_auc_score
+
+    names = sorted({c for g in t["groups"] for c in g})
+    fold = {c: i % folds for i, c in enumerate(np.random.default_rng(seed).permutation(names))}
+    fa = np.array([fold[a] for a, _ in t["groups"]])
+    fb = np.array([fold[b] for _, b in t["groups"]])
+    y, w = t["y"][:, 0], pair_weights(t, "model")
+    out: dict[str, Any] = {}
+    for cand, feats in CANDIDATES.items():
+        cols = [FEATURES.index(f) for f in feats]
+        prob = np.full(len(y), np.nan)
+        for k in range(folds):
+            for mode in ("known", "open"):
+                m = t["mode"] == mode
+                train, test = m & (fa != k) & (fb != k), m & (fa == k) & (fb == k)
+                if not test.any() or y[train].all() or not y[train].any():
+                    continue
+                rule = fit_rule(t["x"][train][:, cols], y[train], feats, w[train])
+                prob[test] = [rule.probability(dict(zip(feats, row))) for row in t["x"][test][:, cols]]
+        res = {}
+        for mode in ("known", "open"):
+            for kind in KINDS[1:]:
+                m = (t["mode"] == mode) & ~np.isnan(prob) & ((t["kind"] == "same") | (t["kind"] == kind))
+                if (y[m]).any() and (~y[m]).any():
+                    res[f"{mode} {kind}"] = float(roc_auc_score(y[m], prob[m]))
+        out[cand] = res
+    return out
+
+
+def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any]) -> PairCalibration:
+    """Each level's rules, with their bands: for known vehicles on the pairs with their classes in the
+    gallery, for unknown ones on the pairs with them taken out."""
+    cols = [FEATURES.index(f) for f in features]
+    sets = {}
+    for mode in ("known", "open"):
+        m = t["mode"] == mode
+        sets[mode] = {lvl: fit_rule(t["x"][m][:, cols], t["y"][m, i], features, pair_weights(t, lvl)[m])
+                      for i, lvl in enumerate(PAIR_LEVELS)}
+    return PairCalibration(sets["known"], info, sets["open"])
+
+
+def recorded_command(previous: str, argv: Sequence[str]) -> str:
+    """The artifact's command with this fit's line in place of any earlier one: what changes the fit
+    only (the artifact is OUT; where caches and reports went, and the dev list, are left out)."""
+    keep, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--cache", "--report", "--dev-csv"):
+            skip = True
+        elif not a.startswith(("--cache=", "--report=", "--dev-csv=")):
+            keep.append(a)
+    keep = ["OUT" if i and keep[i - 1] == "--artifact" else a for i, a in enumerate(keep)]
+    lines = [ln for ln in previous.splitlines() if not ln.startswith("python train/calibrate_pairs.py")]
+    return "\n".join(lines + ["python train/calibrate_pairs.py " + " ".join(shlex.quote(a) for a in keep)])
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="train/calibrate_pairs.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--artifact", required=True, help="a folder written by train/train.py (e.g. vericar/default)")
+    ap.add_argument("--features", nargs="+", default=list(CANDIDATES[CHOSEN]), choices=FEATURES,
+                    help=f"the features the rules weigh (default: {CHOSEN!r}, chosen by the cross-validation)")
+    ap.add_argument("--negatives", type=int, default=2000, help="validation pairs of each different kind (at most)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dev-csv", default=str(DEV_CSV), help="photos listed here are refused (dev is for measuring)")
+    ap.add_argument("--cache", help="folder to keep the validation views' embeddings in (re-runs skip embedding)")
+    ap.add_argument("--report", help="also write the cross-validation of the candidate feature sets here (JSON)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> PairCalibration:
+    """Fit and write ``--artifact``'s comparison; returns it."""
+    import torch
+
+    from train.crossfit import validation_slice
+    from train.realinput import real_input_views
+    from vericar._infra.runtime import tune_malloc
+    from vericar.artifacts.hub import load, read_artifact, write_config
+    from vericar.core.recognizer import Recognizer
+    from vericar.models.embed_cache import cached
+    from vericar.models.embedding import embed
+    from vericar.search.gallery import Gallery
+
+    args = _parser().parse_args(argv)
+    tune_malloc()
+    out = Path(args.artifact)
+    rec = load(f"local-dir:{out}")
+    tc = dict(rec.meta.get("train_config") or {})
+    if not tc.get("data"):
+        raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts can be "
+                         "fitted (their validation slice is needed).")
+    is_val, val = validation_slice(rec, out)
+    refuse_dev([s.image for s in val], Path(args.dev_csv) if args.dev_csv else None)
+    labels = np.array(rec.gallery.labels)
+    views = [s.image for s in val]
+    emb = cached(args.cache, lambda: torch.from_numpy(embed(rec.model, real_input_views(views, tc.get("seed", 0)),
+                                                            progress=False)),
+                 weights=rec.model, preprocess=rec.model.pretrained_cfg, files=views,
+                 extra={"views": "real-input", "seed": tc.get("seed", 0)}, prefix="val-views").numpy()
+    gallery = Gallery(rec.gallery.dim)
+    gallery.add(rec.gallery.embeddings[~is_val], list(labels[~is_val]))
+    voter = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density)
+    t = pair_table(voter, emb, list(labels[is_val]), args.negatives, args.seed)
+    cv = cross_validate(t, seed=args.seed)
+    counts = {f"{m} {k}": int(((t["mode"] == m) & (t["kind"] == k)).sum()) for m in ("known", "open") for k in KINDS}
+    info = {"fitted_on": f"pairs of {int(is_val.sum())} validation photos (real-input views, seed {tc.get('seed', 0)}) "
+            f"against the other training photos, each pair with its classes in the gallery and out of it",
+            "pairs": counts, "cross_validated_auc": cv}
+    cal = fit(t, args.features, info)
+    cfg, meta = read_artifact(out)
+    meta["command"] = recorded_command(meta.get("command", ""), sys.argv[1:] if argv is None else argv)
+    write_config(out, replace(cfg, compare=cal.to_dict()), meta)
+    if args.report:
+        Path(args.report).write_text(json.dumps({"cross_validated_auc": cv, "pairs": counts}, indent=2))
+    print(f"fitted the comparison of {out} on {len(t['y'])} validation pairs ({counts})")
+    for cand, res in cv.items():
+        print(f"  {cand:32s} " + "  ".join(f"{k} {v:.3f}" for k, v in res.items()))
+    for name, rules in (("known", cal.levels), ("unknown", cal.open_levels or {})):
+        for lvl, r in rules.items():
+            print(f"  {name} {lvl}: " + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights))
+                  + f", bias {r.bias:+.2f}, no verdict in {r.band[0]:.2f}-{r.band[1]:.2f}")
+    return cal
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,176 @@
+"""Same vehicle or not: the evidence two photos give, and its calibrated probability.
+
+Two photos of one model lie close in the embedding (their ``cosine``), and their neighbours in the
+gallery vote for the same values: ``agree_<level>`` is the chance that one neighbour drawn from
+each photo's vote (weights max(cos, 0), as ``voting.knn_vote``) has the same model / make / type,
+i.e. Σ_v p_a(v) p_b(v). ``nearness`` (the smaller of the two photos' nearest-neighbour cosines) says
+how much those votes are worth: far from every known vehicle (a model the gallery lacks), two
+photos' votes agree or not by chance; ``agree_<level>_near`` (agreement × nearness) lets the
+weight of the agreement grow with it. A logistic model per level (model, make, type) turns these
+features into the probability that both photos share that level; ``same_*`` is None when it falls
+in the level's ``band`` (weak evidence either way). There are two sets of rules: ``levels`` for
+two vehicles the gallery knows, ``open_levels`` for a pair in which either is flagged unknown (KNN+):
+there the neighbours' votes say less (two photos of a model the gallery lacks and two of two
+such models both vote for look-alikes), and a rule fitted on both kinds of pairs at once gave
+each kind less than its own (docs/verification.md). Fitted on validation pairs only
+(train/calibrate_pairs.py), stored under "compare" in an artifact's config.json.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vericar.core.errors import ArtifactError
+
+PAIR_LEVELS = ("model", "make", "type")  # levels a comparison answers, finest first
+FEATURES = ("cosine", "agree_model", "agree_make", "agree_type", "nearness",
+            "agree_model_near", "agree_make_near", "agree_type_near")
+METHOD = "pair-logistic"
+REFIT = "Fit one with `python train/calibrate_pairs.py --artifact DIR`"
+
+
+def vote_shares(neighbours: Sequence[tuple[str, float]], level_of: Callable[[str], Any]) -> dict[Any, float]:
+    """One photo's vote at a level as shares summing to 1: value -> Σ max(cos, 0) / total (every
+    neighbour equally when none is similar; {} without neighbours)."""
+    w: dict[Any, float] = {}
+    for label, s in neighbours:
+        v = level_of(label)
+        w[v] = w.get(v, 0.0) + (max(float(s), 0.0) if math.isfinite(s) else 0.0)
+    total = sum(w.values())
+    if total <= 0.0:
+        n = len(neighbours)
+        return {v: sum(1 for lab, _ in neighbours if level_of(lab) == v) / n for v in w} if n else {}
+    return {v: x / total for v, x in w.items()}
+
+
+def pair_features(cosine: float, a: Sequence[tuple[str, float]], b: Sequence[tuple[str, float]],
+                  level_of: Callable[[str, str], Any]) -> dict[str, float]:
+    """Every candidate feature (``FEATURES``) of one pair: ``a`` / ``b`` are each photo's voting
+    neighbours as (label, cosine), best ranked first; ``level_of(label, level)`` its value there."""
+    out = {"cosine": float(cosine)}
+    for lvl in PAIR_LEVELS:
+        pa = vote_shares(a, lambda lab, lvl=lvl: level_of(lab, lvl))
+        pb = vote_shares(b, lambda lab, lvl=lvl: level_of(lab, lvl))
+        out[f"agree_{lvl}"] = float(sum(p * pb.get(v, 0.0) for v, p in pa.items()))
+    near = [max((s for _, s in n), default=0.0) for n in (a, b)]
+    out["nearness"] = float(min(near))
+    for lvl in PAIR_LEVELS:  # agreement counts for more when both photos are near known vehicles
+        out[f"agree_{lvl}_near"] = out[f"agree_{lvl}"] * out["nearness"]
+    return out
+
+
+@dataclass(frozen=True)
+class LevelRule:
+    """One level's logistic model: P(same) = σ(Σ w_i x_i + bias), and the band of no verdict."""
+
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    bias: float
+    band: tuple[float, float] = (0.5, 0.5)  # [low, high]: probabilities strictly inside get None
+
+    def probability(self, feats: dict[str, float]) -> float:
+        z = self.bias + sum(w * feats[f] for f, w in zip(self.features, self.weights))
+        return float(1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))))
+
+    def verdict(self, p: float) -> bool | None:
+        """True at or above the band, False at or below it, None inside (weak evidence)."""
+        lo, hi = self.band
+        if p >= hi:
+            return True
+        return False if p <= lo else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias,
+                "band": list(self.band)}
+
+
+@dataclass
+class PairCalibration:
+    """Per level (``PAIR_LEVELS``) its ``LevelRule`` for two known vehicles (``levels``) and for a pair
+    with an unknown one (``open_levels``; None: ``levels`` for every pair); ``info``: what it was
+    fitted on and its figures."""
+
+    levels: dict[str, LevelRule]
+    info: dict[str, Any] = field(default_factory=dict)
+    open_levels: dict[str, LevelRule] | None = None
+
+    def rules(self, unknown: bool) -> dict[str, LevelRule]:
+        """The rules for a pair in which a vehicle is flagged unknown (``unknown``) or none is."""
+        return self.open_levels if unknown and self.open_levels is not None else self.levels
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored under "compare" in an artifact's config.json."""
+        d = {"method": METHOD, "levels": {lvl: r.to_dict() for lvl, r in self.levels.items()}, "info": self.info}
+        if self.open_levels is not None:
+            d["open_levels"] = {lvl: r.to_dict() for lvl, r in self.open_levels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PairCalibration | None:
+        """Inverse of ``to_dict``; None (an artifact fitted before comparisons existed) -> None."""
+        if d is None:
+            return None
+        if not isinstance(d, dict) or d.get("method") != METHOD:
+            got = d.get("method") if isinstance(d, dict) else type(d).__name__
+            raise ArtifactError(f"compare calibration method {got!r} is not one this vericar reads ({METHOD!r}): "
+                                f"install the vericar version that wrote it, or re-fit it. {REFIT}.")
+        sets = {}
+        for key in ("levels", "open_levels"):
+            levels = d.get(key)
+            if levels is None and key == "open_levels":
+                continue
+            if not isinstance(levels, dict) or set(levels) != set(PAIR_LEVELS):
+                raise ArtifactError(f"compare calibration {key} must have the levels {list(PAIR_LEVELS)}, got "
+                                    f"{sorted(levels) if isinstance(levels, dict) else levels!r}. {REFIT}.")
+            sets[key] = {lvl: _rule(lvl, levels[lvl]) for lvl in PAIR_LEVELS}
+        return cls(sets["levels"], dict(d.get("info") or {}), sets.get("open_levels"))
+
+
+def _rule(level: str, r: Any) -> LevelRule:
+    """One level's rule from JSON, checked: known features, one finite weight each, a band in [0, 1]."""
+    try:
+        feats = tuple(str(f) for f in r["features"])
+        weights = tuple(float(w) for w in r["weights"])
+        bias, band = float(r["bias"]), tuple(float(x) for x in r["band"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"compare calibration level {level!r} is malformed ({type(e).__name__}: {e}); "
+                            f"it needs features, weights, bias and band. {REFIT}.") from e
+    bad = [f for f in feats if f not in FEATURES]
+    numbers = (*weights, bias, *band)
+    if bad or len(weights) != len(feats) or len(band) != 2 or not all(math.isfinite(x) for x in numbers) \
+            or not 0.0 <= band[0] <= band[1] <= 1.0:
+        raise ArtifactError(f"compare calibration level {level!r}: unknown features {bad} (known: {list(FEATURES)}), "
+                            f"{len(weights)} weights for {len(feats)} features, or band {list(band)} not "
+                            f"0 <= low <= high <= 1. {REFIT}.")
+    return LevelRule(feats, weights, bias, (band[0], band[1]))
+
+
+def fit_rule(x: np.ndarray, y: np.ndarray, features: Sequence[str], weight: np.ndarray | None = None,
+             max_abstain: float = 0.05, coin: float = 2 / 3) -> LevelRule:
+    """A level's logistic model fitted on pair features ``x`` (n, len(features)) and outcomes ``y``
+    (``weight``: per pair, e.g. to balance same and different pairs), and its band: the widest
+    [0.5 - d, 0.5 + d] whose pairs, answered at 0.5, are right less than ``coin`` of the time, while
+    at most ``max_abstain`` of the (weighted) pairs fall inside it."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y, dtype=bool)
+    if y.all() or not y.any():
+        raise ValueError(f"need both same and different pairs to fit on, got {int(y.sum())} same of {len(y)}.")
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+    lr = LogisticRegression(C=10.0, max_iter=1000).fit(x, y, sample_weight=w)
+    rule = LevelRule(tuple(features), tuple(float(c) for c in lr.coef_[0]), float(lr.intercept_[0]))
+    p = lr.predict_proba(x)[:, 1]
+    right = (p >= 0.5) == y
+    best = 0.0
+    for d in np.arange(0.01, 0.5, 0.01):
+        inside = np.abs(p - 0.5) < d
+        share = w[inside].sum() / w.sum()
+        if share > max_abstain:
+            break
+        if inside.any() and np.average(right[inside], weights=w[inside]) < coin:
+            best = float(d)
+    return LevelRule(rule.features, rule.weights, rule.bias, (0.5 - best, 0.5 + best))
