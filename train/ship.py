@@ -1,7 +1,11 @@
 """Copy a trained artifact into the package as the shipped default model (``vericar/default``).
 
     python train/ship.py --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..." \
-        [--card-extra dev_confidences.md]
+        [--card-extra dev_confidences.md] [--insights DIR]
+
+``--insights DIR``: the app's Insights tab file from ``python -m vericar.evaluate --model local-dir:OUT --queries
+DEV.csv --explore TRAIN.csv --report DIR`` (docs/report.md); without it, the artifact's own ``insights/`` ships
+if it has one (re-shipping the shipped copy keeps them).
 
 What ships: config.json, model.safetensors, the gallery's embeddings + labels, the model card and
 training curve. What does not: training checkpoints, and the gallery thumbnails — they are small
@@ -33,6 +37,7 @@ from train.errors import TrainError, cli
 from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, load_local, read_artifact, read_config, write_config
 from vericar.core.errors import VericarError
 from vericar.core.config import DetectorCfg
+from vericar.evaluation import insights
 from vericar.evaluation.data import short_ref
 from vericar.search.gallery import Gallery
 
@@ -148,6 +153,15 @@ def _dev_section(eval_json: str, command: str | None) -> str:
                          "give that command's output.") from e
 
 
+def _portable_insights(path: Path) -> None:
+    """The insights file's recorded command and title without the evaluating machine's folders."""
+    doc = json.loads(path.read_text())
+    if doc.get("command"):
+        doc["command"] = portable_command(doc["command"])
+    doc["title"] = " ".join(str(portable_value(w)) for w in str(doc.get("title", "")).split())
+    path.write_text(json.dumps(doc, indent=1))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="train/ship.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True)
@@ -156,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eval-command", help="the command that produced --eval-json")
     ap.add_argument("--card-extra", help="a Markdown file appended to the card (kept in meta.card_extra, so a "
                                          "later ship of the shipped copy keeps it), e.g. dev figures measured after")
+    ap.add_argument("--insights", metavar="DIR", help="a report folder of python -m vericar.evaluate --report DIR "
+                    "(its insights/ go into the artifact: the app's Insights tab; default: the artifact's own)")
     ap.add_argument("--detector", default="opencv-ssd:mobilenet_v2_coco",
                     help="the vehicle detector the shipped model runs (training writes 'none': the training "
                          "machine may lack the detector's files); 'none' keeps the artifact's own setting")
@@ -170,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The other inputs too, before anything is written.
     card_extra = _read_input(args.card_extra, "--card-extra") if args.card_extra else None
     dev_section = _dev_section(_read_input(args.eval_json, "--eval-json"), args.eval_command) if args.eval_json else ""
+    insights_from = Path(args.insights) if args.insights else src
+    try:
+        has_insights = insights.load(insights_from) is not None
+    except VericarError as e:
+        raise TrainError(f"{'--insights ' + args.insights if args.insights else src}: {e}") from e
+    if args.insights and not has_insights:
+        raise TrainError(f"--insights {args.insights} holds no {insights.FOLDER}/{insights.FILE}; {insights.HOW}.")
     old = dest.with_name(dest.name + ".old")
     if not dest.exists() and is_complete(old):
         # An earlier ship stopped between its two renames: put the previous model back first, so
@@ -188,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
     slim.save(tmp)
+    if has_insights:
+        doc = insights.copy_into(insights_from, tmp)
+        _portable_insights(doc / insights.FILE)
     if dev_section:
         card = tmp / "README.md"
         card.write_text(card.read_text() + "\n" + dev_section if card.is_file() else dev_section)
