@@ -112,6 +112,10 @@ def test_report_refuses_bad_folders_before_any_work(data, tmp_path):  # noqa: F8
         main(base + ["--report", str(a_file)])
     with pytest.raises(VericarError, match="--explore CSV adds to a report"):
         main(base + ["--explore", g])
+    with pytest.raises(VericarError, match="--into-artifact DIR adds to a report"):
+        main(base + ["--into-artifact", str(tmp / "m")])
+    with pytest.raises(VericarError, match="is not an artifact folder"):
+        main(base + ["--report", str(tmp_path / "r"), "--into-artifact", str(tmp_path)])
     bad = tmp_path / "insights"
     bad.mkdir()
     (bad / "insights.json").write_text('{"format": 99}')
@@ -153,21 +157,28 @@ def test_explorer_on_real_photos(tmp_path):
     assert explore.measure(str(tmp_path / "sharp.jpg"))[0]["blur"] > 3 * explore.measure(str(tmp_path / "blurred.jpg"))[0]["blur"]
 
 
-def test_ship_carries_the_insights_without_local_folders(data, tmp_path):  # noqa: F811
+def test_insights_go_into_an_artifact_without_local_folders(data, tmp_path):  # noqa: F811
     from test_app import make_artifact
     from train.ship import main as ship
+    from vericar.artifacts.hub import load
+    from vericar.search.gallery import Gallery
 
     tmp, g, q = data
     art = make_artifact(tmp_path / "art")
+    before = {p.name: p.read_bytes() for p in art.iterdir()}
     out = tmp_path / "rep"
-    main(["--model", f"local-dir:{art}", "--queries", q, "--no-progress", "--report", str(out)])
+    main(["--model", f"local-dir:{art}", "--queries", q, "--no-progress", "--report", str(out),
+          "--into-artifact", str(art)])
+    assert {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()} == before  # only insights/ was added
+    doc = insights.load(art)
+    assert doc is not None and str(tmp_path) not in json.dumps({k: doc[k] for k in ("command", "title")})
+    assert f"local-dir:{art.name}" in doc["command"] and load(f"local-dir:{art}").gallery.classes
     dest = tmp_path / "shipped"
     ship(["--artifact", str(art), "--dest", str(dest), "--detector", "none", "--insights", str(out)])
-    doc = insights.load(dest)
-    assert doc is not None and str(tmp_path) not in json.dumps({k: doc[k] for k in ("command", "title")})
-    assert f"local-dir:{art.name}" in doc["command"]
-    again = tmp_path / "again"  # re-shipping the shipped copy keeps its insights
+    assert insights.load(dest)["per_class"] == doc["per_class"]
+    again = tmp_path / "again"  # re-shipping the shipped copy keeps its insights and its photo references
     ship(["--artifact", str(dest), "--dest", str(again), "--detector", "none"])
     assert insights.load(again)["per_class"] == doc["per_class"]
+    assert Gallery.load(again).refs == Gallery.load(dest).refs
     with pytest.raises(Exception, match="holds no insights"):
         ship(["--artifact", str(art), "--dest", str(dest), "--detector", "none", "--insights", str(tmp_path)])

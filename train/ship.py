@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 from pathlib import Path
@@ -38,7 +37,7 @@ from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, load_local, read_ar
 from vericar.core.errors import VericarError
 from vericar.core.config import DetectorCfg
 from vericar.evaluation import insights
-from vericar.evaluation.data import short_ref
+from vericar.evaluation.data import portable_value, short_ref
 from vericar.search.gallery import Gallery
 
 COPY = (WEIGHTS_NAME, "training_curve.png", "metrics.csv")  # config.json, card, train_config.yaml: rewritten
@@ -76,16 +75,6 @@ def _portable_arg(flag: str | None, value: str) -> str:
     if flag in OUT_FLAGS:
         return "OUT"
     return value if flag in KEEP_FLAGS else portable_value(value)
-
-
-def portable_value(v: Any) -> Any:
-    """An absolute path (also behind a "local-dir:" spec) keeps only its last part; anything else stays."""
-    if not isinstance(v, str):
-        return v
-    prefix, sep, rest = v.partition("local-dir:")
-    if sep and not prefix and os.path.isabs(rest):
-        return f"local-dir:{Path(rest).name}"
-    return Path(v).name if os.path.isabs(v) else v
 
 
 def portable_settings(tc: dict[str, Any]) -> dict[str, Any]:
@@ -153,15 +142,6 @@ def _dev_section(eval_json: str, command: str | None) -> str:
                          "give that command's output.") from e
 
 
-def _portable_insights(path: Path) -> None:
-    """The insights file's recorded command and title without the evaluating machine's folders."""
-    doc = json.loads(path.read_text())
-    if doc.get("command"):
-        doc["command"] = portable_command(doc["command"])
-    doc["title"] = " ".join(str(portable_value(w)) for w in str(doc.get("title", "")).split())
-    path.write_text(json.dumps(doc, indent=1))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="train/ship.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True)
@@ -211,9 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     slim = Gallery(g.dim)
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
     slim.save(tmp)
-    if has_insights:
-        doc = insights.copy_into(insights_from, tmp)
-        _portable_insights(doc / insights.FILE)
+    if has_insights:  # their recorded command has no local folders (vericar.evaluation.report writes it so)
+        insights.copy_into(insights_from, tmp)
     if dev_section:
         card = tmp / "README.md"
         card.write_text(card.read_text() + "\n" + dev_section if card.is_file() else dev_section)

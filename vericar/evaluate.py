@@ -167,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--report", metavar="DIR", help="also write a report a person reads: DIR/report.html, per_class.csv, "
                     "confusions.csv, and DIR/insights/ for the app (docs/report.md)")
+    ap.add_argument("--into-artifact", metavar="DIR", help="with --report: put the report's insights/ into this "
+                    "artifact (e.g. vericar/default) for the app's Insights tab; the rest of it is left as it is")
     ap.add_argument("--explore", metavar="CSV", help="with --report: add the dataset explorer's figures of these photos "
                     "(e.g. the training CSV; python -m vericar.evaluation.explore runs it alone)")
     ap.add_argument("--no-progress", action="store_true")
@@ -235,11 +237,9 @@ def _check_args(args: argparse.Namespace) -> None:
             check_positive_int(getattr(args, name), f"--{name.replace('_', '-')}")
     if args.workers < 0:
         raise VericarError(f"--workers must be 0 (decode in this process) or more, got {args.workers}.")
-    if args.report and Path(args.report).is_file():
-        raise VericarError(f"--report {args.report} is a file; give a folder (made if missing), e.g. --report dev-report.")
-    if args.explore and not args.report:
-        raise VericarError("--explore CSV adds to a report: give --report DIR too (or run python -m "
-                           "vericar.evaluation.explore CSV --out DIR for the explorer alone).")
+    from vericar.evaluation.report import check_options
+
+    check_options(args.report, args.explore, args.into_artifact)
     if args.json:
         out = Path(args.json)
         if out.is_dir() or not out.parent.is_dir():
@@ -283,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         page = report_run(args.report, result, queries, answers, rec, mains, queries_source=args.queries,
                           explore_source=args.explore, command=["python", "-m", "vericar.evaluate", *(argv or sys.argv[1:])])
         print(f"report: {page}")
+        if args.into_artifact:
+            from vericar.evaluation.insights import copy_into
+
+            print(f"insights: {copy_into(args.report, args.into_artifact)}")
     return result
 
 

@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from vericar.core.errors import VericarError
 from vericar.evaluation import charts, metrics
 from vericar.evaluation.answers import query_table
+from vericar.evaluation.data import portable_value
 from vericar.search.calibration_fit import expected_calibration_error, reliability
 from vericar.search.taxonomy import LEVELS
 
@@ -165,6 +167,18 @@ def write_report(out: str | Path, result: dict[str, Any], table: pd.DataFrame, *
     return out / "report.html"
 
 
+def check_options(report: str | None, explore: str | None, into_artifact: str | None) -> None:
+    """Refuse report options that would fail only after the whole evaluation has run."""
+    if report and Path(report).is_file():
+        raise VericarError(f"--report {report} is a file; give a folder (made if missing), e.g. --report dev-report.")
+    if (explore or into_artifact) and not report:
+        raise VericarError(f"{'--explore CSV' if explore else '--into-artifact DIR'} adds to a report: give --report "
+                           "DIR too (python -m vericar.evaluation.explore CSV --out DIR runs the explorer alone).")
+    if into_artifact and not (Path(into_artifact) / "config.json").is_file():
+        raise VericarError(f"--into-artifact {into_artifact} is not an artifact folder (no config.json); give the "
+                           "model's folder, e.g. vericar/default.")
+
+
 def _fmt(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
@@ -212,7 +226,8 @@ def report_run(out: str | Path, result: dict[str, Any], samples: Sequence[Any], 
         from vericar.evaluation.explore import explore as run_explore
 
         explore = run_explore(explore_source)
-    spec = rec.config.source.spec if rec.config.source else "a model built in code"
+    spec = portable_value(rec.config.source.spec) if rec.config.source else "a model built in code"
     title = f"vericar evaluation: {spec} on {Path(queries_source).name}"
+    # Recorded without this machine's folders: the insights may ship in an artifact.
     return write_report(out, result, table, title=title, threshold=rec.ood.threshold, explore=explore,
-                        command=shlex.join(command) if command else None)
+                        command=shlex.join(map(portable_value, command)) if command else None)
