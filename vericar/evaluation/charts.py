@@ -74,7 +74,7 @@ def confusion_figure(matrix: np.ndarray, labels: Sequence[str], *, title: str, a
     """A confusion matrix (rows: true, columns: answered) on a log colour scale. ``annotate``: the count
     in each non-empty cell and every tick labelled (for a few dozen classes); otherwise an image."""
     n = len(labels)
-    size = min(16.0, 3 + 0.22 * n) if annotate else 11.0
+    size = min(16.0, max(6.0, 3 + 0.22 * n)) if annotate else 11.0
     fig, ax = plt.subplots(figsize=(size, size))
     shown = np.where(matrix > 0, matrix, np.nan)
     im = ax.imshow(shown, cmap="viridis", norm=LogNorm(vmin=1, vmax=max(2, int(matrix.max()))),
@@ -88,7 +88,9 @@ def confusion_figure(matrix: np.ndarray, labels: Sequence[str], *, title: str, a
     else:
         ax.set(xticks=[], yticks=[])
     ax.set(xlabel="answered", ylabel="true", title=title)
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="photos", format=FuncFormatter(lambda v, _: f"{v:g}"))
+    bar = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="photos")
+    for axis in (bar.ax.yaxis.set_major_formatter, bar.ax.yaxis.set_minor_formatter):  # 2, 3 rather than 2×10⁰
+        axis(FuncFormatter(lambda v, _: f"{v:g}"))
     return to_png(fig)
 
 

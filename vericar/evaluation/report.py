@@ -101,8 +101,8 @@ def build(result: dict[str, Any], table: pd.DataFrame, threshold: float | None =
     """Every table and figure of the report (figures as PNG bytes under ``figures``)."""
     known = table[table["known"]]
     if known.empty:
-        raise ValueError("no query of a class the gallery knows: there is no per-class figure to report; "
-                         "query with photos of the gallery's classes.")
+        raise VericarError("no query of a class the gallery knows: there is no per-class figure to report; "
+                           "query with photos of the gallery's classes (or drop --report).")
     per_class = per_class_table(known["true_model"].tolist(), known["pred_model"].tolist())
     per_class.insert(1, "make", [known.loc[known["true_model"] == c, "true_make"].iloc[0] for c in per_class["class"]])
     pairs = confusion_pairs(known["true_model"].tolist(), known["pred_model"].tolist())

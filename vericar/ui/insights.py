@@ -162,8 +162,11 @@ def _model_sections(view: InsightsView) -> None:
     gr.BarPlot(view.per_make(), x="make", y="model_accuracy", title="Model accuracy per make (dev)",
                y_title="share of photos whose model is right", sort="y", y_lim=[0, 1], x_label_angle=-60,
                height=360, elem_id="vericar-insights-makes")
-    gr.Gallery(view.pairs(), label="Most-confused pairs (true class, then the class it was taken for)", columns=4,
-               height=330, object_fit="contain", interactive=False, elem_id="vericar-insights-pairs")
+    if view.doc["confusions"]:
+        gr.Gallery(view.pairs(), label="Most-confused pairs (true class, then the class it was taken for)",
+                   columns=4, height=330, object_fit="contain", interactive=False, elem_id="vericar-insights-pairs")
+    else:
+        gr.Markdown("_No class was taken for another on this run._", elem_id="vericar-insights-pairs")
     with gr.Row():
         curves = view.curves()
         if curves is not None:
