@@ -57,6 +57,8 @@ def test_per_class_figures_and_confusions_match_a_naive_loop():
     assert list(pairs["count"]) == sorted(pairs["count"], reverse=True)
     with pytest.raises(metrics.MetricError, match="one prediction per item"):
         per_class_table(TRUE, PRED[:-1])
+    # A None read back from a table (pandas keeps it as NaN) is the same "no answer", not a class "nan".
+    assert metrics.as_class_names(["a", "b"], [None, float("nan")])[1] == [metrics.NO_ANSWER] * 2
 
 
 def _with_colour(q: str) -> str:
@@ -182,3 +184,19 @@ def test_insights_go_into_an_artifact_without_local_folders(data, tmp_path):  # 
     assert Gallery.load(again).refs == Gallery.load(dest).refs
     with pytest.raises(Exception, match="holds no insights"):
         ship(["--artifact", str(art), "--dest", str(dest), "--detector", "none", "--insights", str(tmp_path)])
+
+
+def test_the_shipped_default_carries_the_insights_of_its_dev_run():
+    """vericar/default/insights: made by docs/report.md's command; figures and tables only, no local folder."""
+    from vericar.artifacts.hub import DEFAULT_DIR
+
+    doc = insights.load(DEFAULT_DIR)
+    assert doc is not None, "the shipped default has no insights: run the command in docs/report.md"
+    r = doc["result"]
+    # dev.csv's 1,006 photos show 195 of the 196 classes
+    assert len(doc["per_class"]) == 195 and sum(c["support"] for c in doc["per_class"]) == r["n_queries"] == 1006
+    assert r["balanced_accuracy"]["model"] == pytest.approx(np.mean([c["recall"] for c in doc["per_class"]]))
+    assert doc["explore"]["n_photos"] == 8144 and sum(doc["explore"]["class_counts"].values()) == 8144
+    assert {p.suffix for p in (DEFAULT_DIR / insights.FOLDER).iterdir()} == {".json", ".png"}
+    text = (DEFAULT_DIR / insights.FOLDER / insights.FILE).read_text()
+    assert not re.search(r"(?<![\w.])/(work|home|tmp|root|Users)/", text)

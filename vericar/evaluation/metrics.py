@@ -56,7 +56,12 @@ def as_class_names(true: Sequence[Any], pred: Sequence[Any]) -> tuple[list[str],
         raise MetricError(f"{len(true)} true values but {len(pred)} predictions; give one prediction per item.")
     if len(true) == 0:
         raise MetricError("no items to score; pass at least one.")
-    return ([NO_ANSWER if x is None else str(x) for x in true], [NO_ANSWER if x is None else str(x) for x in pred])
+    return [_name(x) for x in true], [_name(x) for x in pred]
+
+
+def _name(x: Any) -> str:
+    # NaN too: pandas turns a None in a column of strings into NaN
+    return NO_ANSWER if x is None or (isinstance(x, float) and x != x) else str(x)
 
 
 
