@@ -38,6 +38,7 @@ from vericar.core.recognizer import Recognizer
 from vericar.ui.enrolled import EnrolledStore, default_data_dir
 from vericar.ui.gallery_images import image_source, page_examples
 from vericar.ui.handlers import Handlers
+from vericar.ui.insights import insights_tab
 from vericar.ui.present import model_card
 from vericar.ui.tempfiles import RequestFiles
 from vericar.ui.api_inputs import CountInput, FileInput, limit_file_inputs
@@ -168,6 +169,7 @@ def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | Non
             gr.Markdown(card_md, elem_id="vericar-card")
             if curve:
                 gr.Image(curve, label="Training curve", interactive=False, elem_id="vericar-curve")
+        insights_tab(h)  # per-class figures of the model's dev run (vericar/ui/insights.py)
         _api(h, model_q)
         demo.load(h.enrolled_view, None, [listing, pick], api_visibility="private")  # fresh list per page load
         demo.unload(h.session_ended)  # a closed page: its files go (and, public, its vehicles)

@@ -81,20 +81,14 @@ def partial_figures(preds, truth, tax: Taxonomy, known_makes: set) -> dict:
 
 
 def plot(figs: dict, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The reliability diagram per level, before and after calibration (vericar.evaluation.charts draws it)."""
+    from vericar.evaluation.charts import plt, reliability_panel
 
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.8), dpi=100)
     for ax, lvl in zip(axes, LEVELS):
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        for key, style, name in (("vote_share", "s--", "vote share (before)"), ("calibrated", "o-", "calibrated")):
-            f = figs[key][lvl]
-            bins = [b for b in f["bins"] if b[2] >= 5]  # bins with < 5 photos say little
-            ax.plot([b[3] for b in bins], [b[4] for b in bins], style, label=f"{name}, ECE {100 * f['ece']:.1f}%")
-        ax.set(title=lvl, xlabel="confidence", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=7, loc="upper left")
+        reliability_panel(ax, [(figs[key][lvl]["bins"], style, f"{name}, ECE {100 * figs[key][lvl]['ece']:.1f}%")
+                               for key, style, name in (("vote_share", "s--", "vote share (before)"),
+                                                        ("calibrated", "o-", "calibrated"))], lvl)
     axes[0].set_ylabel("accuracy")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

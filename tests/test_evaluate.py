@@ -21,7 +21,7 @@ from vericar.vision.scene import Region
 
 NAMES = ["Audi TTS Coupe 2012", "BMW X5 SUV 2007", "Audi S4 Sedan 2012", "Ford F-150 Regular Cab 2012", "Volvo 240 Sedan 1993"]
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (240, 240, 20), (240, 240, 240)]
-KEYS = {"n_queries", "top1", "top5", "macro_f1", "recall_at_1", "ood", "ms_per_image"}
+KEYS = {"n_queries", "top1", "balanced_accuracy", "top5", "macro_f1", "recall_at_1", "ood", "ms_per_image"}
 
 
 def _csv(folder, name, rows):
@@ -57,7 +57,8 @@ def test_cli_keys_and_figures_match_a_naive_loop(data, capsys):
               "--no-progress", "--gallery-filter", "label<4"])
     saved = json.loads(out.read_text())
     assert set(saved) == KEYS and saved["n_queries"] == 5
-    assert set(saved["top1"]) == {"model", "make", "type"} and set(saved["top5"]) == {"model"}
+    assert set(saved["top1"]) == set(saved["balanced_accuracy"]) == {"model", "make", "type"}
+    assert set(saved["top5"]) == {"model"}
     assert saved["ood"]["n_unknown"] == 1 and 0 <= saved["ood"]["auroc"] <= 1
     assert "top-1 model" in capsys.readouterr().out
     # naive reference: 1-NN over the gallery for Recall@1

@@ -1,7 +1,11 @@
 """Copy a trained artifact into the package as the shipped default model (``vericar/default``).
 
     python train/ship.py --artifact OUT --dest vericar/default --eval-json dev.json --eval-command "python -m vericar.evaluate ..." \
-        [--card-extra dev_confidences.md]
+        [--card-extra dev_confidences.md] [--insights DIR]
+
+``--insights DIR``: the app's Insights tab file from ``python -m vericar.evaluate --model local-dir:OUT --queries
+DEV.csv --explore TRAIN.csv --report DIR`` (docs/report.md); without it, the artifact's own ``insights/`` ships
+if it has one (re-shipping the shipped copy keeps them).
 
 What ships: config.json, model.safetensors, the gallery's embeddings + labels, the model card and
 training curve. What does not: training checkpoints, and the gallery thumbnails — they are small
@@ -15,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 from pathlib import Path
@@ -33,7 +36,8 @@ from train.errors import TrainError, cli
 from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, load_local, read_artifact, read_config, write_config
 from vericar.core.errors import VericarError
 from vericar.core.config import DetectorCfg
-from vericar.evaluation.data import short_ref
+from vericar.evaluation import insights
+from vericar.evaluation.data import portable_value, short_ref
 from vericar.search.gallery import Gallery
 
 COPY = (WEIGHTS_NAME, "training_curve.png", "metrics.csv")  # config.json, card, train_config.yaml: rewritten
@@ -71,16 +75,6 @@ def _portable_arg(flag: str | None, value: str) -> str:
     if flag in OUT_FLAGS:
         return "OUT"
     return value if flag in KEEP_FLAGS else portable_value(value)
-
-
-def portable_value(v: Any) -> Any:
-    """An absolute path (also behind a "local-dir:" spec) keeps only its last part; anything else stays."""
-    if not isinstance(v, str):
-        return v
-    prefix, sep, rest = v.partition("local-dir:")
-    if sep and not prefix and os.path.isabs(rest):
-        return f"local-dir:{Path(rest).name}"
-    return Path(v).name if os.path.isabs(v) else v
 
 
 def portable_settings(tc: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eval-command", help="the command that produced --eval-json")
     ap.add_argument("--card-extra", help="a Markdown file appended to the card (kept in meta.card_extra, so a "
                                          "later ship of the shipped copy keeps it), e.g. dev figures measured after")
+    ap.add_argument("--insights", metavar="DIR", help="a report folder of python -m vericar.evaluate --report DIR "
+                    "(its insights/ go into the artifact: the app's Insights tab; default: the artifact's own)")
     ap.add_argument("--detector", default="opencv-ssd:mobilenet_v2_coco",
                     help="the vehicle detector the shipped model runs (training writes 'none': the training "
                          "machine may lack the detector's files); 'none' keeps the artifact's own setting")
@@ -168,6 +164,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The other inputs too, before anything is written.
     card_extra = _read_input(args.card_extra, "--card-extra") if args.card_extra else None
     dev = _read_dev(_read_input(args.eval_json, "--eval-json"), args.eval_command) if args.eval_json else None
+    insights_from = Path(args.insights) if args.insights else src
+    try:
+        has_insights = insights.load(insights_from) is not None
+    except VericarError as e:
+        raise TrainError(f"{'--insights ' + args.insights if args.insights else src}: {e}") from e
+    if args.insights and not has_insights:
+        raise TrainError(f"--insights {args.insights} holds no {insights.FOLDER}/{insights.FILE}; {insights.HOW}.")
     old = dest.with_name(dest.name + ".old")
     if not dest.exists() and is_complete(old):
         # An earlier ship stopped between its two renames: put the previous model back first, so
@@ -183,9 +186,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # tmp is not served yet, so plain writes are safe (the renames below make the swap atomic).
     _write_metadata(src, tmp, args.detector, card_extra, dev)
     g = Gallery.load(src)
-    slim = Gallery(g.dim)
+    slim = Gallery(g.dim, tta=g.tta)  # the views its embeddings were made with travel with them
     slim.add(g.embeddings, g.labels, refs=[short_ref(r) for r in g.refs])
     slim.save(tmp)
+    if has_insights:  # their recorded command has no local folders (vericar.evaluation.report writes it so)
+        insights.copy_into(insights_from, tmp)
     try:  # what would be served must load before it replaces anything
         load_local(tmp, detector="none")
     except VericarError as e:

@@ -20,6 +20,7 @@ import torch
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.recognizer import Recognizer
 from vericar.evaluation import metrics
+from vericar.evaluation.answers import level_answer
 from vericar.evaluation.data import Sample, load_source, parse_holdout
 from vericar.models.embed_cache import cached_embeddings
 from vericar.models.embedding import embed
@@ -46,11 +47,13 @@ def embed_samples(
 
 
 def evaluate_embeddings(
-    recognizer: Recognizer, query_emb: np.ndarray, query_names: Sequence[str], mains: Sequence[Any] | None = None
+    recognizer: Recognizer, query_emb: np.ndarray, query_names: Sequence[str], mains: Sequence[Any] | None = None,
+    answers: list | None = None,
 ) -> dict[str, Any]:
     """Every figure of the evaluation for already-embedded queries (no timing). ``mains``: each query's
     main region as the detector found it (``scene.embed_main_vehicles``); a query that is no vehicle
-    there (``scene.keeps``) is answered "no vehicle" (wrong)."""
+    there (``scene.keeps``) is answered "no vehicle" (wrong). ``answers``: a list that receives each
+    query's Prediction, as scored (the report's per-class figures are drawn from them)."""
     known_classes = set(recognizer.gallery.classes)
     taxonomy = Taxonomy.from_labels(sorted(known_classes | set(query_names)))
     preds = recognizer.predict_embeddings(query_emb)
@@ -58,6 +61,8 @@ def evaluate_embeddings(
         from vericar.vision.scene import keeps, no_vehicle
 
         preds = [p if keeps(r, p) else no_vehicle() for p, r in zip(preds, mains)]
+    if answers is not None:
+        answers[:] = preds
     depth = min(RANK_DEPTH, len(recognizer.gallery))
     _, _, idx = recognizer.search(query_emb, depth)  # top-5: classes in the order the product ranks them
     plain = recognizer.gallery.search(query_emb, 1)[1]  # Recall@1: the embedding's own nearest photo
@@ -67,13 +72,14 @@ def evaluate_embeddings(
     kq = np.flatnonzero(known)
     if len(kq):
         true = [query_names[i] for i in kq]
-        top1 = {}
+        top1, balanced = {}, {}
         for level in TOP1_LEVELS:
             t = [taxonomy.level_value(n, level) for n in true]
             # What the product shows: the per-level k-NN vote (Prediction.make / .type), or the
             # label's own value where the label set is flat.
-            p = [_level_of(preds[i], level, taxonomy) for i in kq]
+            p = [level_answer(preds[i], level, taxonomy) for i in kq]
             top1[level] = metrics.topk_accuracy(t, [[x] for x in p], 1)
+            balanced[level] = metrics.balanced_accuracy(t, p)
         ranked = []
         for i in kq:  # the prediction first, then other classes by their best similarity
             order = [preds[i].label]
@@ -84,12 +90,13 @@ def evaluate_embeddings(
         neigh = np.array([[labels[j] if j >= 0 else "" for j in plain[i]] for i in kq], dtype=object)
         result.update(
             top1=top1,
+            balanced_accuracy=balanced,
             top5={"model": metrics.topk_accuracy(true, ranked, 5)},
             macro_f1=metrics.macro_f1(true, [preds[i].label for i in kq]),
             recall_at_1=metrics.recall_at_k(true, neigh, 1),
         )
     else:
-        result.update(top1=None, top5=None, macro_f1=None, recall_at_1=None)
+        result.update(top1=None, balanced_accuracy=None, top5=None, macro_f1=None, recall_at_1=None)
     if (~known).any() and known.any():
         s = np.array([p.ood_score for p in preds])
         result["ood"] = {
@@ -100,31 +107,6 @@ def evaluate_embeddings(
     else:
         result["ood"] = None
     return result
-
-
-def _level_of(pred: Any, level: str, taxonomy: Taxonomy) -> str | None:
-    if level == "model" or pred.label is None:  # None: no vehicle found
-        return pred.label
-    value = getattr(pred, level)
-    return value if value is not None else taxonomy.level_value(pred.label, level)
-
-
-def _fmt(x: Any) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"
-
-
-def format_table(r: dict[str, Any]) -> str:
-    """A small markdown table of an evaluation result."""
-    rows = [("queries", str(r["n_queries"]))]
-    if r.get("top1"):
-        rows += [(f"top-1 {lvl}", _fmt(v)) for lvl, v in r["top1"].items()]
-        rows += [("top-5 model", _fmt(r["top5"]["model"])), ("macro-F1", _fmt(r["macro_f1"])),
-                 ("Recall@1", _fmt(r["recall_at_1"]))]
-    if r.get("ood"):
-        rows += [("OOD AUROC", _fmt(r["ood"]["auroc"])), ("OOD FPR95", _fmt(r["ood"]["fpr95"])),
-                 ("unknown queries", str(r["ood"]["n_unknown"]))]
-    rows.append(("ms / image", f"{r['ms_per_image']:.1f}"))
-    return "\n".join(["| metric | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 
 def _filtered(samples: list[Sample], rule: str | None) -> list[Sample]:
@@ -186,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
                     "mirror image (default: the model's own; another than the model's needs --gallery CSV)")
     ap.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:1 (float32 either way)")
     ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--report", metavar="DIR", help="also write a report a person reads: DIR/report.html, per_class.csv, "
+                    "confusions.csv, and DIR/insights/ for the app (docs/report.md)")
+    ap.add_argument("--into-artifact", metavar="DIR", help="with --report: put the report's insights/ into this "
+                    "artifact (e.g. vericar/default) for the app's Insights tab; the rest of it is left as it is")
+    ap.add_argument("--explore", metavar="CSV", help="with --report: add the dataset explorer's figures of these photos "
+                    "(e.g. the training CSV; python -m vericar.evaluation.explore runs it alone)")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -261,6 +249,9 @@ def _check_args(args: argparse.Namespace) -> None:
             check_positive_int(getattr(args, name), f"--{name.replace('_', '-')}")
     if args.workers < 0:
         raise VericarError(f"--workers must be 0 (decode in this process) or more, got {args.workers}.")
+    from vericar.evaluation.report import check_options
+
+    check_options(args.report, args.explore, args.into_artifact)
     if args.json:
         out = Path(args.json)
         if out.is_dir() or not out.parent.is_dir():
@@ -293,14 +284,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
     q, mains, elapsed = _answer_queries(rec, queries, args, kw)
-    result = evaluate_embeddings(rec, q, [s.class_name for s in queries], mains)
+    answers: list = []
+    result = evaluate_embeddings(rec, q, [s.class_name for s in queries], mains, answers)
     if mains is not None:  # photos in which the detector saw no sure vehicle (none at all, or only faint boxes)
         result.update(detector=rec.detector.spec, no_detection=sum(r is None or r.tentative for r in mains))
     result["ms_per_image"] = 1000.0 * elapsed / max(1, len(queries))
+    from vericar.evaluation.report import format_table, report_run
+
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    if args.report:
+        page = report_run(args.report, result, queries, answers, rec, mains, queries_source=args.queries,
+                          explore_source=args.explore, command=["python", "-m", "vericar.evaluate", *(argv or sys.argv[1:])])
+        print(f"report: {page}")
+        if args.into_artifact:
+            from vericar.evaluation.insights import copy_into
+
+            print(f"insights: {copy_into(args.report, args.into_artifact)}")
     return result
 
 

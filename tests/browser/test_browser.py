@@ -48,24 +48,27 @@ def _overlay_then_screenshot(page, path: Path, timeout: int) -> None:
     page.screenshot(path=str(path), full_page=True)
 
 
-def test_upload_identify_screenshot(tmp_path, monkeypatch):
-    tiny = make_artifact(tmp_path / "model")
+def _serve(tiny: Path, tmp_path: Path, monkeypatch):
+    """The app over $VERICAR_BROWSER_MODEL if set (e.g. "default" for the docs' screenshots), else over
+    ``tiny``; data under tmp_path. Returns (the app, a gradio_client.Client)."""
     # Importing app builds its module-level demo from these: the tiny model, data under tmp_path
     # (never the real default model, never ~/.cache).
     monkeypatch.setenv("VERICAR_MODEL", f"local-dir:{tiny}")
     monkeypatch.setenv("VERICAR_DATA_DIR", str(tmp_path / "import-data"))
     monkeypatch.delitem(sys.modules, "app", raising=False)
     app_module = importlib.import_module("app")
-
     spec = os.environ.get("VERICAR_BROWSER_MODEL")
-    screenshot = Path(os.environ.get("VERICAR_SCREENSHOT") or tmp_path / "screenshot.png")
     if spec and not spec.startswith("local-dir:"):
         app = app_module.create_app(spec, tmp_path / "data")
         app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        client = Client(app.demo.local_url, verbose=False)
-    else:
-        artifact = Path(spec[len("local-dir:"):]) if spec else tiny
-        app, client = _launch(app_module, artifact, tmp_path / "data")
+        return app, Client(app.demo.local_url, verbose=False)
+    return _launch(app_module, Path(spec[len("local-dir:"):]) if spec else tiny, tmp_path / "data")
+
+
+def test_upload_identify_screenshot(tmp_path, monkeypatch):
+    tiny = make_artifact(tmp_path / "model")
+    screenshot = Path(os.environ.get("VERICAR_SCREENSHOT") or tmp_path / "screenshot.png")
+    app, client = _serve(tiny, tmp_path, monkeypatch)
     photo = tmp_path / "car.png"
     vehicle_photo(0, 1).save(photo)  # one of the tiny model's "Audi A4 Sedan 2012" photos
     try:
@@ -381,3 +384,68 @@ def test_compare_tab_shows_verdict_names_and_heatmaps(tmp_path, monkeypatch):
     finally:
         app.demo.close()
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+def _tiny_with_insights(tmp_path: Path) -> Path:
+    """The tiny model, its insights made by the real evaluate --report on drawn photos of its four
+    vehicles and one it does not know, put into the artifact as train/ship.py --insights does."""
+    from vericar.evaluate import main as evaluate
+    from vericar.evaluation import insights
+
+    tiny = make_artifact(tmp_path / "model")
+    (tmp_path / "q").mkdir()
+    rows = ["file,label,class_name"]
+    for c, name in enumerate(BASE + ["Othermake Van Minivan 2001"]):
+        for i in range(3):
+            vehicle_photo(c if c < len(BASE) else 55, 200 + i).save(tmp_path / "q" / f"{c}_{i}.png")
+            rows.append(f"q/{c}_{i}.png,{c},{name}")
+    (tmp_path / "q.csv").write_text("\n".join(rows) + "\n")
+    evaluate(["--model", f"local-dir:{tiny}", "--queries", str(tmp_path / "q.csv"), "--detector", "none",
+              "--no-progress", "--report", str(tmp_path / "report")])
+    insights.copy_into(tmp_path / "report", tiny)
+    return tiny
+
+
+def test_insights_tab_shows_the_table_plots_and_added_vehicles(tmp_path, monkeypatch):
+    """The Insights tab: the per-class table, the per-make bar plot, a class's figures, the vehicles added.
+    The docs' screenshot: VERICAR_BROWSER_MODEL=default VERICAR_INSIGHTS_SCREENSHOT=docs/insights.png."""
+    screenshot = Path(os.environ.get("VERICAR_INSIGHTS_SCREENSHOT") or tmp_path / "insights.png")
+    app, client = _serve(_tiny_with_insights(tmp_path), tmp_path, monkeypatch)
+    shots = []
+    for i in range(2):
+        shots.append(str(tmp_path / f"new{i}.png"))
+        vehicle_photo(91, i).save(shots[-1])
+    added = "Testmake Roadster Convertible 2024"
+    client.predict([handle_file(s) for s in shots], added, api_name="/enroll")
+    from vericar.evaluation import insights
+
+    doc = insights.load(app.vehicles.store.rec.config.source.folder)
+    first = doc["per_class"][0]["class"]  # the picker's first class
+    lowest = sorted(doc["per_class"], key=lambda r: r["f1"])[0]["class"]  # the table's first row (it shows a window)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(app.demo.local_url, wait_until="load")
+                page.get_by_role("tab", name="Insights").click()
+                table = page.locator("#vericar-insights-table")
+                expect(table).to_contain_text(lowest, timeout=60_000)
+                expect(table).to_contain_text("most often taken for")
+                # The bar plot is drawn (Vega renders it in the page), not just its frame.
+                expect(page.locator("#vericar-insights-makes canvas, #vericar-insights-makes svg").first
+                       ).to_be_visible(timeout=60_000)
+                expect(page.locator("#vericar-insights-reliability img")).to_be_visible()
+                expect(page.locator("#vericar-insights-added")).to_contain_text(added, timeout=60_000)
+                expect(page.locator("#vericar-insights-added")).to_contain_text("2")
+                page.locator("#vericar-insights-pick input").fill(first)
+                page.get_by_role("option", name=first).first.click()
+                expect(page.locator("#vericar-insights-class")).to_contain_text("precision", timeout=60_000)
+                page.wait_for_timeout(500)
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        app.demo.close()
+    assert screenshot.stat().st_size > 10_000

@@ -7,6 +7,7 @@ or a PIL image (Hub). The CSV format is the one of ``shared/data/stanford_cars``
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
 from collections import defaultdict
@@ -35,10 +36,27 @@ class Sample:
         return self.image if isinstance(self.image, str) else (self.row_ref or "")
 
 
+_SHORT_REF = re.compile(r"^[\w.-]*:[\w.-]+/[^/:]+$")
+
+
 def short_ref(ref: str) -> str:
-    """"dataset:folder/file" for a photo path: what a shipped gallery keeps of it (no local paths)."""
+    """"dataset:folder/file" for a photo path: what a shipped gallery keeps of it (no local paths).
+    A reference already in that form stays as it is (a shipped gallery shipped again)."""
+    if _SHORT_REF.match(ref):
+        return ref
     p = Path(ref)
     return f"{p.parent.parent.name}:{p.parent.name}/{p.name}" if p.parent.name else ref
+
+
+def portable_value(v: Any) -> Any:
+    """An absolute path (also behind a "local-dir:" spec) keeps only its last part; anything else stays
+    (what a shipped artifact records of a command: no machine's folders)."""
+    if not isinstance(v, str):
+        return v
+    prefix, sep, rest = v.partition("local-dir:")
+    if sep and not prefix and os.path.isabs(rest):
+        return f"local-dir:{Path(rest).name}"
+    return Path(v).name if os.path.isabs(v) else v
 
 
 def load_csv(path: str | Path) -> list[Sample]:

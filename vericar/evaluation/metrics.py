@@ -1,5 +1,5 @@
-"""Evaluation metrics: top-k accuracy, macro-F1, Recall@K (retrieval), AUROC and FPR at a TPR
-(unknown detection). Everything takes plain sequences / arrays and returns a float.
+"""Evaluation metrics: top-k accuracy, macro-F1, balanced accuracy, Recall@K (retrieval), AUROC and
+FPR at a TPR (unknown detection). Everything takes plain sequences / arrays and returns a float.
 
 Unknown detection: OOD scores are "higher = more unknown". ``auroc`` treats unknown photos as
 the positive class. ``fpr_at_tpr`` follows the OOD literature (FPR95): the threshold keeps
@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import warnings
+
 import numpy as np
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.search.ood import threshold_at_tpr
@@ -44,16 +46,38 @@ def _share_in_first_k(true: Sequence[Any], rows: Sequence[Sequence[Any]], k: int
     return sum(t in list(r)[:k] for t, r in zip(true, rows)) / len(true)
 
 
-def macro_f1(true: Sequence[Any], pred: Sequence[Any]) -> float:
-    """Unweighted mean of per-class F1 over every class seen in ``true`` or ``pred``."""
+NO_ANSWER = "(no answer)"  # the class of a None prediction (no vehicle found)
+
+
+def as_class_names(true: Sequence[Any], pred: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """Both sequences as strings of one kind (sklearn wants one label type); None ("no answer",
+    e.g. no vehicle found) becomes :data:`NO_ANSWER`, a class of its own. Checks the lengths."""
     if len(true) != len(pred):
         raise MetricError(f"{len(true)} true values but {len(pred)} predictions; give one prediction per item.")
     if len(true) == 0:
         raise MetricError("no items to score; pass at least one.")
-    # Strings so that None ("no answer") is a class of its own and sklearn sees one label type.
-    t = ["\0None" if x is None else str(x) for x in true]
-    p = ["\0None" if x is None else str(x) for x in pred]
+    return [_name(x) for x in true], [_name(x) for x in pred]
+
+
+def _name(x: Any) -> str:
+    # NaN too: pandas turns a None in a column of strings into NaN
+    return NO_ANSWER if x is None or (isinstance(x, float) and x != x) else str(x)
+
+
+
+def macro_f1(true: Sequence[Any], pred: Sequence[Any]) -> float:
+    """Unweighted mean of per-class F1 over every class seen in ``true`` or ``pred``."""
+    t, p = as_class_names(true, pred)
     return float(f1_score(t, p, average="macro", zero_division=0))
+
+
+def balanced_accuracy(true: Sequence[Any], pred: Sequence[Any]) -> float:
+    """Mean per-class recall over the classes in ``true``: accuracy with every class weighing the same,
+    however many photos it has."""
+    t, p = as_class_names(true, pred)
+    with warnings.catch_warnings():  # sklearn warns about predicted classes no true value has; they do not count
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(t, p))
 
 
 def recall_at_k(query_labels: Sequence[Any], neighbour_labels: Any, k: int) -> float:

@@ -52,8 +52,8 @@ def finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None  # JSON has no inf/NaN (OOD score of a tiny gallery)
 
 
-def placeholder(label: str, score: float) -> Image.Image:
-    """A tile for a gallery entry that has no thumbnail: its label and score, drawn."""
+def placeholder(label: str, score: float | None = None) -> Image.Image:
+    """A tile for a gallery entry that has no thumbnail: its label and score (if given), drawn."""
     img = Image.new("RGB", TILE, (226, 232, 240))
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=13)
@@ -64,7 +64,7 @@ def placeholder(label: str, score: float) -> Image.Image:
             lines.append(w)
         else:
             lines[-1] = trial
-    text = "\n".join(lines[:5] + [f"sim {score:.2f}"])
+    text = "\n".join(lines[:5] + ([f"sim {score:.2f}"] if score is not None else []))
     draw.multiline_text((6, 6), text, fill=(30, 41, 59), font=font, spacing=3)
     return img
 
