@@ -20,6 +20,7 @@ import torch
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.recognizer import Recognizer
 from vericar.evaluation import metrics
+from vericar.evaluation.attributes import check_vocabulary, evaluate_attributes, table_rows, with_labels
 from vericar.evaluation.data import Sample, load_source, parse_holdout
 from vericar.models.embed_cache import cached_embeddings
 from vericar.models.embedding import embed
@@ -124,6 +125,8 @@ def format_table(r: dict[str, Any]) -> str:
         rows += [("OOD AUROC", _fmt(r["ood"]["auroc"])), ("OOD FPR95", _fmt(r["ood"]["fpr95"])),
                  ("unknown queries", str(r["ood"]["n_unknown"]))]
     rows.append(("ms / image", f"{r['ms_per_image']:.1f}"))
+    if r.get("attributes"):
+        rows += table_rows(r["attributes"])
     return "\n".join(["| metric | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 
@@ -182,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--crop-mode", "--resize-mode", choices=("center", "squash", "shortest"),
                     help="override the model's crop mode (timm's names; 'shortest' = 'center')")
     ap.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:1 (float32 either way)")
+    ap.add_argument("--attributes", help="CSV file,colour,viewpoint (file as in --queries): also score colour and "
+                    "viewpoint (a --queries CSV with colour / viewpoint columns is scored without it)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -274,6 +279,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rec = _with_photos(rec, args, kw)
     _set_ranking(rec, args)
     queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
+    if args.attributes:
+        queries = with_labels(queries, args.attributes, args.queries)
+    check_vocabulary(queries)
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
     q, mains, elapsed = _answer_queries(rec, queries, args, kw)
@@ -281,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if mains is not None:  # photos in which the detector saw no sure vehicle (none at all, or only faint boxes)
         result.update(detector=rec.detector.spec, no_detection=sum(r is None or r.tentative for r in mains))
     result["ms_per_image"] = 1000.0 * elapsed / max(1, len(queries))
+    attrs = evaluate_attributes(rec, queries, args.batch_size)
+    if attrs is not None:
+        result["attributes"] = attrs
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
