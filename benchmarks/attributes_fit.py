@@ -31,7 +31,12 @@ from vericar.attributes.head import LinearHead, fit_arrays  # noqa: E402
 from vericar.attributes.stage import Attributes  # noqa: E402
 from vericar.attributes.viewpoint import VIEWPOINTS  # noqa: E402
 
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+C_GRID = (0.03, 0.1, 0.3)
+# Candidates compared (on a shared 2-core CPU each fit of the 1,280 backbone features takes long; a
+# first backbone-only colour run, C=0.01, reached 0.39 coarse accuracy, far below the body summary).
+COLOUR_KINDS = ("body",)
+VIEW_KINDS = (("backbone", False), ("backbone", True))
+VIEW_C = (0.1, 1.0)
 
 
 def read_labels(path: str) -> list[dict]:
@@ -39,8 +44,9 @@ def read_labels(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def crops_of(rec, rows: list[dict], data: Path) -> list:
-    """The main vehicle's crop of each labelled photo, as ``predict`` cuts it (swapped photos swapped back)."""
+def crops_of(rec, rows: list[dict], data: Path, whole: bool = False) -> list:
+    """The main vehicle's crop of each labelled photo, as ``predict`` cuts it (swapped photos swapped back);
+    ``whole``: the photos as they are (Stanford Cars train photos are already cropped to the car's box)."""
     from PIL import Image
 
     from vericar.vision.images import open_image
@@ -52,6 +58,9 @@ def crops_of(rec, rows: list[dict], data: Path) -> list:
         if r.get("swapped") == "1":
             red, green, blue = photo.split()
             photo = Image.merge("RGB", (blue, green, red))
+        if whole:
+            out.append(photo)
+            continue
         regions = locate(rec.detector, photo, max_vehicles=1)
         out.append(regions[0].image(photo) if regions else photo)
     return out
@@ -64,9 +73,16 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None) -> dict[str,
     from vericar.models.embedding import forward_batches
 
     key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}.npz" if cache else None
+    crops = None
     if key is not None and key.is_file():
         got = dict(np.load(key))
         if list(got["files"]) == [r["file"] for r in rows]:
+            if got["body"].shape[1] != len(body_colour(_probe())):
+                # The body summary changed: only it is recomputed, from the whole photos (train photos are
+                # box crops; the detector on 400 photos takes many minutes on a shared CPU).
+                crops = crops_of(rec, rows, data, whole=True)
+                got["body"] = np.stack([body_colour(c) for c in crops])
+                np.savez(key, **got)
             return got
     crops = crops_of(rec, rows, data)
     m = rec.model
@@ -81,6 +97,12 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None) -> dict[str,
     return got
 
 
+def _probe():
+    from PIL import Image
+
+    return Image.new("RGB", (8, 8))
+
+
 def design(f: dict[str, np.ndarray], kind: str, flip: bool = False) -> np.ndarray:
     """The feature matrix a head of ``kind`` reads (``flip``: from the mirror images)."""
     bb = f["backbone_flip"] if flip else f["backbone"]
@@ -88,12 +110,24 @@ def design(f: dict[str, np.ndarray], kind: str, flip: bool = False) -> np.ndarra
             "embedding": f["embedding"]}[kind]
 
 
+PCA_DIMS = 64  # features wider than this are projected first (fits in seconds on a shared CPU)
+
+
 def fit_lr(x: np.ndarray, y: np.ndarray, c: float):
+    """Standardise, project wide features on their first PCA_DIMS principal axes, logistic regression;
+    the projection is folded into the weights, so the head stays one standardise + linear map."""
+    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / scale
+    pca = PCA(PCA_DIMS, random_state=0).fit(z) if z.shape[1] > PCA_DIMS else None
     lr = LogisticRegression(C=c, max_iter=3000)
-    lr.fit((x - mean) / scale, y)
+    lr.fit(pca.transform(z) if pca is not None else z, y)
+    if pca is not None:  # logits = W P (z - m) + b
+        w = lr.coef_ @ pca.components_
+        lr.intercept_ = lr.intercept_ - w @ pca.mean_
+        lr.coef_ = w
     return lr, mean, scale
 
 
@@ -109,7 +143,8 @@ def oof_proba(x: np.ndarray, y: np.ndarray, c: float, classes: list[str], seed: 
             xt, yt = np.concatenate([xt, x_aug[tr]]), np.concatenate([yt, yt])
         lr, mean, scale = fit_lr(xt, yt, c)
         cols = [classes.index(k) for k in lr.classes_]
-        p[np.ix_(te, cols)] = lr.predict_proba((x[te] - mean) / scale)
+        a = fit_arrays(list(lr.classes_), mean, scale, lr.coef_, lr.intercept_)
+        p[np.ix_(te, cols)] = LinearHead(list(lr.classes_), a["mean"], a["scale"], a["weight"], a["bias"]).proba(x[te])
     return p
 
 
@@ -129,7 +164,7 @@ def choose_colour(f: dict, rows: list[dict], margin: float) -> dict:
     y = np.array([r["colour"] for r in rows])[keep]
     classes = [c for c in COLOURS if c in set(y)]
     best = None
-    for kind in ("backbone", "body", "backbone+body"):
+    for kind in COLOUR_KINDS:
         x = design(f, kind)[keep]
         for c in C_GRID:
             p = oof_proba(x, y, c, classes)
@@ -150,12 +185,12 @@ def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
     y = np.array([r["viewpoint"] for r in rows])[keep]
     classes = [v for v in VIEWPOINTS if v in set(y)]
     best = None
-    for kind, flip in (("backbone", False), ("backbone", True), ("embedding", False)):
+    for kind, flip in VIEW_KINDS:
         x = design(f, kind)[keep]
         aug = design(f, kind, flip=True)[keep] if flip else None
-        for c in C_GRID:
+        for c in VIEW_C:
             s = scores(y, oof_proba(x, y, c, classes, x_aug=aug), classes)
-            print(f"viewpoint {kind:10s} mirror={flip!s:5s} C={c:<5} accuracy {s['accuracy']:.3f}")
+            print(f"viewpoint {kind:10s} mirror={flip!s:5s} C={c:<5} accuracy {s['accuracy']:.3f}", flush=True)
             cand = {"kind": kind, "mirror": flip, "C": c, "cv": s}
             if best is None or s["accuracy"] > best["cv"]["accuracy"]:
                 best = cand

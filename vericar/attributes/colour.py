@@ -1,11 +1,11 @@
 """A vehicle's colour: one of VCoR's 15 names with a confidence, or None when unsure.
 
-The head (``vericar.attributes.head.LinearHead``) reads two things about the vehicle's crop: the
+The head (``vericar.attributes.head.LinearHead``) can read two things about the vehicle's crop: the
 recogniser's own pooled backbone features (captured from the pass that embeds the crop, no
-second network pass) and a CIELAB summary of the pixels where the body is (``body_colour``):
-a centre-weighted window that leaves out the top (glass, roof, background), the bottom corners
-(wheels, ground) and specular highlights. Which of the two, or both, was chosen by cross-validation on
-labelled training photos (docs/attributes.md).
+second network pass) and a CIELAB summary of the pixels where the body is (``body_colour``): a
+centre-weighted window that plays down the top (glass, roof, background) and the bottom corners
+(wheels, ground). Which one a head reads is in its JSON (``features``); the shipped one was chosen by
+cross-validation on labelled training photos (docs/attributes.md).
 """
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ COLOURS = ("beige", "black", "blue", "brown", "gold", "green", "grey", "orange",
 #: Names that shade into each other, reported together in the headline figure.
 COARSE = {"silver": "grey", "beige": "brown", "tan": "brown", "gold": "yellow", "pink": "purple"}
 
-SIZE = 48  # pixels per side the crop is summarised at: enough for colour, cheap (about 1 ms)
-L_BINS, C_BINS, H_BINS = 8, 5, 12
-
+SIZE = 48  # pixels per side the crop is summarised at: enough for colour, cheap (about 2 ms)
+LAB_BINS = (6, 7, 7)  # L in 0-100, a and b in -60..60 (clipped)
 
 def coarse(name: str | None) -> str | None:
     """The coarse group of a colour name (grey = grey + silver, brown = brown + beige + tan,
@@ -64,26 +63,23 @@ def body_weights(size: int = SIZE) -> np.ndarray:
 
 
 def body_colour(photo: Any) -> np.ndarray:
-    """A CIELAB summary of the body's pixels (``L_BINS + C_BINS + H_BINS + 6`` numbers): weighted
-    histograms of lightness, chroma and hue angle (hue weighted by chroma, so greys add little),
-    and the weighted medians of L, a, b, chroma and the 25th / 75th percentile of L. Highlights
-    (L > 95 with little chroma, e.g. sun on glass or chrome) are left out unless they are most of the body."""
-    lab = to_lab(photo).reshape(-1, 3)
-    w = body_weights().reshape(-1).copy()
-    L, a, b = lab[:, 0], lab[:, 1], lab[:, 2]
-    chroma = np.hypot(a, b)
-    highlight = (L > 95) & (chroma < 8)
-    if w[highlight].sum() < 0.5:
-        w[highlight] = 0.0
-    w /= w.sum()
-    hue = (np.degrees(np.arctan2(b, a)) + 360.0) % 360.0
-    h_l = np.histogram(L, bins=L_BINS, range=(0, 100), weights=w)[0]
-    h_c = np.histogram(np.minimum(chroma, 59.9), bins=C_BINS, range=(0, 60), weights=w)[0]
-    cw = w * np.clip(chroma / 20.0, 0.0, 1.0)
-    h_h = np.histogram(hue, bins=H_BINS, range=(0, 360), weights=cw)[0]
-    stats = [_wquantile(L, w, 0.5), _wquantile(a, w, 0.5), _wquantile(b, w, 0.5), _wquantile(chroma, w, 0.5),
-             _wquantile(L, w, 0.25), _wquantile(L, w, 0.75)]
-    return np.concatenate([h_l, h_c, h_h, np.array(stats, np.float32) / 50.0]).astype(np.float32)
+    """A CIELAB summary of the body's pixels (308 numbers), every pixel weighted by ``body_weights``:
+    a joint L x a x b histogram (6 x 7 x 7 bins), the 5/25/50/75/95th percentiles of lightness, the
+    25/50/75th of chroma and of the lightness gradient (flat white paint vs graded metallic silver),
+    and the share of the body lighter than L 70, 80 and 90."""
+    lab = to_lab(photo)
+    w = body_weights()
+    L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    hist = np.histogramdd(np.stack([L.ravel(), np.clip(a, -59, 59).ravel(), np.clip(b, -59, 59).ravel()], 1),
+                          bins=LAB_BINS, range=[(0, 100), (-60, 60), (-60, 60)], weights=w.ravel())[0].ravel()
+    chroma = np.hypot(a, b).ravel()
+    gy, gx = np.gradient(L)
+    grad = np.hypot(gx, gy).ravel()
+    ww, Lr = w.ravel(), L.ravel()
+    stats = ([_wquantile(Lr, ww, q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
+             + [_wquantile(chroma, ww, q) for q in (0.25, 0.5, 0.75)] + [_wquantile(grad, ww, q) for q in (0.25, 0.5, 0.75)])
+    light = [float(ww[Lr > t].sum()) for t in (70, 80, 90)]
+    return np.concatenate([hist, np.array(stats, np.float32) / 50.0, np.array(light, np.float32)]).astype(np.float32)
 
 
 def _wquantile(v: np.ndarray, w: np.ndarray, q: float) -> float:
