@@ -48,7 +48,7 @@ def main() -> None:
     for photo in photos[:3]:  # warm-up
         rec.predict(photo), off.predict(photo)
     for photo in photos:
-        with rec._tap.capture() as rows:
+        with rec.attributes.tap(rec.model).capture() as rows:
             rec._embed_pil([photo])
         feats = tap_features(rows, 1)
         t = time.perf_counter()

@@ -25,6 +25,7 @@ from vericar.core.config import AttributesCfg
 from vericar.core.errors import ArtifactError
 
 COLOUR_FILE, VIEWPOINT_FILE = "attributes-colour", "attributes-viewpoint"
+_TAP_LOCK = threading.Lock()
 FEATURE_KINDS = ("backbone", "body", "backbone+body")  # what a head reads (its info["features"])
 
 
@@ -104,6 +105,22 @@ class Attributes:
         for name, file in (("colour", COLOUR_FILE), ("viewpoint", VIEWPOINT_FILE)):
             if self.heads[name] is not None:
                 self.heads[name].save(directory, file)
+
+    def tap(self, model: Any) -> FeatureTap:
+        """The feature tap on ``model`` (hooked on first use, once per model)."""
+        with _TAP_LOCK:
+            if getattr(self, "_tap", None) is None or self._tap_model is not model:
+                self._tap, self._tap_model = FeatureTap(model), model
+            return self._tap
+
+    def run(self, model: Any, embed: Any, crops: Sequence[Any]) -> tuple[np.ndarray, list[Described]]:
+        """``embed(crops)`` (the recognizer's embedding pass through ``model``) and each crop's
+        attributes from the features that same pass computed."""
+        if not self.active:
+            return embed(crops), [Described() for _ in crops]
+        with self.tap(model).capture() as rows:
+            emb = embed(crops)
+        return emb, self.describe(tap_features(rows, len(crops)), crops)
 
     def describe(self, features: np.ndarray | None, crops: Sequence[Any]) -> list[Described]:
         """Each crop's attributes from its pooled backbone features ``(N, F)`` (None: not captured)

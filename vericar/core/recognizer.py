@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vericar.attributes.stage import Attributes, Described, FeatureTap, tap_features
+from vericar.attributes.stage import Attributes, Described
 from vericar.core.config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
@@ -49,8 +49,7 @@ class Recognizer:
         detector: finds the vehicles in a photo (``vericar.vision.detect``: a Detector or a spec such as
             'opencv-ssd:mobilenet_v2_coco'); None or 'none' treats the whole photo as the vehicle.
         source: where it was loaded from (``vericar.load`` sets it; see ``config.source``).
-        attributes: each vehicle's colour and viewpoint (``vericar.attributes.stage.Attributes``); None:
-            no attributes (all None). ``vericar.load(..., attributes=False)`` switches a model's heads off.
+        attributes: each vehicle's colour and viewpoint (``vericar.attributes.stage.Attributes``); None: none.
 
     ``rec.config`` describes it all as one frozen ``vericar.core.config.VericarConfig``.
     """
@@ -86,7 +85,6 @@ class Recognizer:
         self.detector = create_detector(detector)
         self.source = source
         self.attributes = attributes or Attributes()
-        self._tap: FeatureTap | None = None  # hooked on first use (vericar/attributes/stage.py)
         # One lock for gallery reads and writes: enrolment from one request must never be seen
         # half-done by a search from another (the app serves requests from several threads).
         self._lock = threading.RLock()
@@ -120,14 +118,7 @@ class Recognizer:
 
     def _embed_described(self, crops: Sequence[Any]) -> tuple[np.ndarray, list[Described]]:
         """Embeddings of vehicle crops and each one's attributes, from the same network pass."""
-        if not self.attributes.active:
-            return self._embed_pil(crops), [Described() for _ in crops]
-        with self._lock:
-            if self._tap is None:
-                self._tap = FeatureTap(self.model)
-        with self._tap.capture() as rows:
-            emb = self._embed_pil(crops)
-        return emb, self.attributes.describe(tap_features(rows, len(crops)), crops)
+        return self.attributes.run(self.model, self._embed_pil, crops)
 
     # --------------------------------------------------------------- prediction
     def predict(self, image: Any) -> Prediction:
