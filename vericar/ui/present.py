@@ -115,7 +115,9 @@ def result_markdown(pred: Any, threshold: float | None) -> str:
             return (f"### {md_text(described(pred, ' · '.join(named)))} — model not in the gallery\nConfidence: {conf}. "
                     f"Unknown-vehicle score **{pred.ood_score:.3f}**{thr}: the exact model is unlike every vehicle "
                     "the model knows. If it is a new vehicle, add it in the *Add a vehicle* tab.")
-        return (f"### {md_text(described(pred, 'unknown vehicle'))}\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
+        colour, after = look_words(pred)
+        name = " · ".join([f"Unknown vehicle ({colour})" if colour else "Unknown vehicle", *after])
+        return (f"### {md_text(name)}\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
                 "every vehicle the model knows, so no name is given. If it is a new vehicle, add it in "
                 "the *Add a vehicle* tab.")
     parts = [f"**{lvl}**: {md_text(getattr(pred, lvl))}" for lvl in ("make", "model", "type", "year")
