@@ -79,6 +79,8 @@ def test_mcp_tools_and_enroll(app_module, artifact, tmp_path, monkeypatch):  # n
     (e1, added), (e2, found), (e3, removed), (e4, again), (e5, path), (e6, url_item) = out
     assert not (e1 or e2 or e3 or e4), out
     assert "'added': 2" in added and NEW in found and "'removed': 2" in removed and "'added': 3" in again
+    # the identify tool carries what the vehicle looks like (None here: the tiny model has no attribute heads)
+    assert all(f"'{k}':" in found for k in ("colour", "colour_confidence", "viewpoint", "viewpoint_confidence", "plate"))
     assert e5 and "`images` must be a list of files" in path and "'/etc/passwd'" in path
     assert e6 and "data: URLs" in url_item and "http" in url_item
     monkeypatch.delenv("VERICAR_MCP")

@@ -21,6 +21,7 @@ from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.recognizer import Recognizer
 from vericar.evaluation import metrics
 from vericar.evaluation.answers import level_answer
+from vericar.evaluation.attributes import check_vocabulary, evaluate_attributes, table_rows, with_labels
 from vericar.evaluation.data import Sample, load_source, parse_holdout
 from vericar.models.embed_cache import cached_embeddings
 from vericar.models.embedding import embed
@@ -167,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--tta", choices=("flip", "none"), help="test-time views: flip averages each photo with its "
                     "mirror image (default: the model's own; another than the model's needs --gallery CSV)")
     ap.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:1 (float32 either way)")
+    ap.add_argument("--attributes", help="CSV file,colour,viewpoint (file as in --queries): also score colour and "
+                    "viewpoint (a --queries CSV with colour / viewpoint columns is scored without it)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--report", metavar="DIR", help="also write a report a person reads: DIR/report.html, per_class.csv, "
                     "confusions.csv, and DIR/insights/ for the app (docs/report.md)")
@@ -281,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         return main_pairs(rec, args.pairs, cache=args.cache, json_out=args.json, progress=not args.no_progress)
     queries = _filtered(load_source(args.queries, args.split), args.queries_filter)[: args.limit]
+    if args.attributes:
+        queries = with_labels(queries, args.attributes, args.queries)
+    check_vocabulary(queries)
     if len(rec.gallery) == 0:
         raise VericarError(f"model {args.model!r} has no gallery; pass --gallery CSV to build one.")
     q, mains, elapsed = _answer_queries(rec, queries, args, kw)
@@ -291,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["ms_per_image"] = 1000.0 * elapsed / max(1, len(queries))
     from vericar.evaluation.report import format_table, report_run
 
+    attrs = evaluate_attributes(rec, queries, args.batch_size)
+    if attrs is not None:
+        result["attributes"] = attrs
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

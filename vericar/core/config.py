@@ -6,7 +6,8 @@
         ranking=RankingCfg(k, density=DensityCfg(weight, k, max_fetch)),
         ood=OODCfg(k, threshold, tpr, calibrated_for=<the DensityCfg the threshold was fitted with>),
         calibration={...} | None, detector=DetectorCfg(spec), source=SourceCfg(spec, folder) | None,
-        compare={...} | None)
+        compare={...} | None,
+        attributes=AttributesCfg(colour, viewpoint))
 
 Every node is a frozen dataclass: change one with ``dataclasses.replace``. ``to_dict`` /
 ``from_dict`` are exact inverses (``from_dict(c.to_dict()) == c``). Consistency is checked, not
@@ -26,7 +27,7 @@ from typing import Any, Mapping
 from vericar.core.errors import ArtifactError, SpecError
 
 __all__ = ["PreprocessCfg", "ModelCfg", "DensityCfg", "RankingCfg", "OODCfg", "DetectorCfg", "SourceCfg",
-           "VericarConfig", "CROP_MODES", "INTERPOLATIONS", "TRAIN_SETTINGS_IN_TREE", "TTA_VIEWS", "check_tta"]
+           "AttributesCfg", "VericarConfig", "CROP_MODES", "INTERPOLATIONS", "TRAIN_SETTINGS_IN_TREE", "TTA_VIEWS", "check_tta"]
 
 CROP_MODES = ("center", "squash")  # timm's names: short side to size / crop_pct + centre crop | stretch to size
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -202,6 +203,20 @@ class DetectorCfg:
 
 
 @dataclass(frozen=True)
+class AttributesCfg:
+    """The per-vehicle attribute stage (vericar/attributes): which heads run. A head switched on but
+    absent from the model folder (an older artifact) gives None for its attribute."""
+
+    colour: bool = True
+    viewpoint: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("colour", "viewpoint"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"attributes {name} must be true or false, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class SourceCfg:
     """Where a loaded recognizer came from (like timm's pretrained_cfg ``hf_hub_id``): the spec it was
     loaded with and the folder that spec resolved to (None for a bare backbone). Not saved."""
@@ -221,6 +236,7 @@ class VericarConfig:
     detector: DetectorCfg = field(default_factory=DetectorCfg)
     source: SourceCfg | None = None
     compare: Mapping[str, Any] | None = None  # vericar.search.pair_calibration.PairCalibration.to_dict()
+    attributes: AttributesCfg = field(default_factory=AttributesCfg)
 
     def __post_init__(self) -> None:
         for name in ("calibration", "compare"):
@@ -241,7 +257,7 @@ class VericarConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: the config.json of an artifact (with ``source`` only when set)."""
         d: dict[str, Any] = {"model": self.model.to_dict(), "ranking": asdict(self.ranking), "ood": asdict(self.ood),
-                             "detector": asdict(self.detector)}
+                             "detector": asdict(self.detector), "attributes": asdict(self.attributes)}
         if self.calibration is not None:
             d["calibration"] = plain_json(self.calibration)
         if self.source is not None:
@@ -266,6 +282,7 @@ class VericarConfig:
                 detector=DetectorCfg(**(d.get("detector") or {})),
                 source=SourceCfg(**d["source"]) if d.get("source") else None,
                 compare=d.get("compare"),
+                attributes=AttributesCfg(**(d.get("attributes") or {})),
             )
         except (KeyError, TypeError, SpecError) as e:
             raise ArtifactError(f"config.json is not a valid vericar config ({type(e).__name__}: {e}); re-save the "

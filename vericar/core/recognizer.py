@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vericar.core.compare import Comparison, compare
+from vericar.attributes.stage import Attributes, Described
 from vericar.core.config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
@@ -51,6 +52,7 @@ class Recognizer:
             'opencv-ssd:mobilenet_v2_coco'); None or 'none' treats the whole photo as the vehicle.
         source: where it was loaded from (``vericar.load`` sets it; see ``config.source``).
         comparison: ``compare``'s fitted same-vehicle probability (None: compare is refused).
+        attributes: each vehicle's colour and viewpoint (``vericar.attributes.stage.Attributes``); None: none.
 
     ``rec.config`` describes it all as one frozen ``vericar.core.config.VericarConfig``.
     """
@@ -70,6 +72,7 @@ class Recognizer:
         detector: Detector | str | None = None,
         source: SourceCfg | None = None,
         comparison: PairCalibration | None = None,
+        attributes: Attributes | None = None,
     ) -> None:
         if gallery.dim != model.output_dim:
             raise VericarError(
@@ -88,6 +91,7 @@ class Recognizer:
         self.batch_size = batch_size
         self.detector = create_detector(detector)
         self.source = source
+        self.attributes = attributes or Attributes()
         # One lock for gallery reads and writes: enrolment from one request must never be seen
         # half-done by a search from another (the app serves requests from several threads).
         self._lock = threading.RLock()
@@ -109,7 +113,7 @@ class Recognizer:
         return VericarConfig(self.model.model_cfg, RankingCfg(self.k, self.density.cfg), ood,
                              self.calibration.to_dict() if self.calibration.active else None,
                              DetectorCfg(self.detector.spec), self.source,
-                             self.comparison.to_dict() if self.comparison is not None else None)
+                             self.comparison.to_dict() if self.comparison is not None else None, self.attributes.cfg)
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -124,6 +128,9 @@ class Recognizer:
     def check_views(self) -> None:
         """ArtifactError when queries would be embedded otherwise than the gallery (models.embedding.check_views)."""
         check_views(getattr(self.gallery, "tta", None), self.model.tta)
+    def _embed_described(self, crops: Sequence[Any]) -> tuple[np.ndarray, list[Described]]:
+        """Embeddings of vehicle crops and each one's attributes, from the same network pass."""
+        return self.attributes.run(self.model, self._embed_pil, crops)
 
     # --------------------------------------------------------------- prediction
     def predict(self, image: Any) -> Prediction:

@@ -29,6 +29,9 @@ class Sample:
     label: int
     class_name: str
     row_ref: str | None = None  # stable id of a photo that has no path (a Hub dataset row)
+    # What the vehicle looks like, when the CSV has ``colour`` / ``viewpoint`` columns (empty: not labelled).
+    colour: str | None = None
+    viewpoint: str | None = None
 
     @property
     def ref(self) -> str:
@@ -60,7 +63,7 @@ def portable_value(v: Any) -> Any:
 
 
 def load_csv(path: str | Path) -> list[Sample]:
-    """Read a local CSV (``file,label,class_name``; paths relative to the CSV)."""
+    """Read a local CSV (``file,label,class_name``; paths relative to the CSV; optional ``colour``, ``viewpoint``)."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a CSV" if path.is_dir() else "not found"
@@ -84,7 +87,9 @@ def load_csv(path: str | Path) -> list[Sample]:
             label = int(row["label"])
         except ValueError:
             raise VericarError(f"{path}:{n}: label {row['label']!r} is not an integer class id.") from None
-        samples.append(Sample(str(path.parent / row["file"]), label, row["class_name"].strip()))
+        samples.append(Sample(str(path.parent / row["file"]), label, row["class_name"].strip(),
+                              colour=(row.get("colour") or "").strip() or None,
+                              viewpoint=(row.get("viewpoint") or "").strip() or None))
     if not samples:
         raise VericarError(f"{path} has a header but no rows.")
     return samples

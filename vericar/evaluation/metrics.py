@@ -119,3 +119,31 @@ def fpr_at_tpr(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> float:
     a, b = _ood_arrays(id_scores, ood_scores)
     thr = threshold_at_tpr(a, tpr)  # the rule KNNOOD.calibrate uses
     return float(np.mean(b <= thr))
+
+
+def attribute_scores(true: Sequence[str | None], pred: Sequence[str | None],
+                     group: Any = None) -> dict[str, Any]:
+    """How well an attribute (colour, viewpoint) is named, over the items whose ``true`` value is known.
+
+    ``pred`` None is "unsure" (not answered). Returns ``n`` (labelled items), ``coverage`` (share
+    answered), ``accuracy`` over the answered ones, ``coarse_accuracy`` when ``group`` maps a value to
+    its group, and ``confusion`` {true: {predicted or "null": count}}.
+    """
+    if len(true) != len(pred):
+        raise MetricError(f"true and pred differ in length ({len(true)} vs {len(pred)}).")
+    pairs = [(t, p) for t, p in zip(true, pred) if t is not None]
+    answered = [(t, p) for t, p in pairs if p is not None]
+    n_ans = len(answered)
+    out: dict[str, Any] = {
+        "n": len(pairs), "answered": n_ans,
+        "coverage": n_ans / len(pairs) if pairs else None,
+        "accuracy": sum(t == p for t, p in answered) / n_ans if n_ans else None,
+    }
+    if group is not None:
+        out["coarse_accuracy"] = sum(group(t) == group(p) for t, p in answered) / n_ans if n_ans else None
+    confusion: dict[str, dict[str, int]] = {}
+    for t, p in pairs:
+        row = confusion.setdefault(t, {})
+        row[p or "null"] = row.get(p or "null", 0) + 1
+    out["confusion"] = confusion
+    return out

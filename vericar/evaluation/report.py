@@ -195,6 +195,10 @@ def format_table(r: dict[str, Any]) -> str:
         rows += [("OOD AUROC", _fmt(r["ood"]["auroc"])), ("OOD FPR95", _fmt(r["ood"]["fpr95"])),
                  ("unknown queries", str(r["ood"]["n_unknown"]))]
     rows.append(("ms / image", f"{r['ms_per_image']:.1f}"))
+    if r.get("attributes"):  # colour / viewpoint, for queries labelled with them
+        from vericar.evaluation.attributes import table_rows
+
+        rows += table_rows(r["attributes"])
     return "\n".join(["| metric | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 

@@ -117,17 +117,34 @@ def _why_unknown(pred: Any, threshold: float | None) -> str:
                 "vehicles disagree on its make, as they do for models the network never saw.")
     thr = f", above the threshold of {threshold:.3f}" if threshold is not None else ""
     return f"Unknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike every vehicle the model knows."
+def look_words(pred: Any) -> tuple[str, list[str]]:
+    """What a vehicle looks like, in words: the colour that goes before its name ('' when unsure or
+    not measured) and what goes after it (the viewpoint, the plate's text)."""
+    after = [pred.viewpoint] if getattr(pred, "viewpoint", None) else []
+    plate = getattr(pred, "plate", None)
+    if plate and plate.get("text"):
+        after.append(f"plate {plate['text']}")
+    return getattr(pred, "colour", None) or "", after
+
+
+def described(pred: Any, name: str) -> str:
+    """``name`` with the vehicle's looks: "white BMW X5 SUV 2007 · front-side" (plain text)."""
+    before, after = look_words(pred)
+    return " · ".join([f"{before} {name}".strip(), *after])
 
 
 def result_markdown(pred: Any, threshold: float | None) -> str:
     """The Identify tab's verdict: the vehicle and its levels, or what is known of an unknown one (answer_words)."""
     if pred.unknown:
         words = answer_words(pred, md_text)
-        return (f"### {words[:1].upper() + words[1:]}\n{_why_unknown(pred, threshold)} "
+        colour, after = look_words(pred)  # what it looks like, after what it is
+        heading = " · ".join([words[:1].upper() + words[1:] + (f" ({md_text(colour)})" if colour else ""),
+                              *(md_text(a) for a in after)])
+        return (f"### {heading}\n{_why_unknown(pred, threshold)} "
                 "If it is a new vehicle, add it in the *Add a vehicle* tab.")
     parts = [f"**{lvl}**: {md_text(getattr(pred, lvl))}" for lvl in ("make", "model", "type", "year")
              if getattr(pred, lvl)]
-    return f"### {md_text(pred.label)}\n" + " · ".join(parts) + "\n\n" + score_words(pred.ood_score, threshold)
+    return f"### {md_text(described(pred, pred.label))}\n" + " · ".join(parts) + "\n\n" + score_words(pred.ood_score, threshold)
 
 
 def score_words(score: float, threshold: float | None) -> str:

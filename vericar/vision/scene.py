@@ -128,8 +128,10 @@ def _recognise(rec: Any, photos: Sequence[Any], max_vehicles: int, margin: float
     """``recognise`` with each kept vehicle's embedding: per photo, [(Prediction, embedding row), ...]."""
     plans = [locate(rec.detector, photo, max_vehicles=max_vehicles, margin=margin) for photo in photos]
     crops = [r.image(p) for p, regions in zip(photos, plans) for r in regions]
-    emb = rec._embed_pil(crops) if crops else None
+    emb, described = rec._embed_described(crops) if crops else (None, [])
     preds = rec.predict_embeddings(emb) if crops else []
+    for pred, attrs in zip(preds, described):
+        pred.__dict__.update(vars(attrs))  # colour, viewpoint and their confidences
     out: list[list[tuple[Any, Any]]] = []
     i = 0
     for regions in plans:

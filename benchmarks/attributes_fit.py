@@ -1,0 +1,240 @@
+"""Choose and fit the colour and viewpoint heads on labelled TRAIN photos (never dev).
+
+Features are what the product computes for a vehicle: the main vehicle's crop as ``predict`` cuts
+it, the recogniser's pooled backbone features (the input of its embedding head), and the CIELAB
+summary of the body's pixels (``vericar.attributes.colour.body_colour``). Candidates are compared by
+5-fold cross-validation on the train labels; the best is refitted on all of them and written into
+the model folder as safetensors + JSON:
+
+    python benchmarks/attributes_fit.py --labels benchmarks/labels/attributes_train.csv \
+        --data ../shared/data/stanford_cars --model default --cache /work/runs/attrs --out vericar/default
+
+Photos marked ``swapped=1`` (red and blue channels swapped in the stored file, docs/attributes.md)
+are swapped back first. Viewpoint heads are fitted on each photo and its mirror image (left and
+right are one class). The colour threshold is the out-of-fold top probability below which
+``--coverage-margin`` more than 10% of the photos fall (a margin over the 90% coverage target).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vericar.attributes.colour import COLOURS, body_colour, coarse  # noqa: E402
+from vericar.attributes.head import LinearHead, fit_arrays  # noqa: E402
+from vericar.attributes.stage import Attributes  # noqa: E402
+from vericar.attributes.viewpoint import VIEWPOINTS  # noqa: E402
+
+C_GRID = (0.03, 0.1, 0.3)
+# Candidates compared (on a shared 2-core CPU each fit of the 1,280 backbone features takes long; a
+# first backbone-only colour run, C=0.01, reached 0.39 coarse accuracy, far below the body summary).
+COLOUR_KINDS = ("body",)
+VIEW_KINDS = (("backbone", False), ("backbone", True))
+VIEW_C = (0.1, 1.0)
+
+
+def read_labels(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def crops_of(rec, rows: list[dict], data: Path, whole: bool = False) -> list:
+    """The main vehicle's crop of each labelled photo, as ``predict`` cuts it (swapped photos swapped back);
+    ``whole``: the photos as they are (Stanford Cars train photos are already cropped to the car's box)."""
+    from PIL import Image
+
+    from vericar.vision.images import open_image
+    from vericar.vision.scene import locate
+
+    out = []
+    for r in rows:
+        photo = open_image(data / r["file"])
+        if r.get("swapped") == "1":
+            red, green, blue = photo.split()
+            photo = Image.merge("RGB", (blue, green, red))
+        if whole:
+            out.append(photo)
+            continue
+        regions = locate(rec.detector, photo, max_vehicles=1)
+        out.append(regions[0].image(photo) if regions else photo)
+    return out
+
+
+def features(rec, rows: list[dict], data: Path, cache: Path | None) -> dict[str, np.ndarray]:
+    """backbone, backbone of the mirror image, body colour, embedding; cached by label file + model."""
+    from PIL import ImageOps
+
+    from vericar.models.embedding import forward_batches
+
+    key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}.npz" if cache else None
+    crops = None
+    if key is not None and key.is_file():
+        got = dict(np.load(key))
+        if list(got["files"]) == [r["file"] for r in rows]:
+            if got["body"].shape[1] != len(body_colour(_probe())):
+                # The body summary changed: only it is recomputed, from the whole photos (train photos are
+                # box crops; the detector on 400 photos takes many minutes on a shared CPU).
+                crops = crops_of(rec, rows, data, whole=True)
+                got["body"] = np.stack([body_colour(c) for c in crops])
+                np.savez(key, **got)
+            return got
+    crops = crops_of(rec, rows, data)
+    m = rec.model
+    got = {"files": np.array([r["file"] for r in rows]),
+           "backbone": forward_batches(m, crops, forward=m.features).numpy(),
+           "backbone_flip": forward_batches(m, [ImageOps.mirror(c) for c in crops], forward=m.features).numpy(),
+           "body": np.stack([body_colour(c) for c in crops]),
+           "embedding": forward_batches(m, crops).numpy()}
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(key, **got)
+    return got
+
+
+def _probe():
+    from PIL import Image
+
+    return Image.new("RGB", (8, 8))
+
+
+def design(f: dict[str, np.ndarray], kind: str, flip: bool = False) -> np.ndarray:
+    """The feature matrix a head of ``kind`` reads (``flip``: from the mirror images)."""
+    bb = f["backbone_flip"] if flip else f["backbone"]
+    return {"backbone": bb, "body": f["body"], "backbone+body": np.concatenate([bb, f["body"]], 1),
+            "embedding": f["embedding"]}[kind]
+
+
+PCA_DIMS = 64  # features wider than this are projected first (fits in seconds on a shared CPU)
+
+
+def fit_lr(x: np.ndarray, y: np.ndarray, c: float):
+    """Standardise, project wide features on their first PCA_DIMS principal axes, logistic regression;
+    the projection is folded into the weights, so the head stays one standardise + linear map."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / scale
+    pca = PCA(PCA_DIMS, random_state=0).fit(z) if z.shape[1] > PCA_DIMS else None
+    lr = LogisticRegression(C=c, max_iter=3000)
+    lr.fit(pca.transform(z) if pca is not None else z, y)
+    if pca is not None:  # logits = W P (z - m) + b
+        w = lr.coef_ @ pca.components_
+        lr.intercept_ = lr.intercept_ - w @ pca.mean_
+        lr.coef_ = w
+    return lr, mean, scale
+
+
+def oof_proba(x: np.ndarray, y: np.ndarray, c: float, classes: list[str], seed: int = 0,
+              x_aug: np.ndarray | None = None) -> np.ndarray:
+    """Out-of-fold class probabilities (5 folds); ``x_aug``: extra rows (mirror images) added to each training fold."""
+    from sklearn.model_selection import KFold
+
+    p = np.zeros((len(y), len(classes)))
+    for tr, te in KFold(5, shuffle=True, random_state=seed).split(x):
+        xt, yt = x[tr], y[tr]
+        if x_aug is not None:
+            xt, yt = np.concatenate([xt, x_aug[tr]]), np.concatenate([yt, yt])
+        lr, mean, scale = fit_lr(xt, yt, c)
+        cols = [classes.index(k) for k in lr.classes_]
+        a = fit_arrays(list(lr.classes_), mean, scale, lr.coef_, lr.intercept_)
+        p[np.ix_(te, cols)] = LinearHead(list(lr.classes_), a["mean"], a["scale"], a["weight"], a["bias"]).proba(x[te])
+    return p
+
+
+def scores(y: np.ndarray, p: np.ndarray, classes: list[str], threshold: float = 0.0) -> dict:
+    top = p.argmax(1)
+    ans = p.max(1) >= threshold
+    pred = np.array(classes)[top]
+    right = pred == y
+    cright = np.array([coarse(a) == coarse(b) for a, b in zip(pred, y)])
+    n = max(1, ans.sum())
+    return {"coverage": float(ans.mean()), "accuracy": float(right[ans].sum() / n),
+            "coarse_accuracy": float(cright[ans].sum() / n)}
+
+
+def choose_colour(f: dict, rows: list[dict], margin: float) -> dict:
+    keep = np.array([bool(r["colour"]) for r in rows])
+    y = np.array([r["colour"] for r in rows])[keep]
+    classes = [c for c in COLOURS if c in set(y)]
+    best = None
+    for kind in COLOUR_KINDS:
+        x = design(f, kind)[keep]
+        for c in C_GRID:
+            p = oof_proba(x, y, c, classes)
+            thr = float(np.quantile(p.max(1), 0.10 - margin))
+            s_all, s_thr = scores(y, p, classes), scores(y, p, classes, thr)
+            print(f"colour {kind:14s} C={c:<5} all: acc {s_all['accuracy']:.3f} coarse {s_all['coarse_accuracy']:.3f} | "
+                  f"threshold {thr:.3f}: coverage {s_thr['coverage']:.3f} acc {s_thr['accuracy']:.3f} "
+                  f"coarse {s_thr['coarse_accuracy']:.3f}")
+            cand = {"kind": kind, "C": c, "threshold": thr, "cv_all": s_all, "cv_at_threshold": s_thr}
+            if best is None or s_thr["coarse_accuracy"] > best["cv_at_threshold"]["coarse_accuracy"]:
+                best = cand
+    best.update(x=design(f, best["kind"])[keep], y=y, classes=classes, n=int(keep.sum()))
+    return best
+
+
+def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
+    keep = np.array([bool(r["viewpoint"]) for r in rows])
+    y = np.array([r["viewpoint"] for r in rows])[keep]
+    classes = [v for v in VIEWPOINTS if v in set(y)]
+    best = None
+    for kind, flip in VIEW_KINDS:
+        x = design(f, kind)[keep]
+        aug = design(f, kind, flip=True)[keep] if flip else None
+        for c in VIEW_C:
+            s = scores(y, oof_proba(x, y, c, classes, x_aug=aug), classes)
+            print(f"viewpoint {kind:10s} mirror={flip!s:5s} C={c:<5} accuracy {s['accuracy']:.3f}", flush=True)
+            cand = {"kind": kind, "mirror": flip, "C": c, "cv": s}
+            if best is None or s["accuracy"] > best["cv"]["accuracy"]:
+                best = cand
+    x = design(f, best["kind"])[keep]
+    if best["mirror"]:
+        x, y = np.concatenate([x, design(f, best["kind"], flip=True)[keep]]), np.concatenate([y, y])
+    best.update(x=x, y=y, classes=classes, n=int(keep.sum()))
+    return best
+
+
+def head_of(choice: dict, threshold: float, info: dict) -> LinearHead:
+    lr, mean, scale = fit_lr(choice["x"], choice["y"], choice["C"])
+    classes = list(lr.classes_)
+    a = fit_arrays(classes, mean, scale, lr.coef_, lr.intercept_)
+    return LinearHead(classes, a["mean"], a["scale"], a["weight"], a["bias"], threshold, info)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--labels", default="benchmarks/labels/attributes_train.csv")
+    p.add_argument("--data", default="../shared/data/stanford_cars")
+    p.add_argument("--model", default="default")
+    p.add_argument("--cache", default=None, help="folder for the features (recomputed when absent)")
+    p.add_argument("--coverage-margin", type=float, default=0.02)
+    p.add_argument("--out", default=None, help="model folder to write the heads into (default: only report)")
+    a = p.parse_args()
+    import vericar
+
+    if any(s in a.labels for s in ("dev", "test")):
+        sys.exit("refusing to fit on dev/test labels: fit on train labels only")
+    rec = vericar.load(a.model, attributes=False)
+    rows = read_labels(a.labels)
+    f = features(rec, rows, Path(a.data), Path(a.cache) if a.cache else None)
+    col, vp = choose_colour(f, rows, a.coverage_margin), choose_viewpoint(f, rows)
+    common = {"labels": a.labels, "command": " ".join(["python", "benchmarks/attributes_fit.py", *sys.argv[1:]])}
+    colour = head_of(col, col["threshold"], {**common, "features": col["kind"], "C": col["C"], "n": col["n"],
+                                             "cv_all": col["cv_all"], "cv_at_threshold": col["cv_at_threshold"]})
+    view = head_of(vp, 0.0, {**common, "features": vp["kind"], "mirror": vp["mirror"], "C": vp["C"], "n": vp["n"],
+                              "cv": vp["cv"]})
+    print(json.dumps({"colour": colour.info, "viewpoint": view.info}, indent=1))
+    if a.out:
+        Attributes(colour, view).save(a.out)
+        print(f"wrote the heads into {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Colour and viewpoint per vehicle (vericar/attributes): the heads and their files, the stage inside the
+Recognizer (features caught from the embedding pass), /identify through the real app, evaluate's figures,
+and the shipped heads on real photos with known answers (labels in benchmarks/labels/)."""
+from __future__ import annotations
+
+import csv
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import handle_file
+
+import vericar
+from vericar.artifacts import hub
+from vericar.attributes.colour import COLOURS, body_colour, coarse
+from vericar.attributes.head import LinearHead
+from vericar.attributes.stage import COLOUR_FILE, Attributes
+from vericar.attributes.viewpoint import VIEWPOINTS
+from vericar.core.errors import ArtifactError, VericarError
+from vericar.models.transforms import eval_transform
+
+from test_app import _launch, _photos, app_module, artifact, make_artifact, vehicle_photo  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "stanford_cars"
+KEYS = {"colour", "colour_confidence", "viewpoint", "viewpoint_confidence", "plate"}
+
+
+def tiny_heads(rec, seed: int = 0, colour_threshold: float = 0.0) -> Attributes:
+    """Random heads sized for ``rec``'s backbone: colour over backbone + body pixels, viewpoint over backbone."""
+    rng = np.random.default_rng(seed)
+    f = rec.model.num_features
+    d = f + len(body_colour(vehicle_photo(0, 0)))
+    colour = LinearHead(list(COLOURS), np.zeros(d), np.ones(d), rng.normal(size=(15, d)), np.zeros(15),
+                        colour_threshold, {"features": "backbone+body"})
+    view = LinearHead(list(VIEWPOINTS), np.zeros(f), np.ones(f), rng.normal(size=(5, f)), np.zeros(5), 0.0,
+                      {"features": "backbone"})
+    return Attributes(colour, view)
+
+
+@pytest.fixture(scope="module")
+def with_heads(tmp_path_factory) -> Path:
+    """The app tests' tiny artifact, with random attribute heads saved into it."""
+    out = make_artifact(tmp_path_factory.mktemp("attr-artifact"))
+    rec = hub.load(f"local-dir:{out}")
+    tiny_heads(rec).save(out)
+    return out
+
+
+def test_head_files_round_trip_and_threshold(tmp_path):
+    head = LinearHead(["a", "b"], [0.0, 0.0], [1.0, 1.0], [[1.0, 0.0], [-1.0, 0.0]], [0.0, 0.0], 0.8, {"features": "body"})
+    head.save(tmp_path, "h")
+    back = LinearHead.load(tmp_path, "h")
+    assert back.classes == ["a", "b"] and back.threshold == 0.8 and back.info == {"features": "body"}
+    (sure, p1), (unsure, p2) = back.answer(np.array([[3.0, 0.0], [0.1, 5.0]]))
+    assert sure == "a" and p1 > 0.99 and unsure is None and 0.5 <= p2 < 0.8  # under the threshold: None
+    assert LinearHead.load(tmp_path, "missing") is None  # an older model folder: no head
+    (tmp_path / "h.json").write_text("{broken")
+    with pytest.raises(ArtifactError, match="cannot be read"):
+        LinearHead.load(tmp_path, "h")
+    with pytest.raises(ArtifactError, match="refit"):
+        head.proba(np.zeros((1, 3)))
+
+
+def test_body_colour_reads_the_paint():
+    """A red and a blue drawn car differ where the body is: hue histogram and median a*, b*."""
+    red, blue = vehicle_photo(0, 0), vehicle_photo(1, 0)
+    assert np.abs(body_colour(red) - body_colour(blue)).sum() > 0.5
+    assert coarse("silver") == "grey" and coarse("tan") == "brown" and coarse("red") == "red" and coarse(None) is None
+
+
+def test_stage_in_the_recognizer(with_heads, tmp_path):
+    """Heads from the folder answer every vehicle; the features come from the embedding pass itself (equal
+    to the backbone's on the same input), per thread; attributes=False and a folder without heads give None."""
+    rec = hub.load(f"local-dir:{with_heads}")
+    assert rec.attributes.active and rec.config.attributes.colour
+    photos = [vehicle_photo(s, 1) for s in range(4)]
+    preds = rec.predict_batch(photos)
+    assert all(p.colour in COLOURS and p.viewpoint in VIEWPOINTS and 0 < p.colour_confidence <= 1 for p in preds)
+    with rec.attributes.tap(rec.model).capture() as rows:
+        rec._embed_pil(photos)
+    x = torch.stack([eval_transform(rec.model.preprocess)(p) for p in photos])
+    with torch.no_grad():
+        direct = rec.model.features(x).numpy()
+    np.testing.assert_allclose(np.concatenate(rows), direct, rtol=1e-4, atol=1e-4)
+    with ThreadPoolExecutor(4) as pool:  # requests side by side never get each other's features
+        side = list(pool.map(lambda p: rec.predict(p), photos * 3))
+    assert [(p.colour, p.viewpoint) for p in side] == [(p.colour, p.viewpoint) for p in preds] * 3
+    off = hub.load(f"local-dir:{with_heads}", attributes=False)
+    assert not off.attributes.active and off.predict(photos[0]).colour is None
+    bare = tmp_path / "bare"
+    shutil.copytree(with_heads, bare)
+    for f in bare.glob("attributes-*"):
+        f.unlink()
+    assert hub.load(f"local-dir:{bare}").predict(photos[0]).viewpoint is None  # older artifact: null, works
+    hub.save_pretrained(rec, tmp_path / "resaved")
+    assert (tmp_path / "resaved" / f"{COLOUR_FILE}.safetensors").is_file()
+    assert hub.load(f"local-dir:{tmp_path / 'resaved'}").predict(photos[0]).colour == preds[0].colour
+
+
+def test_identify_json_through_the_app(app_module, with_heads, tmp_path):  # noqa: F811
+    """/identify through the real app and gradio_client: the main vehicle and every vehicles[] entry carry
+    colour, colour_confidence, viewpoint, viewpoint_confidence and plate, as the recognizer answers them."""
+    app, client = _launch(app_module, with_heads, tmp_path / "data")
+    photo = _photos(tmp_path, 2, 1, "c")[0]
+    try:
+        out = client.predict(handle_file(photo), api_name="/identify")
+    finally:
+        app.demo.close()
+    local = hub.load(f"local-dir:{with_heads}").predict(photo)
+    assert KEYS <= set(out) and out["vehicles"] and all(KEYS <= set(v) for v in out["vehicles"])
+    assert (out["colour"], out["viewpoint"], out["plate"]) == (local.colour, local.viewpoint, None)
+    assert out["colour"] in COLOURS and out["vehicles"][0]["viewpoint"] == local.viewpoint
+
+
+def test_evaluate_reports_colour_and_viewpoint(with_heads, tmp_path, capsys):
+    """A queries CSV with colour / viewpoint columns, and an --attributes CSV beside a plain one: accuracy is
+    the share of labelled photos answered right (half labelled with the answer, half with another name)."""
+    from vericar.evaluate import main
+
+    rec = hub.load(f"local-dir:{with_heads}")
+    rows = []
+    for i in range(6):
+        p = tmp_path / f"q{i}.jpg"
+        vehicle_photo(i % 4, 50 + i, size=(120, 80)).save(p, quality=95)
+        pred = rec.predict(str(p))
+        wrong = next(c for c in COLOURS if c != pred.colour)
+        rows.append({"file": p.name, "label": i % 4, "class_name": "Audi A4 Sedan 2012",
+                     "colour": pred.colour if i < 3 else wrong, "viewpoint": pred.viewpoint if i % 2 else ""})
+    full, plain, labels = tmp_path / "q.csv", tmp_path / "plain.csv", tmp_path / "labels.csv"
+    for path, cols in ((full, list(rows[0])), (plain, ["file", "label", "class_name"]),
+                       (labels, ["file", "colour", "viewpoint"])):
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    base = ["--model", f"local-dir:{with_heads}", "--no-progress"]
+    for args in (["--queries", str(full)], ["--queries", str(plain), "--attributes", str(labels)]):
+        r = main(base + args)["attributes"]
+        assert r["colour"]["n"] == 6 and r["colour"]["accuracy"] == pytest.approx(0.5) and r["colour"]["coverage"] == 1
+        assert r["viewpoint"]["n"] == 3 and r["viewpoint"]["accuracy"] == 1.0
+    assert "colour accuracy (15 names) | 50.00%" in capsys.readouterr().out
+    rows[0]["colour"] = "sky blue"
+    with full.open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(VericarError, match="'sky blue' is not one of"):
+        main(base + ["--queries", str(full)])
+
+
+# Real photos with known answers: three plain dev cases picked from the labels before the heads were
+# measured (benchmarks/labels/attributes_dev.csv: a white front-side SUV, a red front-side hatchback,
+# a black car from behind). The black car's viewpoint is a known miss (answered "front"; rear views
+# are 11 of the 400 train labels, docs/attributes.md), so only its colour is checked.
+REAL_FILES = ["dev/07345.jpg", "dev/06313.jpg", "dev/03217.jpg"]
+VIEW_MISSES = {"dev/03217.jpg"}
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/stanford_cars is not here")
+def test_shipped_heads_on_real_photos():
+    rec = vericar.load("default")
+    assert rec.attributes.active  # the shipped model carries both heads
+    with (ROOT / "benchmarks" / "labels" / "attributes_dev.csv").open() as f:
+        labels = {r["file"]: r for r in csv.DictReader(f)}
+    preds = rec.predict_batch([str(DATA / f) for f in REAL_FILES])
+    for f, p in zip(REAL_FILES, preds):
+        assert p.colour == labels[f]["colour"], f
+        assert (p.viewpoint == labels[f]["viewpoint"]) != (f in VIEW_MISSES), f

@@ -1,0 +1,88 @@
+"""A vehicle's colour: one of VCoR's 15 names with a confidence, or None when unsure.
+
+The head (``vericar.attributes.head.LinearHead``) can read two things about the vehicle's crop: the
+recogniser's own pooled backbone features (captured from the pass that embeds the crop, no
+second network pass) and a CIELAB summary of the pixels where the body is (``body_colour``): a
+centre-weighted window that plays down the top (glass, roof, background) and the bottom corners
+(wheels, ground). Which one a head reads is in its JSON (``features``); the shipped one was chosen by
+cross-validation on labelled training photos (docs/attributes.md).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+COLOURS = ("beige", "black", "blue", "brown", "gold", "green", "grey", "orange", "pink", "purple", "red",
+           "silver", "tan", "white", "yellow")
+#: Names that shade into each other, reported together in the headline figure.
+COARSE = {"silver": "grey", "beige": "brown", "tan": "brown", "gold": "yellow", "pink": "purple"}
+
+SIZE = 48  # pixels per side the crop is summarised at: enough for colour, cheap (about 2 ms)
+LAB_BINS = (6, 7, 7)  # L in 0-100, a and b in -60..60 (clipped)
+
+def coarse(name: str | None) -> str | None:
+    """The coarse group of a colour name (grey = grey + silver, brown = brown + beige + tan,
+    yellow = yellow + gold, purple = purple + pink; other names are their own group)."""
+    return None if name is None else COARSE.get(name, name)
+
+
+@lru_cache(maxsize=1)
+def _lab_transform() -> Any:
+    from PIL import ImageCms
+
+    return ImageCms.buildTransformFromOpenProfiles(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"),
+                                                   "RGB", "LAB")
+
+
+def to_lab(photo: Any, size: int = SIZE) -> np.ndarray:
+    """``photo`` (PIL) squashed to ``size`` x ``size``, as CIELAB floats (H, W, 3): L in 0-100, a and b signed."""
+    from PIL import Image, ImageCms
+
+    small = photo.convert("RGB").resize((size, size), Image.BILINEAR)
+    lab = np.asarray(ImageCms.applyTransform(small, _lab_transform()), dtype=np.float32)
+    # PIL's LAB mode: L scaled to 0-255; a and b are signed bytes stored as unsigned.
+    a, b = lab[..., 1], lab[..., 2]
+    a, b = np.where(a > 127, a - 256, a), np.where(b > 127, b - 256, b)
+    return np.stack([lab[..., 0] * (100.0 / 255.0), a, b], axis=-1)
+
+
+@lru_cache(maxsize=4)
+def body_weights(size: int = SIZE) -> np.ndarray:
+    """Where the body is in a tight vehicle crop (any view): a centre-weighted window over rows
+    35-85% (below the glass, above the road), wheels' bottom corners down-weighted; sums to 1."""
+    y = (np.arange(size) + 0.5) / size
+    x = (np.arange(size) + 0.5) / size
+    rows = np.exp(-0.5 * ((y - 0.6) / 0.14) ** 2)
+    cols = np.exp(-0.5 * ((x - 0.5) / 0.28) ** 2)
+    w = rows[:, None] * cols[None, :]
+    wheels = (y[:, None] > 0.7) & (np.abs(x[None, :] - 0.5) > 0.22)
+    w[wheels] *= 0.2
+    return (w / w.sum()).astype(np.float32)
+
+
+def body_colour(photo: Any) -> np.ndarray:
+    """A CIELAB summary of the body's pixels (308 numbers), every pixel weighted by ``body_weights``:
+    a joint L x a x b histogram (6 x 7 x 7 bins), the 5/25/50/75/95th percentiles of lightness, the
+    25/50/75th of chroma and of the lightness gradient (flat white paint vs graded metallic silver),
+    and the share of the body lighter than L 70, 80 and 90."""
+    lab = to_lab(photo)
+    w = body_weights()
+    L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    hist = np.histogramdd(np.stack([L.ravel(), np.clip(a, -59, 59).ravel(), np.clip(b, -59, 59).ravel()], 1),
+                          bins=LAB_BINS, range=[(0, 100), (-60, 60), (-60, 60)], weights=w.ravel())[0].ravel()
+    chroma = np.hypot(a, b).ravel()
+    gy, gx = np.gradient(L)
+    grad = np.hypot(gx, gy).ravel()
+    ww, Lr = w.ravel(), L.ravel()
+    stats = ([_wquantile(Lr, ww, q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
+             + [_wquantile(chroma, ww, q) for q in (0.25, 0.5, 0.75)] + [_wquantile(grad, ww, q) for q in (0.25, 0.5, 0.75)])
+    light = [float(ww[Lr > t].sum()) for t in (70, 80, 90)]
+    return np.concatenate([hist, np.array(stats, np.float32) / 50.0, np.array(light, np.float32)]).astype(np.float32)
+
+
+def _wquantile(v: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(v)
+    cum = np.cumsum(w[order])
+    return float(v[order][min(int(np.searchsorted(cum, q * cum[-1])), len(v) - 1)])
