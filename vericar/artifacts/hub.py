@@ -6,6 +6,8 @@ The only module that imports huggingface_hub. An artifact is a folder:
                         & preprocessing, ranking, OOD, calibration, detector) and meta
     model.safetensors   the embedding model's weights
     gallery.json + gallery tensors (written by Gallery.save, atomically)
+    attributes-colour.*, attributes-viewpoint.*   per-vehicle attribute heads, safetensors + JSON (optional;
+                        vericar/attributes/stage.py: a folder without them gives None attributes)
     README.md           model card (optional; written by training)
     training_curve.png  (optional)
 
@@ -25,7 +27,8 @@ from vericar._infra.io import atomic_write
 from vericar.artifacts import config_file as artifact
 from vericar.artifacts.config_file import CONFIG_NAME, FORMAT
 from vericar.artifacts.spec import BACKBONE_KINDS, SPEC_HELP, ModelSpec, parse_spec
-from vericar.core.config import SourceCfg, VericarConfig
+from vericar.attributes.stage import Attributes
+from vericar.core.config import AttributesCfg, SourceCfg, VericarConfig
 from vericar.core.errors import ArtifactError, SpecError
 from vericar.models.model import EmbeddingModel, create_model
 from vericar.search.calibration import Calibration
@@ -66,6 +69,7 @@ def save_pretrained(recognizer: "Recognizer", directory: str | os.PathLike, *, h
     # other bytes each save); the format version is in config.json, where it is checked.
     atomic_write(out / WEIGHTS_NAME, save(state, metadata={"format": FORMAT}))
     recognizer.gallery.save(out)
+    recognizer.attributes.save(out)
     # config.json last: a folder without it is not an artifact, so a crash mid-save is visible.
     write_config(out, config, recognizer.meta)
     return str(out)
@@ -121,11 +125,17 @@ def load_local(directory: str | os.PathLike, *, source: SourceCfg | None = None,
             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); the files come from different models."
         )
     gallery = Gallery.load(directory)
+    attributes = recognizer_kw.pop("attributes", config.attributes)
+    if isinstance(attributes, bool):  # load(..., attributes=False): every head off
+        attributes = AttributesCfg(colour=attributes, viewpoint=attributes)
+    if isinstance(attributes, AttributesCfg):
+        attributes = Attributes.load(directory, attributes)
     # load(..., detector=SPEC) overrides the saved detector; an artifact from before detection has "none".
     kw = {"k": config.ranking.k, "meta": meta, "detector": config.detector.spec,
           "density": DensityCorrection.from_cfg(config.ranking.density),
           "calibration": Calibration.from_dict(None if config.calibration is None else dict(config.calibration)),
-          "source": source or SourceCfg(f"local-dir:{directory}", str(directory)), **recognizer_kw}
+          "source": source or SourceCfg(f"local-dir:{directory}", str(directory)), "attributes": attributes,
+          **recognizer_kw}
     return Recognizer(model, gallery, KNNOOD.from_cfg(config.ood), **kw)
 
 

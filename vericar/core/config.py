@@ -5,7 +5,8 @@
                                                                    crop_mode, crop_pct)),
         ranking=RankingCfg(k, density=DensityCfg(weight, k, max_fetch)),
         ood=OODCfg(k, threshold, tpr, calibrated_for=<the DensityCfg the threshold was fitted with>),
-        calibration={...} | None, detector=DetectorCfg(spec), source=SourceCfg(spec, folder) | None)
+        calibration={...} | None, detector=DetectorCfg(spec), source=SourceCfg(spec, folder) | None,
+        attributes=AttributesCfg(colour, viewpoint))
 
 Every node is a frozen dataclass: change one with ``dataclasses.replace``. ``to_dict`` /
 ``from_dict`` are exact inverses (``from_dict(c.to_dict()) == c``). Consistency is checked, not
@@ -25,7 +26,7 @@ from typing import Any, Mapping
 from vericar.core.errors import ArtifactError, SpecError
 
 __all__ = ["PreprocessCfg", "ModelCfg", "DensityCfg", "RankingCfg", "OODCfg", "DetectorCfg", "SourceCfg",
-           "VericarConfig", "CROP_MODES", "INTERPOLATIONS", "TRAIN_SETTINGS_IN_TREE"]
+           "AttributesCfg", "VericarConfig", "CROP_MODES", "INTERPOLATIONS", "TRAIN_SETTINGS_IN_TREE"]
 
 CROP_MODES = ("center", "squash")  # timm's names: short side to size / crop_pct + centre crop | stretch to size
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -180,6 +181,20 @@ class DetectorCfg:
 
 
 @dataclass(frozen=True)
+class AttributesCfg:
+    """The per-vehicle attribute stage (vericar/attributes): which heads run. A head switched on but
+    absent from the model folder (an older artifact) gives None for its attribute."""
+
+    colour: bool = True
+    viewpoint: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("colour", "viewpoint"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"attributes {name} must be true or false, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
 class SourceCfg:
     """Where a loaded recognizer came from (like timm's pretrained_cfg ``hf_hub_id``): the spec it was
     loaded with and the folder that spec resolved to (None for a bare backbone). Not saved."""
@@ -198,6 +213,7 @@ class VericarConfig:
     calibration: Mapping[str, Any] | None = None  # vericar.search.calibration.Calibration.to_dict()
     detector: DetectorCfg = field(default_factory=DetectorCfg)
     source: SourceCfg | None = None
+    attributes: AttributesCfg = field(default_factory=AttributesCfg)
 
     def __post_init__(self) -> None:
         if self.calibration is not None:
@@ -217,7 +233,7 @@ class VericarConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: the config.json of an artifact (with ``source`` only when set)."""
         d: dict[str, Any] = {"model": self.model.to_dict(), "ranking": asdict(self.ranking), "ood": asdict(self.ood),
-                             "detector": asdict(self.detector)}
+                             "detector": asdict(self.detector), "attributes": asdict(self.attributes)}
         if self.calibration is not None:
             d["calibration"] = _plain(self.calibration)
         if self.source is not None:
@@ -239,6 +255,7 @@ class VericarConfig:
                 calibration=d.get("calibration"),
                 detector=DetectorCfg(**(d.get("detector") or {})),
                 source=SourceCfg(**d["source"]) if d.get("source") else None,
+                attributes=AttributesCfg(**(d.get("attributes") or {})),
             )
         except (KeyError, TypeError, SpecError) as e:
             raise ArtifactError(f"config.json is not a valid vericar config ({type(e).__name__}: {e}); re-save the "

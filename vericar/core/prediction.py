@@ -46,6 +46,14 @@ class Prediction:
     # None when no detector ran. vehicle_found=False: the detector found no vehicle in the photo.
     box: list[int] | None = None
     vehicle_found: bool = True
+    # What the vehicle looks like (vericar/attributes): a VCoR colour name and a viewpoint (front,
+    # front-side, side, rear-side, rear), each None when unsure or not measured, with the head's
+    # probability (None when no head ran). plate: {"text", "box", "confidence"} or None.
+    colour: str | None = None
+    colour_confidence: float | None = None
+    viewpoint: str | None = None
+    viewpoint_confidence: float | None = None
+    plate: dict[str, Any] | None = None
 
     def is_known(self, level: str) -> bool:
         """Whether ``level``'s answer is given (an unknown one built without ``unknown_levels``: none)."""

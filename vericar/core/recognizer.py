@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vericar.attributes.stage import Attributes, Described, FeatureTap, tap_features
 from vericar.core.config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
@@ -48,6 +49,8 @@ class Recognizer:
         detector: finds the vehicles in a photo (``vericar.vision.detect``: a Detector or a spec such as
             'opencv-ssd:mobilenet_v2_coco'); None or 'none' treats the whole photo as the vehicle.
         source: where it was loaded from (``vericar.load`` sets it; see ``config.source``).
+        attributes: each vehicle's colour and viewpoint (``vericar.attributes.stage.Attributes``); None:
+            no attributes (all None). ``vericar.load(..., attributes=False)`` switches a model's heads off.
 
     ``rec.config`` describes it all as one frozen ``vericar.core.config.VericarConfig``.
     """
@@ -66,6 +69,7 @@ class Recognizer:
         calibration: Calibration | None = None,
         detector: Detector | str | None = None,
         source: SourceCfg | None = None,
+        attributes: Attributes | None = None,
     ) -> None:
         if gallery.dim != model.output_dim:
             raise VericarError(
@@ -81,6 +85,8 @@ class Recognizer:
         self.batch_size = batch_size
         self.detector = create_detector(detector)
         self.source = source
+        self.attributes = attributes or Attributes()
+        self._tap: FeatureTap | None = None  # hooked on first use (vericar/attributes/stage.py)
         # One lock for gallery reads and writes: enrolment from one request must never be seen
         # half-done by a search from another (the app serves requests from several threads).
         self._lock = threading.RLock()
@@ -101,7 +107,7 @@ class Recognizer:
             ood = replace(ood, calibrated_for=self.density.cfg)
         return VericarConfig(self.model.model_cfg, RankingCfg(self.k, self.density.cfg), ood,
                              self.calibration.to_dict() if self.calibration.active else None,
-                             DetectorCfg(self.detector.spec), self.source)
+                             DetectorCfg(self.detector.spec), self.source, self.attributes.cfg)
 
     # ---------------------------------------------------------------- embedding
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -111,6 +117,17 @@ class Recognizer:
 
     def _embed_pil(self, pil: Sequence[Any]) -> np.ndarray:
         return embed(self.model, pil, batch_size=self.batch_size)
+
+    def _embed_described(self, crops: Sequence[Any]) -> tuple[np.ndarray, list[Described]]:
+        """Embeddings of vehicle crops and each one's attributes, from the same network pass."""
+        if not self.attributes.active:
+            return self._embed_pil(crops), [Described() for _ in crops]
+        with self._lock:
+            if self._tap is None:
+                self._tap = FeatureTap(self.model)
+        with self._tap.capture() as rows:
+            emb = self._embed_pil(crops)
+        return emb, self.attributes.describe(tap_features(rows, len(crops)), crops)
 
     # --------------------------------------------------------------- prediction
     def predict(self, image: Any) -> Prediction:

@@ -88,6 +88,22 @@ def prediction_dict(pred: Any) -> dict[str, Any]:
     return d
 
 
+def look_words(pred: Any) -> tuple[str, list[str]]:
+    """What a vehicle looks like, in words: the colour that goes before its name ('' when unsure or
+    not measured) and what goes after it (the viewpoint, the plate's text)."""
+    after = [pred.viewpoint] if getattr(pred, "viewpoint", None) else []
+    plate = getattr(pred, "plate", None)
+    if plate and plate.get("text"):
+        after.append(f"plate {plate['text']}")
+    return getattr(pred, "colour", None) or "", after
+
+
+def described(pred: Any, name: str) -> str:
+    """``name`` with the vehicle's looks: "white BMW X5 SUV 2007 · front-side" (plain text)."""
+    before, after = look_words(pred)
+    return " · ".join([f"{before} {name}".strip(), *after])
+
+
 def result_markdown(pred: Any, threshold: float | None) -> str:
     """The Identify tab's verdict: the vehicle and its levels, or an unknown-vehicle notice naming none."""
     if pred.unknown:
@@ -96,15 +112,15 @@ def result_markdown(pred: Any, threshold: float | None) -> str:
         if named:  # a partial answer: "Jeep · SUV — model not in the gallery"
             conf = ", ".join(f"{lvl} {pred.confidence.get(lvl, 0):.0%}" for lvl in ("make", "type")
                              if pred.is_known(lvl))
-            return (f"### {' · '.join(md_text(n) for n in named)} — model not in the gallery\nConfidence: {conf}. "
+            return (f"### {md_text(described(pred, ' · '.join(named)))} — model not in the gallery\nConfidence: {conf}. "
                     f"Unknown-vehicle score **{pred.ood_score:.3f}**{thr}: the exact model is unlike every vehicle "
                     "the model knows. If it is a new vehicle, add it in the *Add a vehicle* tab.")
-        return (f"### Unknown vehicle\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
+        return (f"### {md_text(described(pred, 'unknown vehicle'))}\nUnknown-vehicle score **{pred.ood_score:.3f}**{thr}: this photo is unlike "
                 "every vehicle the model knows, so no name is given. If it is a new vehicle, add it in "
                 "the *Add a vehicle* tab.")
     parts = [f"**{lvl}**: {md_text(getattr(pred, lvl))}" for lvl in ("make", "model", "type", "year")
              if getattr(pred, lvl)]
-    return f"### {md_text(pred.label)}\n" + " · ".join(parts) + "\n\n" + score_words(pred.ood_score, threshold)
+    return f"### {md_text(described(pred, pred.label))}\n" + " · ".join(parts) + "\n\n" + score_words(pred.ood_score, threshold)
 
 
 def score_words(score: float, threshold: float | None) -> str:

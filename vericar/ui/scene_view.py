@@ -7,9 +7,11 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vericar.ui.present import finite, prediction_dict
+from vericar.ui.present import described, finite, prediction_dict
 
-VEHICLE_KEYS = ("label", "make", "model", "type", "year", "confidence", "unknown", "ood_score")
+# What the vehicle looks like (vericar/attributes; plate: {text, box, confidence} or null).
+ATTRIBUTE_KEYS = ("colour", "colour_confidence", "viewpoint", "viewpoint_confidence", "plate")
+VEHICLE_KEYS = ("label", "make", "model", "type", "year", "confidence", "unknown", "ood_score", *ATTRIBUTE_KEYS)
 NO_VEHICLE = "no vehicle found"
 # Main vehicle first, then a few distinct colours for the others.
 COLOURS = [(234, 88, 12), (37, 99, 235), (22, 163, 74), (147, 51, 234), (219, 39, 119), (13, 148, 136)]
@@ -23,7 +25,8 @@ def short_label(pred: Any) -> str:
 def identify_answer(preds: Sequence[Any], main: Any) -> dict[str, Any]:
     """The /identify JSON: every key of the main vehicle's answer (``prediction_dict``), its
     ``box``, and ``vehicles`` (each {box, label, make, model, type, year, confidence, unknown,
-    ood_score}, largest first; [] when no vehicle was found, with ``message`` saying so)."""
+    ood_score, colour, colour_confidence, viewpoint, viewpoint_confidence, plate}, largest first; []
+    when no vehicle was found, with ``message`` saying so)."""
     d = prediction_dict(main)
     d["box"] = main.box
     d["vehicles"] = []
@@ -47,7 +50,7 @@ def draw_vehicles(photo: Image.Image, preds: Sequence[Any]) -> Image.Image:
         colour = COLOURS[i % len(COLOURS)]
         x1, y1, x2, y2 = p.box
         draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour, width=width * (2 if i == 0 else 1))
-        text = f"{i + 1}. {short_label(p)}"
+        text = f"{i + 1}. {described(p, short_label(p))}"
         tx, ty = x1, max(0, y1 - font.size - 6)
         l, t, r, b = draw.textbbox((tx + 3, ty + 2), text, font=font)
         draw.rectangle([l - 3, t - 2, r + 3, b + 2], fill=colour)
@@ -63,7 +66,7 @@ def others_markdown(preds: Sequence[Any]) -> str:
     for i, p in enumerate(preds[1:], start=2):
         score = finite(p.ood_score)
         conf = "" if p.unknown else f" · confidence {p.confidence.get('model', 0.0):.2f}"
-        lines.append(f"- {i}. {short_label(p)}{conf} · unknown-vehicle score "
+        lines.append(f"- {i}. {described(p, short_label(p))}{conf} · unknown-vehicle score "
                      f"{'—' if score is None else format(score, '.3f')}")
     return "\n".join(lines)
 

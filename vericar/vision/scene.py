@@ -123,7 +123,10 @@ def recognise(rec: Any, photos: Sequence[Any], *, max_vehicles: int = MAX_VEHICL
     """
     plans = [locate(rec.detector, photo, max_vehicles=max_vehicles, margin=margin) for photo in photos]
     crops = [r.image(p) for p, regions in zip(photos, plans) for r in regions]
-    preds = rec.predict_embeddings(rec._embed_pil(crops)) if crops else []
+    emb, described = rec._embed_described(crops) if crops else (None, [])
+    preds = rec.predict_embeddings(emb) if crops else []
+    for pred, attrs in zip(preds, described):
+        pred.__dict__.update(vars(attrs))  # colour, viewpoint and their confidences
     out: list[list[Any]] = []
     i = 0
     for regions in plans:

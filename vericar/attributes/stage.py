@@ -1,0 +1,136 @@
+"""The per-vehicle attribute stage: colour and viewpoint of each vehicle the recognizer embeds.
+
+A collaborator of the Recognizer, like the detector: ``Recognizer(..., attributes=Attributes(...))``,
+loaded from the model folder (``attributes-colour.*``, ``attributes-viewpoint.*``: safetensors + JSON;
+a folder without them, as an older one, gives ``None`` attributes) and switched in the config tree
+(``AttributesCfg``; ``vericar.load(..., attributes=False)`` turns the stage off).
+
+No second network pass: ``FeatureTap`` catches the pooled backbone features on their way into the
+model's embedding head while the recognizer embeds the crops, per thread, so requests served side
+by side never see each other's features.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from vericar.attributes.colour import body_colour
+from vericar.attributes.head import LinearHead
+from vericar.core.config import AttributesCfg
+from vericar.core.errors import ArtifactError
+
+COLOUR_FILE, VIEWPOINT_FILE = "attributes-colour", "attributes-viewpoint"
+FEATURE_KINDS = ("backbone", "body", "backbone+body")  # what a head reads (its info["features"])
+
+
+@dataclass
+class Described:
+    """One vehicle's attributes (``None``: unsure, or the stage is off / has no head)."""
+
+    colour: str | None = None
+    colour_confidence: float | None = None
+    viewpoint: str | None = None
+    viewpoint_confidence: float | None = None
+
+
+class FeatureTap:
+    """Catches the input of ``model.head`` (the pooled backbone features) during :meth:`capture`, in
+    the calling thread only; rows come in forward order."""
+
+    def __init__(self, model: Any) -> None:
+        self._local = threading.local()
+        self._handle = model.head.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: Any, args: tuple) -> None:
+        rows = getattr(self._local, "rows", None)
+        if rows is not None:
+            rows.append(args[0].detach().float().cpu().numpy())
+
+    @contextmanager
+    def capture(self) -> Iterator[list]:
+        """``with tap.capture() as rows: model(...)``: ``rows`` then holds the feature batches."""
+        self._local.rows = rows = []
+        try:
+            yield rows
+        finally:
+            self._local.rows = None
+
+    def remove(self) -> None:
+        """Take the hook off the model."""
+        self._handle.remove()
+
+
+class Attributes:
+    """Colour and viewpoint heads over the recogniser's features and the crops' pixels."""
+
+    def __init__(self, colour: LinearHead | None = None, viewpoint: LinearHead | None = None,
+                 cfg: AttributesCfg | None = None) -> None:
+        self.cfg = cfg or AttributesCfg()
+        self.heads = {"colour": colour, "viewpoint": viewpoint}  # kept (and saved) when switched off
+        for head in self.heads.values():
+            if head is not None and head.info.get("features", "backbone") not in FEATURE_KINDS:
+                raise ArtifactError(f"an attribute head reads {head.info.get('features')!r} features; this vericar "
+                                    f"knows {list(FEATURE_KINDS)}. Install the vericar that wrote the model.")
+
+    @property
+    def colour(self) -> LinearHead | None:
+        """The colour head when it is there and switched on."""
+        return self.heads["colour"] if self.cfg.colour else None
+
+    @property
+    def viewpoint(self) -> LinearHead | None:
+        """The viewpoint head when it is there and switched on."""
+        return self.heads["viewpoint"] if self.cfg.viewpoint else None
+
+    @property
+    def active(self) -> bool:
+        """Whether any head runs (else every vehicle's attributes are None, at no cost)."""
+        return self.colour is not None or self.viewpoint is not None
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike | None, cfg: AttributesCfg | None = None) -> "Attributes":
+        """The heads saved in a model folder (missing files: that head is None)."""
+        if directory is None:
+            return cls(None, None, cfg)
+        return cls(LinearHead.load(directory, COLOUR_FILE), LinearHead.load(directory, VIEWPOINT_FILE), cfg)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the heads there are (switched on or not) into a model folder."""
+        for name, file in (("colour", COLOUR_FILE), ("viewpoint", VIEWPOINT_FILE)):
+            if self.heads[name] is not None:
+                self.heads[name].save(directory, file)
+
+    def describe(self, features: np.ndarray | None, crops: Sequence[Any]) -> list[Described]:
+        """Each crop's attributes from its pooled backbone features ``(N, F)`` (None: not captured)
+        and its pixels (PIL)."""
+        out = [Described() for _ in crops]
+        if not crops or not self.active:
+            return out
+        body = None
+        for head, name in ((self.colour, "colour"), (self.viewpoint, "viewpoint")):
+            kind = head.info.get("features", "backbone") if head is not None else None
+            if head is None or (features is None and kind != "body"):
+                continue
+            if "body" in kind and body is None:
+                body = np.stack([body_colour(c) for c in crops])
+            x = {"backbone": features, "body": body}.get(kind)
+            if x is None:
+                x = np.concatenate([features, body], axis=1)
+            for d, (value, conf) in zip(out, head.answer(x)):
+                setattr(d, name, value)
+                setattr(d, f"{name}_confidence", round(conf, 4))
+        return out
+
+
+def tap_features(rows: list, n: int) -> np.ndarray | None:
+    """The captured rows as one ``(n, F)`` array; None when their count is not ``n`` (the forward
+    pass was not one row per crop, so rows cannot be matched to vehicles)."""
+    if not rows:
+        return None
+    x = np.concatenate(rows)
+    return x if len(x) == n else None
