@@ -23,7 +23,7 @@ from PIL import Image
 
 PLATE_MODES = ("read", "blur", "off")
 # Chosen on train photos (benchmarks/plates.py --tune, docs/plates.md), never on dev.
-MIN_CONFIDENCE = 0.80  # recogniser's mean character probability for a read plate
+MIN_CONFIDENCE = 0.85  # recogniser's mean character probability for a read plate
 DET_SIDE = 480  # the searched part of the box is scaled so that its longer side is this many pixels
 TOP_SKIP = 0.30  # plates are never in the top 30% of a vehicle's box (roof, windows, bonnet)
 MAX_LINES = 4  # text lines read per vehicle, most plate-like first (each read costs ~10-20 ms)
