@@ -41,13 +41,13 @@ def blur_plates(reader: PlateReader, detector: Any, photo: Image.Image) -> Image
 def plate_stage(rec: Any, mode: str, reader: PlateReader | None = None) -> Callable[[Any, Image.Image], Image.Image] | None:
     """Set ``rec`` up for the app's ``--plates`` mode and return what hides plates in incoming photos.
 
-    "read": ``rec.plates`` reads each vehicle's plate into its answer; "blur": no plate text, and
+    "read": ``rec.attributes`` reads each vehicle's plate into its answer; "blur": no plate text, and
     the returned ``(recognizer, photo) -> photo`` hides every plate found; "off": neither (no cost).
     """
     if mode not in PLATE_MODES:
         raise SpecError(f"plates must be one of {', '.join(PLATE_MODES)}, got {mode!r}.")
     reader = reader or PlateReader()
-    rec.plates = reader if mode == "read" else None
+    rec.attributes = rec.attributes.with_plates("read" if mode == "read" else "off", reader)
     if mode != "blur":
         return None
     return lambda r, photo: blur_plates(reader, r.detector, photo)
