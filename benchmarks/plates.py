@@ -1,7 +1,7 @@
 """Licence plates on real photos: exact reads, character error rate, false plates, latency.
 
     nice -n 10 python benchmarks/plates.py                                   # dev: the figures in docs/plates.md
-    nice -n 10 python benchmarks/plates.py --labels benchmarks/labels/plates_train.csv --tune   # choose thresholds
+    nice -n 10 python benchmarks/plates.py --labels benchmarks/labels/plates_train.csv --size 224 --tune  # choose
 
 Each photo is a one-vehicle frame whose box is the whole photo (the Stanford Cars photos are
 cropped to the car), so the time is the plate stage's own cost per vehicle (the detector's is
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,18 +37,24 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def run(rows: list[dict], root: Path, cache: Path | None) -> dict[str, dict]:
+def open_as(path: Path, size: int | None):
+    """The photo, squashed to ``size`` x ``size`` when given (train photos made like the dev ones)."""
+    photo = open_image(path)
+    return photo.resize((size, size), Image.BICUBIC) if size else photo
+
+
+def run(rows: list[dict], root: Path, cache: Path | None, size: int | None = None) -> dict[str, dict]:
     """Every photo's plate-like reads (``PlateReader.candidates``) and its wall / CPU time, cached."""
     done: dict[str, dict] = {}
     if cache and cache.exists():
         done = {r["file"]: r for r in map(json.loads, cache.read_text().splitlines())}
     reader = PlateReader()
-    reader.candidates(open_image(root / rows[0]["file"]))  # engines loaded before the clock runs
+    reader.candidates(open_as(root / rows[0]["file"], size))  # engines loaded before the clock runs
     out = open(cache, "a") if cache else None
     for i, r in enumerate(rows):
         if r["file"] in done:
             continue
-        photo = open_image(root / r["file"])
+        photo = open_as(root / r["file"], size)
         t, c = time.perf_counter(), time.process_time()
         found = reader.candidates(photo)
         rec = {"file": r["file"], "wall_ms": (time.perf_counter() - t) * 1e3,
@@ -92,10 +99,11 @@ def main() -> None:
     ap.add_argument("--cache", help="JSONL of reads to reuse / extend (default: none)")
     ap.add_argument("--threshold", type=float, default=MIN_CONFIDENCE)
     ap.add_argument("--tune", action="store_true", help="sweep the confidence threshold")
+    ap.add_argument("--size", type=int, help="squash each photo to SIZE x SIZE first (dev photos are 224 x 224)")
     args = ap.parse_args()
     rows = list(csv.DictReader(open(args.labels)))
     load0 = os.getloadavg()[0]
-    reads = run(rows, Path(args.data), Path(args.cache) if args.cache else None)
+    reads = run(rows, Path(args.data), Path(args.cache) if args.cache else None, args.size)
     wall = np.array([reads[r["file"]]["wall_ms"] for r in rows])
     cpu = np.array([reads[r["file"]]["cpu_ms"] for r in rows])
     out = {"labels": args.labels, "photos": len(rows), **score(rows, reads, args.threshold),
