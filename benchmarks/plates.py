@@ -51,7 +51,8 @@ def run(rows: list[dict], root: Path, cache: Path | None, size: int | None = Non
     reader = PlateReader()
     reader.candidates(open_as(root / rows[0]["file"], size))  # engines loaded before the clock runs
     out = open(cache, "a") if cache else None
-    for i, r in enumerate(rows):
+    # Photos with a legible plate first: a run cut short (the cache keeps what is done) has them all.
+    for i, r in enumerate(sorted(rows, key=lambda r: not r["plate_text"])):
         if r["file"] in done:
             continue
         photo = open_as(root / r["file"], size)

@@ -72,6 +72,24 @@ def test_hide_plates_leaves_no_plate_pixel():
 
 
 @needs_photos
+def test_reads_a_real_plate(reader):
+    """dev/02105.jpg: a Jaguar from behind, plate "594 XCB" (benchmarks/labels/plates_dev.csv)."""
+    plate = reader.read(photo("dev/02105.jpg"))
+    assert plate is not None and plate.text == "594XCB" and plate.confidence >= reader.min_confidence
+    x1, y1, x2, y2 = plate.box
+    assert 100 < x1 < x2 < 224 and 70 < y1 < y2 <= 224  # low on the boot, right of centre
+
+
+@needs_photos
+@pytest.mark.parametrize("name, what", [("dev/01937.jpg", "a 'Kizashi' badge on the boot"),
+                                        ("dev/05649.jpg", "a 'TEAM KILZER' dealer plate"),
+                                        ("dev/07041.jpg", "a 'Fiesta' show plate")])
+def test_badges_and_signs_are_not_read(reader, name, what):
+    assert reader.read(photo(name)) is None, what
+    assert reader.candidates(photo(name), strict=False)  # found, though: blurring hides it all the same
+
+
+@needs_photos
 def test_reads_a_plate_drawn_into_a_real_photo(reader):
     im, box = with_plate()
     plate = reader.read(im)

@@ -13,7 +13,7 @@ from PIL import Image
 from test_app import _launch, app_module, artifact  # noqa: F401  (fixtures)
 from test_plates import needs_photos, with_plate
 from vericar.attributes.plate_privacy import blur_plates
-from vericar.attributes.plates import PlateReader
+from vericar.attributes.plates import MIN_CONFIDENCE, PlateReader
 from vericar.core.errors import SpecError
 from vericar.ui.webui import AppSettings
 
@@ -57,7 +57,7 @@ def test_read_gives_the_plate_in_identify(app_module, artifact, plated, tmp_path
         app.close()
     plate = out["plate"]
     assert set(plate) == {"text", "box", "confidence"} and plate["text"] == "KX61BCD"
-    assert 0.85 <= plate["confidence"] <= 1 and out["vehicles"][0]["plate"] == plate
+    assert MIN_CONFIDENCE <= plate["confidence"] <= 1 and out["vehicles"][0]["plate"] == plate
     x1, y1, x2, y2 = plate["box"]  # photo pixels, around the drawn plate
     box = plated[2]
     assert x1 <= box[0] + 3 and y1 <= box[1] + 3 and x2 >= box[2] - 3 and y2 >= box[3] - 3
