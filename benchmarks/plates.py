@@ -86,6 +86,8 @@ def score(rows: list[dict], reads: dict[str, dict], threshold: float) -> dict:
             "exact_rate": round(exact / max(1, len(legible)), 4),
             "cer": round(float(np.mean(cer)) if cer else 0.0, 4),
             "unread_legible": sum(not got[r["file"]] for r in legible),
+            # a plate-like read at any confidence: a lower bound of the legible plates --plates blur hides
+            "legible_found_any_confidence": sum(bool(reads[r["file"]]["reads"]) for r in legible),
             "wrong_reads": [(r["file"], r["plate_text"], got[r["file"]]) for r in legible
                             if got[r["file"]] and got[r["file"]] != r["plate_text"]],
             "no_legible": len(none), "false_plates": len(false),

@@ -69,7 +69,8 @@ def test_blur_leaves_no_plate_pixels(app_module, artifact, plated, tmp_path):  #
     where the plate was."""
     path, original, box = plated
     assert spread(original, box) > 40  # the drawn plate: black text on white
-    app, client = _launch(app_module, artifact, tmp_path / "data", plates="blur")
+    app, client = _launch(app_module, artifact, tmp_path / "data", plates="blur",
+                          delivery_s=600.0)  # a loaded CPU may fetch /explain's file late
     try:
         out = client.predict(handle_file(path), api_name="/identify")
         assert out["plate"] is None and all(v["plate"] is None for v in out["vehicles"])
