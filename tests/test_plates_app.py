@@ -5,6 +5,7 @@ The recognizer is the tiny model of test_app.py; the photo is a real car photo f
 """
 from __future__ import annotations
 
+import gradio as gr
 import numpy as np
 import pytest
 from gradio_client import handle_file
@@ -90,6 +91,11 @@ def test_blur_leaves_no_plate_pixels(app_module, artifact, plated, tmp_path):  #
             assert np.array_equal(o, np.asarray(rec.explain(hidden).overlay))
             assert not np.array_equal(o, np.asarray(rec.explain(original).overlay))
         assert spread(tile, box, tile.width / original.width) < 8  # the stored tile (96 px, JPEG)
+        bad = tmp_path / "notes.jpg"
+        bad.write_text("not a photo")  # opened (to blur it) before the store sees it: the same refusal
+        with pytest.raises(gr.Error, match="notes.jpg.*Nothing was added"):
+            fn(app, "enroll")([path, str(bad)], "Another Testcar Sedan 2012", None)
+        assert "Another Testcar Sedan 2012" not in app.store.gallery.labels
     finally:
         app.close()
 

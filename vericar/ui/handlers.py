@@ -66,7 +66,13 @@ class Handlers:
     def enrol_photos(self, images: list[str] | None, rec: Recognizer) -> list[Any]:
         """The photos to add: their paths, or (blurring) the opened photos with their plates hidden."""
         images = list(images or [])
-        return [self._photo(p, rec) for p in images] if self.hide_plates else images
+        if not self.hide_plates:
+            return images
+        try:
+            return [self._photo(p, rec) for p in images]
+        except gr.Error as e:  # as the store says it: the whole enrolment is refused
+            raise gr.Error(f"{e.message} Nothing was added; replace that photo and try again.",
+                           print_exception=False) from e
 
     # ------------------------------------------------------------------ API
     @user_errors
