@@ -1,11 +1,12 @@
 """vericar demo: identify a vehicle, add new ones without retraining, read the model card.
 
-    python app.py [--model SPEC] [--data-dir DIR] [--gallery-images DIR] [--detector SPEC]
+    python app.py [--model SPEC] [--data-dir DIR] [--gallery-images DIR] [--detector SPEC] [--plates read|blur|off]
     gradio app.py -- [same options]        # reloads on edits; or a Hugging Face Space
 
 Every option has an environment variable (vericar.ui.webui.AppSettings): $VERICAR_MODEL ("default",
 "local-dir:PATH", "hf-hub:ORG/NAME"), $VERICAR_DETECTOR (default: the model's; see vericar/vision/detect.py),
 $VERICAR_DATA_DIR (enrolled vehicles; default ~/.cache/vericar), $VERICAR_GALLERY_IMAGES,
+$VERICAR_PLATES (read | blur | off; default blur on a public demo, read locally: docs/plates.md),
 $VERICAR_CONCURRENCY (model calls at once across all events, default 2), $VERICAR_MAX_UPLOAD (default
 25mb), $VERICAR_PUBLIC=1 (the default on a Space: each visitor's vehicles stay in their session,
 vericar.ui.visitors), $VERICAR_MCP=1 (also serve Gradio's MCP server; in public mode its agents
@@ -33,6 +34,8 @@ from gradio.utils import get_upload_folder
 
 from vericar._infra.runtime import tune_malloc
 from vericar.artifacts import hub
+from vericar.attributes.plate_privacy import plate_stage
+from vericar.attributes.plates import PLATE_MODES
 from vericar.core.errors import VericarError
 from vericar.core.recognizer import Recognizer
 from vericar.ui.enrolled import EnrolledStore, default_data_dir
@@ -128,7 +131,8 @@ def _api(h: Handlers, model_q: dict[str, Any]) -> None:
 
         def admin_enroll(token: str, images: list[str] | None, label: str) -> dict[str, Any]:
             """Add a vehicle to the shared gallery every visitor sees (needs $VERICAR_ADMIN_TOKEN)."""
-            return vehicles.admin_enroll(token, list(images or []), label)
+            vehicles.check_admin(token)  # before any work on the photos (blurring their plates costs time)
+            return vehicles.admin_enroll(token, h.enrol_photos(images, vehicles.store.rec), label)
 
         def admin_remove(token: str, label: str) -> dict[str, Any]:
             """Remove a vehicle from the shared gallery every visitor sees (needs $VERICAR_ADMIN_TOKEN)."""
@@ -150,7 +154,7 @@ def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | Non
     files = RequestFiles(get_upload_folder(), delivery_s=settings.delivery_s)
     # Photos for the similar-vehicle tiles and real examples: --gallery-images DIR, or the Hub dataset on a Space.
     source = image_source(settings.gallery_images)
-    h = Handlers(vehicles, files, source)
+    h = Handlers(vehicles, files, source, hide_plates=plate_stage(rec, settings.plates_mode))
     # Every event that runs the model shares one concurrency group, so at most `concurrency` model
     # calls run at once in all (a per-event limit would let identify + explain + similar + ... each
     # take that many, thrashing a small CPU); the rest wait in the queue.
@@ -218,10 +222,13 @@ def from_command_line(argv: list[str] | None = None) -> VericarApp:
                     "(default $VERICAR_GALLERY_IMAGES)")
     ap.add_argument("--detector", default=None, help="vehicle detector (default $VERICAR_DETECTOR or the model's): "
                     "'opencv-ssd:mobilenet_v2_coco', 'hf-hub:ORG/NAME' or 'none'")
+    ap.add_argument("--plates", default=None, choices=PLATE_MODES, help="licence plates: read them into the answers, "
+                    "blur them in every image shown or stored (no text), or off (default $VERICAR_PLATES, else "
+                    "blur on a public demo and read locally; docs/plates.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     tune_malloc()  # a server keeps its peak memory anyway; this makes each request's batch cheaper
-    return create_app(args.model, args.data_dir, args.gallery_images, args.detector)
+    return create_app(args.model, args.data_dir, args.gallery_images, args.detector, plates=args.plates)
 
 
 # `demo` at module level in both cases: `gradio app.py` (reload mode) runs this file as __main__ and

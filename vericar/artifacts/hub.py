@@ -184,12 +184,19 @@ def load(spec: str = "default", **kw: Any) -> "Recognizer":
     """Build a Recognizer from a spec: 'default', 'local-dir:PATH', 'hf-hub:ORG/NAME[@REV]' or a backbone spec.
 
     The recognizer keeps where it came from in ``rec.config.source`` (spec and resolved folder).
+    ``plates="read"`` also reads each vehicle's licence plate (``Prediction.plate``; default: the
+    model's config, "off").
     """
+    plates = kw.pop("plates", None)  # load(..., plates="read"): each vehicle's plate is read (docs/plates.md)
     parsed = parse_spec(spec)
     if parsed.kind in BACKBONE_KINDS:
-        return from_backbone(str(parsed), source=SourceCfg(str(parsed)), **kw)
-    folder = resolve(parsed)
-    return load_local(folder, source=SourceCfg(str(parsed), str(folder)), **kw)
+        rec = from_backbone(str(parsed), source=SourceCfg(str(parsed)), **kw)
+    else:
+        folder = resolve(parsed)
+        rec = load_local(folder, source=SourceCfg(str(parsed), str(folder)), **kw)
+    if plates is not None:
+        rec.attributes = rec.attributes.with_plates(plates)
+    return rec
 
 
 def resolve(spec: str | ModelSpec) -> Path:

@@ -19,8 +19,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from dataclasses import replace
+
 from vericar.attributes.colour import body_colour
 from vericar.attributes.head import LinearHead
+from vericar.attributes.plates import PlateReader
 from vericar.core.config import AttributesCfg
 from vericar.core.errors import ArtifactError
 
@@ -37,6 +40,7 @@ class Described:
     colour_confidence: float | None = None
     viewpoint: str | None = None
     viewpoint_confidence: float | None = None
+    plate: dict[str, Any] | None = None  # {"text", "box" (the crop's pixels here), "confidence"}
 
 
 class FeatureTap:
@@ -70,8 +74,10 @@ class Attributes:
     """Colour and viewpoint heads over the recogniser's features and the crops' pixels."""
 
     def __init__(self, colour: LinearHead | None = None, viewpoint: LinearHead | None = None,
-                 cfg: AttributesCfg | None = None) -> None:
+                 cfg: AttributesCfg | None = None, plates: PlateReader | None = None) -> None:
         self.cfg = cfg or AttributesCfg()
+        # The plate reader (vericar/attributes/plates.py) when cfg.plates is "read".
+        self.plates = (plates or PlateReader()) if self.cfg.plates == "read" else None
         self.heads = {"colour": colour, "viewpoint": viewpoint}  # kept (and saved) when switched off
         for head in self.heads.values():
             if head is not None and head.info.get("features", "backbone") not in FEATURE_KINDS:
@@ -91,7 +97,11 @@ class Attributes:
     @property
     def active(self) -> bool:
         """Whether any head runs (else every vehicle's attributes are None, at no cost)."""
-        return self.colour is not None or self.viewpoint is not None
+        return self.colour is not None or self.viewpoint is not None or self.plates is not None
+
+    def with_plates(self, mode: str, reader: PlateReader | None = None) -> "Attributes":
+        """The same heads with plate reading set to ``mode`` ("read" | "off"), by ``reader`` if given."""
+        return Attributes(self.heads["colour"], self.heads["viewpoint"], replace(self.cfg, plates=mode), reader)
 
     @classmethod
     def load(cls, directory: str | os.PathLike | None, cfg: AttributesCfg | None = None) -> "Attributes":
@@ -141,6 +151,9 @@ class Attributes:
             for d, (value, conf) in zip(out, head.answer(x)):
                 setattr(d, name, value)
                 setattr(d, f"{name}_confidence", round(conf, 4))
+        for d, crop in zip(out, crops if self.plates is not None else []):
+            found = self.plates.read(crop)
+            d.plate = found.to_dict() if found is not None else None
         return out
 
 

@@ -209,11 +209,17 @@ class AttributesCfg:
 
     colour: bool = True
     viewpoint: bool = True
+    # Licence plates (vericar/attributes/plates.py): "read" each vehicle's plate, or "off" (the
+    # default: reading costs ~0.1 s a vehicle, and a plate is personal data; docs/plates.md).
+    plates: str = "off"
 
     def __post_init__(self) -> None:
         for name in ("colour", "viewpoint"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"attributes {name} must be true or false, got {getattr(self, name)!r}")
+        if self.plates not in ("read", "off"):
+            raise SpecError(f"attributes plates must be 'read' or 'off', got {self.plates!r} (the app's 'blur' "
+                            "is its own setting: --plates / $VERICAR_PLATES)")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ vericar.ui.tempfiles). Library errors become gr.Error (webui.user_errors).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -47,12 +47,32 @@ class Handlers:
     """The app's event functions over one set of vehicles (local or public mode) and its temp files."""
 
     def __init__(self, vehicles: LocalVehicles | SessionVehicles, files: RequestFiles,
-                 source: LocalImages | HubImages | None = None) -> None:
+                 source: LocalImages | HubImages | None = None,
+                 hide_plates: Callable[[Recognizer, Any], Any] | None = None) -> None:
         self.vehicles, self.files, self.source = vehicles, files, source
+        # --plates blur: (recognizer, photo) -> the photo with its plates hidden, applied to every
+        # photo as it comes in, so nothing shown or stored is made from a visible plate.
+        self.hide_plates = hide_plates
 
     def _rec(self, request: gr.Request | None) -> Recognizer:
         """The shared recognizer, or this visitor's view of it (public mode)."""
         return self.vehicles.recognizer(session_of(request))
+
+    def _photo(self, image: Any, rec: Recognizer, name: str | None = None) -> Any:
+        """The upload as a PIL image (``open_upload``), its plates hidden when the app blurs them."""
+        photo = open_upload(image, name)
+        return self.hide_plates(rec, photo) if self.hide_plates else photo
+
+    def enrol_photos(self, images: list[str] | None, rec: Recognizer) -> list[Any]:
+        """The photos to add: their paths, or (blurring) the opened photos with their plates hidden."""
+        images = list(images or [])
+        if not self.hide_plates:
+            return images
+        try:
+            return [self._photo(p, rec) for p in images]
+        except gr.Error as e:  # as the store says it: the whole enrolment is refused
+            raise gr.Error(f"{e.message} Nothing was added; replace that photo and try again.",
+                           print_exception=False) from e
 
     # ------------------------------------------------------------------ API
     @user_errors
@@ -60,7 +80,8 @@ class Handlers:
         """Identify the main vehicle of a photo (label, make, model, type, year, confidences, unknown
         flag, neighbours, box) and list every vehicle in ``vehicles``, largest first."""
         with self.files.request(session_of(request), [image]):
-            preds = self._rec(request).predict_all(open_upload(image))
+            r = self._rec(request)
+            preds = r.predict_all(self._photo(image, r))
         return identify_answer(preds, preds[0] if preds else no_vehicle())
 
     @user_errors
@@ -69,14 +90,16 @@ class Handlers:
         if k is None or not 1 <= int(k) <= MAX_K:  # the API's k input already checked it (api_inputs.CountInput)
             raise gr.Error(f"k must be a whole number between 1 and {MAX_K} (e.g. 5); got {k}.")
         with self.files.request(session_of(request), [image]):
-            found = self._rec(request).similar(open_upload(image), int(k))
+            r = self._rec(request)
+            found = r.similar(self._photo(image, r), int(k))
         return [{"label": n.label, "score": finite(n.score)} for n in found]
 
     @user_errors
     def explain(self, image: str, request: gr.Request) -> str:
         """Grad-CAM++ overlay: where the photo looks like the predicted vehicle."""
         with self.files.request(session_of(request), [image]) as out:
-            return out.image(self._rec(request).explain(open_upload(image)).overlay, "overlay", "png")
+            r = self._rec(request)
+            return out.image(r.explain(self._photo(image, r)).overlay, "overlay", "png")
 
     def _no_shared_changes(self, request: gr.Request | None) -> None:
         """Public mode: MCP agents share one session (see MCP_SHARED), so they may not add or remove."""
@@ -88,7 +111,7 @@ class Handlers:
         """Add photos of a new vehicle under ``label`` (no retraining; public mode: for this session only)."""
         self._no_shared_changes(request)
         with self.files.request(session_of(request), images or []):
-            return self.vehicles.enroll(session_of(request), list(images or []), label)
+            return self.vehicles.enroll(session_of(request), self.enrol_photos(images, self._rec(request)), label)
 
     @user_errors
     def remove(self, label: str, request: gr.Request) -> dict[str, Any]:
@@ -102,7 +125,8 @@ class Handlers:
         """Result text, confidence per level, similar-vehicle tiles, the photo with its boxes, found-or-not."""
         sid = session_of(request)
         with self.files.request(sid, [image], hold_as="photo", keep_as="found") as out:
-            r, photo = self._rec(request), open_upload(image)
+            r = self._rec(request)
+            photo = self._photo(image, r)
             preds = r.predict_all(photo)
             if not preds:
                 return no_vehicle_markdown(), None, [], out.image(photo, "photo"), False
@@ -124,8 +148,8 @@ class Handlers:
         with self.files.request(session_of(request), [image], hold_as="photo", keep_as="overlay") as out:
             if not found_vehicle:  # "no vehicle found": nothing to explain, and no model call for it
                 return None
-            r, pil = self._rec(request), open_upload(image)
-            ex = r.explain(pil)  # finds the main vehicle once: the crop it explained comes back with it
+            r = self._rec(request)
+            ex = r.explain(self._photo(image, r))  # finds the main vehicle once: the crop it explained comes back with it
             return out.image(ex.photo, "before"), out.image(ex.overlay, "after")
 
     def listing_text(self, request: gr.Request | None = None) -> str:
@@ -150,7 +174,7 @@ class Handlers:
 
             label = vehicle_label(make, model, vtype, year)
         with self.files.request(session_of(request), photos or [], hold_as="photos"):
-            out = self.vehicles.enroll(session_of(request), list(photos or []), label)
+            out = self.vehicles.enroll(session_of(request), self.enrol_photos(photos, self._rec(request)), label)
         return (f"Added **{md_text(out['label'])}** from {out['added']} photos; it is recognised from the next "
                 "photo on.", *self.enrolled_view(request))
 

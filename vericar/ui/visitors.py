@@ -260,6 +260,10 @@ class SessionVehicles:
         if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
             raise VericarError("Wrong admin token; the shared gallery was not changed.")
 
+    def check_admin(self, token: Any) -> None:
+        """VericarError unless ``token`` is the admin token (before work is spent on an admin request)."""
+        self._admin(token)
+
     def admin_enroll(self, token: Any, images: Sequence[Any], label: Any) -> dict[str, Any]:
         """Add a vehicle to the shared (persistent) gallery: needs the admin token."""
         self._admin(token)

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping
 
 import gradio as gr
 
-from vericar.core.errors import VericarError
+from vericar.attributes.plates import PLATE_MODES
+from vericar.core.errors import SpecError, VericarError
 from vericar.ui.enrolled import EnrolledStore
 from vericar.ui.tempfiles import RequestFiles
 from vericar.ui.visitors import LocalVehicles, SessionVehicles, parse_rate, public_mode
@@ -50,6 +51,19 @@ class AppSettings:
     queue_size: int = 256
     max_upload: str = MAX_UPLOAD
     delivery_s: float = 30.0  # how long an answer's files stay for the client to fetch them
+    # Licence plates: "read" (text in every answer), "blur" (hidden in every image shown or stored,
+    # no text) or "off" (not looked for). None: "blur" in public mode, "read" locally (docs/plates.md).
+    plates: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.plates is not None and self.plates not in PLATE_MODES:
+            raise SpecError(f"plates must be one of {', '.join(PLATE_MODES)} (--plates / $VERICAR_PLATES), got "
+                            f"{self.plates!r}; e.g. --plates blur to hide plates in every image.")
+
+    @property
+    def plates_mode(self) -> str:
+        """The plate setting in force: the one given, else "blur" on a public demo and "read" locally."""
+        return self.plates or ("blur" if self.public else "read")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: Any) -> "AppSettings":
@@ -68,6 +82,7 @@ class AppSettings:
             "queue_size": int(env.get("VERICAR_QUEUE_SIZE") or cls.queue_size),
             "max_upload": env.get("VERICAR_MAX_UPLOAD") or None,
             "delivery_s": float(env.get("VERICAR_DELIVERY_S") or cls.delivery_s),
+            "plates": (env.get("VERICAR_PLATES") or "").strip().lower() or None,
         }
         merged = {k: v for k, v in read.items() if v is not None}
         merged.update((k, v) for k, v in given.items() if v is not None)

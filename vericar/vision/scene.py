@@ -139,6 +139,10 @@ def _recognise(rec: Any, photos: Sequence[Any], max_vehicles: int, margin: float
         i += len(regions)
         for (pred, _), region in zip(mine, regions):
             pred.box = region.box.to_list() if region.box is not None else None
+            if pred.plate:  # read in the crop: its box in the photo's pixels
+                x, y = region.crop[:2]
+                b = pred.plate["box"]
+                pred.plate = {**pred.plate, "box": [b[0] + x, b[1] + y, b[2] + x, b[3] + y]}
         out.append([(p, emb[j]) for (p, j), r in zip(mine, regions) if keeps(r, p)])
     return out
 

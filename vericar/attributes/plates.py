@@ -1,0 +1,218 @@
+"""Licence plates: where a vehicle's plate is, what it says, and hiding it (``--plates read|blur|off``).
+
+``PlateReader`` runs rapidocr (Apache-2.0; its ONNX text detector and recogniser ship inside the
+wheel and run on onnxruntime, nothing is downloaded) inside one vehicle's box: the detector finds
+text lines in the lower part of the box, upscaled; the lines whose geometry looks like a plate
+(wide, low in the car, small against the box) are read one by one, and only text that looks like a
+registration (4-8 letters and digits, both kinds) is kept, so badges, dealer frames and slogans are
+not taken for plates. Two engines, not one: a per-call ``use_det=False`` sticks to a rapidocr engine.
+
+``hide_plates`` paints each plate box with its own mean colour, so no pixel of the plate is left
+(docs/plates.md: how the thresholds were chosen on train photos and what they give on dev).
+"""
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+PLATE_MODES = ("read", "blur", "off")
+# Chosen on train photos squashed to 224x224 as the dev photos are (benchmarks/plates.py --tune,
+# docs/plates.md), never on dev. At 224 px a plate's characters are 5-8 px high: the detector finds
+# more of them upscaled to 640 than to 480 (17 vs 9 of 35 train plates read right), at ~2x the cost.
+MIN_CONFIDENCE = 0.75  # recogniser's mean character probability for a read plate
+DET_SIDE = 640  # the searched part of the box is scaled so that its longer side is this many pixels
+# onnxruntime threads per engine: its pool spins while waiting, which doubled the CPU time of a read
+# on this 2-core machine for little wall time; one thread each leaves the other core to the recogniser.
+THREADS = 1
+TOP_SKIP = 0.30  # plates are never in the top 30% of a vehicle's box (roof, windows, bonnet)
+MAX_LINES = 4  # text lines read per vehicle, most plate-like first (each read costs ~10-20 ms)
+# A plate's text line, as a share of the vehicle's box: not a sliver, not a slogan across the car.
+LINE_ASPECT = (1.3, 9.0)  # width / height of the line
+LINE_HEIGHT = (0.02, 0.16)  # line height / box height
+LINE_WIDTH = (0.05, 0.55)  # line width / box width
+LINE_LOW = 0.40  # the line's centre is at least this far down the box
+# Around the text line, the plate itself (its border and the country strip), for the box and blur.
+PAD_X, PAD_Y = 0.35, 0.45  # × line height
+REC_HEIGHT = 48  # the recogniser's input height: lines are upscaled to it from the photo's pixels
+PLATE_TEXT = re.compile(r"^(?=.*[A-Z])(?=.*[0-9])[A-Z0-9]{4,8}$")
+# Blurring is for privacy: any plate-shaped line read as 3-10 letters / digits is hidden (a badge
+# hidden by mistake costs little; a plate left because it read as "SERIOUS" or "AB1" costs more).
+LOOSE_TEXT = re.compile(r"^[A-Z0-9]{3,10}$")
+KEPT_SHARE = 0.75  # of the raw read's visible characters must be Latin letters / digits
+
+
+@dataclass(frozen=True)
+class Plate:
+    """One plate: its text (uppercase letters and digits, no spaces), box in photo pixels
+    ``[x1, y1, x2, y2]`` (x2, y2 exclusive) and the recogniser's confidence."""
+
+    text: str
+    box: tuple[int, int, int, int]
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``{"text", "box", "confidence"}``."""
+        return {"text": self.text, "box": list(self.box), "confidence": round(float(self.confidence), 4)}
+
+
+def normalise_text(raw: str) -> str:
+    """A read as plate text: NFKC, uppercase, only A-Z and 0-9 kept (``"m·pe 3389"`` -> ``"MPE3389"``)."""
+    return re.sub(r"[^A-Z0-9]", "", unicodedata.normalize("NFKC", raw).upper())
+
+
+def plate_like_text(raw: str, strict: bool = True) -> str | None:
+    """The normalised text when ``raw`` reads like a registration, else None: 4-8 letters and
+    digits with at least one of each (``strict=False``: any 3-10), and little else in the read (a
+    Chinese or symbol-heavy read of a badge is not a plate with the odd character dropped)."""
+    text = normalise_text(raw)
+    visible = re.sub(r"[\s\-·.:|_'\"]", "", unicodedata.normalize("NFKC", raw))
+    if not visible or len(text) < KEPT_SHARE * len(visible):
+        return None
+    return text if (PLATE_TEXT if strict else LOOSE_TEXT).match(text) else None
+
+
+def line_is_plate_like(line: Sequence[float], box: Sequence[float]) -> bool:
+    """Whether a text line ``[x1, y1, x2, y2]`` has a plate's geometry inside vehicle ``box``."""
+    w, h = line[2] - line[0], line[3] - line[1]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    if w <= 0 or h <= 0 or bw <= 0 or bh <= 0:
+        return False
+    low = ((line[1] + line[3]) / 2 - box[1]) / bh
+    return (LINE_ASPECT[0] <= w / h <= LINE_ASPECT[1] and LINE_HEIGHT[0] <= h / bh <= LINE_HEIGHT[1]
+            and LINE_WIDTH[0] <= w / bw <= LINE_WIDTH[1] and low >= LINE_LOW)
+
+
+def merge_lines(lines: list[list[float]]) -> list[list[float]]:
+    """Join text boxes that sit side by side on one line (``M·PE`` and ``3389`` found apart)."""
+    lines = sorted(lines, key=lambda b: b[0])
+    out: list[list[float]] = []
+    for b in lines:
+        for m in out:
+            h = min(b[3] - b[1], m[3] - m[1])
+            overlap = min(b[3], m[3]) - max(b[1], m[1])
+            gap = b[0] - m[2]
+            same_size = max(b[3] - b[1], m[3] - m[1]) <= 1.6 * h
+            if h > 0 and overlap >= 0.6 * h and same_size and gap <= 1.2 * h:
+                m[:] = [min(m[0], b[0]), min(m[1], b[1]), max(m[2], b[2]), max(m[3], b[3])]
+                break
+        else:
+            out.append(list(b))
+    return out
+
+
+def _plateness(line: Sequence[float], box: Sequence[float]) -> float:
+    """Order of reading: low and central lines first (the plate), then the rest."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    cx = ((line[0] + line[2]) / 2 - box[0]) / bw
+    cy = ((line[1] + line[3]) / 2 - box[1]) / bh
+    return cy - abs(cx - 0.5)
+
+
+def _rgb_to_bgr(img: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
+
+
+class PlateReader:
+    """Finds and reads licence plates inside vehicle boxes (a per-vehicle stage of the Recognizer).
+
+    Args:
+        min_confidence: a plate is read when the recogniser is at least this sure of it.
+        threads: onnxruntime threads per engine (default ``THREADS``; 0: onnxruntime's default, every core).
+
+    The engines load on first use (~0.3 s); calls are serialised (rapidocr engines keep per-call
+    settings on themselves), so one reader can serve several request threads.
+    """
+
+    def __init__(self, min_confidence: float = MIN_CONFIDENCE, threads: int = THREADS) -> None:
+        if not 0.0 <= float(min_confidence) <= 1.0:
+            raise ValueError(f"min_confidence must be between 0 and 1, got {min_confidence!r}")
+        self.min_confidence = float(min_confidence)
+        self.threads = threads
+        self._det: Any = None
+        self._rec: Any = None
+        self._lock = threading.Lock()
+
+    def _engines(self) -> tuple[Any, Any]:
+        if self._det is None:
+            from rapidocr import RapidOCR  # heavy import, only when a plate is looked for
+
+            common: dict[str, Any] = {"Global.use_cls": False, "Global.log_level": "error",
+                                      "Det.limit_side_len": DET_SIDE, "Det.limit_type": "max"}
+            if self.threads:
+                common["EngineConfig.onnxruntime.intra_op_num_threads"] = int(self.threads)
+                common["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
+            self._rec = RapidOCR(params={**common, "Global.use_det": False, "Global.use_rec": True})
+            self._det = RapidOCR(params={**common, "Global.use_det": True, "Global.use_rec": False})
+        return self._det, self._rec
+
+    def candidates(self, photo: Image.Image, box: Sequence[float] | None = None, strict: bool = True) -> list[Plate]:
+        """Every plate-like text line in ``box`` (photo pixels; None: the whole photo) whose read
+        looks like a registration (``plate_like_text``), any confidence, best first. ``read`` keeps
+        the best sure one; blurring takes them all, read loosely (``strict=False``)."""
+        photo = photo.convert("RGB") if photo.mode != "RGB" else photo
+        W, H = photo.size
+        bx = [0.0, 0.0, float(W), float(H)] if box is None else [float(v) for v in box]
+        x1, x2 = max(0, int(bx[0])), min(W, int(round(bx[2])))
+        y1, y2 = max(0, int(bx[1] + TOP_SKIP * (bx[3] - bx[1]))), min(H, int(round(bx[3])))
+        if x2 - x1 < 8 or y2 - y1 < 8:
+            return []
+        region = photo.crop((x1, y1, x2, y2))
+        scale = DET_SIDE / max(region.size)
+        scaled = region.resize((max(1, round(region.width * scale)), max(1, round(region.height * scale))),
+                               Image.BICUBIC)
+        with self._lock:
+            det, rec = self._engines()
+            found = det(_rgb_to_bgr(scaled))
+            quads = [] if found.boxes is None else found.boxes
+            lines = merge_lines([[x1 + q[:, 0].min() / scale, y1 + q[:, 1].min() / scale,
+                                  x1 + q[:, 0].max() / scale, y1 + q[:, 1].max() / scale] for q in quads])
+            lines = sorted((ln for ln in lines if line_is_plate_like(ln, bx)), key=lambda ln: -_plateness(ln, bx))
+            out = [p for p in (self._read_line(rec, photo, ln, strict) for ln in lines[:MAX_LINES]) if p is not None]
+        return sorted(out, key=lambda p: -p.confidence)
+
+    @staticmethod
+    def _read_line(rec: Any, photo: Image.Image, line: Sequence[float], strict: bool) -> Plate | None:
+        h = line[3] - line[1]
+        cut = (max(0.0, line[0] - 0.1 * h), max(0.0, line[1] - 0.1 * h),
+               min(photo.width, line[2] + 0.1 * h), min(photo.height, line[3] + 0.1 * h))
+        crop = photo.crop(tuple(int(round(v)) for v in cut))
+        if crop.width < 2 or crop.height < 2:
+            return None
+        k = REC_HEIGHT / crop.height
+        crop = crop.resize((max(1, round(crop.width * k)), REC_HEIGHT), Image.BICUBIC)
+        res = rec(_rgb_to_bgr(crop))
+        if not res.txts:
+            return None
+        text = plate_like_text("".join(res.txts), strict)
+        if text is None:
+            return None
+        plate_box = (int(max(0, line[0] - PAD_X * h)), int(max(0, line[1] - PAD_Y * h)),
+                     int(min(photo.width, np.ceil(line[2] + PAD_X * h))),
+                     int(min(photo.height, np.ceil(line[3] + PAD_Y * h))))
+        return Plate(text, plate_box, float(np.mean(res.scores)))
+
+    def read(self, photo: Image.Image, box: Sequence[float] | None = None) -> Plate | None:
+        """The vehicle's plate (the surest plate-like read at ``min_confidence`` or above), or None
+        when it has no legible plate."""
+        found = self.candidates(photo, box)
+        return found[0] if found and found[0].confidence >= self.min_confidence else None
+
+
+def hide_plates(photo: Image.Image, boxes: Sequence[Sequence[float]]) -> Image.Image:
+    """A copy of ``photo`` with every box (photo pixels) painted in that box's mean colour: no
+    pixel of a plate is left, only a patch of its average colour."""
+    out = photo.convert("RGB").copy() if photo.mode != "RGB" else photo.copy()
+    for b in boxes:
+        x1, y1 = max(0, int(b[0])), max(0, int(b[1]))
+        x2, y2 = min(out.width, int(np.ceil(b[2]))), min(out.height, int(np.ceil(b[3])))
+        if x2 > x1 and y2 > y1:
+            patch = out.crop((x1, y1, x2, y2))
+            mean = tuple(int(v) for v in np.asarray(patch).reshape(-1, 3).mean(axis=0))
+            out.paste(mean, (x1, y1, x2, y2))
+    return out
