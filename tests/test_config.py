@@ -163,9 +163,9 @@ def test_format_4_only_for_a_nearness_calibration(tmp_path):
         raw = json.loads((tmp_path / f"v{version}" / "config.json").read_text())
         assert raw["format_version"] == version
         assert hub.load(f"local-dir:{tmp_path / f'v{version}'}").calibration == cal
-        raw["format_version"] = 5  # a later vericar's: refused with the versions this one reads
+        raw["format_version"] = 6  # a later vericar's: refused with the versions this one reads
         (tmp_path / f"v{version}" / "config.json").write_text(json.dumps(raw))
-        with pytest.raises(ArtifactError, match="format version 5, this vericar reads versions 1, 2, 3, 4"):
+        with pytest.raises(ArtifactError, match="format version 6, this vericar reads versions 1, 2, 3, 4, 5"):
             hub.load(f"local-dir:{tmp_path / f'v{version}'}")
 
 

@@ -36,11 +36,14 @@ from train.errors import TrainError, cli
 from vericar.artifacts.hub import WEIGHTS_NAME, is_complete, load_local, read_artifact, read_config, write_config
 from vericar.core.errors import VericarError
 from vericar.core.config import DetectorCfg
+from vericar.attributes.stage import COLOUR_FILE, VIEWPOINT_FILE
 from vericar.evaluation import insights
 from vericar.evaluation.data import portable_value, short_ref
 from vericar.search.gallery import Gallery
 
-COPY = (WEIGHTS_NAME, "training_curve.png", "metrics.csv")  # config.json, card, train_config.yaml: rewritten
+# config.json, card, train_config.yaml: rewritten; the attribute heads (vericar/attributes) travel as they are
+COPY = (WEIGHTS_NAME, "training_curve.png", "metrics.csv",
+        *(f"{head}.{ext}" for head in (COLOUR_FILE, VIEWPOINT_FILE) for ext in ("json", "safetensors")))
 OUT_FLAGS = ("--output-dir", "--artifact")  # a machine's folder in a recorded command -> "OUT"
 DROP_FLAGS = ("--feature-cache-dir",)  # where a cache lived changes nothing the model learns
 KEEP_FLAGS = ("--data",)  # as in the settings: a shipped copy finds its validation photos by it
