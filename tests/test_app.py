@@ -185,7 +185,19 @@ def test_identify_gives_a_partial_answer(served, photo):
     assert out["make"] == "Audi" and 0.5 <= out["confidence"]["make"] <= 1.0
     assert out["confidence"] == {"model": 0.0, "make": out["confidence"]["make"], "type": 0.0, "year": 0.0}
     assert out["unknown_levels"] == ["model", "type", "year"]
+    # The wording says how sure, and only what is known: a partial answer, then a known and an unknown one.
+    sure = f"{out['confidence']['make']:.0%}"
+    assert out["summary"] == f"probably an Audi (make {sure}); type and model not in the gallery"
+    assert out["vehicles"][0]["summary"] == out["summary"]
     json.dumps(out, allow_nan=False)
+    known = client.predict(handle_file(photo), api_name="/identify")
+    assert known["unknown"] is False and known["summary"] == known["label"] == "Audi A4 Sedan 2012"
+    rec.ood.threshold, rec.calibration = -1.0, Calibration()  # no partial-answer thresholds: nothing is named
+    try:
+        unknown = client.predict(handle_file(photo), api_name="/identify")
+    finally:
+        rec.ood.threshold, rec.calibration = threshold, calibration
+    assert unknown["summary"] == "unknown vehicle: neither its model nor its make is in the gallery"
 
 
 def test_similar_and_explain(served, photo):
