@@ -194,7 +194,10 @@ def test_migrate_and_save_keep_format_and_calibration_honest(tmp_path, capsys):
 
 def test_the_shipped_default_is_current_and_consistent():
     raw = json.loads((hub.DEFAULT_DIR / "config.json").read_text())
-    assert raw["format_version"] == 4 and raw["calibration"]["method"] == "knn-softmax-sim"
+    # Format 5: flip-averaged embeddings and a calibration with a part fitted on never-trained models.
+    assert raw["format_version"] == 5 and raw["calibration"]["method"] == "knn-softmax-open"
+    assert raw["model"]["tta"] == ["flip"] and raw["calibration"]["unseen"]["temperatures"]
+    assert json.loads((hub.DEFAULT_DIR / "gallery.json").read_text())["settings"]["tta"] == ["flip"]
     assert "ood_threshold" not in raw["meta"]
     assert not set(raw["meta"]["train_config"]) & {"density_weight", "backbone", "ood_tpr", "k"}
     cfg = hub.read_config(hub.DEFAULT_DIR)

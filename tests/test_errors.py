@@ -39,16 +39,17 @@ def _exits(path: Path) -> list[str]:
 
 
 def test_importable_code_raises_instead_of_exiting():
-    found = [hit for path in CODE for hit in _exits(path) if not hit.startswith("train/errors.py")]
+    # cli() and the `vericar` console script's main() are the places a command exits.
+    found = [hit for path in CODE for hit in _exits(path) if not hit.startswith(("train/errors.py", "vericar/cli.py"))]
     assert found == [], f"SystemExit / sys.exit outside a __main__ block: {found}"
     assert _exits(ROOT / "train" / "errors.py"), "cli() is the one place a command exits"
 
 
-ENTRY_FILES = {"train/train.py", "train/calibrate.py", "train/ship.py"}
+ENTRY_FILES = {"train/train.py", "train/calibrate.py", "train/ship.py", "train/calibrate_pairs.py"}
 
 
 def test_no_sys_path_changes_in_the_packages():
-    """Only the three training entry files touch sys.path, and only when run as a file (under their guard):
+    """Only the training entry files touch sys.path, and only when run as a file (under their guard):
     Python then puts train/ first, where `train` would be train.py itself, so they put the repository there."""
     hits = [f"{p.relative_to(ROOT)}" for p in CODE if "sys.path" in p.read_text()]
     assert set(hits) <= ENTRY_FILES

@@ -161,9 +161,10 @@ def open_world_part(args: argparse.Namespace, known: Recognizer, calibration: Ca
         if source.config.model != known.model.model_cfg:
             raise VericarError(f"--unseen-from {args.unseen_from}: its model (backbone, preprocessing, test-time views) "
                                "differs from this one's; carry over only from a training of the same recipe.")
+        name = Path(args.unseen_from).name  # the run's folder name only: no machine's folders in an artifact
         cal, t_o = carry_over(known, calibration, source.calibration, q_known, false_unknown=false_unknown,
-                              source_name=str(args.unseen_from))
-        return cal, t_o, {"carried_over_from": str(args.unseen_from), "ood_threshold": t_o}
+                              source_name=name)
+        return cal, t_o, {"carried_over_from": name, "ood_threshold": t_o}
     _, held = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
     if not held:
         raise VericarError("--unseen needs an open-world training (train/train.py --holdout-classes RULE): this one "
