@@ -19,11 +19,11 @@ import numpy as np
 from vericar.core.compare import Comparison, compare
 from vericar.attributes.stage import Attributes, Described
 from vericar.core.config import DetectorCfg, RankingCfg, SourceCfg, VericarConfig
+from vericar.core.explaining import explain
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
 from vericar.models.embedding import check_views, embed
 from vericar.models.model import EmbeddingModel
-from vericar.models.transforms import eval_transform, input_view
 from vericar.search.calibration import PARTIAL_LEVELS, Calibration
 from vericar.search.density import DensityCorrection
 from vericar.search.pair_calibration import PairCalibration
@@ -326,24 +326,5 @@ class Recognizer:
 
     # ----------------------------------------------------------------- explain
     def explain(self, image: Any) -> Explanation:
-        """Grad-CAM++ of the similarity to the predicted vehicle's gallery embeddings."""
-        from vericar.models.explain import gradcam_pp, overlay  # lazy: pytorch-grad-cam is only needed here
-
-        pil = main_crop(self, open_image(image), none_if_blank=True)
-        if pil is None:
-            raise VericarError("No vehicle was found in this photo (the detector saw none), so there is nothing to "
-                               "explain; try a photo where the vehicle is larger or clearer.")
-        pred = self.predict_embeddings(self._embed_pil([pil]))[0]
-        with self._lock:
-            rows = [i for i, lab in enumerate(self.gallery.labels) if lab == pred.label]
-            if not rows:  # removed by another request between predict() and here
-                raise VericarError(f"{pred.label!r} was just removed from the gallery; try again.")
-            targets = self.gallery.embeddings[rows]
-        x = eval_transform(self.model.preprocess)(pil).unsqueeze(0)  # the model's preprocessing as it is now
-        heat = gradcam_pp(self.model, x, targets)
-        view = self._input_view(pil).convert("RGB")
-        return Explanation(heatmap=heat, overlay=overlay(view, heat), label=pred.label, photo=view)
-
-    def _input_view(self, pil: Any) -> Any:
-        """The part of the photo the model saw (the app shows it beside the heatmap)."""
-        return input_view(pil, self.model.preprocess)
+        """Grad-CAM++ of the similarity to the predicted vehicle's gallery embeddings (vericar.core.explaining)."""
+        return explain(self, image)
