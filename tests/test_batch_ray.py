@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray of 2 CPUs whose workers import this checkout's vericar; shut down at the end."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield ray
     ray.shutdown()
+    for sig, handler in before.items():  # ray.init replaced them; later tests expect this process's own
+        signal.signal(sig, handler)
 
 
 @pytest.mark.timeout(480)

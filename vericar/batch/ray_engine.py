@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,6 +65,7 @@ def run_ray(todo: Sequence[str], write: Any, *, model: str, detector: str | None
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and progress lines: ours say it per photo
     started = not ray.is_initialized()
     if started:
+        handlers = _signal_handlers()  # ray.init installs its own SIGTERM/SIGINT handlers in this process
         _start(ray, address)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts photos, with errors
@@ -85,6 +88,19 @@ def run_ray(todo: Sequence[str], write: Any, *, model: str, detector: str | None
     finally:
         if started:
             ray.shutdown()
+            _restore(handlers)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """This process's SIGTERM and SIGINT handlers, so a run leaves them as it found them."""
+    return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    """Put back the handlers that ``ray.init`` replaced (only the main thread may set them)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _start(ray: Any, address: str | None) -> None:
