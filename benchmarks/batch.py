@@ -2,7 +2,7 @@
 ``rec.predict_batch`` in a loop, on the same dev photos, with peak memory.
 
     nice -n 10 python benchmarks/batch.py [--photos ../shared/data/stanford_cars/dev] [--n 1000]
-        [--batch-size 16] [--rounds 4] [--ray-workers 2] [--json benchmarks/batch.json]
+        [--batch-size 16] [--rounds 4] [--ray-workers 2] [--json benchmarks/results/batch.json]
 
 - ``predict_batch loop``: ``for chunk: rec.predict_batch(chunk_of_paths)`` (the floor: no rows, no writing);
 - ``plain engine``: ``vericar.batch.local.run_local`` with the same recognizer, rows written to a CSV;

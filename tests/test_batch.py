@@ -254,5 +254,9 @@ def test_outputs_it_cannot_resume_and_empty_inputs_are_refused(tiny, tmp_path):
 def test_serve_and_evaluate_are_the_app_and_the_evaluate_cli():
     serve = vericar_cmd("serve", "--help")
     assert serve.returncode == 0 and "vericar Gradio app" in serve.stdout and "--data-dir" in serve.stdout
+    assert serve.stdout.startswith("usage: vericar serve")  # the app's parser, run in this process (no app.py)
+    bad = vericar_cmd("serve", "--model", "local-dir:/no/such/model")  # one line saying why, not a traceback
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in bad.stderr
     ev = vericar_cmd("evaluate", "--help")
     assert ev.returncode == 0 and "--queries" in ev.stdout

@@ -3,7 +3,7 @@
     vericar identify PATH... --out results.csv|.jsonl|.parquet [--all-vehicles] [--engine ray [--address ADDR]]
     vericar enroll PHOTO... --label "Make Model Type Year" [--data-dir DIR]
     vericar remove LABEL [--data-dir DIR]
-    vericar serve [app options]        # the Gradio app (python app.py [options])
+    vericar serve [app options]        # the Gradio app (vericar.ui.app; the same as python app.py [options])
     vericar evaluate [options]         # python -m vericar.evaluate [options]
 
 ``enroll`` / ``remove`` change the app's own store of added vehicles (vericar.ui.enrolled: the same data
@@ -21,8 +21,6 @@ from typing import Sequence
 from vericar.core.errors import VericarError
 
 COMMANDS = ("identify", "enroll", "remove", "serve", "evaluate")
-#: ``vericar serve`` runs the app: app.py of the source checkout this package sits in.
-APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
 def _model_options(ap: argparse.ArgumentParser) -> None:
@@ -93,14 +91,10 @@ def _identify(args: argparse.Namespace) -> None:
 
 
 def _serve(argv: Sequence[str]) -> None:
-    """Run the app (app.py, the Gradio entry point) in place of this process, with ``argv`` as its options.
-    vericar never imports app.py (it sits above the package); the app's factory is its own file's."""
-    if not APP.is_file():
-        raise VericarError(f"vericar serve runs the app, app.py, which comes with vericar's source and was not "
-                           f"found beside this installed package ({APP.parent}); run it from a source checkout "
-                           "(python app.py, or vericar serve there).")
-    sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, str(APP), *argv])
+    """Serve the Gradio app (vericar.ui.app, the same as ``python app.py``) with ``argv`` as its options."""
+    from vericar.ui.app import main as serve
+
+    serve(argv, prog="vericar serve")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
