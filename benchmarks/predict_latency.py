@@ -1,6 +1,10 @@
 """Recognizer.predict latency on this machine: embed + gallery search (+ density re-ranking) + KNN+ OOD + votes.
 
     python benchmarks/predict_latency.py [--model default] [--image PHOTO] [--runs 50] [--threads 2] [--json out.json]
+                                         [--detector none]
+
+``predict`` runs the model's vehicle detector first (and the attribute stage); ``--detector none`` times
+the recognition alone, on the photo as a crop.
 
 The photo defaults to a real dev photo (../shared/data/stanford_cars/dev) when it is there, else
 a synthetic drawing; it is decoded once, so the figure is the model's, not the JPEG decoder's.
@@ -49,11 +53,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's defaults (the app tunes them)")
+    ap.add_argument("--detector", help="override the model's detector (none: recognition alone)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tuned = False if args.no_malloc_tuning else vericar.tune_malloc()
-    rec = vericar.load(args.model)
+    rec = vericar.load(args.model, **({"detector": args.detector} if args.detector else {}))
     img, what = _photo(args.image)
     for _ in range(3):  # warm-up: oneDNN picks its kernels on the first calls
         rec.predict(img)
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         t_search.append(1000 * (time.perf_counter() - t0))
     rows = {name: {"p50_ms": round(statistics.median(v), 2), "p95_ms": round(_pct(v, 0.95), 2)}
             for name, v in (("predict (embed+search+OOD+vote)", t_pred), ("embed", t_embed), ("gallery search (+ density re-ranking)", t_search))}
-    result = {"model": args.model, "backbone": rec.model.spec, "input_size": list(rec.model.pretrained_cfg["input_size"]),
+    result = {"model": args.model, "detector": rec.detector.spec, "backbone": rec.model.spec, "input_size": list(rec.model.pretrained_cfg["input_size"]),
               "gallery_size": len(rec.gallery), "threads": args.threads, "runs": args.runs, "photo": what, "malloc_tuned": tuned, "rows": rows}
     print(f"model {args.model} ({rec.model.spec}, input {tuple(rec.model.pretrained_cfg['input_size'][1:])}), "
           f"gallery {len(rec.gallery)}, {args.threads} threads, {args.runs} runs, malloc tuned: {tuned}, photo: {what}")

@@ -163,9 +163,9 @@ def test_format_4_only_for_a_nearness_calibration(tmp_path):
         raw = json.loads((tmp_path / f"v{version}" / "config.json").read_text())
         assert raw["format_version"] == version
         assert hub.load(f"local-dir:{tmp_path / f'v{version}'}").calibration == cal
-        raw["format_version"] = 6  # a later vericar's: refused with the versions this one reads
+        raw["format_version"] = 7  # a later vericar's: refused with the versions this one reads
         (tmp_path / f"v{version}" / "config.json").write_text(json.dumps(raw))
-        with pytest.raises(ArtifactError, match="format version 6, this vericar reads versions 1, 2, 3, 4, 5"):
+        with pytest.raises(ArtifactError, match="format version 7, this vericar reads versions 1, 2, 3, 4, 5, 6"):
             hub.load(f"local-dir:{tmp_path / f'v{version}'}")
 
 
@@ -194,10 +194,11 @@ def test_migrate_and_save_keep_format_and_calibration_honest(tmp_path, capsys):
 
 def test_the_shipped_default_is_current_and_consistent():
     raw = json.loads((hub.DEFAULT_DIR / "config.json").read_text())
-    # Format 5: flip-averaged embeddings and a calibration with a part fitted on never-trained models.
-    assert raw["format_version"] == 5 and raw["calibration"]["method"] == "knn-softmax-open"
-    assert raw["model"]["tta"] == ["flip"] and raw["calibration"]["unseen"]["temperatures"]
-    assert json.loads((hub.DEFAULT_DIR / "gallery.json").read_text())["settings"]["tta"] == ["flip"]
+    # Format 6: an ensemble of two trainings (docs/flip.md), one view per photo, calibrated for it.
+    assert raw["format_version"] == 6 and raw["model"]["members"] == 2 and "tta" not in raw["model"]
+    assert raw["calibration"]["method"] == "knn-softmax-sim" and raw["compare"]["method"]
+    assert "tta" not in json.loads((hub.DEFAULT_DIR / "gallery.json").read_text())["settings"]
+    assert raw["meta"]["ensemble"]["members"] == ["default", "prev_default"]
     assert "ood_threshold" not in raw["meta"]
     assert not set(raw["meta"]["train_config"]) & {"density_weight", "backbone", "ood_tpr", "k"}
     cfg = hub.read_config(hub.DEFAULT_DIR)

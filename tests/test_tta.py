@@ -172,6 +172,6 @@ def test_evaluate_refuses_other_views_than_the_gallery_without_a_gallery_csv(tmp
 
     csv = tmp_path / "q.csv"
     csv.write_text("file,label,class_name\n")
-    # The shipped default's gallery is flip-averaged: plain queries against it need a gallery of their own.
-    with pytest.raises(VericarError, match="--tta none: the model's gallery was embedded with views \\['flip'\\]"):
-        main(["--model", "default", "--queries", str(csv), "--tta", "none", "--no-progress"])
+    # The shipped default's gallery is embedded one view per photo: flip-averaged queries need a gallery of their own.
+    with pytest.raises(VericarError, match="--tta flip: the model's gallery was embedded with views \\[\\]"):
+        main(["--model", "default", "--queries", str(csv), "--tta", "flip", "--no-progress"])

@@ -137,7 +137,7 @@ def re_embed_gallery(rec: Recognizer, views: tuple[str, ...], *, progress: bool 
     rec.model.tta = views
     emb = embed(rec.model, [by_ref[r] for r in g.refs], batch_size=32, num_workers=2, progress=progress,
                 desc="gallery")
-    new = Gallery(g.dim, **{**g.settings(), "tta": views})
+    new = Gallery(emb.shape[1], **{**g.settings(), "tta": views})  # an ensemble is wider than its member
     new.add(emb, list(g.labels), refs=list(g.refs), thumbnails=[g.thumbnail(i) for i in range(len(g))])
     rec.gallery = new
 

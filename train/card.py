@@ -212,6 +212,10 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], dev: dict
            if density.weight else "Gallery neighbours are ranked by plain cosine similarity.")
         + (" Every embedding, the gallery's and each query's, is the mean of the photo's and its mirror image's "
            "(flip averaging, `model.tta`)." if config.model.tta else " Each photo is embedded once, as it is.")
+        + (f" It is an ensemble of {config.model.members} trainings of this architecture (`model.members`: "
+           f"{', '.join(f'`{m}`' for m in (meta.get('ensemble') or {}).get('members', []))}); a photo's embedding "
+           "is theirs side by side, so a similarity is the mean of theirs (the training facts here are the "
+           "first member's)." if config.model.members > 1 else "")
         + f" Training took {meta['train_seconds'] / 60:.1f} min." + _stopped(meta), "",
         "## Figures", "", *_figures(meta, dev), *_calibration(meta, config.ood),
         *_limits(config, meta, tc), *_licence(config, tc),

@@ -7,8 +7,9 @@ written only then, so the vericar before it refuses such an artifact with its cl
 version that wrote it" instead of misreading the calibration. Format 5 is a model with test-time
 views (``model.tta``, e.g. flip averaging), or a calibration with a part fitted on never-trained
 models (method "knn-softmax-open"): a vericar before it would embed queries without the views against
-a gallery embedded with them, a silent accuracy loss, so it must refuse. Every other
-artifact stays format 3.
+a gallery embedded with them, a silent accuracy loss, so it must refuse. Format 6 is an ensemble
+(``model.members`` > 1, vericar/models/ensemble.py), whose weights a vericar before it cannot build.
+Every other artifact stays format 3.
 Formats 1 and 2 (vericar before the config tree) restated settings: the density weight in
 ``density`` and again in ``meta.train_config``, the OOD threshold in ``ood`` and again in
 ``meta.ood_threshold``, and linked threshold and ranking only through the version number (2 =
@@ -28,7 +29,7 @@ from vericar.core.config import TRAIN_SETTINGS_IN_TREE, DensityCfg, DetectorCfg,
 from vericar.core.errors import ArtifactError, SpecError
 
 FORMAT = "vericar"
-CURRENT_VERSIONS = (3, 4, 5)  # read as the tree itself; written: see ``version_for``
+CURRENT_VERSIONS = (3, 4, 5, 6)  # read as the tree itself; written: see ``version_for``
 LEGACY_VERSIONS = (1, 2)
 CONFIG_NAME = "config.json"
 
@@ -70,10 +71,12 @@ def write(directory: str | os.PathLike, cfg: VericarConfig, meta: dict[str, Any]
 
 
 def version_for(cfg: VericarConfig) -> int:
-    """The format ``cfg`` is written in: 5 with test-time views or an open-world calibration, else 4 when
-    its calibration has a nearness term, else 3 (the oldest that reads it right)."""
+    """The format ``cfg`` is written in: 6 for an ensemble, 5 with test-time views or an open-world calibration,
+    else 4 when its calibration has a nearness term, else 3 (the oldest that reads it right)."""
     from vericar.search.calibration import METHODS
 
+    if cfg.model.members > 1:
+        return CURRENT_VERSIONS[3]
     method = cfg.calibration.get("method") if cfg.calibration is not None else None
     if cfg.model.tta or method == METHODS[2]:
         return CURRENT_VERSIONS[2]
@@ -125,10 +128,11 @@ def legacy_model_dict(model: ModelCfg) -> dict[str, Any]:
     """The model description vericar wrote before format 3. Fingerprints of saved data (enrolled
     galleries) hash this form, so enrolments saved before the tree still match their model."""
     pp = model.preprocess
+    extra = {"members": model.members} if model.members > 1 else {}  # an ensemble is another model
     legacy_mode = {"center": "shortest", "squash": "squash"}[pp.crop_mode]
     return {"spec": model.spec, "embed_dim": model.embed_dim,
             "pretrained_cfg": {"input_size": list(pp.input_size), "mean": list(pp.mean), "std": list(pp.std),
-                               "interpolation": pp.interpolation, "crop_pct": pp.crop_pct, "resize_mode": legacy_mode}}
+                               "interpolation": pp.interpolation, "crop_pct": pp.crop_pct, "resize_mode": legacy_mode}, **extra}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,7 +4,7 @@ The only module that imports huggingface_hub. An artifact is a folder:
 
     config.json         format + format_version, the config tree (vericar.core.config.VericarConfig: model
                         & preprocessing, ranking, OOD, calibration, detector) and meta
-    model.safetensors   the embedding model's weights
+    model.safetensors   the embedding model's weights (an ensemble's: members.0.*, members.1.*, ...)
     gallery.json + gallery tensors (written by Gallery.save, atomically)
     attributes-colour.*, attributes-viewpoint.*   per-vehicle attribute heads, safetensors + JSON (optional;
                         vericar/attributes/stage.py: a folder without them gives None attributes)
@@ -30,7 +30,8 @@ from vericar.artifacts.spec import BACKBONE_KINDS, SPEC_HELP, ModelSpec, parse_s
 from vericar.attributes.stage import Attributes
 from vericar.core.config import AttributesCfg, SourceCfg, VericarConfig, plain_json
 from vericar.core.errors import ArtifactError, SpecError
-from vericar.models.model import EmbeddingModel, create_model
+from vericar.models.ensemble import model_from_config
+from vericar.models.model import create_model
 from vericar.search.calibration import Calibration
 from vericar.search.pair_calibration import PairCalibration
 from vericar.search.density import DensityCorrection
@@ -113,7 +114,7 @@ def load_local(directory: str | os.PathLike, *, source: SourceCfg | None = None,
 
     directory = Path(directory)
     config, meta, _ = artifact.read(directory)
-    model = EmbeddingModel.from_config(config.model, pretrained=False)
+    model = model_from_config(config.model, pretrained=False)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ArtifactError(f"{weights} not found; the artifact is incomplete — copy or download it again.")

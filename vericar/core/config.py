@@ -2,7 +2,8 @@
 
     VericarConfig(
         model=ModelCfg(spec, embed_dim, preprocess=PreprocessCfg(input_size, mean, std, interpolation,
-                                                                   crop_mode, crop_pct), tta=() or ("flip",)),
+                                                                   crop_mode, crop_pct), tta=() or ("flip",),
+                       members=1 or more (an ensemble)),
         ranking=RankingCfg(k, density=DensityCfg(weight, k, max_fetch)),
         ood=OODCfg(k, threshold, tpr, calibrated_for=<the DensityCfg the threshold was fitted with>),
         calibration={...} | None, detector=DetectorCfg(spec), source=SourceCfg(spec, folder) | None,
@@ -124,26 +125,34 @@ def check_tta(tta: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ModelCfg:
-    """The embedding model: backbone spec, projection width (0 = raw features), its preprocessing and
-    its test-time views (``tta``: ``("flip",)`` averages each photo's embedding with its mirror image's)."""
+    """The embedding model: backbone spec, projection width (0 = raw features), its preprocessing,
+    its test-time views (``tta``: ``("flip",)`` averages each photo's embedding with its mirror image's)
+    and ``members``: how many trainings of this same architecture embed together (an ensemble,
+    vericar/models/ensemble.py: their embeddings concatenated, a cosine is the mean of theirs)."""
 
     spec: str
     embed_dim: int
     preprocess: PreprocessCfg
     tta: tuple[str, ...] = ()
+    members: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tta", check_tta(self.tta))
+        if isinstance(self.members, bool) or not isinstance(self.members, int) or self.members < 1:
+            raise SpecError(f"model members must be an integer >= 1 (1 = one network), got {self.members!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"spec": self.spec, "embed_dim": self.embed_dim, "preprocess": self.preprocess.to_dict()}
+        d: dict[str, Any] = {"spec": self.spec, "embed_dim": self.embed_dim, "preprocess": self.preprocess.to_dict()}
         if self.tta:  # written only when set: a plain model's config.json stays as older vericars wrote it
             d["tta"] = list(self.tta)
+        if self.members > 1:  # likewise
+            d["members"] = self.members
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelCfg":
-        return cls(str(d["spec"]), int(d["embed_dim"]), PreprocessCfg.from_dict(d["preprocess"]), check_tta(d.get("tta", [])))
+        return cls(str(d["spec"]), int(d["embed_dim"]), PreprocessCfg.from_dict(d["preprocess"]),
+                   check_tta(d.get("tta", [])), d.get("members", 1))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,175 @@
+"""Ensembles (vericar/models/ensemble.py, train/ensemble.py): several trainings of one architecture embed
+a photo together; a cosine is the mean of theirs; the artifact is format 6 and loads back as the same."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vericar
+from test_train import _args, _photo, tiny_csv  # noqa: F401  (tiny_csv is a fixture)
+from train.errors import TrainError
+from vericar.artifacts import hub
+from vericar.core.errors import ArtifactError, SpecError
+from vericar.models.embedding import embed
+from vericar.models.ensemble import EnsembleModel, model_from_config
+from vericar.models.model import create_model
+from vericar.models.transforms import eval_transform
+from vericar.search.gallery import Gallery
+from vericar.search.ood import KNNOOD
+
+
+def _two(dim=16):
+    torch.manual_seed(0)
+    a = create_model("timm:test_efficientnet", embed_dim=dim, pretrained=False).eval()
+    torch.manual_seed(1)
+    b = create_model("timm:test_efficientnet", embed_dim=dim, pretrained=False).eval()
+    return a, b
+
+
+def _photos(make_car_image, n=5):
+    out = []
+    for i in range(n):  # the car at one side: the mirror image is another input
+        img = Image.new("RGB", (120, 64), (90 + 10 * i, 120, 150))
+        img.paste(make_car_image(i, (60, 40)), (4 + i, 12))
+        out.append(img)
+    return out
+
+
+@pytest.mark.parametrize("views", [(), ("flip",)])
+def test_ensemble_embedding_against_a_naive_loop(make_car_image, views):
+    """Each photo, each view, each member one at a time: the members' unit embeddings side by side over
+    sqrt(2), the views' mean renormalised; so a cosine is the mean of the members' cosines."""
+    a, b = _two()
+    ens = EnsembleModel([a, b]).eval()
+    ens.tta = views
+    photos = _photos(make_car_image)
+    got = embed(ens, photos, batch_size=2)
+    tf = eval_transform(ens.preprocess)
+    naive = []
+    with torch.no_grad():
+        for p in photos:
+            x = tf(p).unsqueeze(0)
+            xs = [x] + ([torch.flip(x, dims=[3])] if views else [])
+            v = sum(np.concatenate([a(xi)[0].numpy(), b(xi)[0].numpy()]) / np.sqrt(2) for xi in xs)
+            naive.append(v / np.linalg.norm(v))
+    np.testing.assert_allclose(got, np.stack(naive), atol=1e-5)
+    assert got.shape == (len(photos), 32) and ens.output_dim == 32
+    if not views:
+        ea, eb = embed(a, photos), embed(b, photos)
+        np.testing.assert_allclose(got @ got.T, (ea @ ea.T + eb @ eb.T) / 2, atol=1e-5)
+
+
+def test_ensemble_refuses_members_of_another_architecture():
+    a, _ = _two()
+    other = create_model("timm:test_efficientnet", embed_dim=8, pretrained=False)
+    with pytest.raises(SpecError, match="member 1 is timm:test_efficientnet \\(8-d.*one architecture"):
+        EnsembleModel([a, other])
+    with pytest.raises(SpecError, match="at least two"):
+        EnsembleModel([a])
+
+
+def test_ensemble_artifact_round_trip_is_format_6(tmp_path, make_car_image):
+    a, b = _two()
+    ens = EnsembleModel([a, b]).eval()
+    ens.tta = ("flip",)
+    photos = _photos(make_car_image, 4)
+    g = Gallery(ens.output_dim, tta=("flip",))
+    g.add(embed(ens, photos), ["A X Sedan 2010", "A X Sedan 2010", "B Y SUV 2012", "B Y SUV 2012"])
+    rec = vericar.Recognizer(ens, g, KNNOOD(k=2), k=2)
+    hub.save_pretrained(rec, tmp_path / "ens")
+    raw = json.loads((tmp_path / "ens" / "config.json").read_text())
+    assert raw["format_version"] == 6 and raw["model"]["members"] == 2 and raw["model"]["tta"] == ["flip"]
+    back = vericar.load(f"local-dir:{tmp_path / 'ens'}")
+    assert isinstance(back.model, EnsembleModel) and back.model.model_cfg == ens.model_cfg
+    np.testing.assert_allclose(embed(back.model, photos), embed(ens, photos), atol=1e-5)
+    assert back.predict(photos[2]).label == "B Y SUV 2012"
+    # Enrolment embeds through the ensemble too: the new photos' rows are what the ensemble gives them.
+    new = _photos(make_car_image, 7)[5:]
+    assert back.enroll(new, "C Z Coupe 2013") == 2
+    np.testing.assert_allclose(back.gallery.embeddings[-2:], embed(ens, new), atol=1e-5)
+    assert back.predict(new[0]).label == "C Z Coupe 2013"
+    # Another member count in config.json: the weights do not fit, and loading says so.
+    raw["model"]["members"] = 3
+    (tmp_path / "ens" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ArtifactError, match="does not match the architecture"):
+        vericar.load(f"local-dir:{tmp_path / 'ens'}")
+    raw["model"]["members"] = 0
+    (tmp_path / "ens" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ArtifactError, match="members must be an integer >= 1"):
+        vericar.load(f"local-dir:{tmp_path / 'ens'}")
+
+
+def test_ensemble_reads_the_first_members_features_and_explains_through_all(make_car_image):
+    """The attribute heads read the first member's pooled features (the ones they were trained on);
+    Grad-CAM++ hooks every member's last stage and gives one map of the photo's input size."""
+    from vericar.attributes.stage import FeatureTap
+    from vericar.models.explain import gradcam_pp
+
+    a, b = _two()
+    ens = EnsembleModel([a, b]).eval()
+    x = eval_transform(ens.preprocess)(_photos(make_car_image, 1)[0]).unsqueeze(0)
+    tap = FeatureTap(ens)
+    with tap.capture() as rows, torch.no_grad():
+        ens(x)
+    tap.remove()
+    with torch.no_grad():
+        np.testing.assert_allclose(rows[0], a.features(x).numpy(), atol=1e-6)
+    assert ens.target_layers() == a.target_layers() + b.target_layers()
+    with torch.no_grad():
+        target = ens(torch.flip(x, dims=[3])).numpy()
+    heat = gradcam_pp(ens, x, target)
+    assert heat.shape == tuple(x.shape[-2:]) and np.isfinite(heat).all() and heat.max() > 0
+
+
+def test_model_from_config_builds_either_kind():
+    a, b = _two()
+    assert type(model_from_config(a.config())).__name__ == "EmbeddingModel"
+    ens = model_from_config(EnsembleModel([a, b]).config())
+    assert isinstance(ens, EnsembleModel) and len(ens.members) == 2
+
+
+@pytest.fixture()
+def two_trainings(tiny_csv, tmp_path):  # noqa: F811
+    outs = {}
+    for name, extra in (("a", []), ("b", ["--lr-head", "0.0123"]), ("seed1", ["--seed", "1"])):
+        outs[name] = tmp_path / name
+        vericar_train(_args(tiny_csv, outs[name], "--epochs", "1", "--max-steps", "2", "--k", "2", "--ood-k", "2",
+                            *extra))
+    return outs
+
+
+def vericar_train(argv):
+    from train.train import main
+
+    return main(argv)
+
+
+def test_train_ensemble_builds_and_calibrates_an_artifact(two_trainings, tmp_path):
+    """train/ensemble.py: the gallery re-embedded by both members, the threshold and confidences refitted on
+    the validation photos, the comparison dropped, the card saying what it is; other splits refused."""
+    from train.ensemble import main as ensemble
+
+    a, b = two_trainings["a"], two_trainings["b"]
+    out = tmp_path / "ens"
+    metrics = ensemble(["--members", str(a), str(b), "--output-dir", str(out)])
+    assert metrics["n_queries"] > 0
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["format_version"] == 6 and raw["model"]["members"] == 2
+    assert raw["ood"]["threshold"] is not None and raw["calibration"]["method"] and raw.get("compare") is None
+    assert raw["meta"]["ensemble"]["members"] == ["a", "b"] and "train/ensemble.py" in raw["meta"]["command"]
+    rec, ra, rb = (vericar.load(f"local-dir:{p}") for p in (out, a, b))
+    assert rec.gallery.refs == ra.gallery.refs
+    photo = _photo(1, 2)
+    ea, eb = ra.embed([photo]), rb.embed([photo])
+    np.testing.assert_allclose(rec.embed([photo]), np.concatenate([ea, eb], axis=1) / np.sqrt(2), atol=1e-5)
+    assert rec.predict(photo).confidence["model"] > 0
+    assert "ensemble of 2 trainings" in (out / "README.md").read_text()
+    with pytest.raises(TrainError, match=r"seed1 differs from \S*/a in train_config seed\. Join trainings"):
+        ensemble(["--members", str(a), str(two_trainings["seed1"]), "--output-dir", str(tmp_path / "x")])
+    with pytest.raises(TrainError, match="--output-dir is one of the --members"):
+        ensemble(["--members", str(a), str(b), "--output-dir", str(a)])
+    assert not (tmp_path / "x").exists()
