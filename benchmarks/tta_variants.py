@@ -1,8 +1,11 @@
 """What cheap test-time variants of the embedding buy, on validation and on dev, with their cost.
 
-    python benchmarks/tta_variants.py --model default --previous /work/runs/prev_default \
-        --data ../shared/data/stanford_cars --split validation --cache /work/runs/tta --json val.json
+    python benchmarks/tta_variants.py --model local-dir:A --previous PREV \
+        --data ../shared/data/stanford_cars --split validation --cache CACHE --json val.json
     python benchmarks/tta_variants.py ... --split dev --json dev.json     # only after the shipping rule is written
+
+A and PREV: two single-network trainings of one recipe with the same validation split (docs/flip.md
+used the flip default, a37661f:vericar/default in git, and the one before it, c75e06f:vericar/default).
 
 Variants, from one network pass per (model, input size, mirror or not), each cached:
 plain; flip (each photo averaged with its mirror image); multi-scale (224 and 256 px averaged);
