@@ -127,9 +127,14 @@ def test_ensemble_reads_the_first_members_features_and_explains_through_all(make
 
 def test_model_from_config_builds_either_kind():
     a, b = _two()
+    a.tta = ("flip",)
     assert type(model_from_config(a.config())).__name__ == "EmbeddingModel"
-    ens = model_from_config(EnsembleModel([a, b]).config())
-    assert isinstance(ens, EnsembleModel) and len(ens.members) == 2
+    ens = EnsembleModel([a, b])
+    assert a.tta == ("flip",) and ens.tta == ()  # the caller's member is left as it was
+    built = model_from_config(ens.config())
+    assert isinstance(built, EnsembleModel) and len(built.members) == 2
+    with pytest.raises(ArtifactError, match="ensemble of 2 networks; build it with vericar.models.ensemble"):
+        type(a).from_config(ens.model_cfg)
 
 
 @pytest.fixture()
@@ -167,9 +172,31 @@ def test_train_ensemble_builds_and_calibrates_an_artifact(two_trainings, tmp_pat
     ea, eb = ra.embed([photo]), rb.embed([photo])
     np.testing.assert_allclose(rec.embed([photo]), np.concatenate([ea, eb], axis=1) / np.sqrt(2), atol=1e-5)
     assert rec.predict(photo).confidence["model"] > 0
-    assert "ensemble of 2 trainings" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "ensemble of 2 trainings" in card and "one training per member" in card
+    assert f"--artifact {out}" in raw["meta"]["command"] and ".building" not in raw["meta"]["command"]
     with pytest.raises(TrainError, match=r"seed1 differs from \S*/a in train_config seed\. Join trainings"):
         ensemble(["--members", str(a), str(two_trainings["seed1"]), "--output-dir", str(tmp_path / "x")])
     with pytest.raises(TrainError, match="--output-dir is one of the --members"):
         ensemble(["--members", str(a), str(b), "--output-dir", str(a)])
+    with pytest.raises(TrainError, match="names one folder twice"):
+        ensemble(["--members", str(a), str(a), "--output-dir", str(tmp_path / "x")])
+    with pytest.raises(TrainError, match="ens is an ensemble already"):
+        ensemble(["--members", str(out), str(b), "--output-dir", str(tmp_path / "x")])
+    with pytest.raises(TrainError, match="exists and is not an empty folder"):
+        ensemble(["--members", str(a), str(b), "--output-dir", str(out)])
     assert not (tmp_path / "x").exists()
+
+
+def test_train_ensemble_leaves_nothing_when_calibration_fails(two_trainings, tmp_path, monkeypatch):
+    from train import calibrate
+    from train.ensemble import main as ensemble
+
+    def fails(argv):
+        raise TrainError("calibration stopped")
+
+    monkeypatch.setattr(calibrate, "main", fails)
+    (tmp_path / "ens").mkdir()  # an empty folder is taken
+    with pytest.raises(TrainError, match="calibration stopped"):
+        ensemble(["--members", str(two_trainings["a"]), str(two_trainings["b"]), "--output-dir", str(tmp_path / "ens")])
+    assert not any((tmp_path / "ens").iterdir()) and not (tmp_path / ".ens.building").exists()

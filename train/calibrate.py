@@ -33,6 +33,7 @@ from vericar.core.errors import VericarError
 from vericar.core.recognizer import Recognizer
 from vericar.evaluate import evaluate_embeddings
 from vericar.models.embedding import embed
+from vericar.models.ensemble import EnsembleModel
 from vericar.models.model import EmbeddingModel
 from vericar.search.calibration import Calibration
 from vericar.search.calibration_fit import fit_votes, held_out_votes
@@ -42,7 +43,7 @@ from vericar.search.ood import KNNOOD
 
 
 def calibrate_ood(
-    model: EmbeddingModel,
+    model: EmbeddingModel | EnsembleModel,
     g_tr: np.ndarray,
     tr_labels: Sequence[str],
     g_va: np.ndarray,
@@ -69,7 +70,7 @@ def calibrate_ood(
 
 
 def calibrate(
-    model: EmbeddingModel,
+    model: EmbeddingModel | EnsembleModel,
     g_tr: np.ndarray,
     tr_labels: Sequence[str],
     val_paths: Sequence[str],
@@ -159,7 +160,7 @@ def open_world_part(args: argparse.Namespace, known: Recognizer, calibration: Ca
     if args.unseen_from:
         source = load(f"local-dir:{args.unseen_from}")
         if source.config.model != known.model.model_cfg:
-            raise VericarError(f"--unseen-from {args.unseen_from}: its model (backbone, preprocessing, test-time views) "
+            raise VericarError(f"--unseen-from {args.unseen_from}: its model (backbone, preprocessing, test-time views, ensemble members) "
                                "differs from this one's; carry over only from a training of the same recipe.")
         name = Path(args.unseen_from).name  # the run's folder name only: no machine's folders in an artifact
         cal, t_o = carry_over(known, calibration, source.calibration, q_known, false_unknown=false_unknown,

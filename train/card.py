@@ -50,6 +50,14 @@ def _stopped(meta: dict[str, Any]) -> str:
             f"{meta.get('steps_done', '?')} steps; the weights are the best validated so far (or the last, if none was).")
 
 
+def _took(meta: dict[str, Any]) -> str:
+    """How long training took: each member's time for an ensemble."""
+    each = (meta.get("ensemble") or {}).get("train_seconds")
+    if each:
+        return " Training took " + " + ".join(f"{t / 60:.1f}" for t in each) + " min (one training per member)."
+    return f" Training took {meta['train_seconds'] / 60:.1f} min."
+
+
 def _pct(x: Any) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
@@ -216,7 +224,7 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], dev: dict
            f"{', '.join(f'`{m}`' for m in (meta.get('ensemble') or {}).get('members', []))}); a photo's embedding "
            "is theirs side by side, so a similarity is the mean of theirs (the training facts here are the "
            "first member's)." if config.model.members > 1 else "")
-        + f" Training took {meta['train_seconds'] / 60:.1f} min." + _stopped(meta), "",
+        + _took(meta) + _stopped(meta), "",
         "## Figures", "", *_figures(meta, dev), *_calibration(meta, config.ood),
         *_limits(config, meta, tc), *_licence(config, tc),
         "## Reproduce", "", "```", meta["command"], "```", "",

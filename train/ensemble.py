@@ -38,21 +38,23 @@ SPLIT_SETTINGS = ("data", "val_fraction", "seed", "holdout_classes")
 
 
 def check_members(members: Sequence[Recognizer], names: Sequence[str]) -> None:
-    """Refuse members that are not one architecture, or whose validation photos differ."""
+    """Refuse members that are not one architecture of one network each, or whose validation photos differ."""
     if len(members) < 2:
         raise TrainError("--members needs at least two trained artifacts (folders written by train/train.py).")
     first, tc0 = members[0], dict(members[0].meta.get("train_config") or {})
     if not tc0.get("data"):
         raise TrainError(f"{names[0]} has no train_config in its config.json meta; join only train/train.py artifacts.")
+    for name, m in zip(names, members):
+        if m.model.model_cfg.members != 1:
+            raise TrainError(f"{name} is an ensemble already; give the trainings it was made of as --members.")
     for name, m in zip(names[1:], members[1:]):
-        arch = [(what, a, b) for what, a, b in (
+        arch = [what for what, a, b in (
             ("backbone", m.model.spec, first.model.spec), ("embedding width", m.model.embed_dim, first.model.embed_dim),
-            ("preprocessing", m.model.preprocess, first.model.preprocess),
-            ("ensemble members", getattr(m.model, "model_cfg").members, 1)) if a != b]
+            ("preprocessing", m.model.preprocess, first.model.preprocess)) if a != b]
         tc = dict(m.meta.get("train_config") or {})
         split = [k for k in SPLIT_SETTINGS if tc.get(k) != tc0.get(k)]
         if arch or split:
-            what = ", ".join([w for w, _, _ in arch] + [f"train_config {k}" for k in split])
+            what = ", ".join(arch + [f"train_config {k}" for k in split])
             raise TrainError(f"{name} differs from {names[0]} in {what}. Join trainings of one architecture "
                              "(one network each) with the same data and validation split (--val-fraction, --seed), "
                              "or the ensemble would be calibrated on photos a member trained on.")
@@ -74,7 +76,9 @@ def build(members: Sequence[Recognizer], names: Sequence[str], views: tuple[str,
     tpr, rec.ood = rec.ood.tpr, KNNOOD(rec.ood.k)
     rec.ood.tpr = tpr  # the rate train/calibrate.py refits the threshold at
     seconds = [float(m.meta.get("train_seconds") or 0.0) for m in members]
-    how = [line for n, m in zip(names, members) for line in (f"=== member {Path(n).name} ===", str(m.meta.get("command", "?")))]
+    # Each member's commands under a line naming it (its --output-dir OUT is that name in the last line).
+    how = [line for i, (n, m) in enumerate(zip(names, members), 1)
+           for line in (f"=== member {i}: OUT is {Path(n).name} ===", str(m.meta.get("command", "?")))]
     rec.meta.pop("card_extra", None)  # the first member's own dev tables: not this model's
     rec.meta.update(ensemble={"members": [Path(n).name for n in names], "train_seconds": seconds},
                     metrics={}, command="\n".join([*how, command]))
@@ -92,23 +96,54 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Build, save and calibrate the ensemble; returns its validation metrics."""
+    """Build, save and calibrate the ensemble; returns its validation metrics. It is built in a folder
+    beside ``--output-dir`` and renamed into place only when calibrated: a run that fails leaves nothing."""
     from train import calibrate
-    from vericar.artifacts.hub import load, save_pretrained
+    from vericar.artifacts.hub import load, read_artifact, save_pretrained, write_config
 
     args = _parser().parse_args(argv)
     out = Path(args.output_dir)
-    if out.resolve() in {Path(m).resolve() for m in args.members}:
+    paths = [Path(m).resolve() for m in args.members]
+    if len(set(paths)) != len(paths):
+        raise TrainError("--members names one folder twice; give each training once.")
+    if out.resolve() in paths:
         raise TrainError("--output-dir is one of the --members; write the ensemble to a new folder.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TrainError(f"--output-dir {out} exists and is not an empty folder; give a new one.")
     members = [load(f"local-dir:{m}") for m in args.members]
     argv_used = sys.argv[1:] if argv is None else list(argv)
     command = "python train/ensemble.py " + " ".join(shlex.quote(a) for a in argv_used)
     rec = build(members, args.members, () if args.tta == "none" else (args.tta,), command, progress=True)
-    save_pretrained(rec, out, half=bool((rec.meta.get("train_config") or {}).get("weights_half")))
-    for name in TRAINING_FILES:  # the first member's training record, as the card says
-        if (Path(args.members[0]) / name).is_file():
-            shutil.copyfile(Path(args.members[0]) / name, out / name)
-    return calibrate.main(["--artifact", str(out)])
+    tmp = out.with_name(f".{out.name}.building")
+    shutil.rmtree(tmp, ignore_errors=True)  # a run stopped before
+    try:
+        save_pretrained(rec, tmp, half=bool((rec.meta.get("train_config") or {}).get("weights_half")))
+        for name in TRAINING_FILES:  # the first member's training record, as the card says
+            if (Path(args.members[0]) / name).is_file():
+                shutil.copyfile(Path(args.members[0]) / name, tmp / name)
+        # Open-world members: the never-trained classes they share give the ensemble its open-world part.
+        unseen = ["--unseen"] if (rec.meta.get("train_config") or {}).get("holdout_classes") else []
+        metrics = calibrate.main(["--artifact", str(tmp), *unseen])
+        config, meta = read_artifact(tmp)  # the recorded command names the folder the artifact ends in
+        meta["command"] = meta["command"].replace(f"--artifact {tmp}", f"--artifact {out}")
+        write_config(tmp, config, meta)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_card_again(out)
+    return metrics
+
+
+def write_card_again(out: Path) -> None:
+    """The model card from the artifact as it now is (its recorded command names ``out``)."""
+    from train.card import write_card
+    from vericar.artifacts.hub import read_artifact
+
+    config, meta = read_artifact(out)
+    write_card(out, config, meta)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ _EXPORTS = {
     "DensityCorrection": "search.density", "Gallery": "search.gallery", "KNNOOD": "search.ood", "open_image": "vision.images",
     "tune_malloc": "_infra.runtime",
     "load": "artifacts.hub", "push_to_hub": "artifacts.hub", "save_pretrained": "artifacts.hub",
-    "EmbeddingModel": "models.model", "create_model": "models.model",
+    "EmbeddingModel": "models.model", "create_model": "models.model", "EnsembleModel": "models.ensemble",
     "Explanation": "core.prediction", "Neighbour": "core.prediction", "Prediction": "core.prediction", "Recognizer": "core.recognizer",
     "Taxonomy": "search.taxonomy", "parse_class_name": "search.taxonomy",
     "Box": "vision.boxes", "Detector": "vision.detect", "create_detector": "vision.detect",

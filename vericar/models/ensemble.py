@@ -42,20 +42,21 @@ class EnsembleModel(nn.Module):
                     f"{first.spec} ({first.embed_dim}-d, {first.preprocess}); members must be trainings of one "
                     "architecture with one preprocessing.")
         self.members = nn.ModuleList(members)
-        for m in members:  # the ensemble applies the test-time views once, around all members
-            m.tta = ()
+        # The ensemble applies its own test-time views once, around all members (the members' own are
+        # not read: the embedding path asks the model it is given, and members are only called inside).
         self.tta = ()
 
     # What callers read of a model, from the first member (the others are alike).
-    spec = property(lambda self: self.members[0].spec)
-    embed_dim = property(lambda self: self.members[0].embed_dim)
-    num_features = property(lambda self: self.members[0].num_features)
-    kind = property(lambda self: self.members[0].kind)
-    backbone = property(lambda self: self.members[0].backbone)
-    head = property(lambda self: self.members[0].head)  # the attribute heads read its input (FeatureTap)
-    reshape_transform = property(lambda self: self.members[0].reshape_transform)
-    clip_model = property(lambda self: None)
-    tokenizer = property(lambda self: None)
+    spec = property(lambda self: self.members[0].spec, doc="The members' backbone spec.")
+    embed_dim = property(lambda self: self.members[0].embed_dim, doc="Each member's embedding width.")
+    num_features = property(lambda self: self.members[0].num_features, doc="The first member's pooled feature width.")
+    kind = property(lambda self: self.members[0].kind, doc="Backbone kind: cnn or vit.")
+    backbone = property(lambda self: self.members[0].backbone, doc="The first member's backbone.")
+    head = property(lambda self: self.members[0].head,
+                    doc="The first member's head: the attribute heads read its input (FeatureTap).")
+    reshape_transform = property(lambda self: self.members[0].reshape_transform, doc="As EmbeddingModel's.")
+    clip_model = property(lambda self: None, doc="None: no zero-shot text tower in an ensemble.")
+    tokenizer = property(lambda self: None, doc="None, as clip_model.")
 
     @property
     def output_dim(self) -> int:

@@ -92,7 +92,12 @@ class EmbeddingModel(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelCfg | dict[str, Any], pretrained: bool = False) -> "EmbeddingModel":
         """Rebuild from a ModelCfg or :meth:`config` output (random weights unless ``pretrained``;
-        load a state dict after). The dict form of artifact format < 3 (``pretrained_cfg``) is read too."""
+        load a state dict after). The dict form of artifact format < 3 (``pretrained_cfg``) is read too.
+        An ensemble's config (``members`` > 1) is refused: build it with vericar.models.ensemble.model_from_config."""
+        members = cfg.get("members", 1) if isinstance(cfg, dict) else getattr(cfg, "members", 1)
+        if members != 1:
+            raise ArtifactError(f"this model config describes an ensemble of {members} networks; build it with "
+                                "vericar.models.ensemble.model_from_config (vericar.load does), not EmbeddingModel.from_config")
         if isinstance(cfg, dict):
             if "spec" not in cfg or "embed_dim" not in cfg:
                 raise ArtifactError(
