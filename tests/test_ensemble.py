@@ -200,3 +200,21 @@ def test_train_ensemble_leaves_nothing_when_calibration_fails(two_trainings, tmp
     with pytest.raises(TrainError, match="calibration stopped"):
         ensemble(["--members", str(two_trainings["a"]), str(two_trainings["b"]), "--output-dir", str(tmp_path / "ens")])
     assert not any((tmp_path / "ens").iterdir()) and not (tmp_path / ".ens.building").exists()
+
+
+def test_train_ensemble_weights_half_survive_calibration(two_trainings, tmp_path):
+    """--weights-half: float16 on disk, also after train/calibrate.py saved the artifact again; the embedding
+    is the float32 one's to float16 rounding."""
+    from safetensors.torch import load_file
+
+    from train.ensemble import main as ensemble
+
+    out = tmp_path / "half"
+    ensemble(["--members", str(two_trainings["a"]), str(two_trainings["b"]), "--output-dir", str(out), "--weights-half"])
+    state = load_file(out / "model.safetensors")
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    ra, rb, rec = (vericar.load(f"local-dir:{p}") for p in (two_trainings["a"], two_trainings["b"], out))
+    photo = _photo(2, 1)
+    full = np.concatenate([ra.embed([photo]), rb.embed([photo])], axis=1) / np.sqrt(2)
+    np.testing.assert_allclose(rec.embed([photo]), full, atol=5e-3)
+    assert "--weights-half" in json.loads((out / "config.json").read_text())["meta"]["command"]

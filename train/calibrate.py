@@ -33,8 +33,7 @@ from vericar.core.errors import VericarError
 from vericar.core.recognizer import Recognizer
 from vericar.evaluate import evaluate_embeddings
 from vericar.models.embedding import embed
-from vericar.models.ensemble import EnsembleModel
-from vericar.models.model import EmbeddingModel
+from vericar.models.ensemble import Model
 from vericar.search.calibration import Calibration
 from vericar.search.calibration_fit import fit_votes, held_out_votes
 from vericar.search.density import DensityCorrection
@@ -43,7 +42,7 @@ from vericar.search.ood import KNNOOD
 
 
 def calibrate_ood(
-    model: EmbeddingModel | EnsembleModel,
+    model: Model,
     g_tr: np.ndarray,
     tr_labels: Sequence[str],
     g_va: np.ndarray,
@@ -70,7 +69,7 @@ def calibrate_ood(
 
 
 def calibrate(
-    model: EmbeddingModel | EnsembleModel,
+    model: Model,
     g_tr: np.ndarray,
     tr_labels: Sequence[str],
     val_paths: Sequence[str],

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--output-dir", required=True, help="the ensemble's artifact folder (created)")
     ap.add_argument("--tta", choices=("none", "flip"), default="none",
                     help="test-time views of the whole ensemble (flip: each photo with its mirror image too)")
+    ap.add_argument("--weights-half", action="store_true",
+                    help="store the weights as float16 (half the size; computed in float32 after loading), "
+                         "also when calibration saves them again")
     return ap
 
 
@@ -114,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv_used = sys.argv[1:] if argv is None else list(argv)
     command = "python train/ensemble.py " + " ".join(shlex.quote(a) for a in argv_used)
     rec = build(members, args.members, () if args.tta == "none" else (args.tta,), command, progress=True)
+    if args.weights_half:  # read from here by train/calibrate.py and train/calibrate_pairs.py when they save
+        rec.meta["train_config"] = {**rec.meta["train_config"], "weights_half": True}
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)  # a run stopped before
     try:

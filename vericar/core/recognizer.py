@@ -23,8 +23,7 @@ from vericar.core.explaining import explain
 from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.prediction import PREDICTION_LEVELS, Explanation, Neighbour, Prediction
 from vericar.models.embedding import check_views, embed
-from vericar.models.ensemble import EnsembleModel
-from vericar.models.model import EmbeddingModel
+from vericar.models.ensemble import Model
 from vericar.search.calibration import PARTIAL_LEVELS, Calibration
 from vericar.search.density import DensityCorrection
 from vericar.search.pair_calibration import PairCalibration
@@ -60,7 +59,7 @@ class Recognizer:
 
     def __init__(
         self,
-        model: EmbeddingModel | EnsembleModel,
+        model: Model,
         gallery: Gallery,
         ood: KNNOOD,
         *,

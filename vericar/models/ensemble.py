@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from vericar.core.config import ModelCfg, PreprocessCfg, check_tta
+from vericar.core.config import ModelCfg, PreprocessCfg
 from vericar.core.errors import ArtifactError, SpecError
-from vericar.models.model import EmbeddingModel
+from vericar.models.model import EmbeddingModel, ModelSettings
 
-__all__ = ["EnsembleModel", "model_from_config"]
+__all__ = ["EnsembleModel", "Model", "model_from_config"]
 
 
-class EnsembleModel(nn.Module):
+class EnsembleModel(ModelSettings, nn.Module):
     """Members (EmbeddingModels of one spec, width and preprocessing) -> their embeddings concatenated."""
 
     def __init__(self, members: Sequence[EmbeddingModel]) -> None:
@@ -74,27 +73,9 @@ class EnsembleModel(nn.Module):
             m.preprocess = pre
 
     @property
-    def pretrained_cfg(self) -> Mapping[str, Any]:
-        """As ``EmbeddingModel.pretrained_cfg``: the preprocessing, read-only, in timm's vocabulary."""
-        return MappingProxyType(dict(self.members[0].pretrained_cfg))
-
-    @property
-    def tta(self) -> tuple[str, ...]:
-        """Test-time views each (whole) embedding averages over: () or ("flip",)."""
-        return self._tta
-
-    @tta.setter
-    def tta(self, views: Any) -> None:
-        self._tta = check_tta(views)
-
-    @property
     def model_cfg(self) -> ModelCfg:
         """This model's node of the config tree: the members' ModelCfg with ``members`` set."""
         return replace(self.members[0].model_cfg, tta=self.tta, members=len(self.members))
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able description from which :func:`model_from_config` rebuilds the same architecture."""
-        return self.model_cfg.to_dict()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The first member's pooled backbone features ``(B, num_features)``."""
@@ -123,3 +104,5 @@ def model_from_config(cfg: ModelCfg | dict[str, Any], pretrained: bool = False) 
         return model
     return EmbeddingModel.from_config(cfg, pretrained)
 
+
+Model = EmbeddingModel | EnsembleModel  # what a Recognizer embeds with

@@ -16,10 +16,37 @@ from vericar.core.config import ModelCfg, PreprocessCfg, check_tta
 from vericar.core.errors import ArtifactError, SpecError, VericarError
 from vericar.models.backbones import Backbone, create_backbone
 
-__all__ = ["EmbeddingModel", "create_model", "embed_images"]
+__all__ = ["EmbeddingModel", "ModelSettings", "create_model", "embed_images"]
 
 
-class EmbeddingModel(nn.Module):
+class ModelSettings:
+    """What every embedding model (one network or an ensemble) says about its input and views; the class
+    using it sets ``preprocess`` and ``model_cfg``."""
+
+    preprocess: PreprocessCfg
+    model_cfg: ModelCfg
+
+    @property
+    def pretrained_cfg(self) -> Mapping[str, Any]:
+        """``preprocess`` as a read-only dict in timm's vocabulary (input_size, mean, std, interpolation,
+        crop_mode, crop_pct). Read-only on purpose: set ``model.preprocess = dataclasses.replace(...)``."""
+        return MappingProxyType(asdict(self.preprocess))
+
+    @property
+    def tta(self) -> tuple[str, ...]:
+        """Test-time views each embedding averages over: () or ("flip",) (its mirror image too)."""
+        return self._tta
+
+    @tta.setter
+    def tta(self, views: Any) -> None:
+        self._tta = check_tta(views)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which vericar.models.ensemble.model_from_config rebuilds the architecture."""
+        return self.model_cfg.to_dict()
+
+
+class EmbeddingModel(ModelSettings, nn.Module):
     """Backbone features -> Linear head (or Identity when ``embed_dim == 0``) -> unit-norm embedding.
 
     For ViTs, ``prefix_tokens`` (class/register tokens) and ``grid_size`` (patch rows, cols)
@@ -48,21 +75,6 @@ class EmbeddingModel(nn.Module):
             self.prefix_tokens, self.grid_size = _token_layout(self.backbone)
 
     @property
-    def pretrained_cfg(self) -> Mapping[str, Any]:
-        """``preprocess`` as a read-only dict in timm's vocabulary (input_size, mean, std, interpolation,
-        crop_mode, crop_pct). Read-only on purpose: set ``model.preprocess = dataclasses.replace(...)``."""
-        return MappingProxyType(asdict(self.preprocess))
-
-    @property
-    def tta(self) -> tuple[str, ...]:
-        """Test-time views each embedding averages over: () or ("flip",) (its mirror image too)."""
-        return self._tta
-
-    @tta.setter
-    def tta(self, views: Any) -> None:
-        self._tta = check_tta(views)
-
-    @property
     def model_cfg(self) -> ModelCfg:
         """This model's node of the config tree (vericar.core.config.ModelCfg)."""
         return ModelCfg(self.spec, self.embed_dim, self.preprocess, self.tta)
@@ -84,10 +96,6 @@ class EmbeddingModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` -> L2-normalised embeddings ``(B, output_dim)``."""
         return F.normalize(self.head(self.features(x)), dim=-1)
-
-    def config(self) -> dict[str, Any]:
-        """JSON-able description from which :meth:`from_config` rebuilds the same architecture."""
-        return self.model_cfg.to_dict()
 
     @classmethod
     def from_config(cls, cfg: ModelCfg | dict[str, Any], pretrained: bool = False) -> "EmbeddingModel":
