@@ -36,8 +36,8 @@ def main() -> None:
     tune_malloc()
     with open(a.labels, newline="") as f:
         rows = list(csv.DictReader(f))
-    samples = [Sample(str(Path(a.data) / r["file"]), -1, "", colour=r["colour"] or None,
-                      viewpoint=r["viewpoint"] or None) for r in rows]
+    samples = [Sample(str(Path(a.data) / r["file"]), -1, "", colour=r.get("colour") or None,
+                      viewpoint=r.get("viewpoint") or None) for r in rows]
     r = evaluate_attributes(vericar.load(a.model), samples)
     print("| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in table_rows(r)))
     groups = sorted({coarse(c) for c in COLOURS}, key=lambda g: COLOURS.index(g))
