@@ -11,7 +11,8 @@ the model folder as safetensors + JSON:
 
 Photos marked ``swapped=1`` (red and blue channels swapped in the stored file, docs/attributes.md)
 are swapped back first. Viewpoint heads are fitted on each photo and its mirror image (left and
-right are one class). The colour threshold is the out-of-fold top probability below which
+right are one class) when cross-validation prefers it; ``--viewpoint-labels`` adds train photos labelled
+for viewpoint only (``file,viewpoint``, benchmarks/labels/viewpoint_train.csv) to the viewpoint fit. The colour threshold is the out-of-fold top probability below which
 ``--coverage-margin`` more than 10% of the photos fall (a margin over the 90% coverage target).
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ C_GRID = (0.03, 0.1, 0.3)
 # first backbone-only colour run, C=0.01, reached 0.39 coarse accuracy, far below the body summary).
 COLOUR_KINDS = ("body",)
 VIEW_KINDS = (("backbone", False), ("backbone", True))
-VIEW_C = (0.1, 1.0)
+VIEW_C = (0.01, 0.03, 0.1)
+VIEW_PCA = (64, 128, 256)  # wider projections, tried once 1,200 viewpoint labels made them worth fitting
 
 
 def read_labels(path: str) -> list[dict]:
@@ -107,21 +109,21 @@ def design(f: dict[str, np.ndarray], kind: str, flip: bool = False) -> np.ndarra
     """The feature matrix a head of ``kind`` reads (``flip``: from the mirror images)."""
     bb = f["backbone_flip"] if flip else f["backbone"]
     return {"backbone": bb, "body": f["body"], "backbone+body": np.concatenate([bb, f["body"]], 1),
-            "embedding": f["embedding"]}[kind]
+            "embedding": f.get("embedding")}[kind]
 
 
 PCA_DIMS = 64  # features wider than this are projected first (fits in seconds on a shared CPU)
 
 
-def fit_lr(x: np.ndarray, y: np.ndarray, c: float):
-    """Standardise, project wide features on their first PCA_DIMS principal axes, logistic regression;
+def fit_lr(x: np.ndarray, y: np.ndarray, c: float, dims: int = PCA_DIMS):
+    """Standardise, project wide features on their first ``dims`` principal axes, logistic regression;
     the projection is folded into the weights, so the head stays one standardise + linear map."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = x.mean(0), x.std(0) + 1e-6
     z = (x - mean) / scale
-    pca = PCA(PCA_DIMS, random_state=0).fit(z) if z.shape[1] > PCA_DIMS else None
+    pca = PCA(dims, random_state=0).fit(z) if z.shape[1] > dims else None
     lr = LogisticRegression(C=c, max_iter=3000)
     lr.fit(pca.transform(z) if pca is not None else z, y)
     if pca is not None:  # logits = W P (z - m) + b
@@ -132,7 +134,7 @@ def fit_lr(x: np.ndarray, y: np.ndarray, c: float):
 
 
 def oof_proba(x: np.ndarray, y: np.ndarray, c: float, classes: list[str], seed: int = 0,
-              x_aug: np.ndarray | None = None) -> np.ndarray:
+              x_aug: np.ndarray | None = None, dims: int = PCA_DIMS) -> np.ndarray:
     """Out-of-fold class probabilities (5 folds); ``x_aug``: extra rows (mirror images) added to each training fold."""
     from sklearn.model_selection import KFold
 
@@ -141,7 +143,7 @@ def oof_proba(x: np.ndarray, y: np.ndarray, c: float, classes: list[str], seed: 
         xt, yt = x[tr], y[tr]
         if x_aug is not None:
             xt, yt = np.concatenate([xt, x_aug[tr]]), np.concatenate([yt, yt])
-        lr, mean, scale = fit_lr(xt, yt, c)
+        lr, mean, scale = fit_lr(xt, yt, c, dims)
         cols = [classes.index(k) for k in lr.classes_]
         a = fit_arrays(list(lr.classes_), mean, scale, lr.coef_, lr.intercept_)
         p[np.ix_(te, cols)] = LinearHead(list(lr.classes_), a["mean"], a["scale"], a["weight"], a["bias"]).proba(x[te])
@@ -180,6 +182,16 @@ def choose_colour(f: dict, rows: list[dict], margin: float) -> dict:
     return best
 
 
+def with_extra(f: dict, rows: list[dict], g: dict, extra: list[dict]) -> tuple[dict, list[dict]]:
+    """Features and rows of the colour-and-viewpoint labels followed by the viewpoint-only ones."""
+    seen = {r["file"] for r in rows}
+    dup = [r["file"] for r in extra if r["file"] in seen]
+    if dup:
+        sys.exit(f"{len(dup)} photos are labelled twice ({dup[0]}): keep each photo in one label file")
+    return ({k: np.concatenate([f[k], g[k]]) for k in ("backbone", "backbone_flip", "body")},
+            rows + [{"file": r["file"], "colour": "", "viewpoint": r["viewpoint"]} for r in extra])
+
+
 def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
     keep = np.array([bool(r["viewpoint"]) for r in rows])
     y = np.array([r["viewpoint"] for r in rows])[keep]
@@ -188,10 +200,11 @@ def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
     for kind, flip in VIEW_KINDS:
         x = design(f, kind)[keep]
         aug = design(f, kind, flip=True)[keep] if flip else None
-        for c in VIEW_C:
-            s = scores(y, oof_proba(x, y, c, classes, x_aug=aug), classes)
-            print(f"viewpoint {kind:10s} mirror={flip!s:5s} C={c:<5} accuracy {s['accuracy']:.3f}", flush=True)
-            cand = {"kind": kind, "mirror": flip, "C": c, "cv": s}
+        for c, dims in ((c, d) for d in VIEW_PCA for c in VIEW_C):
+            s = scores(y, oof_proba(x, y, c, classes, x_aug=aug, dims=dims), classes)
+            print(f"viewpoint {kind:10s} mirror={flip!s:5s} C={c:<5} pca={dims:<4} accuracy {s['accuracy']:.3f}",
+                  flush=True)
+            cand = {"kind": kind, "mirror": flip, "C": c, "pca": dims, "cv": s}
             if best is None or s["accuracy"] > best["cv"]["accuracy"]:
                 best = cand
     x = design(f, best["kind"])[keep]
@@ -202,7 +215,7 @@ def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
 
 
 def head_of(choice: dict, threshold: float, info: dict) -> LinearHead:
-    lr, mean, scale = fit_lr(choice["x"], choice["y"], choice["C"])
+    lr, mean, scale = fit_lr(choice["x"], choice["y"], choice["C"], choice.get("pca", PCA_DIMS))
     classes = list(lr.classes_)
     a = fit_arrays(classes, mean, scale, lr.coef_, lr.intercept_)
     return LinearHead(classes, a["mean"], a["scale"], a["weight"], a["bias"], threshold, info)
@@ -213,22 +226,32 @@ def main() -> None:
     p.add_argument("--labels", default="benchmarks/labels/attributes_train.csv")
     p.add_argument("--data", default="../shared/data/stanford_cars")
     p.add_argument("--model", default="default")
+    p.add_argument("--viewpoint-labels", nargs="*", default=["benchmarks/labels/viewpoint_train.csv"],
+                   help="train photos labelled for viewpoint only (file,viewpoint; 'none' or empty: unsure)")
     p.add_argument("--cache", default=None, help="folder for the features (recomputed when absent)")
     p.add_argument("--coverage-margin", type=float, default=0.02)
     p.add_argument("--out", default=None, help="model folder to write the heads into (default: only report)")
     a = p.parse_args()
     import vericar
 
-    if any(s in a.labels for s in ("dev", "test")):
+    if any(s in path for path in (a.labels, *a.viewpoint_labels) for s in ("dev", "test")):
         sys.exit("refusing to fit on dev/test labels: fit on train labels only")
     rec = vericar.load(a.model, attributes=False)
     rows = read_labels(a.labels)
     f = features(rec, rows, Path(a.data), Path(a.cache) if a.cache else None)
-    col, vp = choose_colour(f, rows, a.coverage_margin), choose_viewpoint(f, rows)
+    extra = [r for path in a.viewpoint_labels for r in read_labels(path)]
+    for r in extra:
+        if r["viewpoint"] == "none":
+            r["viewpoint"] = ""
+    fv, vrows = f, rows
+    if extra:
+        fv, vrows = with_extra(f, rows, features(rec, extra, Path(a.data), Path(a.cache) if a.cache else None), extra)
+    col, vp = choose_colour(f, rows, a.coverage_margin), choose_viewpoint(fv, vrows)
     common = {"labels": a.labels, "command": " ".join(["python", "benchmarks/attributes_fit.py", *sys.argv[1:]])}
     colour = head_of(col, col["threshold"], {**common, "features": col["kind"], "C": col["C"], "n": col["n"],
                                              "cv_all": col["cv_all"], "cv_at_threshold": col["cv_at_threshold"]})
-    view = head_of(vp, 0.0, {**common, "features": vp["kind"], "mirror": vp["mirror"], "C": vp["C"], "n": vp["n"],
+    view = head_of(vp, 0.0, {**common, "viewpoint_labels": a.viewpoint_labels, "features": vp["kind"],
+                              "mirror": vp["mirror"], "C": vp["C"], "pca": vp["pca"], "n": vp["n"],
                               "cv": vp["cv"]})
     print(json.dumps({"colour": colour.info, "viewpoint": view.info}, indent=1))
     if a.out:
