@@ -11,9 +11,10 @@ the model folder as safetensors + JSON:
 
 Photos marked ``swapped=1`` (red and blue channels swapped in the stored file, docs/attributes.md)
 are swapped back first. Viewpoint heads are fitted on each photo and its mirror image (left and
-right are one class) when cross-validation prefers it; ``--viewpoint-labels`` adds train photos labelled
-for viewpoint only (``file,viewpoint``, benchmarks/labels/viewpoint_train.csv) to the viewpoint fit. The colour threshold is the out-of-fold top probability below which
-``--coverage-margin`` more than 10% of the photos fall (a margin over the 90% coverage target).
+right are one class) when cross-validation prefers it. ``--viewpoint-labels`` and ``--colour-labels``
+add train photos labelled for one attribute only (benchmarks/labels/viewpoint_train.csv,
+colour_train.csv) to that attribute's fit. The colour threshold is the out-of-fold top probability
+below which ``--coverage-margin`` more than 10% of the photos fall (a margin over the 90% coverage target).
 """
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ VIEW_C = (0.01, 0.03, 0.1)
 VIEW_PCA = (64, 128, 256)  # wider projections, tried once 1,200 viewpoint labels made them worth fitting
 
 
-def read_labels(path: str) -> list[dict]:
+def read_labels(path: str, channels: str = "rgb") -> list[dict]:
+    """The rows of a label CSV; ``channels="bgr"``: every photo is marked to be swapped back (``swapped=1``)."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    return [{**r, "swapped": "1"} for r in rows] if channels == "bgr" else rows
 
 
 def crops_of(rec, rows: list[dict], data: Path, whole: bool = False) -> list:
@@ -69,12 +72,17 @@ def crops_of(rec, rows: list[dict], data: Path, whole: bool = False) -> list:
 
 
 def features(rec, rows: list[dict], data: Path, cache: Path | None) -> dict[str, np.ndarray]:
-    """backbone, backbone of the mirror image, body colour, embedding; cached by label file + model."""
+    """backbone, backbone of the mirror image, body colour, embedding; cached by the photos and which of
+    them are swapped back (a relabelled swap changes the pixels the features come from)."""
+    import hashlib
+
     from PIL import ImageOps
 
     from vericar.models.embedding import forward_batches
 
-    key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}.npz" if cache else None
+    swaps = "".join("1" if r.get("swapped") == "1" else "0" for r in rows)
+    tag = "" if "1" not in swaps else "-" + hashlib.sha1(swaps.encode()).hexdigest()[:8]
+    key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}{tag}.npz" if cache else None
     crops = None
     if key is not None and key.is_file():
         got = dict(np.load(key))
@@ -183,13 +191,22 @@ def choose_colour(f: dict, rows: list[dict], margin: float) -> dict:
 
 
 def with_extra(f: dict, rows: list[dict], g: dict, extra: list[dict]) -> tuple[dict, list[dict]]:
-    """Features and rows of the colour-and-viewpoint labels followed by the viewpoint-only ones."""
+    """Features and rows of the colour-and-viewpoint labels followed by those of one attribute only."""
     seen = {r["file"] for r in rows}
     dup = [r["file"] for r in extra if r["file"] in seen]
     if dup:
         sys.exit(f"{len(dup)} photos are labelled twice ({dup[0]}): keep each photo in one label file")
     return ({k: np.concatenate([f[k], g[k]]) for k in ("backbone", "backbone_flip", "body")},
-            rows + [{"file": r["file"], "colour": "", "viewpoint": r["viewpoint"]} for r in extra])
+            rows + [{"colour": "", "viewpoint": "", **r} for r in extra])
+
+
+def read_extra(rec, paths: list[str], field: str, a) -> tuple[list[dict], dict | None]:
+    """Rows labelled for ``field`` only (``none`` read as no label) and their features."""
+    extra = [r for path in paths for r in read_labels(path, a.train_channels)]
+    for r in extra:
+        if r[field] == "none":
+            r[field] = ""
+    return extra, (features(rec, extra, Path(a.data), Path(a.cache) if a.cache else None) if extra else None)
 
 
 def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
@@ -228,28 +245,33 @@ def main() -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--viewpoint-labels", nargs="*", default=["benchmarks/labels/viewpoint_train.csv"],
                    help="train photos labelled for viewpoint only (file,viewpoint; 'none' or empty: unsure)")
+    p.add_argument("--colour-labels", nargs="*", default=["benchmarks/labels/colour_train.csv"],
+                   help="train photos labelled for colour only (file,colour,swapped; 'none' or empty: unsure)")
+    p.add_argument("--train-channels", choices=("bgr", "rgb"), default="bgr",
+                   help="how the train photos are stored: 'bgr' (the Stanford Cars train split in ../shared has red "
+                        "and blue swapped, docs/attributes.md) swaps every photo back before anything is computed")
     p.add_argument("--cache", default=None, help="folder for the features (recomputed when absent)")
     p.add_argument("--coverage-margin", type=float, default=0.02)
     p.add_argument("--out", default=None, help="model folder to write the heads into (default: only report)")
     a = p.parse_args()
     import vericar
 
-    if any(s in path for path in (a.labels, *a.viewpoint_labels) for s in ("dev", "test")):
+    if any(s in path for path in (a.labels, *a.viewpoint_labels, *a.colour_labels) for s in ("dev", "test")):
         sys.exit("refusing to fit on dev/test labels: fit on train labels only")
     rec = vericar.load(a.model, attributes=False)
-    rows = read_labels(a.labels)
+    if a.train_channels == "bgr" and rec.meta.get("train_photos_channels") != "bgr":
+        sys.exit(f"{a.model}'s network still takes photos with red and blue swapped; its backbone features of the "
+                 "train photos put right would be wrong. Run train/fix_channels.py on it first (or --train-channels rgb).")
+    rows = read_labels(a.labels, a.train_channels)
     f = features(rec, rows, Path(a.data), Path(a.cache) if a.cache else None)
-    extra = [r for path in a.viewpoint_labels for r in read_labels(path)]
-    for r in extra:
-        if r["viewpoint"] == "none":
-            r["viewpoint"] = ""
-    fv, vrows = f, rows
-    if extra:
-        fv, vrows = with_extra(f, rows, features(rec, extra, Path(a.data), Path(a.cache) if a.cache else None), extra)
-    col, vp = choose_colour(f, rows, a.coverage_margin), choose_viewpoint(fv, vrows)
+    (fc, crows), (fv, vrows) = [with_extra(f, rows, g, extra) if extra else (f, rows)
+                                for extra, g in (read_extra(rec, a.colour_labels, "colour", a),
+                                                 read_extra(rec, a.viewpoint_labels, "viewpoint", a))]
+    col, vp = choose_colour(fc, crows, a.coverage_margin), choose_viewpoint(fv, vrows)
     common = {"labels": a.labels, "command": " ".join(["python", "benchmarks/attributes_fit.py", *sys.argv[1:]])}
-    colour = head_of(col, col["threshold"], {**common, "features": col["kind"], "C": col["C"], "n": col["n"],
-                                             "cv_all": col["cv_all"], "cv_at_threshold": col["cv_at_threshold"]})
+    colour = head_of(col, col["threshold"], {**common, "colour_labels": a.colour_labels, "features": col["kind"],
+                                             "C": col["C"], "n": col["n"], "cv_all": col["cv_all"],
+                                             "cv_at_threshold": col["cv_at_threshold"]})
     view = head_of(vp, 0.0, {**common, "viewpoint_labels": a.viewpoint_labels, "features": vp["kind"],
                               "mirror": vp["mirror"], "C": vp["C"], "pca": vp["pca"], "n": vp["n"],
                               "cv": vp["cv"]})

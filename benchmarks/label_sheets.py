@@ -5,6 +5,16 @@ sample's file list, so a labeller can fill in ``file,colour,viewpoint`` rows til
 
     python benchmarks/label_sheets.py --split dev --n 200 --out /work/runs/attrs/sheets
     python benchmarks/label_sheets.py --split train --n 400 --out /work/runs/attrs/sheets
+
+Enlarged sheets (6 photos of ~330 px a sheet, what the later viewpoint labels were made from; a larger
+``--n`` keeps the sample's first tiles, so ``--first`` draws only the new ones):
+
+    python benchmarks/label_sheets.py --split train --n 2000 --first 401 --grid 3 2 --tile 520 340 --out SHEETS
+
+Colour sheets: each photo as stored beside itself with red and blue swapped, 3 to a sheet (the
+labeller names the colour of the panel whose tell-tales are natural, docs/attributes.md):
+
+    python benchmarks/label_sheets.py --split train --n 1200 --pairs --grid 2 3 --tile 520 300 --out SHEETS
 """
 from __future__ import annotations
 
@@ -39,18 +49,44 @@ def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
     return picked
 
 
-def draw_sheet(root: Path, rows: list[dict], first: int) -> Image.Image:
-    """One sheet; tile i carries the number ``first + i`` (1-based over the sample)."""
-    sheet = Image.new("RGB", (COLS * TILE_W, ROWS * TILE_H), "white")
-    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", 18)
+def draw_sheet(root: Path, rows: list[dict], first: int, cols: int = COLS, tile: tuple[int, int] = (TILE_W, TILE_H),
+               pairs: bool = False) -> Image.Image:
+    """One sheet; tile i carries the number ``first + i`` (1-based over the sample). Each photo is scaled
+    to fill its tile, up as well as down (so a 224 px photo can be looked at enlarged). ``pairs``: each
+    photo as stored ("nA") beside itself with red and blue swapped ("nB"), one photo per row, to tell
+    which of the two has natural colours."""
+    if pairs:
+        return _pair_sheet(root, rows, first, tile)
+    tw, th = tile
+    sheet = Image.new("RGB", (cols * tw, -(-len(rows) // cols) * th), "white")
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", max(18, th // 12))
     draw = ImageDraw.Draw(sheet)
     for i, row in enumerate(rows):
         im = Image.open(root / row["file"]).convert("RGB")
-        im.thumbnail((TILE_W - 6, TILE_H - 6))
-        x, y = (i % COLS) * TILE_W, (i // COLS) * TILE_H
-        sheet.paste(im, (x + (TILE_W - im.width) // 2, y + (TILE_H - im.height) // 2))
-        draw.rectangle([x + 2, y + 2, x + 40, y + 24], fill="black")
+        scale = min((tw - 6) / im.width, (th - 6) / im.height)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+        x, y = (i % cols) * tw, (i // cols) * th
+        sheet.paste(im, (x + (tw - im.width) // 2, y + (th - im.height) // 2))
+        draw.rectangle([x + 2, y + 2, x + 2 + th // 6, y + 4 + th // 12], fill="black")
         draw.text((x + 5, y + 3), str(first + i), fill="yellow", font=font)
+    return sheet
+
+
+def _pair_sheet(root: Path, rows: list[dict], first: int, tile: tuple[int, int]) -> Image.Image:
+    tw, th = tile
+    sheet = Image.new("RGB", (2 * tw, len(rows) * th), "white")
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", max(18, th // 12))
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(rows):
+        im = Image.open(root / row["file"]).convert("RGB")
+        scale = min((tw - 6) / im.width, (th - 6) / im.height)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+        red, green, blue = im.split()
+        for j, (pic, tag) in enumerate(((im, "A"), (Image.merge("RGB", (blue, green, red)), "B"))):
+            x, y = j * tw, i * th
+            sheet.paste(pic, (x + 3, y + 3))
+            draw.rectangle([x + 2, y + 2, x + 2 + th // 4, y + 4 + th // 12], fill="black")
+            draw.text((x + 5, y + 3), f"{first + i}{tag}", fill="yellow", font=font)
     return sheet
 
 
@@ -60,6 +96,10 @@ def main() -> None:
     p.add_argument("--split", choices=["dev", "train"], required=True)
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--seed", type=int, default=24)
+    p.add_argument("--first", type=int, default=1, help="draw the sample's tiles from this number on")
+    p.add_argument("--grid", type=int, nargs=2, default=(COLS, ROWS), metavar=("COLS", "ROWS"))
+    p.add_argument("--tile", type=int, nargs=2, default=(TILE_W, TILE_H), metavar=("W", "H"))
+    p.add_argument("--pairs", action="store_true", help="each photo as stored beside it with red and blue swapped")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     root, out = Path(a.data), Path(a.out)
@@ -71,9 +111,9 @@ def main() -> None:
         w.writerow(["n", "file", "class_name"])
         for i, row in enumerate(sample, 1):
             w.writerow([i, row["file"], row["class_name"]])
-    per = COLS * ROWS
-    for s in range(0, len(sample), per):
-        draw_sheet(root, sample[s:s + per], s + 1).save(out / f"{a.split}_{s // per + 1:02d}.png")
+    per = a.grid[1] if a.pairs else a.grid[0] * a.grid[1]
+    for s in range(a.first - 1, len(sample), per):
+        draw_sheet(root, sample[s:s + per], s + 1, a.grid[0], tuple(a.tile), a.pairs).save(out / f"{a.split}_{s + 1:04d}.png")
 
 
 if __name__ == "__main__":

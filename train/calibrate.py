@@ -29,6 +29,7 @@ import numpy as np
 
 from train.crossfit import Votes, join, leave_one_out_ece, load_member, member_votes, validation_slice
 from train.errors import TrainError, cli
+from train.fix_channels import refuse_fixed
 from vericar.core.errors import VericarError
 from vericar.core.recognizer import Recognizer
 from vericar.evaluate import evaluate_embeddings
@@ -218,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rec = load(f"local-dir:{out}")
     density = DensityCorrection(rec.density.weight if args.density_weight is None else args.density_weight,
                                 args.density_k or rec.density.k, rec.density.max_fetch)
+    refuse_fixed(rec.meta, "train/calibrate.py")
     tc = dict(rec.meta.get("train_config") or {})
     if not tc.get("data"):
         raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts "

@@ -32,6 +32,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: put the reposit
 import numpy as np
 
 from train.errors import TrainError, cli
+from train.fix_channels import refuse_fixed
 from vericar.evaluation.pairs import KINDS, make_pairs
 from vericar.search.pair_calibration import FEATURES, PAIR_LEVELS, PairCalibration, fit_rule, pair_features
 
@@ -202,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> PairCalibration:
     tune_malloc()
     out = Path(args.artifact)
     rec = load(f"local-dir:{out}")
+    refuse_fixed(rec.meta, "train/calibrate_pairs.py")
     tc = dict(rec.meta.get("train_config") or {})
     if not tc.get("data"):
         raise TrainError(f"{out} has no train_config in its config.json meta; only train/train.py artifacts can be "

@@ -26,6 +26,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: Python put trai
     _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
 
 from train.errors import TrainError, cli
+from train.fix_channels import refuse_fixed
 from vericar.core.recognizer import Recognizer
 from vericar.models.ensemble import EnsembleModel
 from vericar.search.calibration import Calibration
@@ -45,6 +46,7 @@ def check_members(members: Sequence[Recognizer], names: Sequence[str]) -> None:
     if not tc0.get("data"):
         raise TrainError(f"{names[0]} has no train_config in its config.json meta; join only train/train.py artifacts.")
     for name, m in zip(names, members):
+        refuse_fixed(m.meta, f"train/ensemble.py (member {name})")
         if m.model.model_cfg.members != 1:
             raise TrainError(f"{name} is an ensemble already; give the trainings it was made of as --members.")
     for name, m in zip(names[1:], members[1:]):

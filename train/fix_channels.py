@@ -1,0 +1,98 @@
+"""Make a network trained on red-and-blue-swapped photos take photos as they are (RGB).
+
+    python train/fix_channels.py --artifact OUT
+
+The Stanford Cars train photos shipped in ../shared are stored with their red and blue channels
+swapped (BGR written as RGB: blue tail lights, orange skies; docs/attributes.md, "Labels"), while
+the dev and test photos, and users' photos, are not. A network trained on the train photos as
+stored therefore sees every real photo with its colours swapped. Swapping the input channels of its
+first convolution (``conv_stem``, every member of an ensemble), and the red and blue entries of the
+preprocessing's mean and std, gives a network that computes, on a photo as it is, exactly what the
+trained one computed on the photo with red and blue swapped: ``fixed(x) == trained(swap(x))``,
+borders included. Everything fitted on the training photos as stored (the gallery, the
+threshold, the confidences, the comparison) is therefore unchanged and stays valid: their
+embeddings are what the fixed network gives on those photos with their colours put right.
+
+The artifact records it (``meta.train_photos_channels = "bgr"``); the scripts that embed training
+photos again (train/calibrate.py, train/calibrate_pairs.py, train/ensemble.py) refuse such an
+artifact, because they would feed it the photos as stored: run them before this script.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+if __name__ == "__main__" and not __package__:  # run as a file: put the repository first (see train/calibrate.py)
+    import os as _os, sys as _sys
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+
+from train.errors import TrainError, cli
+
+FIRST_CONV = "conv_stem.weight"  # timm EfficientNet / EfficientNet-Lite; other backbones are refused
+MARK = "train_photos_channels"
+
+
+def refuse_fixed(meta: dict, what: str) -> None:
+    """TrainError when the artifact's network was switched to RGB input by this script (``what``: the
+    refusing command), since it would embed the training photos in the wrong channel order."""
+    if meta.get(MARK) == "bgr":
+        raise TrainError(f"{what} embeds the training photos as stored (red and blue swapped), but this artifact's "
+                         "network takes photos as they are (train/fix_channels.py ran on it). Run it on the "
+                         "artifact before train/fix_channels.py, then run train/fix_channels.py last.")
+
+
+def swap_first_conv(tensors: dict) -> list[str]:
+    """Swap the red and blue input channels of every first convolution in ``tensors`` (in place);
+    returns the names changed. TrainError when there is none, or one that does not take 3 channels."""
+    names = [k for k in tensors if k == FIRST_CONV or k.endswith("." + FIRST_CONV)]
+    if not names:
+        raise TrainError(f"no first convolution ({FIRST_CONV}) in the weights; only EfficientNet-style "
+                         "backbones are supported by this script")
+    for k in names:
+        w = tensors[k]
+        if w.ndim != 4 or w.shape[1] != 3:
+            raise TrainError(f"{k} has shape {tuple(w.shape)}, not (out, 3, kh, kw)")
+        tensors[k] = w[:, [2, 1, 0]].contiguous()
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> list[str]:
+    """Fix ``--artifact`` in place; returns the names of the convolutions changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from vericar.artifacts.hub import read_artifact, write_config
+
+    ap = argparse.ArgumentParser(prog="train/fix_channels.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--artifact", required=True, help="a model folder trained on the swapped train photos")
+    args = ap.parse_args(argv)
+    out = Path(args.artifact)
+    cfg, meta = read_artifact(out)
+    path = out / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors, header = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    if meta.get(MARK) == "bgr" and header.get(MARK) == "bgr":
+        raise TrainError(f"{out} was already fixed (meta.{MARK} = 'bgr'); swapping again would undo it")
+    names = [k for k in tensors if k == FIRST_CONV or k.endswith("." + FIRST_CONV)]
+    if header.get(MARK) != "bgr":  # the weights carry the mark too, so a run cut short before the config is
+        names = swap_first_conv(tensors)  # finished by running again, never swapped twice
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={**header, MARK: "bgr"})
+        os.replace(tmp, path)
+    pre = cfg.model.preprocess  # its normalisation follows the channels (a no-op for (0.5, 0.5, 0.5))
+    cfg = replace(cfg, model=replace(cfg.model, preprocess=replace(pre, mean=pre.mean[::-1], std=pre.std[::-1])))
+    meta[MARK] = "bgr"
+    meta["command"] = "\n".join([c for c in [meta.get("command", "")] if c]
+                                 + ["python train/fix_channels.py --artifact OUT"])
+    write_config(out, cfg, meta)
+    print(f"{out}: input channels of {', '.join(names)} swapped (red <-> blue); the network now takes photos as they are")
+    return names
+
+
+if __name__ == "__main__":
+    cli(main)
