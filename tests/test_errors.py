@@ -45,7 +45,8 @@ def test_importable_code_raises_instead_of_exiting():
     assert _exits(ROOT / "train" / "errors.py"), "cli() is the one place a command exits"
 
 
-ENTRY_FILES = {"train/train.py", "train/calibrate.py", "train/ship.py", "train/calibrate_pairs.py", "train/ensemble.py"}
+ENTRY_FILES = {"train/train.py", "train/calibrate.py", "train/ship.py", "train/calibrate_pairs.py", "train/ensemble.py",
+               "train/fix_channels.py"}
 
 
 def test_no_sys_path_changes_in_the_packages():
@@ -90,7 +91,7 @@ def test_training_settings_errors_are_typed(tmp_path, tiny_vit_model):
     assert issubclass(TrainError, VericarError)
 
 
-@pytest.mark.parametrize("script", ["train.py", "calibrate.py", "ship.py", "ensemble.py"])
+@pytest.mark.parametrize("script", ["train.py", "calibrate.py", "ship.py", "ensemble.py", "fix_channels.py"])
 def test_training_scripts_run_as_files_from_any_folder(script, tmp_path):
     """The promised form (accelerate launch train/train.py) runs the file: from the root and from elsewhere."""
     for cwd, path in [(ROOT, f"train/{script}"), (tmp_path, str(ROOT / "train" / script))]:
