@@ -43,10 +43,11 @@ VIEW_PCA = (64, 128, 256)  # wider projections, tried once 1,200 viewpoint label
 
 
 def read_labels(path: str, channels: str = "rgb") -> list[dict]:
-    """The rows of a label CSV; ``channels="bgr"``: every photo is marked to be swapped back (``swapped=1``)."""
+    """The rows of a label CSV, each marked to be swapped back (``swapped=1``, ``channels="bgr"``: every
+    train photo is stored with red and blue swapped) or not (``"rgb"``: the photos as stored)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{**r, "swapped": "1"} for r in rows] if channels == "bgr" else rows
+    return [{**r, "swapped": "1" if channels == "bgr" else "0"} for r in rows]
 
 
 def crops_of(rec, rows: list[dict], data: Path, whole: bool = False) -> list:
@@ -80,9 +81,12 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None) -> dict[str,
 
     from vericar.models.embedding import forward_batches
 
+    from vericar.models.embed_cache import weights_digest
+
     swaps = "".join("1" if r.get("swapped") == "1" else "0" for r in rows)
-    tag = "" if "1" not in swaps else "-" + hashlib.sha1(swaps.encode()).hexdigest()[:8]
-    key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}{tag}.npz" if cache else None
+    # the model's weights and preprocessing too: another model (or the same one fixed) gives other features
+    tag = hashlib.sha1((swaps + weights_digest(rec.model) + repr(rec.model.pretrained_cfg)).encode()).hexdigest()[:8]
+    key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}-{tag}.npz" if cache else None
     crops = None
     if key is not None and key.is_file():
         got = dict(np.load(key))
@@ -259,9 +263,10 @@ def main() -> None:
     if any(s in path for path in (a.labels, *a.viewpoint_labels, *a.colour_labels) for s in ("dev", "test")):
         sys.exit("refusing to fit on dev/test labels: fit on train labels only")
     rec = vericar.load(a.model, attributes=False)
-    if a.train_channels == "bgr" and rec.meta.get("train_photos_channels") != "bgr":
-        sys.exit(f"{a.model}'s network still takes photos with red and blue swapped; its backbone features of the "
-                 "train photos put right would be wrong. Run train/fix_channels.py on it first (or --train-channels rgb).")
+    if (a.train_channels == "bgr") != (rec.meta.get("train_photos_channels") == "bgr"):
+        sys.exit(f"--train-channels {a.train_channels} needs a network that takes the train photos "
+                 + ("put right: run train/fix_channels.py on it first." if a.train_channels == "bgr" else
+                    "as stored, but train/fix_channels.py ran on it (or give --train-channels bgr)."))
     rows = read_labels(a.labels, a.train_channels)
     f = features(rec, rows, Path(a.data), Path(a.cache) if a.cache else None)
     (fc, crows), (fv, vrows) = [with_extra(f, rows, g, extra) if extra else (f, rows)

@@ -91,6 +91,58 @@ def test_scripts_that_embed_training_photos_refuse_a_fixed_artifact(tmp_path, ma
     model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False).eval()
     out = _artifact(tmp_path, model, _photos(make_car_image))
     fix_channels(["--artifact", str(out)])
+    from train.crossfit import validation_slice
+    from train.ensemble import main as ensemble
+
     for run in (calibrate, calibrate_pairs):
-        with pytest.raises(TrainError, match="before train/fix_channels.py"):
+        with pytest.raises(TrainError, match="fix_channels.py --undo"):
             run(["--artifact", str(out)])
+    other = _artifact(tmp_path, model, _photos(make_car_image), name="other")
+    with pytest.raises(TrainError, match="fix_channels.py --undo"):
+        ensemble(["--members", str(other), str(out), "--output-dir", str(tmp_path / "ens")])
+    with pytest.raises(TrainError, match="validation photos.*fix_channels.py --undo"):
+        validation_slice(vericar.load(f"local-dir:{out}"))
+    assert not (tmp_path / "ens").exists()
+
+
+def test_a_resaved_fixed_artifact_is_refused_and_undo_swaps_back(tmp_path, make_car_image):
+    """The config's mark decides (a re-save writes the weights without the header's); --undo returns the
+    network to the photos as stored, and fixing again gives the fixed network back."""
+    torch.manual_seed(0)
+    model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False).eval()
+    photos = _photos(make_car_image)
+    out = _artifact(tmp_path, model, photos)
+    as_trained = embed(vericar.load(f"local-dir:{out}").model, photos)
+    fix_channels(["--artifact", str(out)])
+    fixed = vericar.load(f"local-dir:{out}")
+    hub.save_pretrained(fixed, out)  # e.g. after an enrolment: the header mark is gone, the config's stays
+    with pytest.raises(TrainError, match="already fixed"):
+        fix_channels(["--artifact", str(out)])
+    fix_channels(["--undo", "--artifact", str(out)])
+    np.testing.assert_allclose(embed(vericar.load(f"local-dir:{out}").model, photos), as_trained, atol=1e-5)
+    with pytest.raises(TrainError, match="already as trained"):
+        fix_channels(["--undo", "--artifact", str(out)])
+    fix_channels(["--artifact", str(out)])
+    np.testing.assert_allclose(embed(vericar.load(f"local-dir:{out}").model, photos), embed(fixed.model, photos),
+                               atol=1e-5)
+
+
+def test_a_backbone_without_conv_stem_is_refused_and_nothing_changes(tmp_path, make_car_image):
+    torch.manual_seed(0)
+    model = create_model("timm:test_vit", embed_dim=16, pretrained=False).eval()
+    out = _artifact(tmp_path, model, _photos(make_car_image))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(TrainError, match="no first convolution"):
+        fix_channels(["--artifact", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_the_shipped_default_is_fixed():
+    """vericar/default was trained on the swapped train photos: its config and its weights say it was fixed."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vericar" / "default"
+    assert json.loads((root / "config.json").read_text())["meta"]["train_photos_channels"] == "bgr"
+    with safe_open(str(root / "model.safetensors"), "pt") as f:
+        assert f.metadata().get("train_photos_channels") == "bgr"
+        assert f.get_tensor("members.0.backbone.conv_stem.weight").dtype == torch.float16

@@ -32,7 +32,12 @@ FREE_SETTINGS = frozenset({"seed", "output_dir", "feature_cache_dir", "resume", 
 
 def validation_slice(rec: Any, where: Any = "the artifact") -> tuple[np.ndarray, list[Any]]:
     """Which gallery entries of a train/train.py artifact are its validation photos (bool mask),
-    and those photos' samples in gallery order (so their files line up with their embeddings)."""
+    and those photos' samples in gallery order (so their files line up with their embeddings).
+    Refuses an artifact made to take photos as they are (train/fix_channels.py): whoever asks for its
+    validation photos embeds them, and they are stored with red and blue swapped."""
+    from train.fix_channels import refuse_fixed
+
+    refuse_fixed(rec.meta, f"embedding {where}'s validation photos")
     tc = dict(rec.meta.get("train_config") or {})
     kept, _ = split_holdout(load_source(tc["data"], "train"), tc.get("holdout_classes"))
     _, val_s = stratified_split(kept, tc["val_fraction"], tc["seed"])

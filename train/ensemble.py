@@ -42,11 +42,12 @@ def check_members(members: Sequence[Recognizer], names: Sequence[str]) -> None:
     """Refuse members that are not one architecture of one network each, or whose validation photos differ."""
     if len(members) < 2:
         raise TrainError("--members needs at least two trained artifacts (folders written by train/train.py).")
+    for name, m in zip(names, members):
+        refuse_fixed(m.meta, f"train/ensemble.py (member {name})")
     first, tc0 = members[0], dict(members[0].meta.get("train_config") or {})
     if not tc0.get("data"):
         raise TrainError(f"{names[0]} has no train_config in its config.json meta; join only train/train.py artifacts.")
     for name, m in zip(names, members):
-        refuse_fixed(m.meta, f"train/ensemble.py (member {name})")
         if m.model.model_cfg.members != 1:
             raise TrainError(f"{name} is an ensemble already; give the trainings it was made of as --members.")
     for name, m in zip(names[1:], members[1:]):

@@ -13,9 +13,11 @@ borders included. Everything fitted on the training photos as stored (the galler
 threshold, the confidences, the comparison) is therefore unchanged and stays valid: their
 embeddings are what the fixed network gives on those photos with their colours put right.
 
-The artifact records it (``meta.train_photos_channels = "bgr"``); the scripts that embed training
-photos again (train/calibrate.py, train/calibrate_pairs.py, train/ensemble.py) refuse such an
-artifact, because they would feed it the photos as stored: run them before this script.
+The artifact records it (``meta.train_photos_channels = "bgr"``); what embeds its training photos
+again (train/calibrate.py, train/calibrate_pairs.py, train/ensemble.py, and whatever asks
+train/crossfit.py for the validation photos: benchmarks/tta_variants.py, benchmarks/make_open_world.py)
+refuses such an artifact, because it would feed it the photos as stored: run those before this script.
+``--undo`` swaps back (for a copy to refit, then fix again).
 """
 from __future__ import annotations
 
@@ -41,9 +43,10 @@ def refuse_fixed(meta: dict, what: str) -> None:
     """TrainError when the artifact's network was switched to RGB input by this script (``what``: the
     refusing command), since it would embed the training photos in the wrong channel order."""
     if meta.get(MARK) == "bgr":
-        raise TrainError(f"{what} embeds the training photos as stored (red and blue swapped), but this artifact's "
-                         "network takes photos as they are (train/fix_channels.py ran on it). Run it on the "
-                         "artifact before train/fix_channels.py, then run train/fix_channels.py last.")
+        raise TrainError(f"{what}: the training photos are stored with red and blue swapped, but this artifact's "
+                         "network takes photos as they are (train/fix_channels.py ran on it). Run this on a copy "
+                         "made to take them as stored (python train/fix_channels.py --undo --artifact COPY), "
+                         "then fix the copy again (python train/fix_channels.py --artifact COPY).")
 
 
 def swap_first_conv(tensors: dict) -> list[str]:
@@ -70,27 +73,38 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
 
     ap = argparse.ArgumentParser(prog="train/fix_channels.py", description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", required=True, help="a model folder trained on the swapped train photos")
+    ap.add_argument("--undo", action="store_true", help="swap back: the network takes the photos as stored again")
     args = ap.parse_args(argv)
     out = Path(args.artifact)
     cfg, meta = read_artifact(out)
     path = out / "model.safetensors"
     with safe_open(str(path), "pt") as f:
         tensors, header = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    if meta.get(MARK) == "bgr" and header.get(MARK) == "bgr":
-        raise TrainError(f"{out} was already fixed (meta.{MARK} = 'bgr'); swapping again would undo it")
+    done, want = meta.get(MARK) == "bgr", not args.undo
+    if done == want:
+        raise TrainError(f"{out} is already {'fixed' if done else 'as trained'} (meta.{MARK} is "
+                         f"{meta.get(MARK)!r}); swapping again would undo it"
+                         + (" (--undo swaps back)." if done else "."))
+    # A run cut short after the weights is finished by running again: the weights file says whether its
+    # channels were swapped by the run whose config was not written (its header mark names the run).
     names = [k for k in tensors if k == FIRST_CONV or k.endswith("." + FIRST_CONV)]
-    if header.get(MARK) != "bgr":  # the weights carry the mark too, so a run cut short before the config is
-        names = swap_first_conv(tensors)  # finished by running again, never swapped twice
+    state = "undone" if args.undo else "bgr"
+    if header.get(MARK) != state:
+        names = swap_first_conv(tensors)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={**header, MARK: "bgr"})
+        save_file(tensors, str(tmp), metadata={"format": header.get("format", "vericar"), MARK: state})
         os.replace(tmp, path)
     pre = cfg.model.preprocess  # its normalisation follows the channels (a no-op for (0.5, 0.5, 0.5))
     cfg = replace(cfg, model=replace(cfg.model, preprocess=replace(pre, mean=pre.mean[::-1], std=pre.std[::-1])))
-    meta[MARK] = "bgr"
-    meta["command"] = "\n".join([c for c in [meta.get("command", "")] if c]
-                                 + ["python train/fix_channels.py --artifact OUT"])
+    if args.undo:
+        meta.pop(MARK, None)
+    else:
+        meta[MARK] = "bgr"
+    meta["command"] = "\n".join([c for c in [meta.get("command", "")] if c] + [
+        "python train/fix_channels.py " + ("--undo " if args.undo else "") + "--artifact OUT"])
     write_config(out, cfg, meta)
-    print(f"{out}: input channels of {', '.join(names)} swapped (red <-> blue); the network now takes photos as they are")
+    now = "the photos as stored (red and blue swapped)" if args.undo else "photos as they are"
+    print(f"{out}: input channels of {', '.join(names)} swapped (red <-> blue); the network now takes {now}")
     return names
 
 
