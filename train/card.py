@@ -224,7 +224,10 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], dev: dict
            f"{', '.join(f'`{m}`' for m in (meta.get('ensemble') or {}).get('members', []))}); a photo's embedding "
            "is theirs side by side, so a similarity is the mean of theirs (the training facts here are the "
            "first member's)." if config.model.members > 1 else "")
-        + _took(meta) + _stopped(meta), "",
+        + _took(meta) + _stopped(meta)
+        + (" Its training photos are stored with red and blue swapped; after training, the input channels of "
+           "its first convolution were swapped (`train/fix_channels.py`), so it takes photos as they are and "
+           "computes what it learnt on them." if meta.get("train_photos_channels") == "bgr" else ""), "",
         "## Figures", "", *_figures(meta, dev), *_calibration(meta, config.ood),
         *_limits(config, meta, tc), *_licence(config, tc),
         "## Reproduce", "", "```", meta["command"], "```", "",
