@@ -55,38 +55,27 @@ def draw_sheet(root: Path, rows: list[dict], first: int, cols: int = COLS, tile:
     to fill its tile, up as well as down (so a 224 px photo can be looked at enlarged). ``pairs``: each
     photo as stored ("nA") beside itself with red and blue swapped ("nB"), one photo per row, to tell
     which of the two has natural colours."""
-    if pairs:
-        return _pair_sheet(root, rows, first, tile)
     tw, th = tile
-    sheet = Image.new("RGB", (cols * tw, -(-len(rows) // cols) * th), "white")
-    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", max(18, th // 12))
-    draw = ImageDraw.Draw(sheet)
+    tiles: list[tuple[Image.Image, str]] = []
     for i, row in enumerate(rows):
         im = Image.open(root / row["file"]).convert("RGB")
         scale = min((tw - 6) / im.width, (th - 6) / im.height)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+        if pairs:
+            red, green, blue = im.split()
+            tiles += [(im, f"{first + i}A"), (Image.merge("RGB", (blue, green, red)), f"{first + i}B")]
+        else:
+            tiles.append((im, str(first + i)))
+    cols = 2 if pairs else cols
+    sheet = Image.new("RGB", (cols * tw, -(-len(tiles) // cols) * th), "white")
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", max(18, th // 12))
+    draw = ImageDraw.Draw(sheet)
+    for i, (im, label) in enumerate(tiles):
         x, y = (i % cols) * tw, (i // cols) * th
         sheet.paste(im, (x + (tw - im.width) // 2, y + (th - im.height) // 2))
-        draw.rectangle([x + 2, y + 2, x + 2 + th // 6, y + 4 + th // 12], fill="black")
-        draw.text((x + 5, y + 3), str(first + i), fill="yellow", font=font)
-    return sheet
-
-
-def _pair_sheet(root: Path, rows: list[dict], first: int, tile: tuple[int, int]) -> Image.Image:
-    tw, th = tile
-    sheet = Image.new("RGB", (2 * tw, len(rows) * th), "white")
-    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", max(18, th // 12))
-    draw = ImageDraw.Draw(sheet)
-    for i, row in enumerate(rows):
-        im = Image.open(root / row["file"]).convert("RGB")
-        scale = min((tw - 6) / im.width, (th - 6) / im.height)
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-        red, green, blue = im.split()
-        for j, (pic, tag) in enumerate(((im, "A"), (Image.merge("RGB", (blue, green, red)), "B"))):
-            x, y = j * tw, i * th
-            sheet.paste(pic, (x + 3, y + 3))
-            draw.rectangle([x + 2, y + 2, x + 2 + th // 4, y + 4 + th // 12], fill="black")
-            draw.text((x + 5, y + 3), f"{first + i}{tag}", fill="yellow", font=font)
+        left, top, right, bottom = draw.textbbox((x + 5, y + 3), label, font=font)
+        draw.rectangle([x + 2, y + 2, right + 3, bottom + 3], fill="black")  # as wide as the number
+        draw.text((x + 5, y + 3), label, fill="yellow", font=font)
     return sheet
 
 
@@ -102,6 +91,8 @@ def main() -> None:
     p.add_argument("--pairs", action="store_true", help="each photo as stored beside it with red and blue swapped")
     p.add_argument("--out", required=True)
     a = p.parse_args()
+    if not 1 <= a.first <= a.n:
+        p.error(f"--first must be a tile of the sample, 1 to --n ({a.n}); got {a.first}")
     root, out = Path(a.data), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(root / f"{a.split}.csv", newline="") as f:
@@ -113,7 +104,8 @@ def main() -> None:
             w.writerow([i, row["file"], row["class_name"]])
     per = a.grid[1] if a.pairs else a.grid[0] * a.grid[1]
     for s in range(a.first - 1, len(sample), per):
-        draw_sheet(root, sample[s:s + per], s + 1, a.grid[0], tuple(a.tile), a.pairs).save(out / f"{a.split}_{s + 1:04d}.png")
+        sheet = draw_sheet(root, sample[s:s + per], s + 1, a.grid[0], tuple(a.tile), a.pairs)
+        sheet.save(out / f"{a.split}_{s + 1:04d}.png")
 
 
 if __name__ == "__main__":

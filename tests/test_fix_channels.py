@@ -146,3 +146,19 @@ def test_the_shipped_default_is_fixed():
     with safe_open(str(root / "model.safetensors"), "pt") as f:
         assert f.metadata().get("train_photos_channels") == "bgr"
         assert f.get_tensor("members.0.backbone.conv_stem.weight").dtype == torch.float16
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_unreadable_weights_are_refused_and_the_folder_left_as_it_was(tmp_path, make_car_image, damage):
+    torch.manual_seed(0)
+    model = create_model("timm:test_efficientnet", embed_dim=16, pretrained=False).eval()
+    out = _artifact(tmp_path, model, _photos(make_car_image))
+    weights = out / "model.safetensors"
+    if damage == "missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(TrainError, match="cannot read the weights .* left as it was"):
+        fix_channels(["--artifact", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

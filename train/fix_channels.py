@@ -78,8 +78,12 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     out = Path(args.artifact)
     cfg, meta = read_artifact(out)
     path = out / "model.safetensors"
-    with safe_open(str(path), "pt") as f:
-        tensors, header = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), "pt") as f:
+            tensors, header = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # missing, truncated, not safetensors: nothing has been changed yet
+        raise TrainError(f"cannot read the weights {path} ({type(e).__name__}: {e}); the folder is left as it was. "
+                         "Point --artifact at a complete model folder (config.json and model.safetensors).") from e
     done, want = meta.get(MARK) == "bgr", not args.undo
     if done == want:
         raise TrainError(f"{out} is already {'fixed' if done else 'as trained'} (meta.{MARK} is "
@@ -87,10 +91,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
                          + (" (--undo swaps back)." if done else "."))
     # A run cut short after the weights is finished by running again: the weights file says whether its
     # channels were swapped by the run whose config was not written (its header mark names the run).
-    names = [k for k in tensors if k == FIRST_CONV or k.endswith("." + FIRST_CONV)]
     state = "undone" if args.undo else "bgr"
+    names = swap_first_conv(tensors)  # checks the weights even when only the config is left to finish
     if header.get(MARK) != state:
-        names = swap_first_conv(tensors)
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": header.get("format", "vericar"), MARK: state})
         os.replace(tmp, path)
