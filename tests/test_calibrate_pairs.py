@@ -36,3 +36,63 @@ def test_fit_writes_the_comparison_and_refuses_dev_photos(tiny_csv, tmp_path):  
     assert json.loads((out / "config.json").read_text())["meta"]["command"].count("calibrate_pairs") == 1
     c = rec.compare(_photo(1, 2), _photo(1, 3))
     assert 0.0 <= c.probability <= 1.0 and c.a.label is not None
+
+
+def test_validation_flags_are_predicts_flags(tmp_path):
+    """A validation photo is flagged unknown, with or without classes out of the gallery, exactly as
+    predict would flag it there: the cross-validation routes its pairs to the rules compare uses."""
+    import numpy as np
+
+    import vericar
+    from test_app import BASE, make_artifact, vehicle_photo
+    from train.calibrate_pairs import flagged, ranked_neighbours
+    from vericar.core.recognizer import Recognizer
+    from vericar.search.density import DensityCorrection
+    from vericar.search.gallery import Gallery
+    from vericar.search.ood import KNNOOD
+
+    rec = vericar.load(f"local-dir:{make_artifact(tmp_path / 'art')}")
+    photos = [vehicle_photo(c, i) for c in range(len(BASE)) for i in (0, 100, 101)]
+    rng = np.random.default_rng(0)
+    emb = np.vstack([rec.embed(photos), rng.normal(size=(4, rec.gallery.dim))]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    for density in (DensityCorrection(0.0), DensityCorrection(0.5, k=3)):
+        ood = KNNOOD(rec.ood.k)  # calibrated under this ranking, as train/calibrate.py does
+        r = Recognizer(rec.model, rec.gallery, ood, k=rec.k, density=density)
+        ood.calibrate(r.search(emb[[0, 3, 6, 9]], ood.k)[0], tpr=0.75)
+        got = [flagged(r, x, set()) for x in ranked_neighbours(r, emb)]
+        assert got == [p.unknown for p in r.predict_embeddings(emb)] and any(got) and not all(got)
+    labels, out = rec.gallery.labels, {BASE[0], BASE[2]}
+    keep = [i for i, lab in enumerate(labels) if lab not in out]
+    without = Recognizer(rec.model, Gallery.from_arrays(rec.gallery.embeddings[keep], [labels[i] for i in keep]),
+                         rec.ood, k=rec.k)
+    r = Recognizer(rec.model, rec.gallery, rec.ood, k=rec.k)
+    got = [flagged(r, x, out) for x in ranked_neighbours(r, emb)]
+    assert got == [p.unknown for p in without.predict_embeddings(emb)] and got[0]  # class 0's photo: now unknown
+
+
+def test_cross_validation_answers_each_pair_with_the_rules_compare_would_pick():
+    """Known pairs separate by cosine one way, open pairs the other: routed by their flag, both are
+    answered right; with every flag off, the known rules answer the open pairs, and get them wrong."""
+    import numpy as np
+
+    from train.calibrate_pairs import CHOSEN, cross_validate
+
+    rng = np.random.default_rng(0)
+    rows, ys, kinds, modes, groups = [], [], [], [], []
+    classes = [f"Make{m} Model{i} Sedan 2012" for m in range(6) for i in range(4)]
+    for mode, sign in (("known", 1.0), ("open", -1.0)):
+        for n in range(1500):
+            a, b = rng.choice(len(classes), 2)
+            kind = "same" if n % 2 == 0 else ("easy", "medium", "hard")[n % 3]
+            same = kind == "same"
+            c = 0.5 + sign * (0.2 if same else -0.2) + rng.normal(0, 0.05)
+            rows.append([c, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25])
+            ys.append([same, same, same]), kinds.append(kind), modes.append(mode)
+            groups.append((classes[a], classes[a] if same else classes[b]))
+    t = {"x": np.array(rows), "y": np.array(ys), "kind": np.array(kinds), "mode": np.array(modes), "groups": groups}
+    routed = cross_validate({**t, "flag": t["mode"] == "open"})[CHOSEN]
+    unrouted = cross_validate({**t, "flag": np.zeros(len(rows), bool)})[CHOSEN]
+    assert min(routed.values()) > 0.95  # every AUC and both balanced mixes
+    assert unrouted["known easy"] > 0.95 and unrouted["known mix"] > 0.95
+    assert unrouted["open easy"] < 0.05 and unrouted["open mix"] < 0.05

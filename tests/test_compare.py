@@ -199,3 +199,24 @@ def test_evaluate_pairs_command_line(tmp_path, cmp_artifact, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["with_band"]["n"] == 6
     with pytest.raises(VericarError, match="--pairs"):
         evaluate(["--model", f"local-dir:{cmp_artifact}"])
+
+
+def test_logistic_fit_is_sklearns_and_keeps_monotone_weights_non_negative():
+    from sklearn.linear_model import LogisticRegression
+
+    from vericar.search.pair_calibration import logistic
+
+    rng = np.random.default_rng(1)
+    cos, near = rng.random(3000), rng.random(3000)
+    make = np.clip(cos + rng.normal(0, 0.1, 3000), 0, 1)  # collinear with cosine ...
+    y = rng.random(3000) < 1 / (1 + np.exp(-(10 * cos - 4 * make - 3)))  # ... and less likely "same" given cosine
+    x, w = np.c_[cos, make, near], rng.random(3000) + 0.5
+    ref = LogisticRegression(C=10.0, max_iter=5000, tol=1e-10).fit(x, y, sample_weight=w)  # the naive reference
+    coef, bias = logistic(x, y, w, [False, False, False])
+    assert coef == pytest.approx(ref.coef_[0], abs=2e-3) and bias == pytest.approx(ref.intercept_[0], abs=2e-3)
+    assert coef[1] < 0
+    r = fit_rule(x, y, ["cosine", "agree_make", "nearness"], w, monotone=("cosine", "agree_make"))
+    assert r.weights[1] == 0.0 and r.weights[0] > 0  # the bound holds and binds ...
+    alone, b_alone = logistic(x[:, [0, 2]], y, w, [False, False])  # ... so the rest is the fit without that feature
+    assert [r.weights[0], r.weights[2]] == pytest.approx(list(alone), abs=2e-3) and r.bias == pytest.approx(b_alone, abs=2e-3)
+    assert fit_rule(x, y, ["cosine", "agree_make", "nearness"], w).weights[1] < 0  # free by default

@@ -9,9 +9,10 @@ product sees them (train/realinput.py views) and searched in a gallery of the ot
 Every same-model pair among them and up to ``--negatives`` pairs of each different kind (easy,
 medium, hard) are scored twice: with their classes in the gallery (a known vehicle) and taken
 out of it (a vehicle the gallery lacks); the first fit the rules for two known vehicles, the second
-those used when either vehicle is flagged unknown. Candidate feature sets are
-compared by class-grouped cross-validation on these pairs and reported (``--report``); the one
-fitted is ``--features``. Photos listed in the dev CSV are refused: dev is for measuring only.
+those used when either vehicle is flagged unknown. Evidence of likeness gets weights ≥ 0
+(pair_calibration.MONOTONE). Candidate feature sets are compared by class-grouped
+cross-validation on these pairs, each test pair answered by the rules ``compare`` would pick for
+it, and reported (``--report``); the one fitted is ``--features``. Photos listed in the dev CSV are refused: dev is for measuring only.
 Re-run it after the weights or the gallery change (e.g. a re-shipped vericar/default).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 from train.errors import TrainError, cli
 from train.fix_channels import refuse_fixed
 from vericar.evaluation.pairs import KINDS, make_pairs
-from vericar.search.pair_calibration import FEATURES, PAIR_LEVELS, PairCalibration, fit_rule, pair_features
+from vericar.search.pair_calibration import FEATURES, MONOTONE, PAIR_LEVELS, PairCalibration, fit_rule, pair_features
 
 DEV_CSV = Path(__file__).resolve().parents[2] / "shared/data/stanford_cars/dev.csv"
 CANDIDATES = {"cosine": ("cosine",), "vote agreement": ("agree_model", "agree_make", "agree_type"),
@@ -56,28 +57,42 @@ def refuse_dev(paths: Sequence[str], dev_csv: Path | None) -> None:
                          "dev is for measuring only. Fit on an artifact trained on the training split.")
 
 
-def ranked_neighbours(rec: Any, emb: np.ndarray) -> list[list[tuple[str, float]]]:
-    """Each photo's nearest gallery entries (label, cosine) as ``rec`` ranks them, deep enough that
-    ``rec.k`` remain once two classes are left out."""
-    depth = min(len(rec.gallery), rec.k + 2 * max(rec._class_counts().values()) + 1)
-    _, cos, idx = rec.search(np.asarray(emb, np.float32), depth)
+def ranked_neighbours(rec: Any, emb: np.ndarray) -> list[list[tuple[str, float, float]]]:
+    """Each photo's nearest gallery entries (label, cosine, ranking score) as ``rec`` ranks them, deep
+    enough that ``rec.k`` remain once two classes are left out."""
+    depth = min(len(rec.gallery), max(rec.k, rec.ood.k) + 2 * max(rec._class_counts().values()) + 1)
+    scores, cos, idx = rec.search(np.asarray(emb, np.float32), depth)
     labels = rec.gallery.labels
-    return [[(labels[j], float(c)) for c, j in zip(cos[q], idx[q]) if j >= 0] for q in range(len(emb))]
+    return [[(labels[j], float(c), float(s)) for c, s, j in zip(cos[q], scores[q], idx[q]) if j >= 0]
+            for q in range(len(emb))]
 
 
-def voters(rec: Any, ranked: list[tuple[str, float]], exclude: set[str]) -> list[tuple[str, float]]:
+def voters(rec: Any, ranked: list[tuple[str, float, float]], exclude: set[str]) -> list[tuple[str, float]]:
     """The neighbours that vote for one photo, as ``rec.predict_embeddings`` picks them (k capped at
     the nearest class's photo count), with the classes in ``exclude`` out of the gallery."""
-    kept = [n for n in ranked if n[0] not in exclude]
+    kept = [(label, c) for label, c, _ in ranked if label not in exclude]
     cap = rec._class_counts().get(kept[0][0], 1) if kept else 1
     return kept[: min(rec.k, cap)]
 
 
+def flagged(rec: Any, ranked: list[tuple[str, float, float]], exclude: set[str]) -> bool:
+    """Whether ``rec.predict_embeddings`` would flag the photo unknown with the classes in ``exclude``
+    out of the gallery: KNN+ on the ranking scores, k capped as there. (An open-world model's make
+    floor, which also flags, is not applied: it needs the photo's calibrated confidences.)"""
+    kept = [(label, s) for label, _, s in ranked if label not in exclude]
+    cap = rec._class_counts().get(kept[0][0], 1) if kept else 1
+    row = np.full((1, rec.ood.k), -np.inf)  # no neighbour at all scores as the farthest possible
+    near = [s for _, s in kept[: min(rec.ood.k, cap)]]
+    row[0, : len(near)] = near
+    return bool(rec.ood.is_unknown(rec.ood.score(row))[0])
+
+
 def pair_table(rec: Any, emb: np.ndarray, classes: Sequence[str], negatives: int, seed: int) -> dict[str, Any]:
-    """Features and outcomes of the validation pairs, known (classes in the gallery) and open (out)."""
+    """Features and outcomes of the validation pairs, known (classes in the gallery) and open (out),
+    and ``flag``: whether either photo would be flagged unknown there (the open rules answer it)."""
     pairs = make_pairs([str(i) for i in range(len(classes))], list(classes), negatives, seed)
     ranked = ranked_neighbours(rec, emb)
-    rows, ys, kinds, modes, groups = [], [], [], [], []
+    rows, ys, kinds, modes, groups, flags = [], [], [], [], [], []
     tax = rec.taxonomy
     for mode in ("known", "open"):
         for p in pairs:
@@ -88,8 +103,9 @@ def pair_table(rec: Any, emb: np.ndarray, classes: Sequence[str], negatives: int
             rows.append([f[n] for n in FEATURES])
             ys.append([tax.level_value(classes[i], lvl) == tax.level_value(classes[j], lvl) for lvl in PAIR_LEVELS])
             kinds.append(p.kind), modes.append(mode), groups.append((classes[i], classes[j]))
+            flags.append(flagged(rec, ranked[i], out) or flagged(rec, ranked[j], out))
     return {"x": np.array(rows), "y": np.array(ys, bool), "kind": np.array(kinds), "mode": np.array(modes),
-            "groups": groups}
+            "groups": groups, "flag": np.array(flags, bool)}
 
 
 def pair_weights(t: dict[str, Any], level: str) -> np.ndarray:
@@ -111,10 +127,15 @@ def pair_weights(t: dict[str, Any], level: str) -> np.ndarray:
     return w * len(y) / w.sum()
 
 
-def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Per candidate feature set (CANDIDATES), model-level ROC-AUC per kind and mode on held-out folds
-    of classes (a pair is tested when both its classes are in the fold, trained on when neither is),
-    each mode's rule fitted on that mode's pairs, as ``fit`` does."""
+def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0, monotone: Sequence[str] = ()
+                   ) -> dict[str, Any]:
+    """Per candidate feature set (CANDIDATES, fitted with ``monotone`` weights kept >= 0; and the
+    chosen one fitted the other way: MONOTONE kept >= 0, or all free), model-level ROC-AUC per kind and mode on held-out folds of classes (a pair is tested
+    when both its classes are in the fold, trained on when neither is). Each mode's rules are
+    fitted on that mode's pairs, as ``fit`` does, and each test pair is answered by the rules
+    ``compare`` would pick: the open ones when a photo is flagged unknown. So "known" mixes the
+    two rules as dev pairs do, and "open" as pairs of never-seen models do. ``<mode> mix``: the
+    balanced mix answered right by the verdict (None wrong), as benchmarks/verify.py counts it."""
     from sklearn.metrics import roc_auc_score
 
     names = sorted({c for g in t["groups"] for c in g})
@@ -122,36 +143,47 @@ def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0) -> dict[str
     fa = np.array([fold[a] for a, _ in t["groups"]])
     fb = np.array([fold[b] for _, b in t["groups"]])
     y, w = t["y"][:, 0], pair_weights(t, "model")
+    known = t["mode"] == "known"
+    other = (f"{CHOSEN}, fitted freely", ()) if monotone else (f"{CHOSEN}, monotone", MONOTONE)
+    runs = {**{c: (f, monotone) for c, f in CANDIDATES.items()}, other[0]: (CANDIDATES[CHOSEN], other[1])}
     out: dict[str, Any] = {}
-    for cand, feats in CANDIDATES.items():
+    for cand, (feats, mono) in runs.items():
         cols = [FEATURES.index(f) for f in feats]
-        prob = np.full(len(y), np.nan)
+        prob, right = np.full(len(y), np.nan), np.zeros(len(y), bool)
         for k in range(folds):
-            for mode in ("known", "open"):
-                m = t["mode"] == mode
-                train, test = m & (fa != k) & (fb != k), m & (fa == k) & (fb == k)
-                if not test.any() or y[train].all() or not y[train].any():
-                    continue
-                rule = fit_rule(t["x"][train][:, cols], y[train], feats, w[train])
-                prob[test] = [rule.probability(dict(zip(feats, row))) for row in t["x"][test][:, cols]]
+            train, test = (fa != k) & (fb != k), (fa == k) & (fb == k)
+            rules = [fit_rule(t["x"][m][:, cols], y[m], feats, w[m], monotone=mono)
+                     for m in (train & known, train & ~known) if y[m].any() and not y[m].all()]
+            if len(rules) < 2:
+                continue
+            for i in np.where(test)[0]:
+                rule = rules[int(t["flag"][i])]
+                prob[i] = rule.probability(dict(zip(feats, t["x"][i, cols])))
+                right[i] = rule.verdict(prob[i]) == bool(y[i])  # None (inside the band) is wrong
         res = {}
         for mode in ("known", "open"):
+            tested = (t["mode"] == mode) & ~np.isnan(prob)
             for kind in KINDS[1:]:
-                m = (t["mode"] == mode) & ~np.isnan(prob) & ((t["kind"] == "same") | (t["kind"] == kind))
+                m = tested & ((t["kind"] == "same") | (t["kind"] == kind))
                 if (y[m]).any() and (~y[m]).any():
                     res[f"{mode} {kind}"] = float(roc_auc_score(y[m], prob[m]))
+            per = [right[tested & (t["kind"] == kind)] for kind in KINDS]
+            if all(len(r) for r in per):  # same-model pairs half the weight, each different kind a sixth
+                res[f"{mode} mix"] = float(0.5 * per[0].mean() + sum(r.mean() for r in per[1:]) / (2 * len(per[1:])))
         out[cand] = res
     return out
 
 
-def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any]) -> PairCalibration:
+def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any], monotone: Sequence[str] = ()
+        ) -> PairCalibration:
     """Each level's rules, with their bands: for known vehicles on the pairs with their classes in the
-    gallery, for unknown ones on the pairs with them taken out."""
+    gallery, for unknown ones on the pairs with them taken out (``monotone``: weights kept >= 0)."""
     cols = [FEATURES.index(f) for f in features]
     sets = {}
     for mode in ("known", "open"):
         m = t["mode"] == mode
-        sets[mode] = {lvl: fit_rule(t["x"][m][:, cols], t["y"][m, i], features, pair_weights(t, lvl)[m])
+        sets[mode] = {lvl: fit_rule(t["x"][m][:, cols], t["y"][m, i], features, pair_weights(t, lvl)[m],
+                                    monotone=monotone)
                       for i, lvl in enumerate(PAIR_LEVELS)}
     return PairCalibration(sets["known"], info, sets["open"])
 
@@ -178,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--artifact", required=True, help="a folder written by train/train.py (e.g. vericar/default)")
     ap.add_argument("--features", nargs="+", default=list(CANDIDATES[CHOSEN]), choices=FEATURES,
                     help=f"the features the rules weigh (default: {CHOSEN!r}, chosen by the cross-validation)")
+    ap.add_argument("--monotone", action="store_true",
+                    help="keep the weights of the likeness features (cosine, agreements) >= 0: different-make pairs "
+                         "rank lower, same-make pairs of two models higher (docs/verification.md)")
     ap.add_argument("--negatives", type=int, default=2000, help="validation pairs of each different kind (at most)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dev-csv", default=str(DEV_CSV), help="photos listed here are refused (dev is for measuring)")
@@ -220,12 +255,13 @@ def main(argv: Sequence[str] | None = None) -> PairCalibration:
     gallery.add(rec.gallery.embeddings[~is_val], list(labels[~is_val]))
     voter = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density)
     t = pair_table(voter, emb, list(labels[is_val]), args.negatives, args.seed)
-    cv = cross_validate(t, seed=args.seed)
+    mono = MONOTONE if args.monotone else ()
+    cv = cross_validate(t, seed=args.seed, monotone=mono)
     counts = {f"{m} {k}": int(((t["mode"] == m) & (t["kind"] == k)).sum()) for m in ("known", "open") for k in KINDS}
     info = {"fitted_on": f"pairs of {int(is_val.sum())} validation photos (real-input views, seed {tc.get('seed', 0)}) "
             f"against the other training photos, each pair with its classes in the gallery and out of it",
-            "pairs": counts, "cross_validated_auc": cv}
-    cal = fit(t, args.features, info)
+            "pairs": counts, "cross_validated_auc": cv, "monotone": list(mono)}
+    cal = fit(t, args.features, info, mono)
     cfg, meta = read_artifact(out)
     meta["command"] = recorded_command(meta.get("command", ""), sys.argv[1:] if argv is None else argv)
     write_config(out, replace(cfg, compare=cal.to_dict()), meta)

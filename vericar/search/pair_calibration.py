@@ -29,6 +29,13 @@ from vericar.core.errors import ArtifactError
 PAIR_LEVELS = ("model", "make", "type")  # levels a comparison answers, finest first
 FEATURES = ("cosine", "agree_model", "agree_make", "agree_type", "nearness",
             "agree_model_near", "agree_make_near", "agree_type_near")
+# Evidence that the two photos are alike, whose weights `train/calibrate_pairs.py --monotone` keeps
+# >= 0: one model is one make and one type, so agreeing more at any level should never make "same"
+# less likely. Fitted freely, the collinear agreements take negative weights (the model rule weighs
+# make agreement about -3), which ranks some pairs of two makes above pairs of one model; kept >= 0,
+# different-make pairs rank lower but same-make pairs of two models higher (docs/verification.md).
+MONOTONE = ("cosine", "agree_model", "agree_make", "agree_type", "agree_model_near", "agree_make_near",
+            "agree_type_near")
 METHOD = "pair-logistic"
 REFIT = "Fit one with `python train/calibrate_pairs.py --artifact DIR`"
 
@@ -149,21 +156,40 @@ def _rule(level: str, r: Any) -> LevelRule:
     return LevelRule(feats, weights, bias, (band[0], band[1]))
 
 
-def fit_rule(x: np.ndarray, y: np.ndarray, features: Sequence[str], weight: np.ndarray | None = None,
-             max_abstain: float = 0.05, coin: float = 2 / 3) -> LevelRule:
-    """A level's logistic model fitted on pair features ``x`` (n, len(features)) and outcomes ``y``
-    (``weight``: per pair, e.g. to balance same and different pairs), and its band: the widest
-    [0.5 - d, 0.5 + d] whose pairs, answered at 0.5, are right less than ``coin`` of the time, while
-    at most ``max_abstain`` of the (weighted) pairs fall inside it."""
-    from sklearn.linear_model import LogisticRegression
+def logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, nonneg: Sequence[bool], c: float = 10.0
+             ) -> tuple[np.ndarray, float]:
+    """Weighted L2 logistic regression (sklearn's objective: Σ w_i log-loss_i + ||coef||² / 2c, the bias
+    free) whose coefficients flagged in ``nonneg`` are kept ≥ 0; returns (coef, bias)."""
+    from scipy.optimize import minimize
 
+    x, y, w = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(weight, np.float64)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ theta[1:] + theta[0]
+        g = w * (1.0 / (1.0 + np.exp(-z)) - y)
+        nll = float(w @ (np.logaddexp(0.0, z) - y * z))
+        return nll + 0.5 * float(theta[1:] @ theta[1:]) / c, np.concatenate([[g.sum()], x.T @ g + theta[1:] / c])
+
+    bounds = [(None, None)] + [(0.0, None) if nn else (None, None) for nn in nonneg]
+    r = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds,
+                 options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-8})
+    return r.x[1:], float(r.x[0])
+
+
+def fit_rule(x: np.ndarray, y: np.ndarray, features: Sequence[str], weight: np.ndarray | None = None,
+             max_abstain: float = 0.05, coin: float = 2 / 3, monotone: Sequence[str] = ()) -> LevelRule:
+    """A level's logistic model fitted on pair features ``x`` (n, len(features)) and outcomes ``y``
+    (``weight``: per pair, e.g. to balance same and different pairs; the features in ``monotone``
+    get weights ≥ 0), and its band: the widest [0.5 - d, 0.5 + d] whose pairs, answered at 0.5, are
+    right less than ``coin`` of the time, while at most ``max_abstain`` of the (weighted) pairs fall
+    inside it."""
     y = np.asarray(y, dtype=bool)
     if y.all() or not y.any():
         raise ValueError(f"need both same and different pairs to fit on, got {int(y.sum())} same of {len(y)}.")
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
-    lr = LogisticRegression(C=10.0, max_iter=1000).fit(x, y, sample_weight=w)
-    rule = LevelRule(tuple(features), tuple(float(c) for c in lr.coef_[0]), float(lr.intercept_[0]))
-    p = lr.predict_proba(x)[:, 1]
+    coef, bias = logistic(x, y, w, [f in monotone for f in features])
+    rule = LevelRule(tuple(features), tuple(float(v) for v in coef), bias)
+    p = 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) @ coef + bias)))
     right = (p >= 0.5) == y
     best = 0.0
     for d in np.arange(0.01, 0.5, 0.01):
