@@ -8,6 +8,7 @@ import pytest
 
 from test_train import _args, _photo, tiny_csv  # noqa: F401  (tiny_csv is a fixture)
 from train.calibrate_pairs import main as calibrate_pairs
+from vericar.search.pair_calibration import MONOTONE
 from train.errors import TrainError
 from train.train import main as train
 
@@ -34,6 +35,11 @@ def test_fit_writes_the_comparison_and_refuses_dev_photos(tiny_csv, tmp_path):  
     assert rec.comparison.levels == cal.levels
     calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache")])  # a re-run
     assert json.loads((out / "config.json").read_text())["meta"]["command"].count("calibrate_pairs") == 1
+    assert cfg["compare"]["info"]["monotone"] == []
+    mono = calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache"), "--monotone"])
+    for rule in (*mono.levels.values(), *mono.open_levels.values()):
+        assert all(w >= 0 for f, w in zip(rule.features, rule.weights) if f in MONOTONE)
+    assert json.loads((out / "config.json").read_text())["compare"]["info"]["monotone"] == list(MONOTONE)
     c = rec.compare(_photo(1, 2), _photo(1, 3))
     assert 0.0 <= c.probability <= 1.0 and c.a.label is not None
 
@@ -87,7 +93,7 @@ def test_cross_validation_answers_each_pair_with_the_rules_compare_would_pick():
             kind = "same" if n % 2 == 0 else ("easy", "medium", "hard")[n % 3]
             same = kind == "same"
             c = 0.5 + sign * (0.2 if same else -0.2) + rng.normal(0, 0.05)
-            rows.append([c, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25])
+            rows.append([c, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 1.0])
             ys.append([same, same, same]), kinds.append(kind), modes.append(mode)
             groups.append((classes[a], classes[a] if same else classes[b]))
     t = {"x": np.array(rows), "y": np.array(ys), "kind": np.array(kinds), "mode": np.array(modes), "groups": groups}
@@ -96,3 +102,23 @@ def test_cross_validation_answers_each_pair_with_the_rules_compare_would_pick():
     assert min(routed.values()) > 0.95  # every AUC and both balanced mixes
     assert unrouted["known easy"] > 0.95 and unrouted["known mix"] > 0.95
     assert unrouted["open easy"] < 0.05 and unrouted["open mix"] < 0.05
+
+
+def test_each_set_of_rules_is_fitted_on_the_pairs_it_answers():
+    """Known rules: pairs of gallery classes with no photo flagged; open rules: every flagged pair. A set
+    whose pairs lack an outcome falls back to its mode's pairs."""
+    import numpy as np
+
+    from train.calibrate_pairs import answering
+
+    mode = np.array(["known"] * 4 + ["open"] * 4)
+    flag = np.array([False, False, True, True, False, True, True, False])
+    y = np.array([[True] * 3, [False] * 3, [True] * 3, [False] * 3] * 2)
+    t = {"mode": mode, "flag": flag, "y": y}
+    known, open_ = answering(t, np.ones(8, bool))
+    assert known.tolist() == [True, True, False, False, False, False, False, False]
+    assert open_.tolist() == [False, False, True, True, False, True, True, False]
+    known, open_ = answering(t, np.array([True] * 4 + [False] * 4))  # the training folds only
+    assert open_.tolist() == [False, False, True, True] + [False] * 4
+    t["flag"] = np.array([False, False, False, True, False, False, False, True])  # flagged: "different" only
+    assert answering(t, np.ones(8, bool))[1].tolist() == [False] * 4 + [True] * 4

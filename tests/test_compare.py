@@ -158,6 +158,9 @@ def test_features_from_votes():
     a = [("Audi A4 Sedan 2012", 0.9), ("BMW X5 SUV 2007", 0.3)]
     f = pair_features(0.8, a, a[:1], tax.level_value)
     assert set(f) == set(FEATURES) and f["agree_model"] == pytest.approx(0.75) and f["nearness"] == pytest.approx(0.9)
+    assert f["agree_model_in_make"] == pytest.approx(f["agree_model"] / f["agree_make"])
+    other = pair_features(0.1, a[:1], [("BMW X5 SUV 2007", 0.8)], tax.level_value)  # two makes: nothing within one
+    assert other["agree_make"] == 0.0 and other["agree_model_in_make"] == 0.0
     assert pair_features(0.1, a[1:], a[:1], tax.level_value)["agree_make"] == 0.0
 
 

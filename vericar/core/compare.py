@@ -4,8 +4,8 @@
 embeds both in one batch, lets each vote among its gallery neighbours, and turns the pair's
 evidence (vericar/search/pair_calibration.py: cosine, agreement of the two votes, nearness) into a
 calibrated probability per level. Works for vehicles the gallery does not hold: when either photo
-is flagged unknown, rules fitted on validation pairs whose classes were taken out of the gallery
-answer.
+is flagged unknown, rules fitted on the validation pairs with a photo flagged (a hard photo of a
+known model, or a model taken out of the gallery) answer.
 """
 from __future__ import annotations
 

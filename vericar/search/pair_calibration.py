@@ -3,17 +3,20 @@
 Two photos of one model lie close in the embedding (their ``cosine``), and their neighbours in the
 gallery vote for the same values: ``agree_<level>`` is the chance that one neighbour drawn from
 each photo's vote (weights max(cos, 0), as ``voting.knn_vote``) has the same model / make / type,
-i.e. Σ_v p_a(v) p_b(v). ``nearness`` (the smaller of the two photos' nearest-neighbour cosines) says
-how much those votes are worth: far from every known vehicle (a model the gallery lacks), two
-photos' votes agree or not by chance; ``agree_<level>_near`` (agreement × nearness) lets the
-weight of the agreement grow with it. A logistic model per level (model, make, type) turns these
-features into the probability that both photos share that level; ``same_*`` is None when it falls
-in the level's ``band`` (weak evidence either way). There are two sets of rules: ``levels`` for
-two vehicles the gallery knows, ``open_levels`` for a pair in which either is flagged unknown (KNN+):
-there the neighbours' votes say less (two photos of a model the gallery lacks and two of two
-such models both vote for look-alikes), and a rule fitted on both kinds of pairs at once gave
-each kind less than its own (docs/verification.md). Fitted on validation pairs only
-(train/calibrate_pairs.py), stored under "compare" in an artifact's config.json.
+i.e. Σ_v p_a(v) p_b(v). Models nest in makes, so ``agree_model`` ≤ ``agree_make``, and
+``agree_model_in_make`` = agree_model / agree_make is the chance that two such neighbours share the
+model given that they share the make: "same model" is "same make" and "same model within it".
+``nearness`` (the smaller of the two photos' nearest-neighbour cosines) says how much those votes
+are worth: far from every known vehicle (a model the gallery lacks), two photos' votes agree or
+not by chance; ``agree_<level>_near`` (agreement × nearness) lets the weight of the agreement grow
+with it. A logistic model per level (model, make, type) turns these features into the probability
+that both photos share that level (``MONOTONE``: the likeness features, whose weights a fit may
+keep ≥ 0). ``same_*`` is None when it falls in the level's ``band`` (weak
+evidence either way). There are two sets of rules: ``levels`` for two vehicles the gallery knows,
+``open_levels`` for a pair in which either is flagged unknown (KNN+): there the neighbours' votes
+say less (two photos of a model the gallery lacks and two of two such models both vote for
+look-alikes). Fitted on validation pairs only (train/calibrate_pairs.py), each set on the pairs it
+answers, stored under "compare" in an artifact's config.json.
 """
 from __future__ import annotations
 
@@ -28,14 +31,15 @@ from vericar.core.errors import ArtifactError
 
 PAIR_LEVELS = ("model", "make", "type")  # levels a comparison answers, finest first
 FEATURES = ("cosine", "agree_model", "agree_make", "agree_type", "nearness",
-            "agree_model_near", "agree_make_near", "agree_type_near")
-# Evidence that the two photos are alike, whose weights `train/calibrate_pairs.py --monotone` keeps
-# >= 0: one model is one make and one type, so agreeing more at any level should never make "same"
-# less likely. Fitted freely, the collinear agreements take negative weights (the model rule weighs
-# make agreement about -3), which ranks some pairs of two makes above pairs of one model; kept >= 0,
-# different-make pairs rank lower but same-make pairs of two models higher (docs/verification.md).
+            "agree_model_near", "agree_make_near", "agree_type_near", "agree_model_in_make")
+# Evidence that the two photos are alike, whose weights `train/calibrate_pairs.py --monotone` keeps >= 0:
+# one model is one make and one type, so agreeing more at any level should never make "same" less
+# likely. Fitted freely, the collinear agreements take negative weights (the model rule weighs make
+# agreement about -3: among pairs of one make, a strong make agreement goes with two models), which
+# ranks some pairs of two makes above pairs of one model. Kept >= 0, easy pairs gain but pairs of
+# one make and of models the gallery lacks lose (docs/verification.md), so it is not the default.
 MONOTONE = ("cosine", "agree_model", "agree_make", "agree_type", "agree_model_near", "agree_make_near",
-            "agree_type_near")
+            "agree_type_near", "agree_model_in_make")
 METHOD = "pair-logistic"
 REFIT = "Fit one with `python train/calibrate_pairs.py --artifact DIR`"
 
@@ -67,6 +71,8 @@ def pair_features(cosine: float, a: Sequence[tuple[str, float]], b: Sequence[tup
     out["nearness"] = float(min(near))
     for lvl in PAIR_LEVELS:  # agreement counts for more when both photos are near known vehicles
         out[f"agree_{lvl}_near"] = out[f"agree_{lvl}"] * out["nearness"]
+    make = out["agree_make"]  # >= agree_model: two neighbours of one model are of one make
+    out["agree_model_in_make"] = min(out["agree_model"] / make, 1.0) if make > 1e-12 else 0.0
     return out
 
 
