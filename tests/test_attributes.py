@@ -170,3 +170,22 @@ def test_shipped_heads_on_real_photos():
     for f, p in zip(REAL_FILES, preds):
         assert p.colour == labels[f]["colour"], f
         assert (p.viewpoint == labels[f]["viewpoint"]) != (f in VIEW_MISSES), f
+
+
+def test_heads_are_fitted_on_views_like_the_products_input(tmp_path):
+    """benchmarks/attributes_fit.py --views real-input: each train photo swapped back, then made to look
+    like what the product is given (train/realinput.py), the same view for the same file on every run."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.attributes_fit import crops_of
+
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (300, 180), (200, 30, 10)).save(tmp_path / "train" / "a.jpg", quality=95)  # stored "red"
+    rows = [{"file": "train/a.jpg", "swapped": "1"}]
+    tight, = crops_of(None, rows, tmp_path, whole=True)
+    view, again = (crops_of(None, rows, tmp_path, whole=True, views="real-input")[0] for _ in range(2))
+    assert tight.size == (300, 180) and view.size == (224, 224)  # squashed as dev and product photos are
+    assert np.array_equal(np.asarray(view), np.asarray(again))
+    r, g, b = np.asarray(view, np.float64).reshape(-1, 3).mean(0)
+    assert b > 150 and r < 60  # swapped back before the view: the paint is blue

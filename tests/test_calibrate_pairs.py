@@ -28,7 +28,8 @@ def test_fit_writes_the_comparison_and_refuses_dev_photos(tiny_csv, tmp_path):  
     cal = calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache")])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["compare"]["method"] == "pair-logistic" and set(cfg["compare"]["open_levels"]) == {"model", "make", "type"}
-    assert cfg["compare"]["info"]["pairs"]["known same"] == 4 and "cross_validated_auc" in cfg["compare"]["info"]
+    info = cfg["compare"]["info"]
+    assert info["pairs"]["known same"] == 4 and "cross_validation" in info and set(info["flagged"]) == {"known", "open"}
     assert cfg["meta"]["command"].splitlines()[-1] == "python train/calibrate_pairs.py --artifact OUT --negatives 50"
     assert cfg["ood"] == before["ood"] and cfg["calibration"] == before["calibration"]  # only "compare" changed
     rec = vericar.load(f"local-dir:{out}")
@@ -36,7 +37,8 @@ def test_fit_writes_the_comparison_and_refuses_dev_photos(tiny_csv, tmp_path):  
     calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache")])  # a re-run
     assert json.loads((out / "config.json").read_text())["meta"]["command"].count("calibrate_pairs") == 1
     assert cfg["compare"]["info"]["monotone"] == []
-    mono = calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache"), "--monotone"])
+    mono = calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache"),
+                            "--monotone"])
     for rule in (*mono.levels.values(), *mono.open_levels.values()):
         assert all(w >= 0 for f, w in zip(rule.features, rule.weights) if f in MONOTONE)
     assert json.loads((out / "config.json").read_text())["compare"]["info"]["monotone"] == list(MONOTONE)
@@ -75,6 +77,14 @@ def test_validation_flags_are_predicts_flags(tmp_path):
     r = Recognizer(rec.model, rec.gallery, rec.ood, k=rec.k)
     got = [flagged(r, x, out) for x in ranked_neighbours(r, emb)]
     assert got == [p.unknown for p in without.predict_embeddings(emb)] and got[0]  # class 0's photo: now unknown
+    # A class with fewer photos than KNN+'s k: predict caps k at its count, and so must the flags.
+    small = [i for i, lab in enumerate(labels) if lab != BASE[1] or i % 6 < 3]
+    few = Recognizer(rec.model, Gallery.from_arrays(rec.gallery.embeddings[small], [labels[i] for i in small]),
+                     rec.ood, k=rec.k)
+    ranked = ranked_neighbours(few, emb)
+    assert [flagged(few, x, set()) for x in ranked] == [p.unknown for p in few.predict_embeddings(emb)]
+    uncapped = few.ood.score(np.array([[s for _, _, s in ranked[3][: few.ood.k]]]))  # class 1's photo, k not capped
+    assert not flagged(few, ranked[3], set()) and few.ood.is_unknown(uncapped)[0]  # the cap is what keeps it known
 
 
 def test_cross_validation_answers_each_pair_with_the_rules_compare_would_pick():
@@ -115,10 +125,35 @@ def test_each_set_of_rules_is_fitted_on_the_pairs_it_answers():
     flag = np.array([False, False, True, True, False, True, True, False])
     y = np.array([[True] * 3, [False] * 3, [True] * 3, [False] * 3] * 2)
     t = {"mode": mode, "flag": flag, "y": y}
-    known, open_ = answering(t, np.ones(8, bool))
-    assert known.tolist() == [True, True, False, False, False, False, False, False]
+    known, open_, fell_back = answering(t, np.ones(8, bool))
+    assert known.tolist() == [True, True, False, False, False, False, False, False] and fell_back == []
     assert open_.tolist() == [False, False, True, True, False, True, True, False]
-    known, open_ = answering(t, np.array([True] * 4 + [False] * 4))  # the training folds only
+    known, open_, _ = answering(t, np.array([True] * 4 + [False] * 4))  # the training folds only
     assert open_.tolist() == [False, False, True, True] + [False] * 4
     t["flag"] = np.array([False, False, False, True, False, False, False, True])  # flagged: "different" only
-    assert answering(t, np.ones(8, bool))[1].tolist() == [False] * 4 + [True] * 4
+    _, open_, fell_back = answering(t, np.ones(8, bool))
+    assert open_.tolist() == [False] * 4 + [True] * 4 and fell_back == ["open"]
+
+
+def test_the_rules_are_fitted_on_the_pairs_they_answer():
+    """Unflagged known pairs: alike means same. Flagged pairs (of either mode) the other way round. The
+    known rules must learn the first, the open rules the second (fitted per mode, the known rules
+    would see half their pairs inverted and learn neither)."""
+    import numpy as np
+
+    from train.calibrate_pairs import fit
+
+    rng = np.random.default_rng(1)
+    rows, ys, kinds, modes, flags, groups = [], [], [], [], [], []
+    for n in range(3000):
+        mode, flag = ("known", n % 4 == 1) if n % 4 < 2 else ("open", True)
+        kind = "same" if n % 8 < 4 else ("easy", "medium", "hard")[n % 3]
+        same = kind == "same"
+        c = 0.5 + (-0.2 if flag else 0.2) * (1 if same else -1) + rng.normal(0, 0.05)
+        rows.append([c] + [0.5] * 8), ys.append([same] * 3), kinds.append(kind), modes.append(mode)
+        flags.append(flag), groups.append(("A", "A" if same else "B"))
+    t = {"x": np.array(rows), "y": np.array(ys), "kind": np.array(kinds), "mode": np.array(modes),
+         "flag": np.array(flags), "groups": groups}
+    cal = fit(t, ["cosine"], {})
+    assert cal.levels["model"].weights[0] > 10 and cal.open_levels["model"].weights[0] < -10
+    assert cal.info["flagged"] == {"known": 0.5, "open": 1.0} and cal.info["fitted_by_mode"] == []

@@ -221,5 +221,6 @@ def test_logistic_fit_is_sklearns_and_keeps_monotone_weights_non_negative():
     r = fit_rule(x, y, ["cosine", "agree_make", "nearness"], w, monotone=("cosine", "agree_make"))
     assert r.weights[1] == 0.0 and r.weights[0] > 0  # the bound holds and binds ...
     alone, b_alone = logistic(x[:, [0, 2]], y, w, [False, False])  # ... so the rest is the fit without that feature
-    assert [r.weights[0], r.weights[2]] == pytest.approx(list(alone), abs=2e-3) and r.bias == pytest.approx(b_alone, abs=2e-3)
+    assert [r.weights[0], r.weights[2]] == pytest.approx(list(alone), abs=2e-3)
+    assert r.bias == pytest.approx(b_alone, abs=2e-3)
     assert fit_rule(x, y, ["cosine", "agree_make", "nearness"], w).weights[1] < 0  # free by default

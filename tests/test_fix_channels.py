@@ -162,3 +162,16 @@ def test_unreadable_weights_are_refused_and_the_folder_left_as_it_was(tmp_path, 
     with pytest.raises(TrainError, match="cannot read the weights .* left as it was"):
         fix_channels(["--artifact", str(out)])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_the_recorded_command_keeps_what_reproduces_the_artifact():
+    """fix, undo, refit, fix records as refit-then-fix: an undo right after the fix cancels it."""
+    from train.fix_channels import recorded
+
+    fix, undo = "python train/fix_channels.py --artifact OUT", "python train/fix_channels.py --undo --artifact OUT"
+    fixed = recorded("python train/train.py --output-dir OUT", undo=False)
+    assert fixed.splitlines() == ["python train/train.py --output-dir OUT", fix]
+    assert recorded(fixed, undo=True) == "python train/train.py --output-dir OUT"
+    refit = recorded(fixed, undo=True) + "\npython train/calibrate_pairs.py --artifact OUT"
+    assert recorded(refit, undo=False).splitlines()[-2:] == ["python train/calibrate_pairs.py --artifact OUT", fix]
+    assert recorded("python train/train.py --output-dir OUT", undo=True).splitlines()[-1] == undo  # no fix to cancel

@@ -37,7 +37,8 @@ import numpy as np
 from train.errors import TrainError, cli
 from train.fix_channels import refuse_fixed
 from vericar.evaluation.pairs import KINDS, make_pairs
-from vericar.search.pair_calibration import FEATURES, MONOTONE, PAIR_LEVELS, PairCalibration, fit_rule, pair_features
+from vericar.search.pair_calibration import (FEATURES, MONOTONE, PAIR_LEVELS, LevelRule, PairCalibration, fit_rule,
+                                             pair_features)
 
 DEV_CSV = Path(__file__).resolve().parents[2] / "shared/data/stanford_cars/dev.csv"
 CANDIDATES = {"cosine": ("cosine",), "vote agreement": ("agree_model", "agree_make", "agree_type"),
@@ -73,22 +74,28 @@ def ranked_neighbours(rec: Any, emb: np.ndarray) -> list[list[tuple[str, float, 
             for q in range(len(emb))]
 
 
+def _left(rec: Any, ranked: list[tuple[str, float, float]], exclude: set[str]) -> tuple[list, int]:
+    """The ranked entries left once the classes in ``exclude`` are out of the gallery, and the cap on
+    k that ``rec.predict_embeddings`` puts there (the nearest class's photo count). The ranking's
+    densities stay the whole gallery's: an approximation when a density correction is on."""
+    kept = [n for n in ranked if n[0] not in exclude]
+    return kept, rec._class_counts().get(kept[0][0], 1) if kept else 1
+
+
 def voters(rec: Any, ranked: list[tuple[str, float, float]], exclude: set[str]) -> list[tuple[str, float]]:
-    """The neighbours that vote for one photo, as ``rec.predict_embeddings`` picks them (k capped at
-    the nearest class's photo count), with the classes in ``exclude`` out of the gallery."""
-    kept = [(label, c) for label, c, _ in ranked if label not in exclude]
-    cap = rec._class_counts().get(kept[0][0], 1) if kept else 1
-    return kept[: min(rec.k, cap)]
+    """The neighbours that vote for one photo, as ``rec.predict_embeddings`` picks them, with the
+    classes in ``exclude`` out of the gallery: (label, cosine)."""
+    kept, cap = _left(rec, ranked, exclude)
+    return [(label, c) for label, c, _ in kept[: min(rec.k, cap)]]
 
 
 def flagged(rec: Any, ranked: list[tuple[str, float, float]], exclude: set[str]) -> bool:
     """Whether ``rec.predict_embeddings`` would flag the photo unknown with the classes in ``exclude``
     out of the gallery: KNN+ on the ranking scores, k capped as there. (An open-world model's make
     floor, which also flags, is not applied: it needs the photo's calibrated confidences.)"""
-    kept = [(label, s) for label, _, s in ranked if label not in exclude]
-    cap = rec._class_counts().get(kept[0][0], 1) if kept else 1
+    kept, cap = _left(rec, ranked, exclude)
     row = np.full((1, rec.ood.k), -np.inf)  # no neighbour at all scores as the farthest possible
-    near = [s for _, s in kept[: min(rec.ood.k, cap)]]
+    near = [s for _, _, s in kept[: min(rec.ood.k, cap)]]
     row[0, : len(near)] = near
     return bool(rec.ood.is_unknown(rec.ood.score(row))[0])
 
@@ -116,7 +123,9 @@ def pair_table(rec: Any, emb: np.ndarray, classes: Sequence[str], negatives: int
 
 def pair_weights(t: dict[str, Any], level: str) -> np.ndarray:
     """Per pair: known and open weigh the same; within each, "same at ``level``" as much as "not",
-    and the model level's different pairs each kind equally."""
+    and the model level's different pairs each kind equally. For the open rules this makes the two
+    kinds of flagged pair (a hard photo of a model in the gallery, a model the gallery lacks) count
+    alike whatever their numbers; pooling them instead measured no better (docs/verification.md)."""
     y = t["y"][:, PAIR_LEVELS.index(level)]
     w = np.zeros(len(y))
     for mode in ("known", "open"):
@@ -138,20 +147,25 @@ def subset(t: dict[str, Any], m: np.ndarray) -> dict[str, Any]:
     return {k: v[m] if isinstance(v, np.ndarray) else [g for g, keep in zip(v, m) if keep] for k, v in t.items()}
 
 
-def answering(t: dict[str, Any], within: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def answering(t: dict[str, Any], within: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The pairs (of ``within``) each set of rules is fitted on: those it answers. The known rules answer
     two photos of models in the gallery that are not flagged; the open rules every pair with a photo
     flagged unknown, whether its model is in the gallery (a hard photo) or not. A set whose pairs
-    lack an outcome at some level (a tiny validation split) is fitted on its mode's pairs instead."""
+    lack an outcome at some level (a tiny validation split) is fitted on its mode's pairs instead;
+    the third value names those sets."""
     known, flag = t["mode"] == "known", t["flag"]
-    out = []
-    for m, fallback in ((within & known & ~flag, within & known), (within & flag, within & ~known)):
+    out, fell_back = [], []
+    for name, m, fallback in (("known", within & known & ~flag, within & known),
+                              ("open", within & flag, within & ~known)):
         y = t["y"][m]
-        out.append(m if len(y) and y.any(0).all() and not y.all(0).any() else fallback)
-    return out[0], out[1]
+        ok = len(y) and y.any(0).all() and not y.all(0).any()
+        out.append(m if ok else fallback)
+        fell_back += [] if ok else [name]
+    return out[0], out[1], fell_back
 
 
-def fit_set(t: dict[str, Any], m: np.ndarray, features: Sequence[str], level: str, monotone: Sequence[str]):
+def fit_set(t: dict[str, Any], m: np.ndarray, features: Sequence[str], level: str,
+            monotone: Sequence[str]) -> LevelRule:
     """One level's rule fitted on the pairs ``m`` of ``t``, weighed as ``pair_weights`` weighs them."""
     cols = [FEATURES.index(f) for f in features]
     s = subset(t, m)
@@ -184,7 +198,7 @@ def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0, monotone: S
         prob, right = np.full(len(y), np.nan), np.zeros(len(y), bool)
         for k in range(folds):
             train, test = (fa != k) & (fb != k), (fa == k) & (fb == k)
-            sets = [m for m in answering(t, train) if y[m].any() and not y[m].all()]
+            sets = [m for m in answering(t, train)[:2] if y[m].any() and not y[m].all()]
             if len(sets) < 2:
                 continue
             rules = [fit_set(t, m, feats, "model", mono) for m in sets]
@@ -210,9 +224,10 @@ def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any], monoto
         ) -> PairCalibration:
     """Each level's rules, with their bands, each set fitted on the pairs it answers (``answering``;
     ``monotone``: weights kept >= 0)."""
-    sets = answering(t, np.ones(len(t["y"]), bool))
+    *sets, fell_back = answering(t, np.ones(len(t["y"]), bool))
     known, open_ = ({lvl: fit_set(t, m, features, lvl, monotone) for lvl in PAIR_LEVELS} for m in sets)
-    return PairCalibration(known, info, open_)
+    flagged_share = {mode: float(t["flag"][t["mode"] == mode].mean()) for mode in ("known", "open")}
+    return PairCalibration(known, {**info, "flagged": flagged_share, "fitted_by_mode": fell_back}, open_)
 
 
 def recorded_command(previous: str, argv: Sequence[str]) -> str:
@@ -289,13 +304,14 @@ def main(argv: Sequence[str] | None = None) -> PairCalibration:
             f"against the other training photos, each pair with its classes in the gallery and out of it; "
             f"the known rules on the pairs with no photo flagged unknown and their classes in the gallery, "
             f"the open rules on the pairs with a photo flagged",
-            "pairs": counts, "cross_validated_auc": cv, "monotone": list(mono)}
+            "pairs": counts, "cross_validation": cv, "monotone": list(mono)}
     cal = fit(t, args.features, info, mono)
     cfg, meta = read_artifact(out)
     meta["command"] = recorded_command(meta.get("command", ""), sys.argv[1:] if argv is None else argv)
     write_config(out, replace(cfg, compare=cal.to_dict()), meta)
     if args.report:
-        Path(args.report).write_text(json.dumps({"cross_validated_auc": cv, "pairs": counts}, indent=2))
+        report = {"cross_validation": cv, "pairs": counts, "flagged": cal.info["flagged"]}
+        Path(args.report).write_text(json.dumps(report, indent=2))
     print(f"fitted the comparison of {out} on {len(t['y'])} validation pairs ({counts})")
     for cand, res in cv.items():
         print(f"  {cand:32s} " + "  ".join(f"{k} {v:.3f}" for k, v in res.items()))

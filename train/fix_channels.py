@@ -103,12 +103,22 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         meta.pop(MARK, None)
     else:
         meta[MARK] = "bgr"
-    meta["command"] = "\n".join([c for c in [meta.get("command", "")] if c] + [
-        "python train/fix_channels.py " + ("--undo " if args.undo else "") + "--artifact OUT"])
+    meta["command"] = recorded(meta.get("command", ""), args.undo)
     write_config(out, cfg, meta)
     now = "the photos as stored (red and blue swapped)" if args.undo else "photos as they are"
     print(f"{out}: input channels of {', '.join(names)} swapped (red <-> blue); the network now takes {now}")
     return names
+
+
+def recorded(previous: str, undo: bool) -> str:
+    """The artifact's command with this run's line: an undo right after the fix takes the fix's line
+    away instead (the two cancel; a refit in between records itself after the fix's line was taken
+    away, and the fix that follows it then records itself again)."""
+    fix = "python train/fix_channels.py --artifact OUT"
+    lines = [ln for ln in previous.splitlines() if ln]
+    if undo and lines and lines[-1] == fix:
+        return "\n".join(lines[:-1])
+    return "\n".join(lines + [fix.replace("--artifact", "--undo --artifact") if undo else fix])
 
 
 if __name__ == "__main__":

@@ -166,19 +166,25 @@ def logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, nonneg: Sequence[
              ) -> tuple[np.ndarray, float]:
     """Weighted L2 logistic regression (sklearn's objective: Σ w_i log-loss_i + ||coef||² / 2c, the bias
     free) whose coefficients flagged in ``nonneg`` are kept ≥ 0; returns (coef, bias)."""
+    import warnings
+
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     x, y, w = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(weight, np.float64)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         z = x @ theta[1:] + theta[0]
-        g = w * (1.0 / (1.0 + np.exp(-z)) - y)
+        g = w * (expit(z) - y)
         nll = float(w @ (np.logaddexp(0.0, z) - y * z))
         return nll + 0.5 * float(theta[1:] @ theta[1:]) / c, np.concatenate([[g.sum()], x.T @ g + theta[1:] / c])
 
     bounds = [(None, None)] + [(0.0, None) if nn else (None, None) for nn in nonneg]
     r = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds,
-                 options={"maxiter": 2000, "ftol": 1e-12, "gtol": 1e-8})
+                 options={"maxiter": 2000, "ftol": 1e-10, "gtol": 1e-6})
+    if not r.success:  # often a line search that cannot improve at the optimum: worth a look, not a stop
+        warnings.warn(f"the pair rule's logistic fit did not report convergence ({r.message}); check its weights",
+                      RuntimeWarning, stacklevel=2)
     return r.x[1:], float(r.x[0])
 
 
@@ -195,7 +201,9 @@ def fit_rule(x: np.ndarray, y: np.ndarray, features: Sequence[str], weight: np.n
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
     coef, bias = logistic(x, y, w, [f in monotone for f in features])
     rule = LevelRule(tuple(features), tuple(float(v) for v in coef), bias)
-    p = 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) @ coef + bias)))
+    from scipy.special import expit
+
+    p = expit(np.asarray(x, np.float64) @ coef + bias)
     right = (p >= 0.5) == y
     best = 0.0
     for d in np.arange(0.01, 0.5, 0.01):
