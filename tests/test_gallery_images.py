@@ -84,3 +84,26 @@ def test_no_source_or_a_failing_one_gives_labelled_drawings(tmp_path):
         paths, label, note = page_examples(src, tmp_path / "ex")
         assert len(paths) == 3 and "drawings" in label and note == DRAWINGS_NOTE
     assert HubImages("org/cars", load=down, background=False).tile("stanford_cars:train/00001.jpg", NAMES[0]) is None
+
+
+def test_training_photos_stored_swapped_are_shown_swapped_back(local_copy):
+    """A model trained on a copy whose train photos have red and blue swapped (meta.train_photos_channels,
+    train/fix_channels.py) gets those tiles swapped back; other splits, and other copies, as stored."""
+    import numpy as np
+    from PIL import Image
+
+    from vericar.ui.gallery_images import swapped_csv
+
+    Image.new("RGB", (120, 80), (10, 30, 200)).save(local_copy / "train" / "00001.jpg", quality=95)  # stored "blue"
+    meta = {"train_photos_channels": "bgr", "train_config": {"data": str(local_copy / "train.csv")}}
+    assert swapped_csv(meta, local_copy) == "train.csv"
+    assert swapped_csv({**meta, "train_photos_channels": None}, local_copy) is None  # not a fixed model
+    assert swapped_csv(meta, local_copy / "train") is None  # another folder than the one it was trained on
+    src, plain = image_source(str(local_copy), meta), image_source(str(local_copy))
+    ref = "stanford_cars:train/00001.jpg"
+    r, _, b = np.asarray(src.tile(ref, NAMES[0]), np.float64).reshape(-1, 3).mean(0)
+    assert r > 150 and b < 60  # the paint was red: shown red
+    r, _, b = np.asarray(plain.tile(ref, NAMES[0]), np.float64).reshape(-1, 3).mean(0)
+    assert b > 150 and r < 60
+    dev = np.asarray(src.tile("stanford_cars:dev/00001.jpg", NAMES[1]))
+    assert np.array_equal(dev, np.asarray(plain.tile("stanford_cars:dev/00001.jpg", NAMES[1])))  # dev: as stored

@@ -137,7 +137,7 @@ def build_app(rec: Recognizer, settings: AppSettings, store: EnrolledStore | Non
                              write_rate=settings.write_rate, read_rate=settings.read_rate, store=store)
     files = RequestFiles(get_upload_folder(), delivery_s=settings.delivery_s)
     # Photos for the similar-vehicle tiles and real examples: --gallery-images DIR, or the Hub dataset on a Space.
-    source = image_source(settings.gallery_images)
+    source = image_source(settings.gallery_images, rec.meta)
     h = Handlers(vehicles, files, source, hide_plates=plate_stage(rec, settings.plates_mode))
     # Every event that runs the model shares one concurrency group, so at most `concurrency` model
     # calls run at once in all (a per-event limit would let identify + explain + similar + ... each

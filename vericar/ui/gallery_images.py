@@ -11,6 +11,11 @@ file), not the photos. ``image_source(spec)`` resolves them against
 Either way a photo is shown only when its class, as the source records it (``DIR/<split>.csv`` or
 the dataset's label names), is the gallery entry's label: a source in another order shows text
 tiles, never a wrong car. Both also give the page real test photos as examples.
+
+The Stanford Cars copy in ``../shared`` stores its train photos with red and blue swapped
+(docs/attributes.md); a model trained on it records that (``meta.train_photos_channels``,
+train/fix_channels.py), and ``swapped_csv`` then names the CSV of the copy whose photos a local
+source shows swapped back, so a red car's tile is red.
 """
 from __future__ import annotations
 
@@ -38,19 +43,23 @@ HUB_SPLITS = {"train": "train", "dev": "test", "test": "test"}
 
 
 class LocalImages:
-    """A local copy of the dataset: ``root/<split>/<file>`` with ``root/<split>.csv`` (file, class_name)."""
+    """A local copy of the dataset: ``root/<split>/<file>`` with ``root/<split>.csv`` (file, class_name);
+    the photos listed in ``root/<swapped>`` are stored with red and blue swapped and shown swapped back."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, swapped: str | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise VericarError(f"--gallery-images {root}: no such folder; point it at a copy of the dataset "
                                "(e.g. ../shared/data/stanford_cars).")
         self._names: dict[str, str] = {}
+        self._swapped: set[str] = set()
         for table in sorted(self.root.glob("*.csv")):
             with table.open(newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
                     if row.get("file") and row.get("class_name"):
                         self._names[row["file"]] = row["class_name"]
+                        if table.name == swapped:
+                            self._swapped.add(row["file"])
 
     def _path(self, ref: str, label: str | None) -> Path | None:
         m = _REF.match(ref or "")
@@ -65,7 +74,7 @@ class LocalImages:
     def tile(self, ref: str, label: str | None = None) -> Image.Image | None:
         """The photo behind ``ref`` (a TILE_SIZE thumbnail) if it is there and shows ``label``."""
         path = self._path(ref, label)
-        return _thumb(str(path)) if path else None
+        return _thumb(str(path), ref.split(":", 1)[-1] in self._swapped) if path else None
 
     def examples(self, n: int = 3) -> list[tuple[str, str]]:
         """``n`` real photos of the test split (dev folder) as (path, class name), spread over classes."""
@@ -75,11 +84,31 @@ class LocalImages:
 
 
 @functools.lru_cache(maxsize=256)
-def _thumb(path: str) -> Image.Image | None:
+def _thumb(path: str, swapped: bool = False) -> Image.Image | None:
     try:
-        return make_thumbnail(open_image(path), TILE_SIZE)
+        photo = open_image(path)
     except VericarError:
         return None
+    if swapped:
+        red, green, blue = photo.split()
+        photo = Image.merge("RGB", (blue, green, red))
+    return make_thumbnail(photo, TILE_SIZE)
+
+
+def swapped_csv(meta: dict[str, Any], root: str | Path) -> str | None:
+    """The CSV of the dataset copy at ``root`` whose photos are stored with red and blue swapped: the
+    training CSV of a model that records it was trained on such photos, when that CSV is in ``root``
+    (its path as recorded, from the working folder or the repository); else None."""
+    data = str((meta.get("train_config") or {}).get("data") or "")
+    if meta.get("train_photos_channels") != "bgr" or not data.endswith(".csv"):
+        return None
+    here = Path(root).expanduser().resolve()
+    repo = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), repo):
+        candidate = (base / data).resolve()
+        if candidate.parent == here and candidate.is_file():
+            return candidate.name
+    return None
 
 
 class HubImages:
@@ -167,15 +196,16 @@ class HubImages:
         return out
 
 
-def image_source(spec: str | None) -> LocalImages | HubImages | None:
-    """``DIR`` or ``hf-dataset:ORG/NAME`` (see the module doc); None for None / ""."""
+def image_source(spec: str | None, meta: dict[str, Any] | None = None) -> LocalImages | HubImages | None:
+    """``DIR`` or ``hf-dataset:ORG/NAME`` (see the module doc); None for None / "". ``meta``: the model's,
+    which says whether its training photos in a local copy are stored swapped (``swapped_csv``)."""
     if not spec:
         return None
     if spec.startswith("hf-dataset:"):
         source = HubImages(spec[len("hf-dataset:"):] or HUB_DATASET)
         source.warm("train")  # the shipped gallery's refs are train photos: fetch them before anyone asks
         return source
-    return LocalImages(spec)
+    return LocalImages(spec, swapped_csv(meta or {}, spec))
 
 
 DRAWINGS_NOTE = ("These examples are drawings, not photos: the model was trained on photos of real cars, so a "
