@@ -191,3 +191,19 @@ def test_offline_hub_sources_say_what_to_do(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(SpecError, match="weights of 'resnet18' could not be fetched.*pretrained=False"):
         create_backbone("timm:resnet18", pretrained=True)
+
+
+def test_a_fixed_models_swapped_training_photos_are_refused_as_a_gallery(data):
+    """A model fixed by train/fix_channels.py takes photos as they are; its training CSV's photos are
+    stored swapped, so a gallery or an enrolment built from them as stored would be wrong: refused."""
+
+    from vericar.artifacts.hub import read_artifact, write_config
+
+    tmp, g, q = data
+    cfg, meta = read_artifact(tmp / "m")
+    write_config(tmp / "m", cfg, {**meta, "train_photos_channels": "bgr", "train_config": {"data": g}})
+    for flag in ("--gallery", "--enroll"):
+        with pytest.raises(VericarError, match="stored with red and blue swapped"):
+            main(["--model", f"local-dir:{tmp / 'm'}", flag, g, "--queries", q, "--no-progress"])
+    r = main(["--model", f"local-dir:{tmp / 'm'}", "--gallery", q, "--queries", q, "--no-progress"])  # another CSV
+    assert r["n_queries"] == 5

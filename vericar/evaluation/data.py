@@ -173,3 +173,19 @@ def stratified_split(
         val.extend(items[:n_val])
         train.extend(items[n_val:])
     return train, val
+
+
+def swapped_csv(meta: dict[str, Any], root: str | Path) -> str | None:
+    """The CSV of the dataset copy at ``root`` whose photos are stored with red and blue swapped: the
+    training CSV of a model that records it was trained on such photos, when that CSV is in ``root``
+    (its path as recorded, from the working folder or the repository); else None."""
+    data = str((meta.get("train_config") or {}).get("data") or "")
+    if meta.get("train_photos_channels") != "bgr" or not data.endswith(".csv"):
+        return None
+    here = Path(root).expanduser().resolve()
+    repo = Path(__file__).resolve().parents[2]  # the repository: recorded paths are relative to it
+    for base in (Path.cwd(), repo):
+        candidate = (base / data).resolve()
+        if candidate.parent == here and candidate.is_file():
+            return candidate.name
+    return None

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from vericar.core.errors import VericarError
+from vericar.evaluation.data import swapped_csv
 from vericar.vision.images import make_thumbnail, open_image
 
 log = logging.getLogger(__name__)
@@ -93,22 +94,6 @@ def _thumb(path: str, swapped: bool = False) -> Image.Image | None:
         red, green, blue = photo.split()
         photo = Image.merge("RGB", (blue, green, red))
     return make_thumbnail(photo, TILE_SIZE)
-
-
-def swapped_csv(meta: dict[str, Any], root: str | Path) -> str | None:
-    """The CSV of the dataset copy at ``root`` whose photos are stored with red and blue swapped: the
-    training CSV of a model that records it was trained on such photos, when that CSV is in ``root``
-    (its path as recorded, from the working folder or the repository); else None."""
-    data = str((meta.get("train_config") or {}).get("data") or "")
-    if meta.get("train_photos_channels") != "bgr" or not data.endswith(".csv"):
-        return None
-    here = Path(root).expanduser().resolve()
-    repo = Path(__file__).resolve().parents[2]
-    for base in (Path.cwd(), repo):
-        candidate = (base / data).resolve()
-        if candidate.parent == here and candidate.is_file():
-            return candidate.name
-    return None
 
 
 class HubImages:
