@@ -13,8 +13,9 @@ Photos marked ``swapped=1`` (red and blue channels swapped in the stored file, d
 are swapped back first. Viewpoint heads are fitted on each photo and its mirror image (left and
 right are one class) when cross-validation prefers it. ``--viewpoint-labels`` and ``--colour-labels``
 add train photos labelled for one attribute only (benchmarks/labels/viewpoint_train.csv,
-colour_train.csv) to that attribute's fit. The colour threshold is the out-of-fold top probability
-below which ``--coverage-margin`` more than 10% of the photos fall (a margin over the 90% coverage target).
+viewpoint_train_rare.csv, colour_train.csv) to that attribute's fit. The colour threshold is the
+out-of-fold top probability below which ``--coverage-margin`` more than 10% of the photos fall (a
+margin over the 90% coverage target).
 Each photo is first made to look like what the product is given (``--views real-input``, the recipe
 the confidences are calibrated with, train/realinput.py): fitted on the tight crops as stored, the
 colour threshold answered 91.9% of train photos but 86.5% of dev photos.
@@ -35,6 +36,7 @@ from vericar.attributes.colour import COLOURS, body_colour, coarse  # noqa: E402
 from vericar.attributes.head import LinearHead, fit_arrays  # noqa: E402
 from vericar.attributes.stage import Attributes  # noqa: E402
 from vericar.attributes.viewpoint import VIEWPOINTS  # noqa: E402
+from vericar.evaluation.data import TRAIN_CHANNELS  # noqa: E402
 
 C_GRID = (0.03, 0.1, 0.3)
 # Candidates compared (on a shared 2-core CPU each fit of the 1,280 backbone features takes long; a
@@ -60,18 +62,15 @@ def crops_of(rec, rows: list[dict], data: Path, whole: bool = False, views: str 
     (Stanford Cars train photos are already cropped to the car's box)."""
     import zlib
 
-    from PIL import Image
-
     from train.realinput import real_input_view
-    from vericar.vision.images import open_image
+    from vericar.vision.images import open_image, swap_red_blue
     from vericar.vision.scene import locate
 
     out = []
     for r in rows:
         photo = open_image(data / r["file"])
         if r.get("swapped") == "1":
-            red, green, blue = photo.split()
-            photo = Image.merge("RGB", (blue, green, red))
+            photo = swap_red_blue(photo)
         if views == "real-input":
             photo = real_input_view(photo, np.random.default_rng(zlib.crc32(r["file"].encode())))
         if whole:
@@ -96,8 +95,11 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str =
 
     swaps = "".join("1" if r.get("swapped") == "1" else "0" for r in rows)
     # the model's weights and preprocessing too: another model (or the same one fixed) gives other features
+    from train.realinput import RECIPE
+
+    views_key = "" if views == "tight" else views + repr(RECIPE)  # the recipe makes the pixels too
     tag = hashlib.sha1((swaps + weights_digest(rec.model) + repr(rec.model.pretrained_cfg)
-                        + ("" if views == "tight" else views)).encode()).hexdigest()[:8]
+                        + views_key).encode()).hexdigest()[:8]
     key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}-{tag}.npz" if cache else None
     crops = None
     if key is not None and key.is_file():
@@ -106,7 +108,7 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str =
             if got["body"].shape[1] != len(body_colour(_probe())):
                 # The body summary changed: only it is recomputed, from the whole photos (train photos are
                 # box crops; the detector on 400 photos takes many minutes on a shared CPU).
-                crops = crops_of(rec, rows, data, whole=True, views=views)
+                crops = crops_of(rec, rows, data, whole=views == "tight", views=views)
                 got["body"] = np.stack([body_colour(c) for c in crops])
                 np.savez(key, **got)
             return got
@@ -259,7 +261,8 @@ def main() -> None:
     p.add_argument("--labels", default="benchmarks/labels/attributes_train.csv")
     p.add_argument("--data", default="../shared/data/stanford_cars")
     p.add_argument("--model", default="default")
-    p.add_argument("--viewpoint-labels", nargs="*", default=["benchmarks/labels/viewpoint_train.csv"],
+    p.add_argument("--viewpoint-labels", nargs="*", default=["benchmarks/labels/viewpoint_train.csv",
+                                                             "benchmarks/labels/viewpoint_train_rare.csv"],
                    help="train photos labelled for viewpoint only (file,viewpoint; 'none' or empty: unsure)")
     p.add_argument("--colour-labels", nargs="*", default=["benchmarks/labels/colour_train.csv"],
                    help="train photos labelled for colour only (file,colour,swapped; 'none' or empty: unsure)")
@@ -279,7 +282,7 @@ def main() -> None:
     if any(s in path for path in (a.labels, *a.viewpoint_labels, *a.colour_labels) for s in ("dev", "test")):
         sys.exit("refusing to fit on dev/test labels: fit on train labels only")
     rec = vericar.load(a.model, attributes=False)
-    if (a.train_channels == "bgr") != (rec.meta.get("train_photos_channels") == "bgr"):
+    if (a.train_channels == "bgr") != (rec.meta.get(TRAIN_CHANNELS) == "bgr"):
         sys.exit(f"--train-channels {a.train_channels} needs a network that takes the train photos "
                  + ("put right: run train/fix_channels.py on it first." if a.train_channels == "bgr" else
                     "as stored, but train/fix_channels.py ran on it (or give --train-channels bgr)."))

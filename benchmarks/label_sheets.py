@@ -61,7 +61,7 @@ def draw_sheet(root: Path, rows: list[dict], first: int, cols: int = COLS, tile:
         im = Image.open(root / row["file"]).convert("RGB")
         scale = min((tw - 6) / im.width, (th - 6) / im.height)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-        if pairs:
+        if pairs:  # a standalone labelling tool (no vericar import): vericar.vision.images.swap_red_blue's two lines
             red, green, blue = im.split()
             tiles += [(im, f"{first + i}A"), (Image.merge("RGB", (blue, green, red)), f"{first + i}B")]
         else:

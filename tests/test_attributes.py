@@ -182,8 +182,14 @@ def test_heads_are_fitted_on_views_like_the_products_input(tmp_path):
 
     (tmp_path / "train").mkdir()
     Image.new("RGB", (300, 180), (200, 30, 10)).save(tmp_path / "train" / "a.jpg", quality=95)  # stored "red"
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (180, 300, 3), dtype=np.uint8))
+    for name in ("b.png", "c.png"):
+        noise.save(tmp_path / "train" / name)
     rows = [{"file": "train/a.jpg", "swapped": "1"}]
     tight, = crops_of(None, rows, tmp_path, whole=True)
+    pair = [{"file": "train/b.png", "swapped": "0"}, {"file": "train/c.png", "swapped": "0"}]
+    a, b = crops_of(None, pair, tmp_path, whole=True, views="real-input")
+    assert not np.array_equal(np.asarray(a), np.asarray(b))  # the same pixels, other views: seeded per file
     view, again = (crops_of(None, rows, tmp_path, whole=True, views="real-input")[0] for _ in range(2))
     assert tight.size == (300, 180) and view.size == (224, 224)  # squashed as dev and product photos are
     assert np.array_equal(np.asarray(view), np.asarray(again))

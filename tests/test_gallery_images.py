@@ -86,19 +86,22 @@ def test_no_source_or_a_failing_one_gives_labelled_drawings(tmp_path):
     assert HubImages("org/cars", load=down, background=False).tile("stanford_cars:train/00001.jpg", NAMES[0]) is None
 
 
-def test_training_photos_stored_swapped_are_shown_swapped_back(local_copy):
+def test_training_photos_stored_swapped_are_shown_swapped_back(local_copy, monkeypatch):
     """A model trained on a copy whose train photos have red and blue swapped (meta.train_photos_channels,
     train/fix_channels.py) gets those tiles swapped back; other splits, and other copies, as stored."""
     import numpy as np
     from PIL import Image
 
-    from vericar.ui.gallery_images import swapped_csv
+    from vericar.evaluation.data import swapped_csv
 
     Image.new("RGB", (120, 80), (10, 30, 200)).save(local_copy / "train" / "00001.jpg", quality=95)  # stored "blue"
     meta = {"train_photos_channels": "bgr", "train_config": {"data": str(local_copy / "train.csv")}}
     assert swapped_csv(meta, local_copy) == "train.csv"
     assert swapped_csv({**meta, "train_photos_channels": None}, local_copy) is None  # not a fixed model
     assert swapped_csv(meta, local_copy / "train") is None  # another folder than the one it was trained on
+    monkeypatch.chdir(local_copy.parent / "stanford_cars" / "train")  # recorded relative to where training ran
+    assert swapped_csv({**meta, "train_config": {"data": "../train.csv"}}, local_copy) == "train.csv"
+    assert swapped_csv({**meta, "train_config": {"data": "../elsewhere/train.csv"}}, local_copy) is None
     src, plain = image_source(str(local_copy), meta), image_source(str(local_copy))
     ref = "stanford_cars:train/00001.jpg"
     r, _, b = np.asarray(src.tile(ref, NAMES[0]), np.float64).reshape(-1, 3).mean(0)

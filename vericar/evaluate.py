@@ -22,7 +22,7 @@ from vericar.core.recognizer import Recognizer
 from vericar.evaluation import metrics
 from vericar.evaluation.answers import level_answer
 from vericar.evaluation.attributes import check_vocabulary, evaluate_attributes, table_rows, with_labels
-from vericar.evaluation.data import Sample, load_source, parse_holdout, swapped_csv
+from vericar.evaluation.data import Sample, load_source, parse_holdout, refuse_swapped
 from vericar.models.embed_cache import cached_embeddings
 from vericar.models.embedding import embed
 from vericar.models.model import EmbeddingModel
@@ -192,24 +192,11 @@ def _override_preprocess(rec: Recognizer, args: argparse.Namespace) -> None:
     rec.model.tta = tta
 
 
-def _refuse_swapped(rec: Recognizer, csv_path: str, flag: str) -> None:
-    """VericarError when ``csv_path`` lists photos stored with red and blue swapped that this model was
-    trained on and since made to take photos as they are (train/fix_channels.py): embedded as stored,
-    they would all sit in the wrong channel order."""
-    path = Path(csv_path)
-    if path.suffix == ".csv" and swapped_csv(rec.meta, path.parent) == path.name:
-        raise VericarError(
-            f"{flag} {csv_path}: these photos are stored with red and blue swapped, and this model was fixed to "
-            "take photos as they are (meta.train_photos_channels, docs/attributes.md), so their embeddings would "
-            "be wrong. Use the model's own gallery (it was embedded right), or run on a copy that takes them as "
-            "stored: python train/fix_channels.py --undo --artifact COPY.")
-
-
 def _with_photos(rec: Recognizer, args: argparse.Namespace, kw: dict) -> Recognizer:
     """``--gallery``: a gallery built from that CSV instead of the model's; ``--enroll``: photos added to it."""
     for csv_path, flag in ((args.gallery, "--gallery"), (args.enroll, "--enroll")):
         if csv_path:
-            _refuse_swapped(rec, csv_path, flag)
+            refuse_swapped(rec.meta, csv_path, flag)
     if args.gallery:
         g_samples, emb = _embed_filtered(rec.model, load_source(args.gallery, "train"), args.gallery_filter,
                                          args.cache, "gallery", kw)

@@ -175,12 +175,17 @@ def stratified_split(
     return train, val
 
 
+# A model's meta key saying how the photos it was trained on are stored ("bgr": red and blue swapped),
+# written by train/fix_channels.py when it makes the network take photos as they are.
+TRAIN_CHANNELS = "train_photos_channels"
+
+
 def swapped_csv(meta: dict[str, Any], root: str | Path) -> str | None:
     """The CSV of the dataset copy at ``root`` whose photos are stored with red and blue swapped: the
     training CSV of a model that records it was trained on such photos, when that CSV is in ``root``
     (its path as recorded, from the working folder or the repository); else None."""
     data = str((meta.get("train_config") or {}).get("data") or "")
-    if meta.get("train_photos_channels") != "bgr" or not data.endswith(".csv"):
+    if meta.get(TRAIN_CHANNELS) != "bgr" or not data.endswith(".csv"):
         return None
     here = Path(root).expanduser().resolve()
     repo = Path(__file__).resolve().parents[2]  # the repository: recorded paths are relative to it
@@ -189,3 +194,17 @@ def swapped_csv(meta: dict[str, Any], root: str | Path) -> str | None:
         if candidate.parent == here and candidate.is_file():
             return candidate.name
     return None
+
+
+def refuse_swapped(meta: dict[str, Any], csv_path: str, flag: str) -> None:
+    """VericarError when ``csv_path`` is the training CSV whose photos are stored with red and blue
+    swapped, of a model since made to take photos as they are (train/fix_channels.py): embedded as
+    stored, they would all sit in the wrong channel order. (It matches the CSV, not its photos: a
+    copy listing some of them is not caught.)"""
+    path = Path(csv_path)
+    if path.suffix == ".csv" and swapped_csv(meta, path.parent) == path.name:
+        raise VericarError(
+            f"{flag} {csv_path}: these photos are stored with red and blue swapped, and this model was fixed to "
+            f"take photos as they are (meta.{TRAIN_CHANNELS}, docs/attributes.md), so their embeddings would "
+            "be wrong. Use the model's own gallery (it was embedded right), or run on a copy that takes them as "
+            "stored: python train/fix_channels.py --undo --artifact COPY.")

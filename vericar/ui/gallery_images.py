@@ -34,7 +34,7 @@ from PIL import Image
 
 from vericar.core.errors import VericarError
 from vericar.evaluation.data import swapped_csv
-from vericar.vision.images import make_thumbnail, open_image
+from vericar.vision.images import make_thumbnail, open_image, swap_red_blue
 
 log = logging.getLogger(__name__)
 HUB_DATASET = "tanganke/stanford_cars"
@@ -90,10 +90,7 @@ def _thumb(path: str, swapped: bool = False) -> Image.Image | None:
         photo = open_image(path)
     except VericarError:
         return None
-    if swapped:
-        red, green, blue = photo.split()
-        photo = Image.merge("RGB", (blue, green, red))
-    return make_thumbnail(photo, TILE_SIZE)
+    return make_thumbnail(swap_red_blue(photo) if swapped else photo, TILE_SIZE)
 
 
 class HubImages:

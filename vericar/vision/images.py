@@ -176,6 +176,13 @@ def _finish(im: Image.Image, what: str) -> Image.Image:
     return rgb
 
 
+def swap_red_blue(im: Image.Image) -> Image.Image:
+    """The RGB photo with its red and blue channels swapped (the Stanford Cars train photos in
+    ../shared are stored so: docs/attributes.md)."""
+    red, green, blue = im.convert("RGB").split()
+    return Image.merge("RGB", (blue, green, red))
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any PIL mode to a new 8-bit RGB image (alpha over white, high bit depth rescaled)."""
     mode = im.mode
