@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vericar.core.config import VericarConfig
+from vericar.evaluation.data import TRAIN_CHANNELS
 from vericar.models.weights import LITE_VARIANTS
 
 
@@ -227,7 +228,7 @@ def write_card(out: Path, config: VericarConfig, meta: dict[str, Any], dev: dict
         + _took(meta) + _stopped(meta)
         + (" Its training photos are stored with red and blue swapped; after training, the input channels of "
            "its first convolution were swapped (`train/fix_channels.py`), so it takes photos as they are and "
-           "computes what it learnt on them." if meta.get("train_photos_channels") == "bgr" else ""), "",
+           "computes what it learnt on them." if meta.get(TRAIN_CHANNELS) == "bgr" else ""), "",
         "## Figures", "", *_figures(meta, dev), *_calibration(meta, config.ood),
         *_limits(config, meta, tc), *_licence(config, tc),
         "## Reproduce", "", "```", meta["command"], "```", "",

@@ -34,9 +34,9 @@ if __name__ == "__main__" and not __package__:  # run as a file: put the reposit
     _sys.path[:] = [_os.path.dirname(_here)] + [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
 
 from train.errors import TrainError, cli
+from vericar.evaluation.data import TRAIN_CHANNELS as MARK  # the meta key (and the weights' header mark)
 
 FIRST_CONV = "conv_stem.weight"  # timm EfficientNet / EfficientNet-Lite; other backbones are refused
-MARK = "train_photos_channels"
 
 
 def refuse_fixed(meta: dict, what: str) -> None:
