@@ -21,7 +21,7 @@ from vericar.core.errors import VericarError, check_positive_int
 from vericar.core.recognizer import Recognizer
 from vericar.evaluation import metrics
 from vericar.evaluation.answers import level_answer
-from vericar.evaluation.attributes import check_vocabulary, evaluate_attributes, table_rows, with_labels
+from vericar.evaluation.attributes import check_vocabulary, evaluate_attributes, with_labels
 from vericar.evaluation.data import Sample, load_source, parse_holdout, refuse_swapped
 from vericar.models.embed_cache import cached_embeddings
 from vericar.models.embedding import embed
