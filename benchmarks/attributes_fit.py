@@ -1,8 +1,9 @@
 """Choose and fit the colour and viewpoint heads on labelled TRAIN photos (never dev).
 
 Features are what the product computes for a vehicle: the main vehicle's crop as ``predict`` cuts
-it, the recogniser's pooled backbone features (the input of its embedding head), and the CIELAB
-summary of the body's pixels (``vericar.attributes.colour.body_colour``). Candidates are compared by
+it, the recogniser's pooled backbone features (the input of its embedding head), the means of the
+left, centre and right thirds of the feature map they are pooled from, and the CIELAB summary of the
+body's pixels (``vericar.attributes.colour.body_colour``). Candidates are compared by
 5-fold cross-validation on the train labels; the best is refitted on all of them and written into
 the model folder as safetensors + JSON:
 
@@ -42,7 +43,9 @@ C_GRID = (0.03, 0.1, 0.3)
 # Candidates compared (on a shared 2-core CPU each fit of the 1,280 backbone features takes long; a
 # first backbone-only colour run, C=0.01, reached 0.39 coarse accuracy, far below the body summary).
 COLOUR_KINDS = ("body",)
-VIEW_KINDS = (("backbone", False), ("backbone", True))
+# (features, fitted with mirror images too). The column means need the mirror images: left and right swap there.
+VIEW_KINDS = (("backbone", False), ("backbone", True), ("backbone+columns", True))
+FEATURE_SET = "pooled+columns"  # what the feature cache holds (in its key: an older cache lacks the columns)
 VIEW_C = (0.01, 0.03, 0.1)
 VIEW_PCA = (64, 128, 256)  # wider projections, tried once 1,200 viewpoint labels made them worth fitting
 
@@ -82,14 +85,13 @@ def crops_of(rec, rows: list[dict], data: Path, whole: bool = False, views: str 
 
 
 def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str = "tight") -> dict[str, np.ndarray]:
-    """backbone, backbone of the mirror image, body colour, embedding of each photo's crop (``views``:
+    """backbone (pooled) and column-mean features of each photo's crop and of its mirror image, and the
+    crop's body colour (``views``:
     see ``crops_of``); cached by the photos, which of them are swapped back (a relabelled swap changes
     the pixels the features come from) and the views."""
     import hashlib
 
     from PIL import ImageOps
-
-    from vericar.models.embedding import forward_batches
 
     from vericar.models.embed_cache import weights_digest
 
@@ -99,7 +101,7 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str =
 
     views_key = "" if views == "tight" else views + repr(RECIPE)  # the recipe makes the pixels too
     tag = hashlib.sha1((swaps + weights_digest(rec.model) + repr(rec.model.pretrained_cfg)
-                        + views_key).encode()).hexdigest()[:8]
+                        + views_key + FEATURE_SET).encode()).hexdigest()[:8]
     key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}-{tag}.npz" if cache else None
     crops = None
     if key is not None and key.is_file():
@@ -113,16 +115,39 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str =
                 np.savez(key, **got)
             return got
     crops = crops_of(rec, rows, data, views=views)
-    m = rec.model
-    got = {"files": np.array([r["file"] for r in rows]),
-           "backbone": forward_batches(m, crops, forward=m.features).numpy(),
-           "backbone_flip": forward_batches(m, [ImageOps.mirror(c) for c in crops], forward=m.features).numpy(),
-           "body": np.stack([body_colour(c) for c in crops]),
-           "embedding": forward_batches(m, crops).numpy()}
+    mirrored = [ImageOps.mirror(c) for c in crops]
+    (bb, cols), (bb_flip, cols_flip) = pooled_and_columns(rec.model, crops), pooled_and_columns(rec.model, mirrored)
+    got = {"files": np.array([r["file"] for r in rows]), "backbone": bb, "backbone_flip": bb_flip,
+           "columns": cols, "columns_flip": cols_flip, "body": np.stack([body_colour(c) for c in crops])}
     if key is not None:
         key.parent.mkdir(parents=True, exist_ok=True)
         np.savez(key, **got)
     return got
+
+
+def pooled_and_columns(model, crops: list) -> tuple[np.ndarray, np.ndarray]:
+    """What the product's FeatureTap catches for each crop, in one pass: the pooled backbone features and
+    the column means of the feature map they are pooled from (vericar.attributes.stage.column_means)."""
+    import torch
+
+    from vericar.attributes.stage import column_means, map_pool
+    from vericar.models.embedding import forward_batches
+
+    pool, caught = map_pool(model), []
+    if pool is None:
+        sys.exit(f"{model.spec}: no feature map to pool by columns (a ViT); fit backbone heads only")
+    hook = pool.register_forward_pre_hook(lambda module, args: caught.append(column_means(args[0].float())))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        caught.clear()
+        pooled = model.features(x)
+        return torch.cat([pooled, caught[0]], 1)
+
+    try:
+        both = forward_batches(model, crops, forward=forward).numpy()
+    finally:
+        hook.remove()
+    return both[:, : model.num_features], both[:, model.num_features:]
 
 
 def _probe():
@@ -133,9 +158,9 @@ def _probe():
 
 def design(f: dict[str, np.ndarray], kind: str, flip: bool = False) -> np.ndarray:
     """The feature matrix a head of ``kind`` reads (``flip``: from the mirror images)."""
-    bb = f["backbone_flip"] if flip else f["backbone"]
-    return {"backbone": bb, "body": f["body"], "backbone+body": np.concatenate([bb, f["body"]], 1),
-            "embedding": f.get("embedding")}[kind]
+    side = "_flip" if flip else ""
+    parts = {"backbone": f["backbone" + side], "columns": f["columns" + side], "body": f["body"]}
+    return np.concatenate([parts[k] for k in kind.split("+")], 1)
 
 
 PCA_DIMS = 64  # features wider than this are projected first (fits in seconds on a shared CPU)
@@ -214,7 +239,7 @@ def with_extra(f: dict, rows: list[dict], g: dict, extra: list[dict]) -> tuple[d
     dup = [r["file"] for r in extra if r["file"] in seen]
     if dup:
         sys.exit(f"{len(dup)} photos are labelled twice ({dup[0]}): keep each photo in one label file")
-    return ({k: np.concatenate([f[k], g[k]]) for k in ("backbone", "backbone_flip", "body")},
+    return ({k: np.concatenate([f[k], g[k]]) for k in ("backbone", "backbone_flip", "columns", "columns_flip", "body")},
             rows + [{"colour": "", "viewpoint": "", **r} for r in extra])
 
 

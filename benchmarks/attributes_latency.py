@@ -50,9 +50,9 @@ def main() -> None:
     for photo in photos:
         with rec.attributes.tap(rec.model).capture() as rows:
             rec._embed_pil([photo])
-        feats = tap_features(rows, 1)
+        feats, cols = tap_features(rows, 1), tap_features(rows.columns, 1)
         t = time.perf_counter()
-        rec.attributes.describe(feats, [photo])
+        rec.attributes.describe(feats, [photo], cols)
         stage.append(1000 * (time.perf_counter() - t))
         t = time.perf_counter()
         rec.predict(photo)

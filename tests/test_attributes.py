@@ -194,3 +194,51 @@ def test_heads_are_fitted_on_views_like_the_products_input(tmp_path):
     assert np.array_equal(np.asarray(view), np.asarray(again))
     r, g, b = np.asarray(view, np.float64).reshape(-1, 3).mean(0)
     assert b > 150 and r < 60  # swapped back before the view: the paint is blue
+
+
+def test_column_means_against_a_naive_loop():
+    """Left, centre and right thirds of a map, as a plain loop over its columns computes them."""
+    from vericar.attributes.stage import column_means
+
+    rng = np.random.default_rng(0)
+    for w, thirds in ((7, ((0, 2), (2, 5), (5, 7))), (4, ((0, 1), (1, 3), (3, 4))), (2, ((0, 2),) * 3)):
+        fmap = rng.normal(size=(2, 5, 3, w))
+        want = np.zeros((2, 15))
+        for b in range(2):
+            for t, (lo, hi) in enumerate(thirds):
+                for c in range(5):
+                    want[b, 5 * t + c] = np.mean([fmap[b, c, i, j] for i in range(3) for j in range(lo, hi)])
+        np.testing.assert_allclose(column_means(torch.from_numpy(fmap)).numpy(), want, atol=1e-12)
+
+
+def test_viewpoint_head_over_columns_reads_the_embedding_pass(with_heads, tmp_path):
+    """A head over backbone + column means: the tap catches the map's column means in the embedding pass
+    itself (equal to the backbone's map on the same input), and the head answers every vehicle; a network
+    without a map (a ViT) has no pool to tap, so such a head answers None rather than guess."""
+    from vericar.attributes.stage import column_means, map_pool
+
+    out = tmp_path / "cols"
+    shutil.copytree(with_heads, out)
+    rec = hub.load(f"local-dir:{out}")
+    f = rec.model.num_features
+    rng = np.random.default_rng(1)
+    view = LinearHead(list(VIEWPOINTS), np.zeros(4 * f), np.ones(4 * f), rng.normal(size=(5, 4 * f)), np.zeros(5),
+                      0.0, {"features": "backbone+columns"})
+    Attributes(rec.attributes.heads["colour"], view).save(out)
+    rec = hub.load(f"local-dir:{out}")
+    photos = [vehicle_photo(s, 2) for s in range(4)]
+    with rec.attributes.tap(rec.model).capture() as rows:
+        rec._embed_pil(photos)
+    x = torch.stack([eval_transform(rec.model.preprocess)(p) for p in photos])
+    with torch.no_grad():
+        direct = column_means(rec.model.backbone.forward_features(x)).numpy()
+    np.testing.assert_allclose(np.concatenate(rows.columns), direct, rtol=1e-4, atol=1e-4)
+    preds = rec.predict_batch(photos)
+    got = view.answer(np.concatenate([np.concatenate(rows), direct], 1))
+    assert [p.viewpoint for p in preds] == [v for v, _ in got] and all(p.viewpoint in VIEWPOINTS for p in preds)
+    described = rec.attributes.describe(np.concatenate(rows), photos, None)  # no columns caught: no answer
+    assert all(d.viewpoint is None and d.colour is not None for d in described)
+
+    class Vit:
+        kind, backbone = "vit", rec.model.backbone
+    assert map_pool(rec.model) is rec.model.backbone.global_pool and map_pool(Vit()) is None

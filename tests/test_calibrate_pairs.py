@@ -36,7 +36,11 @@ def test_fit_writes_the_comparison_and_refuses_dev_photos(tiny_csv, tmp_path):  
     assert rec.comparison.levels == cal.levels
     calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache")])  # a re-run
     assert json.loads((out / "config.json").read_text())["meta"]["command"].count("calibrate_pairs") == 1
-    assert cfg["compare"]["info"]["monotone"] == []
+    assert cfg["compare"]["info"]["monotone"] == [] and cfg["compare"]["info"]["cap"] == "none"
+    assert "capped_by" not in cfg["compare"]["levels"]["model"]  # no cap by default
+    capped = calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache"),
+                              "--cap", "known"])
+    assert capped.levels["model"].capped_by == ("make",) and capped.open_levels["model"].capped_by == ()
     mono = calibrate_pairs(["--artifact", str(out), "--negatives", "50", "--cache", str(tmp_path / "cache"),
                             "--monotone"])
     for rule in (*mono.levels.values(), *mono.open_levels.values()):
@@ -157,3 +161,34 @@ def test_the_rules_are_fitted_on_the_pairs_they_answer():
     cal = fit(t, ["cosine"], {})
     assert cal.levels["model"].weights[0] > 10 and cal.open_levels["model"].weights[0] < -10
     assert cal.info["flagged"] == {"known": 0.5, "open": 1.0} and cal.info["fitted_by_mode"] == []
+
+
+def test_the_model_rule_is_capped_by_the_make_rule_where_asked():
+    """Pairs of one make but two models look alike: the make rule says "same", the model rule must not
+    say more. With the cap, every pair's P(same model) <= P(same make), in the sets ``--cap`` names."""
+    import numpy as np
+
+    from train.calibrate_pairs import CAPS, fit
+
+    rng = np.random.default_rng(2)
+    n = 2400
+    kind = np.array(["same", "easy", "medium", "hard"] * (n // 4))
+    cos = np.where(kind == "same", 0.8, np.where(kind == "easy", 0.3, 0.6)) + rng.normal(0, 0.1, n)
+    make = np.where(kind == "easy", 0.1, 0.9) + rng.normal(0, 0.1, n)
+    x = np.c_[cos, np.zeros(n), make, np.zeros((n, 6))]
+    y = np.c_[kind == "same", kind != "easy", kind != "easy"]
+    flag = rng.random(n) < 0.5  # every kind among the flagged pairs and among the others
+    t = {"x": x, "y": y, "kind": kind, "mode": np.where(flag | (rng.random(n) < 0.5), "open", "known"), "flag": flag,
+         "groups": [("A", "B")] * n}
+    feats = ["cosine", "agree_make"]
+    for cap, capped in CAPS.items():
+        cal = fit(t, feats, {}, cap=cap)
+        for unknown, name in ((False, "known"), (True, "open")):
+            assert cal.rules(unknown)["model"].capped_by == (("make",) if name in capped else ())
+            p = [cal.probabilities(dict(zip(feats, row[[0, 2]])), unknown) for row in x[:200]]
+            raw = [cal.rules(unknown)["model"].probability(dict(zip(feats, row[[0, 2]]))) for row in x[:200]]
+            if name in capped:
+                assert all(q["model"] <= q["make"] + 1e-12 for q in p)
+                assert any(q["model"] < r - 0.01 for q, r in zip(p, raw))  # the cap bites on some pairs
+            else:
+                assert [q["model"] for q in p] == raw

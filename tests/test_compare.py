@@ -43,7 +43,7 @@ def cmp_artifact(tmp_path_factory) -> Path:
 
 
 def naive(rec, a, b, r: LevelRule) -> tuple[float, float]:
-    """The model-level probability and cosine, computed from scratch with numpy (plain cosine ranking)."""
+    """Rule ``r``'s probability (no cap) and the cosine, computed from scratch with numpy (plain cosine ranking)."""
     ea, eb = rec.embed([a])[0], rec.embed([b])[0]
     g, labels = rec.gallery.embeddings, rec.gallery.labels
     tax = Taxonomy.from_labels(labels)
@@ -82,6 +82,23 @@ def test_compare_matches_a_naive_reference(cmp_artifact):
         assert c.a.label == rec.predict(a).label and c.b.label == rec.predict(b).label
     assert rec.compare(*same).same_model is True and rec.compare(*diff).same_model is False
     assert rec.compare(*same).probability > 0.9 > 0.1 > rec.compare(*diff).probability
+
+
+def test_same_model_is_never_likelier_than_same_make(tmp_path):
+    """A model rule capped by the make's: P(same model) = min(its own, the make rule's), as a naive
+    reference computes them; the verdict reads the capped probability; uncapped it is its own."""
+    strict = rule(bias=-7.0)  # the make rule: less sure of "same" than the model rule (bias -4)
+    cal = PairCalibration({"model": replace(rule(), capped_by=("make",)), "make": strict, "type": rule()}, {})
+    rec = hub.load(f"local-dir:{with_compare(make_artifact(tmp_path / 'art'), cal)}")
+    assert rec.comparison.levels["model"].capped_by == ("make",)  # through config.json
+    a, b = vehicle_photo(0, 50), vehicle_photo(0, 51)
+    own, make = naive(rec, a, b, rule())[0], naive(rec, a, b, strict)[0]
+    assert make < own
+    c = rec.compare(a, b)
+    assert c.probability == pytest.approx(make, abs=1e-5) and c.probabilities["make"] == pytest.approx(make, abs=1e-5)
+    assert c.same_model is rec.comparison.levels["model"].verdict(make)
+    rec.comparison.levels["model"] = rule()  # no cap: the rule's own probability
+    assert rec.compare(a, b).probability == pytest.approx(own, abs=1e-5)
 
 
 def test_weak_evidence_is_none_not_a_guess(cmp_artifact):
@@ -131,9 +148,14 @@ def test_pair_calibration_round_trip_and_refusals(tmp_path, cmp_artifact):
     assert PairCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))).levels == cal.levels
     assert PairCalibration.from_dict(None) is None
     good = cal.to_dict()
+    assert "capped_by" not in good["levels"]["model"]  # a rule saved before caps reads as uncapped
+    capped = {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": ["make", "type"]}}}
+    assert PairCalibration.from_dict(json.loads(json.dumps(capped))).levels["model"].capped_by == ("make", "type")
     for bad in ({**good, "method": "siamese"}, {**good, "levels": {"model": good["levels"]["model"]}},
                 {**good, "levels": {**good["levels"], "make": {**good["levels"]["make"], "band": [0.8, 0.2]}}},
-                {**good, "levels": {**good["levels"], "type": {**good["levels"]["type"], "features": ["colour"]}}}):
+                {**good, "levels": {**good["levels"], "type": {**good["levels"]["type"], "features": ["colour"]}}},
+                {**good, "levels": {**good["levels"], "make": {**good["levels"]["make"], "capped_by": ["model"]}}},
+                {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": "make"}}}):
         with pytest.raises(ArtifactError, match="calibrate_pairs.py"):
             PairCalibration.from_dict(bad)
     cfg, meta = hub.read_artifact(cmp_artifact)

@@ -7,7 +7,10 @@ a folder without them, as an older one, gives ``None`` attributes) and switched 
 
 No second network pass: ``FeatureTap`` catches the pooled backbone features on their way into the
 model's embedding head while the recognizer embeds the crops, per thread, so requests served side
-by side never see each other's features.
+by side never see each other's features. For a CNN it also catches the last feature map on its way
+into the global pool and keeps the means of its left, centre and right thirds (``column_means``):
+global pooling throws away where things are, and a viewpoint is mostly that (which end of the car
+is at which side, and how wide each face is).
 """
 from __future__ import annotations
 
@@ -29,7 +32,39 @@ from vericar.core.errors import ArtifactError
 
 COLOUR_FILE, VIEWPOINT_FILE = "attributes-colour", "attributes-viewpoint"
 _TAP_LOCK = threading.Lock()
-FEATURE_KINDS = ("backbone", "body", "backbone+body")  # what a head reads (its info["features"])
+# What a head reads (its info["features"]): parts joined by "+", in this order.
+FEATURE_KINDS = ("backbone", "body", "backbone+body", "backbone+columns")
+
+
+def column_means(fmap: Any) -> Any:
+    """A feature map ``(B, C, H, W)`` (torch) -> ``(B, 3C)``: the means of its left, centre and right thirds
+    (a map under 3 wide: its mean three times)."""
+    import torch
+
+    w = fmap.shape[-1]
+    if w < 3:
+        return fmap.mean((2, 3)).repeat(1, 3)
+    a = w // 3
+    return torch.cat([fmap[..., lo:hi].mean((2, 3)) for lo, hi in ((0, a), (a, w - a), (w - a, w))], 1)
+
+
+def map_pool(model: Any) -> Any:
+    """The module that pools the tapped network's last feature map (a timm CNN's ``global_pool``; an
+    ensemble's first member, whose head the tap reads), or None (a ViT has tokens, not a map)."""
+    m = model.members[0] if hasattr(model, "members") else model
+    if getattr(m, "kind", None) == "vit":
+        return None
+    pool = getattr(getattr(m, "backbone", None), "global_pool", None)
+    return pool if callable(getattr(pool, "register_forward_pre_hook", None)) else None
+
+
+class Captured(list):
+    """The pooled feature batches a capture caught, in forward order; ``columns``: the column means of
+    the same passes' feature maps (empty when the network has no map)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.columns: list = []
 
 
 @dataclass
@@ -44,30 +79,41 @@ class Described:
 
 
 class FeatureTap:
-    """Catches the input of ``model.head`` (the pooled backbone features) during :meth:`capture`, in
-    the calling thread only; rows come in forward order."""
+    """Catches the input of ``model.head`` (the pooled backbone features) and the column means of the
+    map the pool reads (``map_pool``) during :meth:`capture`, in the calling thread only; rows come in
+    forward order."""
 
     def __init__(self, model: Any) -> None:
         self._local = threading.local()
-        self._handle = model.head.register_forward_pre_hook(self._hook)
+        self._handles = [model.head.register_forward_pre_hook(self._hook)]
+        pool = map_pool(model)
+        if pool is not None:
+            self._handles.append(pool.register_forward_pre_hook(self._map_hook))
 
     def _hook(self, module: Any, args: tuple) -> None:
         rows = getattr(self._local, "rows", None)
         if rows is not None:
             rows.append(args[0].detach().float().cpu().numpy())
 
+    def _map_hook(self, module: Any, args: tuple) -> None:
+        rows = getattr(self._local, "rows", None)
+        if rows is not None and args[0].dim() == 4:
+            rows.columns.append(column_means(args[0].detach().float()).cpu().numpy())
+
     @contextmanager
-    def capture(self) -> Iterator[list]:
-        """``with tap.capture() as rows: model(...)``: ``rows`` then holds the feature batches."""
-        self._local.rows = rows = []
+    def capture(self) -> Iterator[Captured]:
+        """``with tap.capture() as rows: model(...)``: ``rows`` then holds the feature batches (and
+        ``rows.columns`` the column means)."""
+        self._local.rows = rows = Captured()
         try:
             yield rows
         finally:
             self._local.rows = None
 
     def remove(self) -> None:
-        """Take the hook off the model."""
-        self._handle.remove()
+        """Take the hooks off the model."""
+        for h in self._handles:
+            h.remove()
 
 
 class Attributes:
@@ -130,24 +176,28 @@ class Attributes:
             return embed(crops), [Described() for _ in crops]
         with self.tap(model).capture() as rows:
             emb = embed(crops)
-        return emb, self.describe(tap_features(rows, len(crops)), crops)
+        n = len(crops)
+        return emb, self.describe(tap_features(rows, n), crops, tap_features(rows.columns, n))
 
-    def describe(self, features: np.ndarray | None, crops: Sequence[Any]) -> list[Described]:
-        """Each crop's attributes from its pooled backbone features ``(N, F)`` (None: not captured)
-        and its pixels (PIL)."""
+    def describe(self, features: np.ndarray | None, crops: Sequence[Any],
+                 columns: np.ndarray | None = None) -> list[Described]:
+        """Each crop's attributes from its pooled backbone features ``(N, F)``, the column means of its
+        feature map ``(N, 3F)`` (either None: not captured; a head that needs it answers None) and its
+        pixels (PIL)."""
         out = [Described() for _ in crops]
         if not crops or not self.active:
             return out
-        body = None
+        parts: dict[str, np.ndarray | None] = {"backbone": features, "columns": columns}
         for head, name in ((self.colour, "colour"), (self.viewpoint, "viewpoint")):
             kind = head.info.get("features", "backbone") if head is not None else None
-            if head is None or (features is None and kind != "body"):
+            if head is None:
                 continue
-            if "body" in kind and body is None:
-                body = np.stack([body_colour(c) for c in crops])
-            x = {"backbone": features, "body": body}.get(kind)
-            if x is None:
-                x = np.concatenate([features, body], axis=1)
+            needs = kind.split("+")
+            if "body" in needs and parts.get("body") is None:
+                parts["body"] = np.stack([body_colour(c) for c in crops])
+            if any(parts.get(k) is None for k in needs):
+                continue
+            x = np.concatenate([parts[k] for k in needs], axis=1)
             for d, (value, conf) in zip(out, head.answer(x)):
                 setattr(d, name, value)
                 setattr(d, f"{name}_confidence", round(conf, 4))

@@ -48,8 +48,8 @@ def compare_predictions(rec: Any, cal: PairCalibration, pa: Prediction, pb: Pred
     """The comparison of two already-answered vehicles (embeddings ``ea`` / ``eb``, L2-normalised)."""
     cos = float(np.dot(ea, eb))
     feats = pair_features(cos, neighbour_votes(pa), neighbour_votes(pb), rec.taxonomy.level_value)
-    rules = cal.rules(pa.unknown or pb.unknown)
-    probs = {lvl: rules[lvl].probability(feats) for lvl in PAIR_LEVELS}
+    unknown = pa.unknown or pb.unknown
+    rules, probs = cal.rules(unknown), cal.probabilities(feats, unknown)
     same = {lvl: rules[lvl].verdict(probs[lvl]) for lvl in PAIR_LEVELS}
     if same["model"] is True:  # one model is one make and one type: the coarser answers follow
         same.update(make=True if same["make"] is not False else None, type=True if same["type"] is not False else None)

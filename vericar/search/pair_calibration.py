@@ -15,7 +15,8 @@ keep ≥ 0). ``same_*`` is None when it falls in the level's ``band`` (weak
 evidence either way). There are two sets of rules: ``levels`` for two vehicles the gallery knows,
 ``open_levels`` for a pair in which either is flagged unknown (KNN+): there the neighbours' votes
 say less (two photos of a model the gallery lacks and two of two such models both vote for
-look-alikes). Fitted on validation pairs only (train/calibrate_pairs.py), each set on the pairs it
+look-alikes). A rule may be ``capped_by`` coarser levels: one model is one make, so P(same model)
+is never given above P(same make) (``PairCalibration.probabilities``). Fitted on validation pairs only (train/calibrate_pairs.py), each set on the pairs it
 answers, stored under "compare" in an artifact's config.json.
 """
 from __future__ import annotations
@@ -84,6 +85,7 @@ class LevelRule:
     weights: tuple[float, ...]
     bias: float
     band: tuple[float, float] = (0.5, 0.5)  # [low, high]: probabilities strictly inside get None
+    capped_by: tuple[str, ...] = ()  # coarser levels whose probability this one's may not exceed
 
     def probability(self, feats: dict[str, float]) -> float:
         z = self.bias + sum(w * feats[f] for f, w in zip(self.features, self.weights))
@@ -97,8 +99,9 @@ class LevelRule:
         return False if p <= lo else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias,
-                "band": list(self.band)}
+        d = {"features": list(self.features), "weights": list(self.weights), "bias": self.bias,
+             "band": list(self.band)}
+        return {**d, "capped_by": list(self.capped_by)} if self.capped_by else d
 
 
 @dataclass
@@ -114,6 +117,11 @@ class PairCalibration:
     def rules(self, unknown: bool) -> dict[str, LevelRule]:
         """The rules for a pair in which a vehicle is flagged unknown (``unknown``) or none is."""
         return self.open_levels if unknown and self.open_levels is not None else self.levels
+
+    def probabilities(self, feats: dict[str, float], unknown: bool) -> dict[str, float]:
+        """Each level's probability for one pair's features, a rule's caps applied: P(same model) is
+        at most P(same make) when the model rule is ``capped_by`` the make (same model implies same make)."""
+        return capped_probabilities(self.rules(unknown), feats)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, stored under "compare" in an artifact's config.json."""
@@ -143,13 +151,21 @@ class PairCalibration:
         return cls(sets["levels"], dict(d.get("info") or {}), sets.get("open_levels"))
 
 
+def capped_probabilities(rules: dict[str, LevelRule], feats: dict[str, float]) -> dict[str, float]:
+    """``rules``' probability per level for one pair, each capped by its ``capped_by`` levels' (uncapped)."""
+    raw = {lvl: r.probability(feats) for lvl, r in rules.items()}
+    return {lvl: min([raw[lvl]] + [raw[c] for c in r.capped_by]) for lvl, r in rules.items()}
+
+
 def _rule(level: str, r: Any) -> LevelRule:
     """One level's rule from JSON, checked: known features, one finite weight each, a band in [0, 1]."""
     try:
         feats = tuple(str(f) for f in r["features"])
         weights = tuple(float(w) for w in r["weights"])
         bias, band = float(r["bias"]), tuple(float(x) for x in r["band"])
-    except (KeyError, TypeError, ValueError) as e:
+        caps = r.get("capped_by", [])
+        caps = tuple(str(c) for c in caps) if isinstance(caps, list) else (repr(caps),)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"compare calibration level {level!r} is malformed ({type(e).__name__}: {e}); "
                             f"it needs features, weights, bias and band. {REFIT}.") from e
     bad = [f for f in feats if f not in FEATURES]
@@ -159,7 +175,11 @@ def _rule(level: str, r: Any) -> LevelRule:
         raise ArtifactError(f"compare calibration level {level!r}: unknown features {bad} (known: {list(FEATURES)}), "
                             f"{len(weights)} weights for {len(feats)} features, or band {list(band)} not "
                             f"0 <= low <= high <= 1. {REFIT}.")
-    return LevelRule(feats, weights, bias, (band[0], band[1]))
+    coarser = PAIR_LEVELS[PAIR_LEVELS.index(level) + 1:] if level in PAIR_LEVELS else ()
+    if any(c not in coarser for c in caps):
+        raise ArtifactError(f"compare calibration level {level!r} is capped by {list(caps)}; only a list of coarser "
+                            f"levels ({list(coarser)}) can cap it. {REFIT}.")
+    return LevelRule(feats, weights, bias, (band[0], band[1]), caps)
 
 
 def logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, nonneg: Sequence[bool], c: float = 10.0
