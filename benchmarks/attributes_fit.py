@@ -118,16 +118,19 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str =
     mirrored = [ImageOps.mirror(c) for c in crops]
     (bb, cols), (bb_flip, cols_flip) = pooled_and_columns(rec.model, crops), pooled_and_columns(rec.model, mirrored)
     got = {"files": np.array([r["file"] for r in rows]), "backbone": bb, "backbone_flip": bb_flip,
-           "columns": cols, "columns_flip": cols_flip, "body": np.stack([body_colour(c) for c in crops])}
+           "body": np.stack([body_colour(c) for c in crops])}
+    if cols is not None:
+        got.update(columns=cols, columns_flip=cols_flip)
     if key is not None:
         key.parent.mkdir(parents=True, exist_ok=True)
         np.savez(key, **got)
     return got
 
 
-def pooled_and_columns(model, crops: list) -> tuple[np.ndarray, np.ndarray]:
+def pooled_and_columns(model, crops: list) -> tuple[np.ndarray, np.ndarray | None]:
     """What the product's FeatureTap catches for each crop, in one pass: the pooled backbone features and
-    the column means of the feature map they are pooled from (vericar.attributes.stage.column_means)."""
+    the column means of the feature map they are pooled from (vericar.attributes.stage.column_means;
+    None when the tap finds no map to pool, e.g. a ViT: the ``backbone+columns`` candidate is then left out)."""
     import torch
 
     from vericar.attributes.stage import column_means, map_pool
@@ -135,7 +138,7 @@ def pooled_and_columns(model, crops: list) -> tuple[np.ndarray, np.ndarray]:
 
     pool, caught = map_pool(model), []
     if pool is None:
-        sys.exit(f"{model.spec}: no feature map to pool by columns (a ViT); fit backbone heads only")
+        return forward_batches(model, crops, forward=model.features).numpy(), None
     hook = pool.register_forward_pre_hook(lambda module, args: caught.append(column_means(args[0].float())))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +162,7 @@ def _probe():
 def design(f: dict[str, np.ndarray], kind: str, flip: bool = False) -> np.ndarray:
     """The feature matrix a head of ``kind`` reads (``flip``: from the mirror images)."""
     side = "_flip" if flip else ""
-    parts = {"backbone": f["backbone" + side], "columns": f["columns" + side], "body": f["body"]}
+    parts = {"backbone": f["backbone" + side], "columns": f.get("columns" + side), "body": f["body"]}
     return np.concatenate([parts[k] for k in kind.split("+")], 1)
 
 
@@ -239,7 +242,8 @@ def with_extra(f: dict, rows: list[dict], g: dict, extra: list[dict]) -> tuple[d
     dup = [r["file"] for r in extra if r["file"] in seen]
     if dup:
         sys.exit(f"{len(dup)} photos are labelled twice ({dup[0]}): keep each photo in one label file")
-    return ({k: np.concatenate([f[k], g[k]]) for k in ("backbone", "backbone_flip", "columns", "columns_flip", "body")},
+    return ({k: np.concatenate([f[k], g[k]]) for k in ("backbone", "backbone_flip", "columns", "columns_flip", "body")
+             if k in f},
             rows + [{"colour": "", "viewpoint": "", **r} for r in extra])
 
 
@@ -257,7 +261,7 @@ def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
     y = np.array([r["viewpoint"] for r in rows])[keep]
     classes = [v for v in VIEWPOINTS if v in set(y)]
     best = None
-    for kind, flip in VIEW_KINDS:
+    for kind, flip in [(k, m) for k, m in VIEW_KINDS if "columns" not in k or "columns" in f]:
         x = design(f, kind)[keep]
         aug = design(f, kind, flip=True)[keep] if flip else None
         for c, dims in ((c, d) for d in VIEW_PCA for c in VIEW_C):

@@ -93,12 +93,28 @@ def test_same_model_is_never_likelier_than_same_make(tmp_path):
     assert rec.comparison.levels["model"].capped_by == ("make",)  # through config.json
     a, b = vehicle_photo(0, 50), vehicle_photo(0, 51)
     own, make = naive(rec, a, b, rule())[0], naive(rec, a, b, strict)[0]
-    assert make < own
+    assert own - make > 0.05  # the cap has room to show
     c = rec.compare(a, b)
     assert c.probability == pytest.approx(make, abs=1e-5) and c.probabilities["make"] == pytest.approx(make, abs=1e-5)
     assert c.same_model is rec.comparison.levels["model"].verdict(make)
     rec.comparison.levels["model"] = rule()  # no cap: the rule's own probability
     assert rec.compare(a, b).probability == pytest.approx(own, abs=1e-5)
+
+
+def test_a_chain_of_caps_holds_all_the_way_down():
+    """Make capped by type, model by make: P(model) <= P(make) <= P(type) whatever the raw rules say, as a
+    naive min over the coarser levels, applied from the coarsest, gives."""
+    from vericar.search.pair_calibration import capped_probabilities
+
+    feats = {f: 0.5 for f in WEIGHTS}
+    for biases in ((-2.0, -3.0, -4.5), (-4.5, -3.0, -2.0), (-3.0, -4.5, -2.0)):
+        raw = {lvl: rule(bias=b) for lvl, b in zip(("model", "make", "type"), biases)}
+        rules = {"model": replace(raw["model"], capped_by=("make",)), "make": replace(raw["make"], capped_by=("type",)),
+                 "type": raw["type"]}
+        p = capped_probabilities(rules, feats)
+        r = {lvl: raw[lvl].probability(feats) for lvl in raw}
+        assert p["type"] == r["type"] and p["make"] == min(r["make"], r["type"])
+        assert p["model"] == min(r["model"], r["make"], r["type"]) and p["model"] <= p["make"] <= p["type"]
 
 
 def test_weak_evidence_is_none_not_a_guess(cmp_artifact):
@@ -155,7 +171,10 @@ def test_pair_calibration_round_trip_and_refusals(tmp_path, cmp_artifact):
                 {**good, "levels": {**good["levels"], "make": {**good["levels"]["make"], "band": [0.8, 0.2]}}},
                 {**good, "levels": {**good["levels"], "type": {**good["levels"]["type"], "features": ["colour"]}}},
                 {**good, "levels": {**good["levels"], "make": {**good["levels"]["make"], "capped_by": ["model"]}}},
-                {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": "make"}}}):
+                {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": "make"}}},
+                {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": None}}},
+                {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"],
+                                                                 "capped_by": ["make", "make"]}}}):
         with pytest.raises(ArtifactError, match="calibrate_pairs.py"):
             PairCalibration.from_dict(bad)
     cfg, meta = hub.read_artifact(cmp_artifact)

@@ -118,6 +118,7 @@ def test_ensemble_reads_the_first_members_features_and_explains_through_all(make
     tap.remove()
     with torch.no_grad():
         np.testing.assert_allclose(rows[0], a.features(x).numpy(), atol=1e-6)
+    assert len(rows) == 1 and len(rows.columns) == 1  # the first member's pool only, as its head
     assert ens.target_layers() == a.target_layers() + b.target_layers()
     with torch.no_grad():
         target = ens(torch.flip(x, dims=[3])).numpy()
@@ -218,3 +219,26 @@ def test_train_ensemble_weights_half_survive_calibration(two_trainings, tmp_path
     full = np.concatenate([ra.embed([photo]), rb.embed([photo])], axis=1) / np.sqrt(2)
     np.testing.assert_allclose(rec.embed([photo]), full, atol=5e-3)
     assert "--weights-half" in json.loads((out / "config.json").read_text())["meta"]["command"]
+
+
+@pytest.mark.parametrize("members, tta", [(1, ()), (1, ("flip",)), (2, ()), (2, ("flip",))])
+def test_attribute_training_features_are_what_the_tap_catches(make_car_image, members, tta):
+    """benchmarks/attributes_fit.py fits the heads on ``pooled_and_columns``; the product's heads read what
+    FeatureTap catches in the embedding pass (one network or an ensemble, with or without flip averaging,
+    whose mirror rows the tap skips). The two must be the same numbers, or a head reads other features
+    than it was fitted on."""
+    from benchmarks.attributes_fit import pooled_and_columns
+    from vericar.attributes.stage import FeatureTap, tap_features
+
+    a, b = _two()
+    model = a if members == 1 else EnsembleModel([a, b]).eval()
+    model.tta = tta
+    photos = _photos(make_car_image, 5)
+    tap = FeatureTap(model)
+    with tap.capture() as rows:
+        embed(model, photos, batch_size=2)
+    tap.remove()
+    pooled, columns = pooled_and_columns(model, photos)
+    np.testing.assert_allclose(tap_features(rows, 5), pooled, atol=1e-5)
+    np.testing.assert_allclose(tap_features(rows.columns, 5), columns, atol=1e-5)
+    assert columns.shape == (5, 3 * a.num_features) and np.abs(columns[:, :a.num_features] - pooled).max() > 1e-4

@@ -55,7 +55,10 @@ def map_pool(model: Any) -> Any:
     if getattr(m, "kind", None) == "vit":
         return None
     pool = getattr(getattr(m, "backbone", None), "global_pool", None)
-    return pool if callable(getattr(pool, "register_forward_pre_hook", None)) else None
+    if not callable(getattr(pool, "register_forward_pre_hook", None)):
+        return None
+    # a channels-last pool's input would be averaged over the wrong axis: no columns rather than wrong ones
+    return pool if getattr(pool, "input_fmt", None) in (None, "NCHW") else None
 
 
 class Captured(list):
@@ -83,10 +86,10 @@ class FeatureTap:
     map the pool reads (``map_pool``) during :meth:`capture`, in the calling thread only; rows come in
     forward order."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, columns: bool = True) -> None:
         self._local = threading.local()
         self._handles = [model.head.register_forward_pre_hook(self._hook)]
-        pool = map_pool(model)
+        pool = map_pool(model) if columns else None  # columns=False: no head reads them, no cost
         if pool is not None:
             self._handles.append(pool.register_forward_pre_hook(self._map_hook))
 
@@ -163,10 +166,12 @@ class Attributes:
                 self.heads[name].save(directory, file)
 
     def tap(self, model: Any) -> FeatureTap:
-        """The feature tap on ``model`` (hooked on first use, once per model)."""
+        """The feature tap on ``model`` (hooked on first use, once per model; the map's columns only
+        when a head reads them)."""
+        columns = any("columns" in h.info.get("features", "") for h in (self.colour, self.viewpoint) if h is not None)
         with _TAP_LOCK:
             if getattr(self, "_tap", None) is None or self._tap_model is not model:
-                self._tap, self._tap_model = FeatureTap(model), model
+                self._tap, self._tap_model = FeatureTap(model, columns), model
             return self._tap
 
     def run(self, model: Any, embed: Any, crops: Sequence[Any]) -> tuple[np.ndarray, list[Described]]:
@@ -182,17 +187,16 @@ class Attributes:
     def describe(self, features: np.ndarray | None, crops: Sequence[Any],
                  columns: np.ndarray | None = None) -> list[Described]:
         """Each crop's attributes from its pooled backbone features ``(N, F)``, the column means of its
-        feature map ``(N, 3F)`` (either None: not captured; a head that needs it answers None) and its
-        pixels (PIL)."""
+        feature map ``(N, 3 x the map's channels)`` (either None: not captured; a head that needs it
+        answers None) and its pixels (PIL)."""
         out = [Described() for _ in crops]
         if not crops or not self.active:
             return out
         parts: dict[str, np.ndarray | None] = {"backbone": features, "columns": columns}
         for head, name in ((self.colour, "colour"), (self.viewpoint, "viewpoint")):
-            kind = head.info.get("features", "backbone") if head is not None else None
             if head is None:
                 continue
-            needs = kind.split("+")
+            needs = head.info.get("features", "backbone").split("+")
             if "body" in needs and parts.get("body") is None:
                 parts["body"] = np.stack([body_colour(c) for c in crops])
             if any(parts.get(k) is None for k in needs):

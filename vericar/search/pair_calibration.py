@@ -15,9 +15,10 @@ keep ≥ 0). ``same_*`` is None when it falls in the level's ``band`` (weak
 evidence either way). There are two sets of rules: ``levels`` for two vehicles the gallery knows,
 ``open_levels`` for a pair in which either is flagged unknown (KNN+): there the neighbours' votes
 say less (two photos of a model the gallery lacks and two of two such models both vote for
-look-alikes). A rule may be ``capped_by`` coarser levels: one model is one make, so P(same model)
-is never given above P(same make) (``PairCalibration.probabilities``). Fitted on validation pairs only (train/calibrate_pairs.py), each set on the pairs it
-answers, stored under "compare" in an artifact's config.json.
+look-alikes). A rule may be ``capped_by`` coarser levels: one model is one make, so a capped model
+rule never gives P(same model) above P(same make) (``PairCalibration.probabilities``; optional,
+``train/calibrate_pairs.py --cap``). Fitted on validation pairs only (train/calibrate_pairs.py),
+each set on the pairs it answers, stored under "compare" in an artifact's config.json.
 """
 from __future__ import annotations
 
@@ -152,9 +153,13 @@ class PairCalibration:
 
 
 def capped_probabilities(rules: dict[str, LevelRule], feats: dict[str, float]) -> dict[str, float]:
-    """``rules``' probability per level for one pair, each capped by its ``capped_by`` levels' (uncapped)."""
-    raw = {lvl: r.probability(feats) for lvl, r in rules.items()}
-    return {lvl: min([raw[lvl]] + [raw[c] for c in r.capped_by]) for lvl, r in rules.items()}
+    """``rules``' probability per level for one pair, each capped by its ``capped_by`` levels' (already
+    capped themselves: the coarsest level first, so a chain of caps holds all the way down)."""
+    out: dict[str, float] = {}
+    for lvl in sorted(rules, key=lambda v: -PAIR_LEVELS.index(v)):
+        r = rules[lvl]
+        out[lvl] = min([r.probability(feats)] + [out[c] for c in r.capped_by])
+    return {lvl: out[lvl] for lvl in rules}
 
 
 def _rule(level: str, r: Any) -> LevelRule:
@@ -164,7 +169,6 @@ def _rule(level: str, r: Any) -> LevelRule:
         weights = tuple(float(w) for w in r["weights"])
         bias, band = float(r["bias"]), tuple(float(x) for x in r["band"])
         caps = r.get("capped_by", [])
-        caps = tuple(str(c) for c in caps) if isinstance(caps, list) else (repr(caps),)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"compare calibration level {level!r} is malformed ({type(e).__name__}: {e}); "
                             f"it needs features, weights, bias and band. {REFIT}.") from e
@@ -176,10 +180,10 @@ def _rule(level: str, r: Any) -> LevelRule:
                             f"{len(weights)} weights for {len(feats)} features, or band {list(band)} not "
                             f"0 <= low <= high <= 1. {REFIT}.")
     coarser = PAIR_LEVELS[PAIR_LEVELS.index(level) + 1:] if level in PAIR_LEVELS else ()
-    if any(c not in coarser for c in caps):
-        raise ArtifactError(f"compare calibration level {level!r} is capped by {list(caps)}; only a list of coarser "
-                            f"levels ({list(coarser)}) can cap it. {REFIT}.")
-    return LevelRule(feats, weights, bias, (band[0], band[1]), caps)
+    if not isinstance(caps, list) or any(c not in coarser for c in caps) or len(set(caps)) != len(caps):
+        raise ArtifactError(f"compare calibration level {level!r}: capped_by must be a list of distinct coarser "
+                            f"levels (of {list(coarser)}), got {caps!r}. {REFIT}.")
+    return LevelRule(feats, weights, bias, (band[0], band[1]), tuple(caps))
 
 
 def logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, nonneg: Sequence[bool], c: float = 10.0
