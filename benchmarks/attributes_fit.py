@@ -33,19 +33,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vericar.attributes.colour import COLOURS, body_colour, coarse  # noqa: E402
+from vericar.attributes.colour import COLOURS, body_colour, coarse, scene_light  # noqa: E402
 from vericar.attributes.head import LinearHead, fit_arrays  # noqa: E402
 from vericar.attributes.stage import Attributes  # noqa: E402
+from vericar.attributes.tap import PARTS, tapped_features  # noqa: E402
 from vericar.attributes.viewpoint import VIEWPOINTS  # noqa: E402
 from vericar.evaluation.data import TRAIN_CHANNELS  # noqa: E402
 
 C_GRID = (0.03, 0.1, 0.3)
 # Candidates compared (on a shared 2-core CPU each fit of the 1,280 backbone features takes long; a
 # first backbone-only colour run, C=0.01, reached 0.39 coarse accuracy, far below the body summary).
-COLOUR_KINDS = ("body",)
+COLOUR_KINDS = ("body", "body+scene", "body+early", "body+scene+early")
 # (features, fitted with mirror images too). The column means need the mirror images: left and right swap there.
 VIEW_KINDS = (("backbone", False), ("backbone", True), ("backbone+columns", True))
-FEATURE_SET = "pooled+columns"  # what the feature cache holds (in its key: an older cache lacks the columns)
+FEATURE_SET = "tap: backbone, columns, early; body, scene"  # in the cache key: an older cache lacks parts
 VIEW_C = (0.01, 0.03, 0.1)
 VIEW_PCA = (64, 128, 256)  # wider projections, tried once 1,200 viewpoint labels made them worth fitting
 
@@ -85,8 +86,9 @@ def crops_of(rec, rows: list[dict], data: Path, whole: bool = False, views: str 
 
 
 def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str = "tight") -> dict[str, np.ndarray]:
-    """backbone (pooled) and column-mean features of each photo's crop and of its mirror image, and the
-    crop's body colour (``views``:
+    """What the product's tap catches for each photo's crop and its mirror image (vericar.attributes.tap:
+    backbone, columns, early; ``_flip``: the mirror image's), and the crop's pixel summaries (body, scene)
+    (``views``:
     see ``crops_of``); cached by the photos, which of them are swapped back (a relabelled swap changes
     the pixels the features come from) and the views."""
     import hashlib
@@ -103,67 +105,25 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str =
     tag = hashlib.sha1((swaps + weights_digest(rec.model) + repr(rec.model.pretrained_cfg)
                         + views_key + FEATURE_SET).encode()).hexdigest()[:8]
     key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}-{tag}.npz" if cache else None
-    crops = None
     if key is not None and key.is_file():
         got = dict(np.load(key))
         if list(got["files"]) == [r["file"] for r in rows]:
-            if got["body"].shape[1] != len(body_colour(_probe())):
-                # The body summary changed: only it is recomputed, from the whole photos (train photos are
-                # box crops; the detector on 400 photos takes many minutes on a shared CPU).
-                crops = crops_of(rec, rows, data, whole=views == "tight", views=views)
-                got["body"] = np.stack([body_colour(c) for c in crops])
-                np.savez(key, **got)
             return got
     crops = crops_of(rec, rows, data, views=views)
-    mirrored = [ImageOps.mirror(c) for c in crops]
-    (bb, cols), (bb_flip, cols_flip) = pooled_and_columns(rec.model, crops), pooled_and_columns(rec.model, mirrored)
-    got = {"files": np.array([r["file"] for r in rows]), "backbone": bb, "backbone_flip": bb_flip,
-           "body": np.stack([body_colour(c) for c in crops])}
-    if cols is not None:
-        got.update(columns=cols, columns_flip=cols_flip)
+    got = {"files": np.array([r["file"] for r in rows]), "body": np.stack([body_colour(c) for c in crops]),
+           "scene": np.stack([scene_light(c) for c in crops])}
+    for side, views_of in (("", crops), ("_flip", [ImageOps.mirror(c) for c in crops])):
+        got.update({part + side: x for part, x in tapped_features(rec.model, views_of).items()})
     if key is not None:
         key.parent.mkdir(parents=True, exist_ok=True)
         np.savez(key, **got)
     return got
 
 
-def pooled_and_columns(model, crops: list) -> tuple[np.ndarray, np.ndarray | None]:
-    """What the product's FeatureTap catches for each crop, in one pass: the pooled backbone features and
-    the column means of the feature map they are pooled from (vericar.attributes.stage.column_means;
-    None when the tap finds no map to pool, e.g. a ViT: the ``backbone+columns`` candidate is then left out)."""
-    import torch
-
-    from vericar.attributes.stage import column_means, map_pool
-    from vericar.models.embedding import forward_batches
-
-    pool, caught = map_pool(model), []
-    if pool is None:
-        return forward_batches(model, crops, forward=model.features).numpy(), None
-    hook = pool.register_forward_pre_hook(lambda module, args: caught.append(column_means(args[0].float())))
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        caught.clear()
-        pooled = model.features(x)
-        return torch.cat([pooled, caught[0]], 1)
-
-    try:
-        both = forward_batches(model, crops, forward=forward).numpy()
-    finally:
-        hook.remove()
-    return both[:, : model.num_features], both[:, model.num_features:]
-
-
-def _probe():
-    from PIL import Image
-
-    return Image.new("RGB", (8, 8))
-
-
 def design(f: dict[str, np.ndarray], kind: str, flip: bool = False) -> np.ndarray:
     """The feature matrix a head of ``kind`` reads (``flip``: from the mirror images)."""
-    side = "_flip" if flip else ""
-    parts = {"backbone": f["backbone" + side], "columns": f.get("columns" + side), "body": f["body"]}
-    return np.concatenate([parts[k] for k in kind.split("+")], 1)
+    side = "_flip" if flip else ""  # the pixel summaries (body, scene) have no mirror version: colour is colour
+    return np.concatenate([f[k + side] if k in PARTS else f[k] for k in kind.split("+")], 1)
 
 
 PCA_DIMS = 64  # features wider than this are projected first (fits in seconds on a shared CPU)
@@ -220,7 +180,7 @@ def choose_colour(f: dict, rows: list[dict], margin: float) -> dict:
     y = np.array([r["colour"] for r in rows])[keep]
     classes = [c for c in COLOURS if c in set(y)]
     best = None
-    for kind in COLOUR_KINDS:
+    for kind in [k for k in COLOUR_KINDS if all(p in f for p in k.split("+"))]:
         x = design(f, kind)[keep]
         for c in C_GRID:
             p = oof_proba(x, y, c, classes)
@@ -242,8 +202,7 @@ def with_extra(f: dict, rows: list[dict], g: dict, extra: list[dict]) -> tuple[d
     dup = [r["file"] for r in extra if r["file"] in seen]
     if dup:
         sys.exit(f"{len(dup)} photos are labelled twice ({dup[0]}): keep each photo in one label file")
-    return ({k: np.concatenate([f[k], g[k]]) for k in ("backbone", "backbone_flip", "columns", "columns_flip", "body")
-             if k in f},
+    return ({k: np.concatenate([f[k], g[k]]) for k in f if k != "files" and k in g},
             rows + [{"colour": "", "viewpoint": "", **r} for r in extra])
 
 
@@ -261,7 +220,7 @@ def choose_viewpoint(f: dict, rows: list[dict]) -> dict:
     y = np.array([r["viewpoint"] for r in rows])[keep]
     classes = [v for v in VIEWPOINTS if v in set(y)]
     best = None
-    for kind, flip in [(k, m) for k, m in VIEW_KINDS if "columns" not in k or "columns" in f]:
+    for kind, flip in [(k, m) for k, m in VIEW_KINDS if all(p in f for p in k.split("+"))]:
         x = design(f, kind)[keep]
         aug = design(f, kind, flip=True)[keep] if flip else None
         for c, dims in ((c, d) for d in VIEW_PCA for c in VIEW_C):

@@ -33,7 +33,7 @@ def main() -> None:
 
     import vericar
     from vericar._infra.runtime import tune_malloc
-    from vericar.attributes.stage import tap_features
+    from vericar.attributes.tap import PARTS
     from vericar.vision.images import open_image
 
     tune_malloc()
@@ -50,9 +50,9 @@ def main() -> None:
     for photo in photos:
         with rec.attributes.tap(rec.model).capture() as rows:
             rec._embed_pil([photo])
-        feats, cols = tap_features(rows, 1), tap_features(rows.columns, 1)
+        caught = {part: rows.part(part, 1) for part in PARTS}
         t = time.perf_counter()
-        rec.attributes.describe(feats, [photo], cols)
+        rec.attributes.describe([photo], caught)
         stage.append(1000 * (time.perf_counter() - t))
         t = time.perf_counter()
         rec.predict(photo)

@@ -198,7 +198,7 @@ def test_heads_are_fitted_on_views_like_the_products_input(tmp_path):
 
 def test_column_means_against_a_naive_loop():
     """Left, centre and right thirds of a map, as a plain loop over its columns computes them."""
-    from vericar.attributes.stage import column_means
+    from vericar.attributes.tap import column_means
 
     rng = np.random.default_rng(0)
     for w, thirds in ((7, ((0, 2), (2, 5), (5, 7))), (4, ((0, 1), (1, 3), (3, 4))), (2, ((0, 2),) * 3)):
@@ -215,7 +215,7 @@ def test_viewpoint_head_over_columns_reads_the_embedding_pass(with_heads, tmp_pa
     """A head over backbone + column means: the tap catches the map's column means in the embedding pass
     itself (equal to the backbone's map on the same input), and the head answers every vehicle; a network
     without a map (a ViT) has no pool to tap, so such a head answers None rather than guess."""
-    from vericar.attributes.stage import column_means, map_pool
+    from vericar.attributes.tap import column_means, map_pool
 
     out = tmp_path / "cols"
     shutil.copytree(with_heads, out)
@@ -236,9 +236,42 @@ def test_viewpoint_head_over_columns_reads_the_embedding_pass(with_heads, tmp_pa
     preds = rec.predict_batch(photos)
     got = view.answer(np.concatenate([np.concatenate(rows), direct], 1))
     assert [p.viewpoint for p in preds] == [v for v, _ in got] and all(p.viewpoint in VIEWPOINTS for p in preds)
-    described = rec.attributes.describe(np.concatenate(rows), photos, None)  # no columns caught: no answer
+    described = rec.attributes.describe(photos, {"backbone": np.concatenate(rows)})  # no columns caught: no answer
     assert all(d.viewpoint is None and d.colour is not None for d in described)
 
     class Vit:
         kind, backbone = "vit", rec.model.backbone
     assert map_pool(rec.model) is rec.model.backbone.global_pool and map_pool(Vit()) is None
+
+
+def test_scene_light_sees_the_body_against_its_scene_and_its_shine():
+    """The same grey body reads lighter than a dark scene and darker than a bright one; specks of
+    highlight on it (metallic flake) raise its share of near-white pixels and its 98th-50th spread."""
+    from PIL import Image
+
+    from vericar.attributes.colour import scene_light
+
+    def photo(background: int, specks: bool = False) -> Image.Image:
+        a = np.full((96, 96, 3), background, np.uint8)
+        a[30:84, 10:86] = 128  # the body, where body_weights looks
+        if specks:
+            a[40:80:6, 20:80:6] = 255
+        return Image.fromarray(a)
+
+    dark, bright, shiny = scene_light(photo(10)), scene_light(photo(245)), scene_light(photo(10, specks=True))
+    assert dark.shape == (18,) and np.isfinite(dark).all()
+    assert dark[8] > 0 > bright[8]  # body median less the crop's median, /50
+    assert shiny[16] > dark[16] and shiny[17] > dark[17]  # near-white share, 98th - 50th lightness
+
+
+def test_a_head_reading_unknown_features_is_refused_with_the_fix():
+    """A head from another vericar that reads a part this one does not know (or one part twice) is refused
+    at load with what to do, not answered from the wrong numbers; every known part joins with '+'."""
+    def head(kind: str) -> LinearHead:
+        return LinearHead(["a", "b"], [0.0], [1.0], [[1.0], [-1.0]], [0.0, 0.0], 0.0, {"features": kind})
+
+    for bad in ("backbone+nonsense", "body+body", "hsv"):
+        with pytest.raises(ArtifactError, match="Install the vericar that wrote the model"):
+            Attributes(head(bad), None)
+    assert Attributes(head("backbone+columns+early+body+scene"), head("backbone")).reads() == \
+        {"backbone", "columns", "early", "body", "scene"}

@@ -106,7 +106,7 @@ def test_ensemble_artifact_round_trip_is_format_6(tmp_path, make_car_image):
 def test_ensemble_reads_the_first_members_features_and_explains_through_all(make_car_image):
     """The attribute heads read the first member's pooled features (the ones they were trained on);
     Grad-CAM++ hooks every member's last stage and gives one map of the photo's input size."""
-    from vericar.attributes.stage import FeatureTap
+    from vericar.attributes.tap import FeatureTap
     from vericar.models.explain import gradcam_pp
 
     a, b = _two()
@@ -223,12 +223,12 @@ def test_train_ensemble_weights_half_survive_calibration(two_trainings, tmp_path
 
 @pytest.mark.parametrize("members, tta", [(1, ()), (1, ("flip",)), (2, ()), (2, ("flip",))])
 def test_attribute_training_features_are_what_the_tap_catches(make_car_image, members, tta):
-    """benchmarks/attributes_fit.py fits the heads on ``pooled_and_columns``; the product's heads read what
-    FeatureTap catches in the embedding pass (one network or an ensemble, with or without flip averaging,
-    whose mirror rows the tap skips). The two must be the same numbers, or a head reads other features
-    than it was fitted on."""
-    from benchmarks.attributes_fit import pooled_and_columns
-    from vericar.attributes.stage import FeatureTap, tap_features
+    """benchmarks/attributes_fit.py fits the heads on ``tapped_features`` (a plain pass); the product's heads
+    read what FeatureTap catches in the embedding pass (one network or an ensemble, with or without flip
+    averaging, whose mirror rows the tap skips). The two must be the same numbers, or a head reads other
+    features than it was fitted on. And each part against a reference computed from the network directly."""
+    from vericar.attributes.colour import body_weights
+    from vericar.attributes.tap import PARTS, FeatureTap, column_means, tapped_features
 
     a, b = _two()
     model = a if members == 1 else EnsembleModel([a, b]).eval()
@@ -238,7 +238,19 @@ def test_attribute_training_features_are_what_the_tap_catches(make_car_image, me
     with tap.capture() as rows:
         embed(model, photos, batch_size=2)
     tap.remove()
-    pooled, columns = pooled_and_columns(model, photos)
-    np.testing.assert_allclose(tap_features(rows, 5), pooled, atol=1e-5)
-    np.testing.assert_allclose(tap_features(rows.columns, 5), columns, atol=1e-5)
-    assert columns.shape == (5, 3 * a.num_features) and np.abs(columns[:, :a.num_features] - pooled).max() > 1e-4
+    fitted = tapped_features(model, photos)
+    assert set(fitted) == set(PARTS)
+    for part in PARTS:
+        np.testing.assert_allclose(rows.part(part, 5), fitted[part], atol=1e-5)
+    x = torch.stack([eval_transform(a.preprocess)(p) for p in photos])
+    with torch.no_grad():
+        maps, h = [], x
+        h = a.backbone.bn1(a.backbone.conv_stem(h))
+        for i, block in enumerate(a.backbone.blocks):
+            h = block(h)
+            maps.append(h)
+        last = a.backbone.bn2(a.backbone.conv_head(h))
+    np.testing.assert_allclose(fitted["columns"], column_means(last).numpy(), atol=1e-5)
+    early = [(m * torch.from_numpy(body_weights(m.shape[2], m.shape[3]))).sum((2, 3)) for m in maps[1:4]]
+    np.testing.assert_allclose(fitted["early"], torch.cat(early, 1).numpy(), atol=1e-5)
+    assert len(rows) == len(rows.columns) == len(rows.early[0])  # the first member's hooks only

@@ -48,12 +48,13 @@ def to_lab(photo: Any, size: int = SIZE) -> np.ndarray:
     return np.stack([lab[..., 0] * (100.0 / 255.0), a, b], axis=-1)
 
 
-@lru_cache(maxsize=4)
-def body_weights(size: int = SIZE) -> np.ndarray:
-    """Where the body is in a tight vehicle crop (any view): a centre-weighted window over rows
-    35-85% (below the glass, above the road), wheels' bottom corners down-weighted; sums to 1."""
+@lru_cache(maxsize=16)
+def body_weights(size: int = SIZE, width: int | None = None) -> np.ndarray:
+    """Where the body is in a tight vehicle crop (any view), on a ``size`` x ``width`` grid (square by
+    default): a centre-weighted window over rows 35-85% (below the glass, above the road), wheels'
+    bottom corners down-weighted; sums to 1."""
     y = (np.arange(size) + 0.5) / size
-    x = (np.arange(size) + 0.5) / size
+    x = (np.arange(width or size) + 0.5) / (width or size)
     rows = np.exp(-0.5 * ((y - 0.6) / 0.14) ** 2)
     cols = np.exp(-0.5 * ((x - 0.5) / 0.28) ** 2)
     w = rows[:, None] * cols[None, :]
@@ -80,6 +81,29 @@ def body_colour(photo: Any) -> np.ndarray:
              + [_wquantile(chroma, ww, q) for q in (0.25, 0.5, 0.75)] + [_wquantile(grad, ww, q) for q in (0.25, 0.5, 0.75)])
     light = [float(ww[Lr > t].sum()) for t in (70, 80, 90)]
     return np.concatenate([hist, np.array(stats, np.float32) / 50.0, np.array(light, np.float32)]).astype(np.float32)
+
+
+def scene_light(photo: Any) -> np.ndarray:
+    """How light the body is against the rest of its crop, and how it shines (18 numbers): the 5/25/50/75/
+    95th percentiles of lightness over the whole crop and the 25/50/75th over its top 30% (sky, glass),
+    the body's median lightness less the crop's median and 95th, the crop's median chroma, its share of
+    near-white pixels; at 96 px, the body's 25/50/75/90th percentiles of the lightness gradient, its
+    share lighter than L 95 and its 98th less its 50th lightness percentile. Exposure moves a white car
+    toward silver and a grey one toward black; against its own scene, and by its highlights (metallic
+    flake shines in points, flat paint does not), the paint is easier to tell."""
+    lab = to_lab(photo)
+    L, chroma, w = lab[..., 0], np.hypot(lab[..., 1], lab[..., 2]), body_weights().ravel()
+    whole = [float(np.percentile(L, q)) for q in (5, 25, 50, 75, 95)]
+    top = [float(np.percentile(L[: int(0.3 * L.shape[0])], q)) for q in (25, 50, 75)]
+    body_median = _wquantile(L.ravel(), w, 0.5)
+    context = whole + top + [body_median - whole[2], body_median - whole[4], float(np.median(chroma)),
+                             float((L > 95).mean())]
+    fine = to_lab(photo, 2 * SIZE)[..., 0]
+    gy, gx = np.gradient(fine)
+    grad, wf, Lf = np.hypot(gx, gy).ravel(), body_weights(2 * SIZE).ravel(), fine.ravel()
+    shine = [_wquantile(grad, wf, q) for q in (0.25, 0.5, 0.75, 0.9)]
+    shine += [float(wf[Lf > 95].sum()), _wquantile(Lf, wf, 0.98) - _wquantile(Lf, wf, 0.5)]
+    return np.concatenate([np.array(context, np.float32) / 50.0, np.array(shine, np.float32) / 20.0]).astype(np.float32)
 
 
 def _wquantile(v: np.ndarray, w: np.ndarray, q: float) -> float:
