@@ -1,9 +1,10 @@
 """Choose and fit the colour and viewpoint heads on labelled TRAIN photos (never dev).
 
 Features are what the product computes for a vehicle: the main vehicle's crop as ``predict`` cuts
-it, the recogniser's pooled backbone features (the input of its embedding head), the means of the
-left, centre and right thirds of the feature map they are pooled from, and the CIELAB summary of the
-body's pixels (``vericar.attributes.colour.body_colour``). Candidates are compared by
+it; what the product's tap catches in the recogniser's pass (vericar/attributes/tap.py: the pooled
+backbone features, the means of the left, centre and right thirds of the map they are pooled from,
+the early stages' maps pooled over the body); and the CIELAB summaries of the body's pixels and of
+the body against its scene (``vericar.attributes.colour.body_colour``, ``scene_light``). Candidates are compared by
 5-fold cross-validation on the train labels; the best is refitted on all of them and written into
 the model folder as safetensors + JSON:
 
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vericar.attributes.colour import COLOURS, body_colour, coarse, scene_light  # noqa: E402
 from vericar.attributes.head import LinearHead, fit_arrays  # noqa: E402
 from vericar.attributes.stage import Attributes  # noqa: E402
-from vericar.attributes.tap import PARTS, tapped_features  # noqa: E402
+from vericar.attributes.tap import EARLY_STAGES, PARTS, tapped_features  # noqa: E402
 from vericar.attributes.viewpoint import VIEWPOINTS  # noqa: E402
 from vericar.evaluation.data import TRAIN_CHANNELS  # noqa: E402
 
@@ -46,7 +47,18 @@ C_GRID = (0.03, 0.1, 0.3)
 COLOUR_KINDS = ("body", "body+scene", "body+early", "body+scene+early")
 # (features, fitted with mirror images too). The column means need the mirror images: left and right swap there.
 VIEW_KINDS = (("backbone", False), ("backbone", True), ("backbone+columns", True))
-FEATURE_SET = "tap: backbone, columns, early; body, scene"  # in the cache key: an older cache lacks parts
+
+
+def feature_set() -> str:
+    """What makes the cached features, for the cache key: the code of the pixel summaries and of the tap
+    (a changed summary or stage list must not reuse old numbers)."""
+    import hashlib
+
+    import vericar.attributes.colour as colour
+    import vericar.attributes.tap as tap
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (colour, tap))
+    return f"parts {PARTS} early {EARLY_STAGES} code {hashlib.sha1(code).hexdigest()[:12]}"
 VIEW_C = (0.01, 0.03, 0.1)
 VIEW_PCA = (64, 128, 256)  # wider projections, tried once 1,200 viewpoint labels made them worth fitting
 
@@ -103,7 +115,7 @@ def features(rec, rows: list[dict], data: Path, cache: Path | None, views: str =
 
     views_key = "" if views == "tight" else views + repr(RECIPE)  # the recipe makes the pixels too
     tag = hashlib.sha1((swaps + weights_digest(rec.model) + repr(rec.model.pretrained_cfg)
-                        + views_key + FEATURE_SET).encode()).hexdigest()[:8]
+                        + views_key + feature_set()).encode()).hexdigest()[:8]
     key = cache / f"attr-feats-{len(rows)}-{rows[0]['file'].replace('/', '_')}-{tag}.npz" if cache else None
     if key is not None and key.is_file():
         got = dict(np.load(key))

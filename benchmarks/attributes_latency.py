@@ -1,7 +1,8 @@
 """What colour + viewpoint add per vehicle, on this CPU: p50 / p95 in milliseconds.
 
-The stage reuses the backbone features of the embedding pass, so its own cost is the body-colour
-summary of the crop and two small matrix products (``Attributes.describe`` on one vehicle). The
+The stage reuses what the tap catches in the embedding pass (vericar/attributes/tap.py), so its own
+cost is the crop's pixel summaries (body, scene) and two small matrix products (``Attributes.describe``
+on one vehicle); the hooks' share of the pass shows in the whole-predict difference. The
 whole one-vehicle ``predict`` with the stage on and off is timed too, interleaved, for context
 (on a shared CPU its difference is noisier than the stage's own time):
 

@@ -275,3 +275,35 @@ def test_a_head_reading_unknown_features_is_refused_with_the_fix():
             Attributes(head(bad), None)
     assert Attributes(head("backbone+columns+early+body+scene"), head("backbone")).reads() == \
         {"backbone", "columns", "early", "body", "scene"}
+
+
+def test_every_part_answers_through_predict_and_the_tap_is_shared(with_heads, tmp_path):
+    """A colour head over body + scene + early and a viewpoint head over backbone + columns answer every
+    vehicle through predict_batch (the tap catches each part in the embedding pass), as the same heads
+    over features computed directly; copies of the stage share one tap, so hooks do not pile up."""
+    from vericar.attributes.colour import scene_light
+    from vericar.attributes.tap import tap_of, tapped_features
+
+    out = tmp_path / "parts"
+    shutil.copytree(with_heads, out)
+    rec = hub.load(f"local-dir:{out}")
+    photos = [vehicle_photo(s, 3) for s in range(4)]
+    parts = tapped_features(rec.model, photos)
+    d = {"colour": np.concatenate([np.stack([body_colour(c) for c in photos]), np.stack([scene_light(c) for c in photos]),
+                                   parts["early"]], 1),
+         "viewpoint": np.concatenate([parts["backbone"], parts["columns"]], 1)}
+    rng = np.random.default_rng(2)
+    colour = LinearHead(list(COLOURS), d["colour"].mean(0), d["colour"].std(0) + 1e-6,
+                        rng.normal(size=(15, d["colour"].shape[1])), np.zeros(15), 0.0, {"features": "body+scene+early"})
+    view = LinearHead(list(VIEWPOINTS), d["viewpoint"].mean(0), d["viewpoint"].std(0) + 1e-6,
+                      rng.normal(size=(5, d["viewpoint"].shape[1])), np.zeros(5), 0.0, {"features": "backbone+columns"})
+    Attributes(colour, view).save(out)
+    rec = hub.load(f"local-dir:{out}", detector="none")
+    preds = rec.predict_batch(photos)
+    assert [p.colour for p in preds] == [c for c, _ in colour.answer(d["colour"])]
+    assert [p.viewpoint for p in preds] == [v for v, _ in view.answer(d["viewpoint"])]
+    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in rec.model.modules())  # noqa: E731
+    before = hooks()
+    for mode in ("off", "read", "off"):
+        rec.attributes.with_plates(mode).run(rec.model, rec._embed_pil, photos[:1])
+    assert hooks() == before and rec.attributes.tap(rec.model) is tap_of(rec.model)

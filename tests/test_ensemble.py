@@ -246,11 +246,12 @@ def test_attribute_training_features_are_what_the_tap_catches(make_car_image, me
     with torch.no_grad():
         maps, h = [], x
         h = a.backbone.bn1(a.backbone.conv_stem(h))
-        for i, block in enumerate(a.backbone.blocks):
+        for block in a.backbone.blocks:
             h = block(h)
             maps.append(h)
         last = a.backbone.bn2(a.backbone.conv_head(h))
     np.testing.assert_allclose(fitted["columns"], column_means(last).numpy(), atol=1e-5)
     early = [(m * torch.from_numpy(body_weights(m.shape[2], m.shape[3]))).sum((2, 3)) for m in maps[1:4]]
     np.testing.assert_allclose(fitted["early"], torch.cat(early, 1).numpy(), atol=1e-5)
-    assert len(rows) == len(rows.columns) == len(rows.early[0])  # the first member's hooks only
+    # embed ran 3 batches (5 photos, 2 a batch): one row batch per part each, the first member's hooks only
+    assert len(rows) == len(rows.columns) == len(rows.early[0]) == 3

@@ -1,10 +1,11 @@
 """A vehicle's colour: one of VCoR's 15 names with a confidence, or None when unsure.
 
-The head (``vericar.attributes.head.LinearHead``) can read two things about the vehicle's crop: the
-recogniser's own pooled backbone features (captured from the pass that embeds the crop, no
-second network pass) and a CIELAB summary of the pixels where the body is (``body_colour``): a
-centre-weighted window that plays down the top (glass, roof, background) and the bottom corners
-(wheels, ground). Which one a head reads is in its JSON (``features``); the shipped one was chosen by
+The head (``vericar.attributes.head.LinearHead``) reads what the recogniser's own pass gives
+(vericar/attributes/tap.py: no second network pass) and two CIELAB summaries of the crop's pixels,
+both weighted towards where the body is (``body_weights``: a centre-weighted window that plays down
+the top, with glass, roof and background, and the bottom corners, with wheels and ground):
+``body_colour``, the body's own colours, and ``scene_light``, the body against its scene and how it
+shines. Which parts a head reads is in its JSON (``features``); the shipped one was chosen by
 cross-validation on labelled training photos (docs/attributes.md).
 """
 from __future__ import annotations

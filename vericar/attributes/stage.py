@@ -12,7 +12,7 @@ stages' body-pooled maps), per thread, so requests served side by side never see
 from __future__ import annotations
 
 import os
-import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,13 +23,12 @@ from dataclasses import replace
 from vericar.attributes.colour import body_colour, scene_light
 from vericar.attributes.head import LinearHead
 from vericar.attributes.plates import PlateReader
-from vericar.attributes.tap import PARTS, FeatureTap
+from vericar.attributes.tap import PARTS, FeatureTap, available_parts, tap_of
 from vericar.core.config import AttributesCfg
 from vericar.core.errors import ArtifactError
 
 COLOUR_FILE, VIEWPOINT_FILE = "attributes-colour", "attributes-viewpoint"
-_TAP_LOCK = threading.Lock()
-# What a head reads (its info["features"]): parts joined by "+", in this order. The first three come from
+# What a head reads (its info["features"]): parts joined by "+", in the order the head was fitted with. The first three come from
 # the embedding pass (vericar/attributes/tap.py), the last two from the crop's pixels (colour.py).
 FEATURE_PARTS = (*PARTS, "body", "scene")
 
@@ -98,20 +97,21 @@ class Attributes:
                 for p in h.info.get("features", "backbone").split("+")}
 
     def tap(self, model: Any) -> FeatureTap:
-        """The feature tap on ``model`` (hooked on first use, once per model; each part only when a head
-        reads it)."""
-        reads = self.reads()
-        with _TAP_LOCK:
-            if getattr(self, "_tap", None) is None or self._tap_model is not model:
-                self._tap, self._tap_model = FeatureTap(model, "columns" in reads, "early" in reads), model
-            return self._tap
+        """The tap on ``model`` (vericar.attributes.tap.tap_of: one per model, shared). Warns when a head
+        reads a part this network cannot give: that head answers None until it is refitted."""
+        missing = self.reads() - available_parts(model) - {"body", "scene"}
+        if missing:
+            warnings.warn(f"an attribute head reads {sorted(missing)} features, which {getattr(model, 'spec', 'this model')} "
+                          "does not have; it answers None. Refit the heads for this model "
+                          "(benchmarks/attributes_fit.py).", RuntimeWarning, stacklevel=2)
+        return tap_of(model)
 
     def run(self, model: Any, embed: Any, crops: Sequence[Any]) -> tuple[np.ndarray, list[Described]]:
         """``embed(crops)`` (the recognizer's embedding pass through ``model``) and each crop's
         attributes from the features that same pass computed."""
         if not self.active:
             return embed(crops), [Described() for _ in crops]
-        with self.tap(model).capture() as rows:
+        with self.tap(model).capture(self.reads() & set(PARTS)) as rows:
             emb = embed(crops)
         return emb, self.describe(crops, {p: rows.part(p, len(crops)) for p in PARTS})
 

@@ -6,19 +6,21 @@ on) and, while a :meth:`FeatureTap.capture` is open in the calling thread, keeps
 - ``columns``: the means of the left, centre and right thirds of the last feature map, on its way
   into the global pool (``column_means``). Global pooling throws away where things are, and a
   viewpoint is mostly that: which end of the car is on which side, and how wide each face is;
-- ``early``: the early stages' maps pooled over where the body is (``body_pooled``). Those stages
-  are ImageNet's, kept frozen in training, so they still carry the colour that the later, fine-tuned
-  stages learn to ignore (a model is a model in any paint).
+- ``early``: the early stages' maps pooled over where the body is (``body_pooled``). They are close
+  to ImageNet's (the shipped networks were trained with the stem and ``blocks`` 0-2 frozen; block 3
+  was fine-tuned), so they still carry the colour that the later stages learn to ignore (a model is a
+  model in any paint).
 
-Each is caught only when a head reads it, and requests served side by side never see each other's
-rows (thread-local). The heads name what they read in their JSON (``features``, e.g.
+One tap per model (``tap_of``), hooked once; each capture says which parts to keep (a part no head
+reads costs nothing), and requests served side by side never see each other's rows (thread-local). The heads name what they read in their JSON (``features``, e.g.
 ``backbone+columns``; vericar.attributes.stage).
 """
 from __future__ import annotations
 
 import threading
+import weakref
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -90,46 +92,58 @@ class Captured(list):
             return tap_features(self, n)
         if name == "columns":
             return tap_features(self.columns, n)
+        if name != "early":
+            raise KeyError(f"{name!r} is not a part the tap catches ({list(PARTS)})")
         stages = [tap_features(s, n) for s in self.early]
         return None if any(s is None for s in stages) else np.concatenate(stages, 1)
 
 
+def available_parts(model: Any) -> set[str]:
+    """The parts (``PARTS``) a tap on ``model`` can catch."""
+    return {"backbone"} | ({"columns"} if map_pool(model) is not None else set()) \
+        | ({"early"} if early_stages(model) is not None else set())
+
+
 class FeatureTap:
     """Catches, during :meth:`capture` and in the calling thread only, the input of ``model.head`` (the
-    pooled backbone features) and, when asked, the column means of the map its pool reads and the body-
-    pooled maps of the early stages; rows come in forward order."""
+    pooled backbone features) and the parts the capture asks for: the column means of the map its pool
+    reads, the body-pooled maps of the early stages. Rows come in forward order."""
 
-    def __init__(self, model: Any, columns: bool = True, early: bool = True) -> None:
+    def __init__(self, model: Any) -> None:
         self._local = threading.local()
         self._handles = [model.head.register_forward_pre_hook(self._hook)]
-        pool = map_pool(model) if columns else None  # not asked: no head reads them, no cost
+        pool = map_pool(model)
         if pool is not None:
             self._handles.append(pool.register_forward_pre_hook(self._map_hook))
-        for i, stage in enumerate((early_stages(model) or []) if early else []):
+        for i, stage in enumerate(early_stages(model) or []):
             self._handles.append(stage.register_forward_hook(lambda m, a, out, i=i: self._early_hook(i, out)))
 
-    def _rows(self) -> Captured | None:
-        return getattr(self._local, "rows", None)
+    def _rows(self, part: str) -> Captured | None:
+        rows = getattr(self._local, "rows", None)
+        return rows if rows is not None and part in self._local.parts else None
 
     def _hook(self, module: Any, args: tuple) -> None:
-        rows = self._rows()
+        rows = self._rows("backbone")
         if rows is not None:
             rows.append(args[0].detach().float().cpu().numpy())
 
     def _map_hook(self, module: Any, args: tuple) -> None:
-        rows = self._rows()
+        rows = self._rows("columns")
         if rows is not None and args[0].dim() == 4:
             rows.columns.append(column_means(args[0].detach().float()).cpu().numpy())
 
     def _early_hook(self, i: int, out: Any) -> None:
-        rows = self._rows()
+        rows = self._rows("early")
         if rows is not None and getattr(out, "dim", lambda: 0)() == 4:
             rows.early[i].append(body_pooled(out.detach().float()).cpu().numpy())
 
     @contextmanager
-    def capture(self) -> Iterator[Captured]:
-        """``with tap.capture() as rows: model(...)``: ``rows`` then holds what was caught."""
-        self._local.rows = rows = Captured()
+    def capture(self, parts: Iterable[str] = PARTS) -> Iterator[Captured]:
+        """``with tap.capture(parts) as rows: model(...)``: ``rows`` then holds what was caught of ``parts``
+        (the pooled features always; a part not asked for costs nothing)."""
+        rows = Captured()
+        self._local.parts = {"backbone", *parts}
+        self._local.rows = rows
         try:
             yield rows
         finally:
@@ -139,6 +153,20 @@ class FeatureTap:
         """Take the hooks off the model."""
         for h in self._handles:
             h.remove()
+
+
+_TAPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TAPS_LOCK = threading.Lock()
+
+
+def tap_of(model: Any) -> FeatureTap:
+    """The one tap on ``model``, hooked on first use: every Attributes on that model shares it, so hooks
+    never pile up (a copy of the stage, e.g. with plates switched, does not add its own)."""
+    with _TAPS_LOCK:
+        tap = _TAPS.get(model)
+        if tap is None:
+            tap = _TAPS[model] = FeatureTap(model)
+        return tap
 
 
 def tap_features(rows: list, n: int) -> np.ndarray | None:
@@ -160,11 +188,7 @@ def tapped_features(model: Any, crops: list, parts: tuple[str, ...] = PARTS) -> 
 
     from vericar.models.embedding import forward_batches
 
-    tap = FeatureTap(model, columns="columns" in parts, early="early" in parts)
-    try:
-        with tap.capture() as rows, torch.inference_mode():
-            forward_batches(model, crops)
-    finally:
-        tap.remove()
+    with tap_of(model).capture(parts) as rows, torch.inference_mode():
+        forward_batches(model, crops)
     got = {p: rows.part(p, len(crops)) for p in parts}
     return {p: x for p, x in got.items() if x is not None}
