@@ -57,7 +57,7 @@ def test_validation_flags_are_predicts_flags(tmp_path):
 
     import vericar
     from test_app import BASE, make_artifact, vehicle_photo
-    from train.calibrate_pairs import flagged, ranked_neighbours
+    from train.pair_table import flagged, ranked_neighbours
     from vericar.core.recognizer import Recognizer
     from vericar.search.density import DensityCorrection
     from vericar.search.gallery import Gallery
@@ -123,7 +123,7 @@ def test_each_set_of_rules_is_fitted_on_the_pairs_it_answers():
     whose pairs lack an outcome falls back to its mode's pairs."""
     import numpy as np
 
-    from train.calibrate_pairs import answering
+    from train.pair_table import answering
 
     mode = np.array(["known"] * 4 + ["open"] * 4)
     flag = np.array([False, False, True, True, False, True, True, False])
