@@ -79,7 +79,8 @@ def body_colour(photo: Any) -> np.ndarray:
     grad = np.hypot(gx, gy).ravel()
     ww, Lr = w.ravel(), L.ravel()
     stats = ([_wquantile(Lr, ww, q) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
-             + [_wquantile(chroma, ww, q) for q in (0.25, 0.5, 0.75)] + [_wquantile(grad, ww, q) for q in (0.25, 0.5, 0.75)])
+             + [_wquantile(chroma, ww, q) for q in (0.25, 0.5, 0.75)]
+             + [_wquantile(grad, ww, q) for q in (0.25, 0.5, 0.75)])
     light = [float(ww[Lr > t].sum()) for t in (70, 80, 90)]
     return np.concatenate([hist, np.array(stats, np.float32) / 50.0, np.array(light, np.float32)]).astype(np.float32)
 

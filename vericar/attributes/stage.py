@@ -28,8 +28,9 @@ from vericar.core.config import AttributesCfg
 from vericar.core.errors import ArtifactError
 
 COLOUR_FILE, VIEWPOINT_FILE = "attributes-colour", "attributes-viewpoint"
-# What a head reads (its info["features"]): parts joined by "+", in the order the head was fitted with. The first three come from
-# the embedding pass (vericar/attributes/tap.py), the last two from the crop's pixels (colour.py).
+# What a head reads (its info["features"]): parts joined by "+", in the order the head was fitted with.
+# The first three come from the embedding pass (vericar/attributes/tap.py), the last two from the crop's
+# pixels (colour.py).
 FEATURE_PARTS = (*PARTS, "body", "scene")
 
 
@@ -57,7 +58,8 @@ class Attributes:
             parts = str(head.info.get("features", "backbone")).split("+") if head is not None else []
             if any(p not in FEATURE_PARTS for p in parts) or len(set(parts)) != len(parts):
                 raise ArtifactError(f"an attribute head reads {head.info.get('features')!r} features; this vericar "
-                                    f"knows {list(FEATURE_PARTS)}, joined by '+'. Install the vericar that wrote the model.")
+                                    f"knows {list(FEATURE_PARTS)}, joined by '+'. Install the vericar that "
+                                    "wrote the model.")
 
     @property
     def colour(self) -> LinearHead | None:
@@ -101,7 +103,8 @@ class Attributes:
         reads a part this network cannot give: that head answers None until it is refitted."""
         missing = self.reads() - available_parts(model) - {"body", "scene"}
         if missing:
-            warnings.warn(f"an attribute head reads {sorted(missing)} features, which {getattr(model, 'spec', 'this model')} "
+            spec = getattr(model, "spec", "this model")
+            warnings.warn(f"an attribute head reads {sorted(missing)} features, which {spec} "
                           "does not have; it answers None. Refit the heads for this model "
                           "(benchmarks/attributes_fit.py).", RuntimeWarning, stacklevel=2)
         return tap_of(model)

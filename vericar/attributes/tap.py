@@ -12,8 +12,9 @@ on) and, while a :meth:`FeatureTap.capture` is open in the calling thread, keeps
   model in any paint).
 
 One tap per model (``tap_of``), hooked once; each capture says which parts to keep (a part no head
-reads costs nothing), and requests served side by side never see each other's rows (thread-local). The heads name what they read in their JSON (``features``, e.g.
-``backbone+columns``; vericar.attributes.stage).
+reads costs nothing), and requests served side by side never see each other's rows (thread-local).
+The heads name what they read in their JSON (``features``, e.g. ``backbone+columns``;
+vericar.attributes.stage).
 """
 from __future__ import annotations
 
