@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from vericar.attributes.plates import (Plate, PlateReader, hide_plates, line_is_plate_like, merge_lines,
-                                       normalise_text, plate_like_text)
+from vericar.attributes.plates import (REC_HEIGHT, Plate, PlateReader, group_lines, hide_plates, line_crop,
+                                       line_is_plate_like, merge_lines, normalise_text, plate_like_text)
 from vericar.core.config import AttributesCfg
 from vericar.core.errors import SpecError
 
@@ -50,6 +50,10 @@ def test_text_rules():
         assert plate_like_text(badge) is None, badge
     assert plate_like_text("SERIOUS", strict=False) == "SERIOUS"  # blurring reads loosely
     assert plate_like_text("AB", strict=False) is None
+    # a German plate's seal read as a lowercase o between the district and the letters is dropped;
+    # an o anywhere else is a letter as any other
+    assert normalise_text("MoAY 4762") == "MAY4762" and plate_like_text("M°AY4762") == "MAY4762"
+    assert normalise_text("Volvo C30") == "VOLVOC30" and normalise_text("SGO 3146") == "SGO3146"
 
 
 def test_geometry_rules():
@@ -60,6 +64,40 @@ def test_geometry_rules():
     assert not line_is_plate_like((95, 60, 99, 80), car)  # tall and thin: not a line of text
     assert merge_lines([[60, 70, 80, 78], [83, 70, 110, 78], [150, 20, 170, 28]]) == [
         [60, 70, 110, 78], [150, 20, 170, 28]]
+    # which boxes went into each line, whatever order they come in
+    assert group_lines([[150, 20, 170, 28], [83, 70, 110, 78], [60, 70, 80, 78]]) == [
+        ([60, 70, 110, 78], [2, 1]), ([150, 20, 170, 28], [0])]
+
+
+def _tilted_strip(angle: float) -> tuple[Image.Image, np.ndarray]:
+    """A black photo with a white strip 60x12 px tilted by ``angle`` degrees, its left half red
+    inside; and the strip's corners (as the text detector gives a line)."""
+    im = Image.new("RGB", (120, 80), "black")
+    c, u = np.array([60.0, 40.0]), np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
+    v = np.array([-u[1], u[0]])
+    corners = np.array([c - 30 * u - 6 * v, c + 30 * u - 6 * v, c + 30 * u + 6 * v, c - 30 * u + 6 * v])
+    draw = ImageDraw.Draw(im)
+    draw.polygon([tuple(p) for p in corners], fill="white")
+    draw.polygon([tuple(p) for p in (c - 27 * u - 4 * v, c - 3 * u - 4 * v, c - 3 * u + 4 * v, c - 27 * u + 4 * v)],
+                 fill="red")
+    return im, corners
+
+
+@pytest.mark.parametrize("angle", [0.0, 12.0, -15.0])
+def test_line_crop_straightens_a_tilted_line(angle):
+    im, corners = _tilted_strip(angle)
+    crop = line_crop(im, corners[[2, 0, 3, 1]])  # in any order
+    a = np.asarray(crop).astype(int)
+    assert crop.height == REC_HEIGHT and 3.5 < crop.width / crop.height < 6.5  # 60x12 less the shrink
+    # straightened: the whole crop is the strip (no black corner), red on the left, white on the right
+    assert (a.sum(axis=2) > 200).mean() > 0.97
+    left, right = a[10:-10, 10 : a.shape[1] // 2 - 20], a[10:-10, a.shape[1] // 2 + 20 : -10]
+    assert (left[..., 0] - left[..., 2]).mean() > 150 and abs(right - 255).mean() < 30
+    # an axis-aligned box around a tilted strip holds black background; the straightened one does not
+    if angle:
+        xs, ys = corners[:, 0], corners[:, 1]
+        axis = np.asarray(im.crop((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))).sum(axis=2)
+        assert (axis < 60).mean() > 0.2
 
 
 def test_hide_plates_leaves_no_plate_pixel():
@@ -103,6 +141,20 @@ def test_reads_a_plate_drawn_into_a_real_photo(reader):
     moved = reader.read(canvas, (200, 100, 424, 324))
     assert moved is not None and moved.text == plate.text
     assert abs(moved.box[0] - (plate.box[0] + 200)) <= 2 and abs(moved.box[1] - (plate.box[1] + 100)) <= 2
+
+
+@needs_photos
+def test_reads_a_tilted_plate(reader):
+    """A plate seen from three-quarters is tilted in the photo: it is read along its own line."""
+    flat = Image.new("RGB", (96, 24), "white")
+    draw = ImageDraw.Draw(flat)
+    draw.rectangle((0, 0, 95, 23), outline="black")
+    draw.text((8, 4), "KX61 BCD", fill="black", font=ImageFont.load_default(size=15))
+    tilted = flat.rotate(10, resample=Image.BICUBIC, expand=True, fillcolor=(1, 2, 3))
+    im = photo("dev/00001.jpg")
+    im.paste(tilted, (100, 140), mask=Image.fromarray((np.asarray(tilted) != (1, 2, 3)).any(axis=2)))
+    plate = reader.read(im)
+    assert plate is not None and plate.text == "KX61BCD"
 
 
 @needs_photos
