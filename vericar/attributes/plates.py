@@ -5,7 +5,8 @@ wheel and run on onnxruntime, nothing is downloaded) inside one vehicle's box: t
 text lines in the lower part of the box, upscaled; the lines whose geometry looks like a plate
 (wide, low in the car, small against the box) are read one by one, each cut along its own tilt
 (``line_crop``), and only text that looks like a registration (4-8 letters and digits, both kinds)
-is kept, so badges, dealer frames and slogans are not taken for plates. Two engines, not one: a per-call ``use_det=False`` sticks to a rapidocr engine.
+is kept, so badges, dealer frames and slogans are not taken for plates. Two engines, not one: a
+per-call ``use_det=False`` sticks to a rapidocr engine.
 
 ``hide_plates`` paints each plate box with its own mean colour, so no pixel of the plate is left
 (docs/plates.md: how the thresholds were chosen on train photos and what they give on dev).
@@ -18,7 +19,6 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -30,13 +30,14 @@ PLATE_MODES = ("read", "blur", "off")
 # plates right against 150 at 0.75-0.80, with 79 false plates against 91-99.
 MIN_CONFIDENCE = 0.85  # recogniser's mean character probability for a read plate
 DET_SIDE = 640  # the searched part of the box is scaled so that its longer side is this many pixels
-# onnxruntime threads. The detector's 640 px pass is the stage's cost: on this 2-core machine, quiet,
-# two threads take it from ~112 to ~74 ms wall (its pool spins while it waits: ~140 ms of CPU).
-# The recogniser's inputs are small: a second thread would only spin.
+# onnxruntime threads. The detector's 640 px pass is most of the stage's cost: on this 2-core machine
+# two threads took the stage's dev p50 from ~118 to ~95 ms wall, at ~184 ms of CPU (the second
+# thread's pool spins while it waits). The recogniser's inputs are small: a second thread would
+# only spin. rapidocr ignores a count above os.cpu_count() and then uses onnxruntime's default.
 THREADS = 2  # the detector's
 REC_THREADS = 1
 TOP_SKIP = 0.30  # plates are never in the top 30% of a vehicle's box (roof, windows, bonnet)
-MAX_LINES = 4  # text lines read per vehicle, most plate-like first (each read costs ~10-20 ms)
+MAX_LINES = 4  # text lines read per vehicle, most plate-like first (each read costs ~5-15 ms)
 # A plate's text line, as a share of the vehicle's box: not a sliver, not a slogan across the car.
 LINE_ASPECT = (1.3, 9.0)  # width / height of the line
 LINE_HEIGHT = (0.02, 0.16)  # line height / box height
@@ -44,15 +45,15 @@ LINE_WIDTH = (0.05, 0.55)  # line width / box width
 LINE_LOW = 0.40  # the line's centre is at least this far down the box
 # Around the text line, the plate itself (its border and the country strip), for the box and blur.
 PAD_X, PAD_Y = 0.35, 0.45  # × line height
-REC_HEIGHT = 48  # the recogniser's input height: lines are upscaled to it from the photo's pixels
-# The detector's line box carries ~0.8 text heights of margin on each side (its unclip ratio 1.6),
-# where a plate's frame edge or a sticker is read as one more letter ("EYUA355" for YUA355): the line
-# is cut this much tighter (x line height), and from pixels upscaled UPSCALE times, along its tilt.
+REC_HEIGHT = 48  # the recogniser's input height: each line is scaled to it
+# The detector grows each text region by area x 1.6 / perimeter (its unclip ratio), a margin in
+# which a plate's frame edge or a sticker is read as one more letter ("EYUA355" for YUA355): the
+# line is cut this much tighter (x the line's height), along its tilt.
 SHRINK_X, SHRINK_Y = 0.10, 0.05
-UPSCALE = 4
-# German plates' registration seal between the district and the letters reads as a lowercase "o"
-# ("MoAY4762" for M·AY 4762): a lowercase o between plate characters is dropped.
-SEAL = re.compile(r"(?<=[A-Z0-9 ·.:])o(?=[A-Z0-9])")
+UPSCALE = 4  # small lines are cut from pixels upscaled this many times (fewer for a line over 48 px)
+# German plates' registration seal between the district (1-3 letters) and the letters reads as a
+# lowercase "o" ("MoAY 4762" for M·AY 4762): that o is dropped; an o anywhere else is kept.
+SEAL = re.compile(r"^([A-Z]{1,3})[ ·.:]?o(?=[A-Z]{1,2}[ ·.:-]?[0-9])")
 PLATE_TEXT = re.compile(r"^(?=.*[A-Z])(?=.*[0-9])[A-Z0-9]{4,8}$")
 # Blurring is for privacy: any plate-shaped line read as 3-10 letters / digits is hidden (a badge
 # hidden by mistake costs little; a plate left because it read as "SERIOUS" or "AB1" costs more).
@@ -77,7 +78,7 @@ class Plate:
 def normalise_text(raw: str) -> str:
     """A read as plate text: NFKC, a seal read as "o" dropped, uppercase, only A-Z and 0-9 kept
     (``"m·pe 3389"`` -> ``"MPE3389"``, ``"MoAY 4762"`` -> ``"MAY4762"``)."""
-    return re.sub(r"[^A-Z0-9]", "", SEAL.sub("", unicodedata.normalize("NFKC", raw)).upper())
+    return re.sub(r"[^A-Z0-9]", "", SEAL.sub(r"\1", unicodedata.normalize("NFKC", raw).strip()).upper())
 
 
 def plate_like_text(raw: str, strict: bool = True) -> str | None:
@@ -131,8 +132,11 @@ def line_crop(photo: Image.Image, points: np.ndarray, height: int = REC_HEIGHT) 
     detector's ``points`` (photo pixels; a plate seen from three-quarters is tilted), cut
     ``SHRINK_X`` / ``SHRINK_Y`` line heights tighter, straightened and scaled to ``height``.
 
-    Cut from pixels upscaled ``UPSCALE`` times (bicubic). Read this way, 148 of the 191 legible train
-    plates come out right, against 103 read from the line's axis-aligned box (docs/plates.md)."""
+    Cut from pixels upscaled ``UPSCALE`` times (bicubic; fewer for a line over ``height`` px). With
+    the seal rule, 150 of the 191 legible train plates are read right at threshold 0.75, against 103
+    from the line's axis-aligned box (docs/plates.md)."""
+    import cv2  # only when a plate is read: importing the recogniser should not load OpenCV
+
     corners = cv2.boxPoints(cv2.minAreaRect(np.asarray(points, np.float32))).astype(np.float64)
     edges = np.roll(corners, -1, axis=0) - corners
     k = int(np.argmax(np.linalg.norm(edges, axis=1)))
@@ -154,10 +158,11 @@ def line_crop(photo: Image.Image, points: np.ndarray, height: int = REC_HEIGHT) 
     x2, y2 = np.minimum((photo.width, photo.height), np.ceil(quad.max(axis=0)) + 2).astype(int)
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
-    big = np.asarray(photo.crop((x1, y1, x2, y2)).resize(((x2 - x1) * UPSCALE, (y2 - y1) * UPSCALE),
-                                                         Image.BICUBIC))
-    size = (max(2, round(w * UPSCALE)), max(2, round(h * UPSCALE)))
-    src = np.float32([(p - (x1, y1)) * UPSCALE for p in (tl, tr, bl)])
+    # a big line (a full-size upload) needs no upscaling: keep >= UPSCALE x height rows, no more
+    k = int(min(UPSCALE, max(1, np.ceil(UPSCALE * height / h))))
+    big = np.asarray(photo.crop((x1, y1, x2, y2)).resize(((x2 - x1) * k, (y2 - y1) * k), Image.BICUBIC))
+    size = (max(2, round(w * k)), max(2, round(h * k)))
+    src = np.float32([(p - (x1, y1)) * k for p in (tl, tr, bl)])
     dst = np.float32([[0, 0], [size[0], 0], [0, size[1]]])
     out = cv2.warpAffine(big, cv2.getAffineTransform(src, dst), size, flags=cv2.INTER_CUBIC,
                          borderMode=cv2.BORDER_REPLICATE)
@@ -233,11 +238,12 @@ class PlateReader:
         with self._lock:
             det, rec = self._engines()
             found = det(_rgb_to_bgr(scaled))
-            quads = [np.asarray(q, np.float64) / scale + (x1, y1) for q in ([] if found.boxes is None else found.boxes)]
-            lines = [(ln, np.concatenate([quads[i] for i in members]))
-                     for ln, members in group_lines([[q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()]
-                                                     for q in quads])]
-            lines = sorted((ln for ln in lines if line_is_plate_like(ln[0], bx)), key=lambda ln: -_plateness(ln[0], bx))
+            quads = [np.asarray(q, np.float64) / scale + (x1, y1)
+                     for q in ([] if found.boxes is None else found.boxes)]
+            boxes = [[q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()] for q in quads]
+            lines = [(ln, np.concatenate([quads[i] for i in members])) for ln, members in group_lines(boxes)]
+            lines = sorted((ln for ln in lines if line_is_plate_like(ln[0], bx)),
+                           key=lambda ln: -_plateness(ln[0], bx))
             out = [p for p in (self._read_line(rec, photo, ln, pts, strict) for ln, pts in lines[:MAX_LINES])
                    if p is not None]
         return sorted(out, key=lambda p: -p.confidence)
