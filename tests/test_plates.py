@@ -19,6 +19,7 @@ from vericar.core.errors import SpecError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stanford_cars"
 needs_photos = pytest.mark.skipif(not (DATA / "dev").is_dir(), reason="../shared/data/stanford_cars is not here")
+needs_train = pytest.mark.skipif(not (DATA / "train").is_dir(), reason="../shared/data/stanford_cars/train is not here")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def test_text_rules():
     assert normalise_text("MoAY 4762") == "MAY4762" and plate_like_text("M·oBY6411") == "MBY6411"
     assert normalise_text("DK08oAB") == "DK08OAB" and normalise_text("Volvo C30") == "VOLVOC30"
     assert normalise_text("SGO 3146") == "SGO3146" and normalise_text("MOAY 4762") == "MOAY4762"
+    assert plate_like_text("KoS5京", strict=False) == "KS5"  # the seal is not counted as a dropped character
 
 
 def test_geometry_rules():
@@ -148,7 +150,26 @@ def test_reads_a_plate_drawn_into_a_real_photo(reader):
     assert abs(moved.box[0] - (plate.box[0] + 200)) <= 2 and abs(moved.box[1] - (plate.box[1] + 100)) <= 2
 
 
-@needs_photos
+def test_line_crop_of_a_big_line_is_not_upscaled_past_its_budget(monkeypatch):
+    """A long tilted line on a full-size upload: the pixels around it are upscaled within
+    UPSCALE_PIXELS (4x would be ~60 M pixels), and the cut is still the recogniser's height."""
+    import vericar.attributes.plates as plates
+
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize",
+                        lambda im, size, *a, **k: sizes.append(size) or resize(im, size, *a, **k))
+    im = Image.new("RGB", (6000, 4000), "white")
+    a = np.radians(20)
+    u, v = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
+    c = np.array([3000.0, 2500.0])
+    corners = np.array([c - 750 * u - 30 * v, c + 750 * u - 30 * v, c + 750 * u + 30 * v, c - 750 * u + 30 * v])
+    crop = line_crop(im, corners)
+    assert crop is not None and crop.height == REC_HEIGHT
+    assert max(w * h for w, h in sizes) <= plates.UPSCALE_PIXELS * 1.01
+
+
+@needs_train
 @pytest.mark.parametrize("name, text", [("train/04885.jpg", "INTT532"), ("train/05537.jpg", "HX59FHG"),
                                         ("train/07049.jpg", "H685YYT")])
 def test_reads_train_plates_the_upright_cut_got_wrong(reader, name, text):

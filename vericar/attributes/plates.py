@@ -37,7 +37,7 @@ DET_SIDE = 640  # the searched part of the box is scaled so that its longer side
 THREADS = 2  # the detector's
 REC_THREADS = 1
 TOP_SKIP = 0.30  # plates are never in the top 30% of a vehicle's box (roof, windows, bonnet)
-MAX_LINES = 4  # text lines read per vehicle, most plate-like first (each read costs ~5-15 ms)
+MAX_LINES = 4  # text lines read per vehicle, most plate-like first (each read costs ~25-30 ms)
 # A plate's text line, as a share of the vehicle's box: not a sliver, not a slogan across the car.
 LINE_ASPECT = (1.3, 9.0)  # width / height of the line
 LINE_HEIGHT = (0.02, 0.16)  # line height / box height
@@ -50,7 +50,8 @@ REC_HEIGHT = 48  # the recogniser's input height: each line is scaled to it
 # which a plate's frame edge or a sticker is read as one more letter ("EYUA355" for YUA355): the
 # line is cut this much tighter (x the line's height), along its tilt.
 SHRINK_X, SHRINK_Y = 0.10, 0.05
-UPSCALE = 4  # small lines are cut from pixels upscaled this many times (fewer for a line over 48 px)
+UPSCALE = 4  # small lines are cut from pixels upscaled this many times (fewer for a big one)
+UPSCALE_PIXELS = 4_000_000  # at most this many upscaled pixels around one line (a full-size upload)
 # German plates' registration seal between the district (1-3 letters) and the letters reads as a
 # lowercase "o" ("MoAY 4762" for M·AY 4762): that o is dropped; an o anywhere else is kept.
 SEAL = re.compile(r"^([A-Z]{1,3})[ ·.:]?o(?=[A-Z]{1,2}[ ·.:-]?[0-9])")
@@ -85,8 +86,9 @@ def plate_like_text(raw: str, strict: bool = True) -> str | None:
     """The normalised text when ``raw`` reads like a registration, else None: 4-8 letters and
     digits with at least one of each (``strict=False``: any 3-10), and little else in the read (a
     Chinese or symbol-heavy read of a badge is not a plate with the odd character dropped)."""
+    raw = SEAL.sub(r"\1", unicodedata.normalize("NFKC", raw).strip())  # the seal is not a character
     text = normalise_text(raw)
-    visible = re.sub(r"[\s\-·.:|_'\"]", "", unicodedata.normalize("NFKC", raw))
+    visible = re.sub(r"[\s\-·.:|_'\"]", "", raw)
     if not visible or len(text) < KEPT_SHARE * len(visible):
         return None
     return text if (PLATE_TEXT if strict else LOOSE_TEXT).match(text) else None
@@ -132,17 +134,18 @@ def line_crop(photo: Image.Image, points: np.ndarray, height: int = REC_HEIGHT) 
     detector's ``points`` (photo pixels; a plate seen from three-quarters is tilted), cut
     ``SHRINK_X`` / ``SHRINK_Y`` line heights tighter, straightened and scaled to ``height``.
 
-    Cut from pixels upscaled ``UPSCALE`` times (bicubic; fewer for a line over ``height`` px). With
+    Cut from pixels upscaled ``UPSCALE`` times (bicubic; fewer for a line over 64 px tall or around
+    more than ``UPSCALE_PIXELS`` upscaled pixels). ``photo`` is RGB. With
     the seal rule, 150 of the 191 legible train plates are read right at threshold 0.75, against 103
     from the line's axis-aligned box (docs/plates.md)."""
     import cv2  # only when a plate is read: importing the recogniser should not load OpenCV
 
     corners = cv2.boxPoints(cv2.minAreaRect(np.asarray(points, np.float32))).astype(np.float64)
     edges = np.roll(corners, -1, axis=0) - corners
-    k = int(np.argmax(np.linalg.norm(edges, axis=1)))
-    u = edges[k] if edges[k][0] >= 0 else -edges[k]  # along the line, left to right
+    e = int(np.argmax(np.linalg.norm(edges, axis=1)))
+    u = edges[e] if edges[e][0] >= 0 else -edges[e]  # along the line, left to right
     w = float(np.linalg.norm(u))
-    h = float(np.linalg.norm(edges[(k + 1) % 4]))
+    h = float(np.linalg.norm(edges[(e + 1) % 4]))
     if w < 1 or h < 1:
         return None
     u /= w
@@ -158,8 +161,10 @@ def line_crop(photo: Image.Image, points: np.ndarray, height: int = REC_HEIGHT) 
     x2, y2 = np.minimum((photo.width, photo.height), np.ceil(quad.max(axis=0)) + 2).astype(int)
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
-    # a big line (a full-size upload) needs no upscaling: keep >= UPSCALE x height rows, no more
-    k = int(min(UPSCALE, max(1, np.ceil(UPSCALE * height / h))))
+    # a big line (a full-size upload) needs no upscaling: keep >= UPSCALE x height rows, no more,
+    # and a long tilted one no more than UPSCALE_PIXELS around it
+    k = int(min(UPSCALE, max(1, np.ceil(UPSCALE * height / h)),
+                max(1, np.sqrt(UPSCALE_PIXELS / ((x2 - x1) * (y2 - y1))))))
     big = np.asarray(photo.crop((x1, y1, x2, y2)).resize(((x2 - x1) * k, (y2 - y1) * k), Image.BICUBIC))
     size = (max(2, round(w * k)), max(2, round(h * k)))
     src = np.float32([(p - (x1, y1)) * k for p in (tl, tr, bl)])
