@@ -76,18 +76,27 @@ class Plate:
         return {"text": self.text, "box": list(self.box), "confidence": round(float(self.confidence), 4)}
 
 
+def _unsealed(raw: str) -> str:
+    """The read in NFKC, a German seal read as "o" taken out (it is not a character)."""
+    return SEAL.sub(r"\1", unicodedata.normalize("NFKC", raw).strip())
+
+
 def normalise_text(raw: str) -> str:
     """A read as plate text: NFKC, a seal read as "o" dropped, uppercase, only A-Z and 0-9 kept
     (``"m·pe 3389"`` -> ``"MPE3389"``, ``"MoAY 4762"`` -> ``"MAY4762"``)."""
-    return re.sub(r"[^A-Z0-9]", "", SEAL.sub(r"\1", unicodedata.normalize("NFKC", raw).strip()).upper())
+    return _plate_chars(_unsealed(raw))
+
+
+def _plate_chars(text: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "", text.upper())
 
 
 def plate_like_text(raw: str, strict: bool = True) -> str | None:
     """The normalised text when ``raw`` reads like a registration, else None: 4-8 letters and
     digits with at least one of each (``strict=False``: any 3-10), and little else in the read (a
     Chinese or symbol-heavy read of a badge is not a plate with the odd character dropped)."""
-    raw = SEAL.sub(r"\1", unicodedata.normalize("NFKC", raw).strip())  # the seal is not a character
-    text = normalise_text(raw)
+    raw = _unsealed(raw)
+    text = _plate_chars(raw)
     visible = re.sub(r"[\s\-·.:|_'\"]", "", raw)
     if not visible or len(text) < KEPT_SHARE * len(visible):
         return None
