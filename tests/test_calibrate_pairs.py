@@ -192,3 +192,43 @@ def test_the_model_rule_is_capped_by_the_make_rule_where_asked():
                 assert any(q["model"] < r - 0.01 for q, r in zip(p, raw))  # the cap bites on some pairs
             else:
                 assert [q["model"] for q in p] == raw
+
+
+def test_a_factored_model_rule_is_fitted_on_pairs_of_one_make_given_the_make():
+    """``--factor``: in the named sets the model rule is P(same model | same make), fitted on the pairs of
+    one make only (a naive fit on exactly those pairs gives the same weights), and answers with
+    P(same model | same make) x P(same make); the band is fitted on that product. Other sets are unchanged."""
+    import numpy as np
+
+    from train.calibrate_pairs import CAPS, fit
+    from train.pair_table import answering, pair_weights, subset
+    from vericar.search.pair_calibration import fit_rule
+
+    rng = np.random.default_rng(3)
+    n = 2400
+    kind = np.array(["same", "easy", "medium", "hard"] * (n // 4))
+    cos = np.where(kind == "same", 0.8, np.where(kind == "easy", 0.3, 0.6)) + rng.normal(0, 0.1, n)
+    make = np.where(kind == "easy", 0.1, 0.9) + rng.normal(0, 0.1, n)
+    x = np.c_[cos, np.zeros(n), make, np.zeros((n, 6))]
+    y = np.c_[kind == "same", kind != "easy", kind != "easy"]
+    flag = rng.random(n) < 0.5
+    t = {"x": x, "y": y, "kind": kind, "mode": np.where(flag | (rng.random(n) < 0.5), "open", "known"), "flag": flag,
+         "groups": [("A", "B")] * n}
+    feats = ["cosine", "agree_make"]
+    plain = fit(t, feats, {})
+    known, open_, _ = answering(t, np.ones(n, bool))
+    for factor, factored in CAPS.items():
+        cal = fit(t, feats, {}, factor=factor)
+        for unknown, name, m in ((False, "known", known), (True, "open", open_)):
+            rule = cal.rules(unknown)["model"]
+            if name not in factored:
+                assert rule == plain.rules(unknown)["model"]
+                continue
+            assert rule.given == ("make",)
+            s = subset(t, m & y[:, 1])
+            naive = fit_rule(s["x"][:, [0, 2]], s["y"][:, 0], feats, pair_weights(s, "model"))
+            assert np.allclose(rule.weights, naive.weights, atol=1e-4) and abs(rule.bias - naive.bias) < 1e-4
+            for row in x[:100]:
+                f = dict(zip(feats, row[[0, 2]]))
+                p = cal.probabilities(f, unknown)
+                assert p["model"] == __import__("pytest").approx(rule.probability(f) * p["make"])

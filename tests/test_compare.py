@@ -117,6 +117,23 @@ def test_a_chain_of_caps_holds_all_the_way_down():
         assert p["model"] == min(r["model"], r["make"], r["type"]) and p["model"] <= p["make"] <= p["type"]
 
 
+def test_a_rule_given_a_coarser_level_is_multiplied_by_its_probability():
+    """Model given make: P(model) = P(model | make) x P(make), the make's own caps applied first; a naive
+    product of the raw rules' probabilities, and never above P(make)."""
+    from vericar.search.pair_calibration import capped_probabilities
+
+    feats = {f: 0.5 for f in WEIGHTS}
+    for biases in ((-2.0, -3.0, -4.5), (1.0, 2.0, -1.0)):
+        raw = {lvl: rule(bias=b) for lvl, b in zip(("model", "make", "type"), biases)}
+        r = {lvl: raw[lvl].probability(feats) for lvl in raw}
+        p = capped_probabilities({**raw, "model": replace(raw["model"], given=("make",))}, feats)
+        assert p["model"] == pytest.approx(r["model"] * r["make"]) and p["model"] <= p["make"] == r["make"]
+        chained = {"model": replace(raw["model"], given=("make",)), "make": replace(raw["make"], capped_by=("type",)),
+                   "type": raw["type"]}
+        p = capped_probabilities(chained, feats)
+        assert p["model"] == pytest.approx(r["model"] * min(r["make"], r["type"]))
+
+
 def test_weak_evidence_is_none_not_a_guess(cmp_artifact):
     """A pair whose probability falls inside the band gets None; the same rule still answers clear pairs."""
     rec = hub.load(f"local-dir:{cmp_artifact}")
@@ -167,6 +184,10 @@ def test_pair_calibration_round_trip_and_refusals(tmp_path, cmp_artifact):
     assert "capped_by" not in good["levels"]["model"]  # a rule saved before caps reads as uncapped
     capped = {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": ["make", "type"]}}}
     assert PairCalibration.from_dict(json.loads(json.dumps(capped))).levels["model"].capped_by == ("make", "type")
+    assert "given" not in good["levels"]["model"]  # a rule saved before factoring reads as its own probability
+    given = {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "given": ["make"]}}}
+    back = PairCalibration.from_dict(json.loads(json.dumps(given)))
+    assert back.levels["model"].given == ("make",) and back.to_dict()["levels"]["model"]["given"] == ["make"]
     for bad in ({**good, "method": "siamese"}, {**good, "levels": {"model": good["levels"]["model"]}},
                 {**good, "levels": {**good["levels"], "make": {**good["levels"]["make"], "band": [0.8, 0.2]}}},
                 {**good, "levels": {**good["levels"], "type": {**good["levels"]["type"], "features": ["colour"]}}},
@@ -174,7 +195,9 @@ def test_pair_calibration_round_trip_and_refusals(tmp_path, cmp_artifact):
                 {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": "make"}}},
                 {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": None}}},
                 {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"],
-                                                                 "capped_by": ["make", "make"]}}}):
+                                                                 "capped_by": ["make", "make"]}}},
+                {**good, "levels": {**good["levels"], "type": {**good["levels"]["type"], "given": ["make"]}}},
+                {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "given": "make"}}}):
         with pytest.raises(ArtifactError, match="calibrate_pairs.py"):
             PairCalibration.from_dict(bad)
     cfg, meta = hub.read_artifact(cmp_artifact)

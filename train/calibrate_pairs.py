@@ -39,7 +39,7 @@ from train.fix_channels import refuse_fixed
 from train.pair_table import answering, pair_table, pair_weights, subset
 from vericar.evaluation.pairs import KINDS
 from vericar.search.pair_calibration import (FEATURES, MONOTONE, PAIR_LEVELS, LevelRule, PairCalibration,
-                                             capped_probabilities, fit_rule)
+                                             capped_probabilities, fit_band, fit_rule)
 
 DEV_CSV = Path(__file__).resolve().parents[2] / "shared/data/stanford_cars/dev.csv"
 CANDIDATES = {"cosine": ("cosine",), "vote agreement": ("agree_model", "agree_make", "agree_type"),
@@ -56,6 +56,10 @@ RULE_SETS = ("known", "open")
 # it costs the pairs of never-seen models; measured, not shipped (docs/verification.md).
 CAP = "none"
 CAPS = {"known": ("known",), "open": ("open",), "both": RULE_SETS, "none": ()}
+# Which rules are factored (--factor, the same choices): P(same model) = P(same model | same make) x P(same make),
+# the conditional rule fitted on the pairs of one make only (pair_calibration: ``given``). The shipping rule and
+# its validation figures: docs/verification.md.
+FACTOR = "none"
 
 
 def refuse_dev(paths: Sequence[str], dev_csv: Path | None) -> None:
@@ -81,28 +85,42 @@ def fit_set(t: dict[str, Any], m: np.ndarray, features: Sequence[str], level: st
 
 
 def fit_rules(t: dict[str, Any], m: np.ndarray, features: Sequence[str], monotone: Sequence[str], capped: bool,
-              levels: Sequence[str] = PAIR_LEVELS) -> dict[str, LevelRule]:
+              levels: Sequence[str] = PAIR_LEVELS, factored: bool = False) -> dict[str, LevelRule]:
     """The rules of ``levels`` fitted on the pairs ``m`` of ``t``. ``capped``: the model rule is capped by the
     make's (P(same model) <= P(same make): one model is one make; the make rule is then fitted too). Its
     band of no verdict stays the one fitted on its own probabilities: found again on the capped ones
-    it widened and lost 0.8 points of validation mix for nothing (docs/verification.md)."""
-    levels = list(dict.fromkeys([*levels, "make"])) if capped else list(levels)
-    rules = {lvl: fit_set(t, m, features, lvl, monotone) for lvl in levels}
+    it widened and lost 0.8 points of validation mix for nothing (docs/verification.md). ``factored``:
+    the model rule is fitted on the pairs of one make only, ``given`` the make, and its band is fitted
+    on the product P(same model | same make) x P(same make) that it answers with (where the pairs of one
+    make are all of one model, or none is, the rule is fitted unfactored: no ``given`` in its JSON)."""
+    levels = list(dict.fromkeys([*levels, "make"])) if capped or factored else list(levels)
+    one_make = m & t["y"][:, PAIR_LEVELS.index("make")]
+    outcomes = t["y"][one_make][:, PAIR_LEVELS.index("model")]
+    factored = factored and bool(outcomes.any() and not outcomes.all())  # else (a tiny split) not factored
+    rules = {lvl: fit_set(t, one_make if factored and lvl == "model" else m, features, lvl, monotone)
+             for lvl in levels}
+    if factored:
+        s = subset(t, m)
+        cols = [FEATURES.index(f) for f in features]
+        rules["model"] = replace(rules["model"], given=("make",))
+        p = [capped_probabilities(rules, dict(zip(features, row)))["model"] for row in s["x"][:, cols]]
+        rules["model"] = replace(rules["model"], band=fit_band(np.array(p), s["y"][:, 0], pair_weights(s, "model")))
     if capped:
         rules["model"] = replace(rules["model"], capped_by=("make",))
     return rules
 
 
 def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0, monotone: Sequence[str] = (),
-                   cap: str = CAP) -> dict[str, Any]:
+                   cap: str = CAP, factor: str = FACTOR) -> dict[str, Any]:
     """Per candidate feature set (CANDIDATES, fitted with ``monotone`` weights kept >= 0 and the model rule
-    capped by the make's in the rule sets ``CAPS[cap]``; and the chosen one fitted the other way: MONOTONE
-    kept >= 0, or all free; and with each other cap), model-level ROC-AUC per kind and mode on held-out
-    folds of classes (a pair is tested when both its classes are in the fold, trained on when neither
-    is). The rules are fitted as ``fit`` fits them, and each test pair is answered by the rules
-    ``compare`` would pick: the open ones when a photo is flagged unknown. So "known" mixes the two
-    rules as dev pairs do, and "open" as pairs of never-seen models do. ``<mode> mix``: the balanced
-    mix answered right by the verdict (None wrong), as benchmarks/verify.py counts it."""
+    capped by the make's in the rule sets ``CAPS[cap]`` and factored in ``CAPS[factor]``; and the chosen
+    one fitted the other way: MONOTONE kept >= 0, or all free; and with each other cap and each other
+    factoring), model-level ROC-AUC per kind and mode on held-out folds of classes (a pair is tested
+    when both its classes are in the fold, trained on when neither is). The rules are fitted as ``fit``
+    fits them, and each test pair is answered by the rules ``compare`` would pick: the open ones when a
+    photo is flagged unknown. So "known" mixes the two rules as dev pairs do, and "open" as pairs of
+    never-seen models do. ``<mode> mix``: the balanced mix answered right by the verdict (None wrong),
+    as benchmarks/verify.py counts it."""
     from sklearn.metrics import roc_auc_score
 
     names = sorted({c for g in t["groups"] for c in g})
@@ -111,10 +129,12 @@ def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0, monotone: S
     fb = np.array([fold[b] for _, b in t["groups"]])
     y = t["y"][:, 0]
     other = (f"{CHOSEN}, fitted freely", ()) if monotone else (f"{CHOSEN}, monotone", MONOTONE)
-    runs = {**{c: (f, monotone, cap) for c, f in CANDIDATES.items()}, other[0]: (CANDIDATES[CHOSEN], other[1], cap),
-            **{f"{CHOSEN}, cap {c}": (CANDIDATES[CHOSEN], monotone, c) for c in CAPS if c != cap}}
+    runs = {**{c: (f, monotone, cap, factor) for c, f in CANDIDATES.items()},
+            other[0]: (CANDIDATES[CHOSEN], other[1], cap, factor),
+            **{f"{CHOSEN}, cap {c}": (CANDIDATES[CHOSEN], monotone, c, factor) for c in CAPS if c != cap},
+            **{f"{CHOSEN}, factor {c}": (CANDIDATES[CHOSEN], monotone, cap, c) for c in CAPS if c != factor}}
     out: dict[str, Any] = {}
-    for cand, (feats, mono, cap_in) in runs.items():
+    for cand, (feats, mono, cap_in, factor_in) in runs.items():
         cols = [FEATURES.index(f) for f in feats]
         prob, right = np.full(len(y), np.nan), np.zeros(len(y), bool)
         for k in range(folds):
@@ -124,7 +144,8 @@ def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0, monotone: S
             sets = [m for m in fold_sets if t["y"][m][:, :2].any(0).all() and not t["y"][m][:, :2].all(0).any()]
             if len(sets) < 2:
                 continue
-            rules = [fit_rules(t, m, feats, mono, name in CAPS[cap_in], ("model",)) for m, name in zip(sets, RULE_SETS)]
+            rules = [fit_rules(t, m, feats, mono, name in CAPS[cap_in], ("model",), name in CAPS[factor_in])
+                     for m, name in zip(sets, RULE_SETS)]
             for i in np.where(test)[0]:
                 rule = rules[int(t["flag"][i])]
                 prob[i] = capped_probabilities(rule, dict(zip(feats, t["x"][i, cols])))["model"]
@@ -144,11 +165,13 @@ def cross_validate(t: dict[str, Any], folds: int = 5, seed: int = 0, monotone: S
 
 
 def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any], monotone: Sequence[str] = (),
-        cap: str = CAP) -> PairCalibration:
+        cap: str = CAP, factor: str = FACTOR) -> PairCalibration:
     """Each level's rules, with their bands, each set fitted on the pairs it answers (``answering``;
-    ``monotone``: weights kept >= 0; the model rule capped by the make's in the sets ``CAPS[cap]``)."""
+    ``monotone``: weights kept >= 0; the model rule capped by the make's in the sets ``CAPS[cap]``, and
+    given the make in the sets ``CAPS[factor]``)."""
     *sets, fell_back = answering(t, np.ones(len(t["y"]), bool))
-    known, open_ = (fit_rules(t, m, features, monotone, name in CAPS[cap]) for m, name in zip(sets, RULE_SETS))
+    known, open_ = (fit_rules(t, m, features, monotone, name in CAPS[cap], factored=name in CAPS[factor])
+                    for m, name in zip(sets, RULE_SETS))
     flagged_share = {mode: float(t["flag"][t["mode"] == mode].mean()) for mode in ("known", "open")}
     return PairCalibration(known, {**info, "flagged": flagged_share, "fitted_by_mode": fell_back}, open_)
 
@@ -181,6 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--cap", choices=list(CAPS), default=CAP,
                     help="the rules whose P(same model) is capped by P(same make) (one model is one make; default "
                          f"{CAP!r}: measured, not shipped, docs/verification.md)")
+    ap.add_argument("--factor", choices=list(CAPS), default=FACTOR,
+                    help="the rules whose P(same model) is P(same model | same make) x P(same make), the first fitted "
+                         f"on pairs of one make only (default {FACTOR!r}, docs/verification.md)")
     ap.add_argument("--negatives", type=int, default=2000, help="validation pairs of each different kind (at most)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dev-csv", default=str(DEV_CSV), help="photos listed here are refused (dev is for measuring)")
@@ -224,14 +250,15 @@ def main(argv: Sequence[str] | None = None) -> PairCalibration:
     voter = Recognizer(rec.model, gallery, rec.ood, k=rec.k, density=rec.density)
     t = pair_table(voter, emb, list(labels[is_val]), args.negatives, args.seed)
     mono = MONOTONE if args.monotone else ()
-    cv = cross_validate(t, seed=args.seed, monotone=mono, cap=args.cap)
+    cv = cross_validate(t, seed=args.seed, monotone=mono, cap=args.cap, factor=args.factor)
     counts = {f"{m} {k}": int(((t["mode"] == m) & (t["kind"] == k)).sum()) for m in ("known", "open") for k in KINDS}
     info = {"fitted_on": f"pairs of {int(is_val.sum())} validation photos (real-input views, seed {tc.get('seed', 0)}) "
             f"against the other training photos, each pair with its classes in the gallery and out of it; "
             f"the known rules on the pairs with no photo flagged unknown and their classes in the gallery, "
             f"the open rules on the pairs with a photo flagged",
-            "pairs": counts, "cross_validation": cv, "monotone": list(mono), "cap": args.cap}
-    cal = fit(t, args.features, info, mono, args.cap)
+            "pairs": counts, "cross_validation": cv, "monotone": list(mono), "cap": args.cap,
+            "factor": args.factor}
+    cal = fit(t, args.features, info, mono, args.cap, args.factor)
     cfg, meta = read_artifact(out)
     meta["command"] = recorded_command(meta.get("command", ""), sys.argv[1:] if argv is None else argv)
     write_config(out, replace(cfg, compare=cal.to_dict()), meta)
@@ -245,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> PairCalibration:
         for lvl, r in rules.items():
             print(f"  {name} {lvl}: " + ", ".join(f"{f} {w:+.2f}" for f, w in zip(r.features, r.weights))
                   + f", bias {r.bias:+.2f}, no verdict in {r.band[0]:.2f}-{r.band[1]:.2f}"
-                  + (f", capped by {'/'.join(r.capped_by)}" if r.capped_by else ""))
+                  + (f", capped by {'/'.join(r.capped_by)}" if r.capped_by else "")
+                  + (f", given {'/'.join(r.given)}" if r.given else ""))
     return cal
 
 

@@ -17,7 +17,10 @@ evidence either way). There are two sets of rules: ``levels`` for two vehicles t
 say less (two photos of a model the gallery lacks and two of two such models both vote for
 look-alikes). A rule may be ``capped_by`` coarser levels: one model is one make, so a capped model
 rule never gives P(same model) above P(same make) (``PairCalibration.probabilities``; optional,
-``train/calibrate_pairs.py --cap``). Fitted on validation pairs only (train/calibrate_pairs.py),
+``train/calibrate_pairs.py --cap``). Or it may be ``given`` them: fitted only on pairs of one make, it
+is P(same model | same make), and P(same model) = P(same model | same make) x P(same make)
+(``--factor``): the make rule alone says whether two makes differ, so the model rule need not weigh
+make agreement against them. Fitted on validation pairs only (train/calibrate_pairs.py),
 each set on the pairs it answers, stored under "compare" in an artifact's config.json.
 """
 from __future__ import annotations
@@ -87,6 +90,7 @@ class LevelRule:
     bias: float
     band: tuple[float, float] = (0.5, 0.5)  # [low, high]: probabilities strictly inside get None
     capped_by: tuple[str, ...] = ()  # coarser levels whose probability this one's may not exceed
+    given: tuple[str, ...] = ()  # coarser levels this rule is conditional on: theirs multiplies its own
 
     def probability(self, feats: dict[str, float]) -> float:
         z = self.bias + sum(w * feats[f] for f, w in zip(self.features, self.weights))
@@ -102,7 +106,8 @@ class LevelRule:
     def to_dict(self) -> dict[str, Any]:
         d = {"features": list(self.features), "weights": list(self.weights), "bias": self.bias,
              "band": list(self.band)}
-        return {**d, "capped_by": list(self.capped_by)} if self.capped_by else d
+        d.update({k: list(v) for k, v in (("capped_by", self.capped_by), ("given", self.given)) if v})
+        return d
 
 
 @dataclass
@@ -120,8 +125,9 @@ class PairCalibration:
         return self.open_levels if unknown and self.open_levels is not None else self.levels
 
     def probabilities(self, feats: dict[str, float], unknown: bool) -> dict[str, float]:
-        """Each level's probability for one pair's features, a rule's caps applied: P(same model) is
-        at most P(same make) when the model rule is ``capped_by`` the make (same model implies same make)."""
+        """Each level's probability for one pair's features, a rule's conditions and caps applied: P(same
+        model) is P(same model | same make) x P(same make) when the model rule is ``given`` the make, and
+        at most P(same make) when it is ``capped_by`` it (same model implies same make)."""
         return capped_probabilities(self.rules(unknown), feats)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,12 +159,13 @@ class PairCalibration:
 
 
 def capped_probabilities(rules: dict[str, LevelRule], feats: dict[str, float]) -> dict[str, float]:
-    """``rules``' probability per level for one pair, each capped by its ``capped_by`` levels' (already
-    capped themselves: the coarsest level first, so a chain of caps holds all the way down)."""
+    """``rules``' probability per level for one pair: each multiplied by its ``given`` levels' and capped
+    by its ``capped_by`` levels' (already final themselves: the coarsest level first, so a chain of
+    caps or conditions holds all the way down)."""
     out: dict[str, float] = {}
     for lvl in sorted(rules, key=lambda v: -PAIR_LEVELS.index(v)):
         r = rules[lvl]
-        out[lvl] = min([r.probability(feats)] + [out[c] for c in r.capped_by])
+        out[lvl] = min([r.probability(feats) * math.prod(out[g] for g in r.given)] + [out[c] for c in r.capped_by])
     return {lvl: out[lvl] for lvl in rules}
 
 
@@ -168,7 +175,7 @@ def _rule(level: str, r: Any) -> LevelRule:
         feats = tuple(str(f) for f in r["features"])
         weights = tuple(float(w) for w in r["weights"])
         bias, band = float(r["bias"]), tuple(float(x) for x in r["band"])
-        caps = r.get("capped_by", [])
+        caps, given = r.get("capped_by", []), r.get("given", [])
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"compare calibration level {level!r} is malformed ({type(e).__name__}: {e}); "
                             f"it needs features, weights, bias and band. {REFIT}.") from e
@@ -180,10 +187,11 @@ def _rule(level: str, r: Any) -> LevelRule:
                             f"{len(weights)} weights for {len(feats)} features, or band {list(band)} not "
                             f"0 <= low <= high <= 1. {REFIT}.")
     coarser = PAIR_LEVELS[PAIR_LEVELS.index(level) + 1:] if level in PAIR_LEVELS else ()
-    if not isinstance(caps, list) or any(c not in coarser for c in caps) or len(set(caps)) != len(caps):
-        raise ArtifactError(f"compare calibration level {level!r}: capped_by must be a list of distinct coarser "
-                            f"levels (of {list(coarser)}), got {caps!r}. {REFIT}.")
-    return LevelRule(feats, weights, bias, (band[0], band[1]), tuple(caps))
+    for key, v in (("capped_by", caps), ("given", given)):
+        if not isinstance(v, list) or any(c not in coarser for c in v) or len(set(v)) != len(v):
+            raise ArtifactError(f"compare calibration level {level!r}: {key} must be a list of distinct coarser "
+                                f"levels (of {list(coarser)}), got {v!r}. {REFIT}.")
+    return LevelRule(feats, weights, bias, (band[0], band[1]), tuple(caps), tuple(given))
 
 
 def logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, nonneg: Sequence[bool], c: float = 10.0
@@ -224,10 +232,19 @@ def fit_rule(x: np.ndarray, y: np.ndarray, features: Sequence[str], weight: np.n
         raise ValueError(f"need both same and different pairs to fit on, got {int(y.sum())} same of {len(y)}.")
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
     coef, bias = logistic(x, y, w, [f in monotone for f in features])
-    rule = LevelRule(tuple(features), tuple(float(v) for v in coef), bias)
     from scipy.special import expit
 
     p = expit(np.asarray(x, np.float64) @ coef + bias)
+    band = fit_band(p, y, w, max_abstain, coin)
+    return LevelRule(tuple(features), tuple(float(v) for v in coef), bias, band)
+
+
+def fit_band(p: np.ndarray, y: np.ndarray, weight: np.ndarray, max_abstain: float = 0.05, coin: float = 2 / 3
+             ) -> tuple[float, float]:
+    """The widest band [0.5 - d, 0.5 + d] whose pairs (probabilities ``p``, outcomes ``y``), answered at
+    0.5, are right less than ``coin`` of the time, while at most ``max_abstain`` of the ``weight`` falls
+    inside it."""
+    p, y, w = np.asarray(p, np.float64), np.asarray(y, bool), np.asarray(weight, np.float64)
     right = (p >= 0.5) == y
     best = 0.0
     for d in np.arange(0.01, 0.5, 0.01):
@@ -237,4 +254,4 @@ def fit_rule(x: np.ndarray, y: np.ndarray, features: Sequence[str], weight: np.n
             break
         if inside.any() and np.average(right[inside], weights=w[inside]) < coin:
             best = float(d)
-    return LevelRule(rule.features, rule.weights, rule.bias, (0.5 - best, 0.5 + best))
+    return (0.5 - best, 0.5 + best)
