@@ -202,7 +202,7 @@ def test_a_factored_model_rule_is_fitted_on_pairs_of_one_make_given_the_make():
 
     from train.calibrate_pairs import CAPS, fit
     from train.pair_table import answering, pair_weights, subset
-    from vericar.search.pair_calibration import fit_rule
+    from vericar.search.pair_calibration import fit_band, fit_rule
 
     rng = np.random.default_rng(3)
     n = 2400
@@ -210,13 +210,14 @@ def test_a_factored_model_rule_is_fitted_on_pairs_of_one_make_given_the_make():
     cos = np.where(kind == "same", 0.8, np.where(kind == "easy", 0.3, 0.6)) + rng.normal(0, 0.1, n)
     make = np.where(kind == "easy", 0.1, 0.9) + rng.normal(0, 0.1, n)
     x = np.c_[cos, np.zeros(n), make, np.zeros((n, 6))]
-    y = np.c_[kind == "same", kind != "easy", kind != "easy"]
+    y = np.c_[kind == "same", kind != "easy", np.isin(kind, ["same", "hard"])]  # medium: one make, two types
     flag = rng.random(n) < 0.5
     t = {"x": x, "y": y, "kind": kind, "mode": np.where(flag | (rng.random(n) < 0.5), "open", "known"), "flag": flag,
          "groups": [("A", "B")] * n}
     feats = ["cosine", "agree_make"]
     plain = fit(t, feats, {})
     known, open_, _ = answering(t, np.ones(n, bool))
+    differs = []  # whether the product's band and the conditional rule's own differ, per factored set
     for factor, factored in CAPS.items():
         cal = fit(t, feats, {}, factor=factor)
         for unknown, name, m in ((False, "known", known), (True, "open", open_)):
@@ -231,4 +232,17 @@ def test_a_factored_model_rule_is_fitted_on_pairs_of_one_make_given_the_make():
             for row in x[:100]:
                 f = dict(zip(feats, row[[0, 2]]))
                 p = cal.probabilities(f, unknown)
-                assert p["model"] == __import__("pytest").approx(rule.probability(f) * p["make"])
+                assert p["model"] == pytest.approx(rule.probability(f) * p["make"])
+            whole = subset(t, m)  # the band: fitted on the product over all the set's pairs, not the conditional's own
+            product = [cal.probabilities(dict(zip(feats, row[[0, 2]])), unknown)["model"] for row in whole["x"]]
+            assert rule.band == fit_band(np.array(product), whole["y"][:, 0], pair_weights(whole, "model"))
+            differs.append(rule.band != naive.band)
+        assert "factor_fell_back" not in cal.info
+    assert any(differs)  # this data tells the two bands apart, so the band check above can fail
+    # No pair of one make and two models (no medium or hard pair): nothing to fit P(model | make) on, so the
+    # rules are fitted unfactored, without an error, and the fit says so.
+    one_model = np.isin(kind, ["same", "easy"])
+    small = subset(t, one_model)
+    cal = fit(small, feats, {}, factor="both")
+    assert all(not cal.rules(u)["model"].given for u in (False, True))
+    assert cal.info["factor_fell_back"] == ["known", "open"]

@@ -200,6 +200,10 @@ def test_pair_calibration_round_trip_and_refusals(tmp_path, cmp_artifact):
                 {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "given": "make"}}}):
         with pytest.raises(ArtifactError, match="calibrate_pairs.py"):
             PairCalibration.from_dict(bad)
+    for bad_given in (["make", "make"], "make", ["model"]):
+        bad = {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "given": bad_given}}}
+        with pytest.raises(ArtifactError, match="given must be"):
+            PairCalibration.from_dict(bad)
     cfg, meta = hub.read_artifact(cmp_artifact)
     with pytest.raises(ArtifactError, match="not saved"):  # refused before anything is written
         hub.write_config(tmp_path, replace(cfg, compare={**good, "method": "x"}), meta)

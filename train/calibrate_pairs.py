@@ -57,8 +57,8 @@ RULE_SETS = ("known", "open")
 CAP = "none"
 CAPS = {"known": ("known",), "open": ("open",), "both": RULE_SETS, "none": ()}
 # Which rules are factored (--factor, the same choices): P(same model) = P(same model | same make) x P(same make),
-# the conditional rule fitted on the pairs of one make only (pair_calibration: ``given``). The shipping rule and
-# its validation figures: docs/verification.md.
+# the conditional rule fitted on the pairs of one make only (pair_calibration: ``given``). None by default: measured
+# on validation pairs by a rule written first, not shipped (docs/verification.md).
 FACTOR = "none"
 
 
@@ -92,7 +92,8 @@ def fit_rules(t: dict[str, Any], m: np.ndarray, features: Sequence[str], monoton
     it widened and lost 0.8 points of validation mix for nothing (docs/verification.md). ``factored``:
     the model rule is fitted on the pairs of one make only, ``given`` the make, and its band is fitted
     on the product P(same model | same make) x P(same make) that it answers with (where the pairs of one
-    make are all of one model, or none is, the rule is fitted unfactored: no ``given`` in its JSON)."""
+    make are all of one model, or none is, the rule is fitted unfactored: no ``given`` in its JSON, and
+    ``fit`` names the set in its info's ``factor_fell_back``)."""
     levels = list(dict.fromkeys([*levels, "make"])) if capped or factored else list(levels)
     one_make = m & t["y"][:, PAIR_LEVELS.index("make")]
     outcomes = t["y"][one_make][:, PAIR_LEVELS.index("model")]
@@ -173,7 +174,9 @@ def fit(t: dict[str, Any], features: Sequence[str], info: dict[str, Any], monoto
     known, open_ = (fit_rules(t, m, features, monotone, name in CAPS[cap], factored=name in CAPS[factor])
                     for m, name in zip(sets, RULE_SETS))
     flagged_share = {mode: float(t["flag"][t["mode"] == mode].mean()) for mode in ("known", "open")}
-    return PairCalibration(known, {**info, "flagged": flagged_share, "fitted_by_mode": fell_back}, open_)
+    unfactored = [name for name, r in zip(RULE_SETS, (known, open_)) if name in CAPS[factor] and not r["model"].given]
+    return PairCalibration(known, {**info, "flagged": flagged_share, "fitted_by_mode": fell_back,
+                                   **({"factor_fell_back": unfactored} if unfactored else {})}, open_)
 
 
 def recorded_command(previous: str, argv: Sequence[str]) -> str:
