@@ -163,6 +163,25 @@ def test_the_rules_are_fitted_on_the_pairs_they_answer():
     assert cal.info["flagged"] == {"known": 0.5, "open": 1.0} and cal.info["fitted_by_mode"] == []
 
 
+def _kinds_table(seed: int, same_type_when_one_make: bool = False) -> dict:
+    """A synthetic pair table of 2,400 pairs, the four kinds in turn: the cosine separates same from the
+    rest, make agreement easy pairs from the rest; flagged and not, known and open mixed. The type
+    outcome is the make's (``same_type_when_one_make``) or, as in ``make_pairs``, medium pairs' two types."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 2400
+    kind = np.array(["same", "easy", "medium", "hard"] * (n // 4))
+    cos = np.where(kind == "same", 0.8, np.where(kind == "easy", 0.3, 0.6)) + rng.normal(0, 0.1, n)
+    make = np.where(kind == "easy", 0.1, 0.9) + rng.normal(0, 0.1, n)
+    x = np.c_[cos, np.zeros(n), make, np.zeros((n, 6))]
+    same_type = kind != "easy" if same_type_when_one_make else np.isin(kind, ["same", "hard"])
+    y = np.c_[kind == "same", kind != "easy", same_type]
+    flag = rng.random(n) < 0.5  # every kind among the flagged pairs and among the others
+    return {"x": x, "y": y, "kind": kind, "mode": np.where(flag | (rng.random(n) < 0.5), "open", "known"),
+            "flag": flag, "groups": [("A", "B")] * n}
+
+
 def test_the_model_rule_is_capped_by_the_make_rule_where_asked():
     """Pairs of one make but two models look alike: the make rule says "same", the model rule must not
     say more. With the cap, every pair's P(same model) <= P(same make), in the sets ``--cap`` names."""
@@ -170,16 +189,8 @@ def test_the_model_rule_is_capped_by_the_make_rule_where_asked():
 
     from train.calibrate_pairs import CAPS, fit
 
-    rng = np.random.default_rng(2)
-    n = 2400
-    kind = np.array(["same", "easy", "medium", "hard"] * (n // 4))
-    cos = np.where(kind == "same", 0.8, np.where(kind == "easy", 0.3, 0.6)) + rng.normal(0, 0.1, n)
-    make = np.where(kind == "easy", 0.1, 0.9) + rng.normal(0, 0.1, n)
-    x = np.c_[cos, np.zeros(n), make, np.zeros((n, 6))]
-    y = np.c_[kind == "same", kind != "easy", kind != "easy"]
-    flag = rng.random(n) < 0.5  # every kind among the flagged pairs and among the others
-    t = {"x": x, "y": y, "kind": kind, "mode": np.where(flag | (rng.random(n) < 0.5), "open", "known"), "flag": flag,
-         "groups": [("A", "B")] * n}
+    t = _kinds_table(2, same_type_when_one_make=True)
+    n, kind, x = len(t["kind"]), t["kind"], t["x"]
     feats = ["cosine", "agree_make"]
     for cap, capped in CAPS.items():
         cal = fit(t, feats, {}, cap=cap)
@@ -204,16 +215,8 @@ def test_a_factored_model_rule_is_fitted_on_pairs_of_one_make_given_the_make():
     from train.pair_table import answering, pair_weights, subset
     from vericar.search.pair_calibration import fit_band, fit_rule
 
-    rng = np.random.default_rng(3)
-    n = 2400
-    kind = np.array(["same", "easy", "medium", "hard"] * (n // 4))
-    cos = np.where(kind == "same", 0.8, np.where(kind == "easy", 0.3, 0.6)) + rng.normal(0, 0.1, n)
-    make = np.where(kind == "easy", 0.1, 0.9) + rng.normal(0, 0.1, n)
-    x = np.c_[cos, np.zeros(n), make, np.zeros((n, 6))]
-    y = np.c_[kind == "same", kind != "easy", np.isin(kind, ["same", "hard"])]  # medium: one make, two types
-    flag = rng.random(n) < 0.5
-    t = {"x": x, "y": y, "kind": kind, "mode": np.where(flag | (rng.random(n) < 0.5), "open", "known"), "flag": flag,
-         "groups": [("A", "B")] * n}
+    t = _kinds_table(3)
+    n, kind, x, y = len(t["kind"]), t["kind"], t["x"], t["y"]
     feats = ["cosine", "agree_make"]
     plain = fit(t, feats, {})
     known, open_, _ = answering(t, np.ones(n, bool))
