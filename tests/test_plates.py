@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from vericar.attributes.plates import (REC_HEIGHT, Plate, PlateReader, group_lines, hide_plates, line_crop,
-                                       line_is_plate_like, merge_lines, normalise_text, plate_like_text)
+from vericar.attributes.plates import (REC_HEIGHT, Plate, PlateReader, british, group_lines, hide_plates,
+                                       line_crop, line_is_plate_like, merge_lines, normalise_text, plate_like_text)
 from vericar.core.config import AttributesCfg
 from vericar.core.errors import SpecError
 
@@ -57,6 +57,21 @@ def test_text_rules():
     assert normalise_text("DK08oAB") == "DK08OAB" and normalise_text("Volvo C30") == "VOLVOC30"
     assert normalise_text("SGO 3146") == "SGO3146" and normalise_text("MOAY 4762") == "MOAY4762"
     assert plate_like_text("KoS5京", strict=False) == "KS5"  # the seal is not counted as a dropped character
+
+
+def test_british_look_alikes():
+    """A 7-character read that fits the British format (AA99AAA) once at most two look-alikes are swapped
+    is given in that form: digits read as letters, an O read as 0; other reads stay as they are."""
+    assert plate_like_text("TLOB CAL") == "TL08CAL"  # no digit as read: not a plate before the swap
+    assert plate_like_text("DKIO HYW") == "DK10HYW" and plate_like_text("OYGONYG") == "OY60NYG"
+    assert plate_like_text("DK080AB") == "DK08OAB" and plate_like_text("KYO6 TEU") == "KY06TEU"
+    assert british("AB12CDE") == "AB12CDE"  # already British: nothing swapped
+    # older formats and other countries' plates stay as read: no look-alike makes them British
+    for read in ("DY165TS", "B0007KH", "H685YYT", "5116FVP", "SG01180", "MPE3389", "YC07AHV"):
+        assert plate_like_text(read) == read, read
+    assert british("TLOB0AL") is None and british("TL080AL") == "TL08OAL"  # three swaps are too many, one is fine
+    assert british("TLOBCAL1") is None and british("KIZASHI") is None  # not 7 / not the format
+    assert plate_like_text("SERIOUS") is None and plate_like_text("Kizashi") is None
 
 
 def test_geometry_rules():
@@ -175,6 +190,15 @@ def test_line_crop_of_a_big_line_is_not_upscaled_past_its_budget(monkeypatch):
 def test_reads_train_plates_the_upright_cut_got_wrong(reader, name, text):
     """Labelled train plates (benchmarks/labels/plates_train.csv), squashed to 224 px as dev's are,
     that the reader of 340d01f (lines cut upright, with margin) read as INSTT532, HXS59FHG, HG85YYT."""
+    plate = reader.read(photo(name).resize((224, 224), Image.BICUBIC))
+    assert plate is not None and plate.text == text
+
+
+@needs_train
+@pytest.mark.parametrize("name, text", [("train/01418.jpg", "TL08CAL"), ("train/04043.jpg", "PT06CAB")])
+def test_reads_british_plates_read_with_look_alikes(reader, name, text):
+    """Labelled train plates, squashed to 224 px, that the reader of a677a98 left unread (TLOBCAL: no
+    digit) or read wrong (PTO6CAB)."""
     plate = reader.read(photo(name).resize((224, 224), Image.BICUBIC))
     assert plate is not None and plate.text == text
 
