@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from vericar.attributes.plates import (REC_HEIGHT, Plate, PlateReader, british, group_lines, hide_plates,
-                                       line_crop, line_is_plate_like, merge_lines, normalise_text, plate_like_text)
+from vericar.attributes.plate_text import british, normalise_text, plate_like_text, without_sticker
+from vericar.attributes.plates import (REC_HEIGHT, Plate, PlateReader, group_lines, hide_plates, line_crop,
+                                       line_is_plate_like, merge_lines)
 from vericar.core.config import AttributesCfg
 from vericar.core.errors import SpecError
 
@@ -66,12 +67,30 @@ def test_british_look_alikes():
     assert plate_like_text("DKIO HYW") == "DK10HYW" and plate_like_text("OYGONYG") == "OY60NYG"
     assert plate_like_text("DK080AB") == "DK08OAB" and plate_like_text("KYO6 TEU") == "KY06TEU"
     assert british("AB12CDE") == "AB12CDE"  # already British: nothing swapped
+    for read, plate in (("ABSZCDE", "AB52CDE"), ("ABDLCDE", "AB01CDE"), ("ABQ1CDE", "AB01CDE"), ("0B12CDE", "OB12CDE")):
+        assert british(read) == plate, read  # every look-alike of the maps
+    assert plate_like_text("PASSION") == "PA55ION"  # the price of the rule: such a word passes as a plate
     # older formats and other countries' plates stay as read: no look-alike makes them British
     for read in ("DY165TS", "B0007KH", "H685YYT", "5116FVP", "SG01180", "MPE3389", "YC07AHV"):
         assert plate_like_text(read) == read, read
     assert british("TLOB0AL") is None and british("TL080AL") == "TL08OAL"  # three swaps are too many, one is fine
     assert british("TLOBCAL1") is None and british("KIZASHI") is None  # not 7 / not the format
     assert plate_like_text("SERIOUS") is None and plate_like_text("Kizashi") is None
+
+
+def test_a_german_plates_stickers_read_as_an_unsure_letter_are_dropped():
+    """An I, E or P read at under 0.80 in 2nd-4th place, after letters only, is dropped when a German layout
+    is left; a sure letter, another letter, or a read that would not be German stays."""
+    sure = [1.0] * 8
+    assert without_sticker(list("SIMA6307"), [1, .77, .97, 1, 1, 1, .83, 1]) == "SMA6307"
+    assert without_sticker(list("MeXH4622"), [.93, .5, 1, 1, 1, 1, 1, 1]) == "MXH4622"  # read in lower case
+    assert without_sticker("INITT 263", [1, .98, .48, .99, 1, 1, .49, 1, 1]) == "INTT263"  # third; a space
+    assert without_sticker(list("MIEX4622"), [1, .7, .5, 1, 1, 1, 1, 1]) == "MIX4622"  # the less sure of two
+    assert without_sticker(list("SIMA6307"), [1, .9, *sure[:6]]) is None  # read surely: a letter
+    assert without_sticker(list("SAMA6307"), [1, .5, *sure[:6]]) is None  # not a sticker's letter
+    assert without_sticker(list("AB12CDE"), [1, .5, .5, 1, 1, 1, 1]) is None  # nothing German is left
+    assert without_sticker(list("S1MA6307"), [1, .5, *sure[:6]]) is None  # a digit before it
+    assert without_sticker(list("SIMA6307"), [1.0] * 7) is None  # confidences that do not match the read
 
 
 def test_geometry_rules():
@@ -195,10 +214,11 @@ def test_reads_train_plates_the_upright_cut_got_wrong(reader, name, text):
 
 
 @needs_train
-@pytest.mark.parametrize("name, text", [("train/01418.jpg", "TL08CAL"), ("train/04043.jpg", "PT06CAB")])
-def test_reads_british_plates_read_with_look_alikes(reader, name, text):
+@pytest.mark.parametrize("name, text", [("train/01418.jpg", "TL08CAL"), ("train/04043.jpg", "PT06CAB"),
+                                        ("train/01820.jpg", "SMA6307"), ("train/06252.jpg", "MVR4342")])
+def test_reads_plates_read_with_look_alikes_or_stickers(reader, name, text):
     """Labelled train plates, squashed to 224 px, that the reader of a677a98 left unread (TLOBCAL: no
-    digit) or read wrong (PTO6CAB)."""
+    digit) or read wrong (PTO6CAB; German plates' stickers as a letter: SIMA6307, MIVR4342)."""
     plate = reader.read(photo(name).resize((224, 224), Image.BICUBIC))
     assert plate is not None and plate.text == text
 

@@ -4,8 +4,8 @@
 wheel and run on onnxruntime, nothing is downloaded) inside one vehicle's box: the detector finds
 text lines in the lower part of the box, upscaled; the lines whose geometry looks like a plate
 (wide, low in the car, small against the box) are read one by one, each cut along its own tilt
-(``line_crop``), and only text that looks like a registration (4-8 letters and digits, both kinds)
-is kept, so badges, dealer frames and slogans are not taken for plates. Two engines, not one: a
+(``line_crop``), and only text that looks like a registration is kept (vericar/attributes/plate_text.py),
+so badges, dealer frames and slogans are not taken for plates. Two engines, not one: a
 per-call ``use_det=False`` sticks to a rapidocr engine.
 
 ``hide_plates`` paints each plate box with its own mean colour, so no pixel of the plate is left
@@ -13,21 +13,22 @@ per-call ``use_det=False`` sticks to a rapidocr engine.
 """
 from __future__ import annotations
 
-import re
 import threading
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from vericar.attributes.plate_text import plate_like_text, without_sticker
+
 PLATE_MODES = ("read", "blur", "off")
 # Chosen on train photos squashed to 224x224 as the dev photos are (benchmarks/plates.py --tune,
 # docs/plates.md), never on dev. At 224 px a plate's characters are 5-8 px high: the detector finds
 # more of them upscaled to 640 than to 480 (17 vs 9 of 35 train plates read right), at ~2x the cost.
-# On the 643 train photos of benchmarks/labels/plates_train.csv (docs/plates.md), 0.85 reads 148 of 191
-# plates right against 150 at 0.75-0.80, with 79 false plates against 91-99.
+# On the 643 train photos of benchmarks/labels/plates_train.csv (docs/plates.md), 0.85 read 148 of 191
+# plates right against 150 at 0.75-0.80, with 79 false plates against 91-99; with the text rules of
+# plate_text.py, 162 against 165, with 86 against 100-108.
 MIN_CONFIDENCE = 0.85  # recogniser's mean character probability for a read plate
 DET_SIDE = 640  # the searched part of the box is scaled so that its longer side is this many pixels
 # onnxruntime threads. The detector's 640 px pass is most of the stage's cost: on this 2-core machine
@@ -52,22 +53,6 @@ REC_HEIGHT = 48  # the recogniser's input height: each line is scaled to it
 SHRINK_X, SHRINK_Y = 0.10, 0.05
 UPSCALE = 4  # small lines are cut from pixels upscaled this many times (fewer for a big one)
 UPSCALE_PIXELS = 4_000_000  # at most this many upscaled pixels around one line (a full-size upload)
-# German plates' registration seal between the district (1-3 letters) and the letters reads as a
-# lowercase "o" ("MoAY 4762" for M·AY 4762): that o is dropped; an o anywhere else is kept.
-SEAL = re.compile(r"^([A-Z]{1,3})[ ·.:]?o(?=[A-Z]{1,2}[ ·.:-]?[0-9])")
-PLATE_TEXT = re.compile(r"^(?=.*[A-Z])(?=.*[0-9])[A-Z0-9]{4,8}$")
-# Blurring is for privacy: any plate-shaped line read as 3-10 letters / digits is hidden (a badge
-# hidden by mistake costs little; a plate left because it read as "SERIOUS" or "AB1" costs more).
-LOOSE_TEXT = re.compile(r"^[A-Z0-9]{3,10}$")
-KEPT_SHARE = 0.75  # of the raw read's visible characters must be Latin letters / digits
-# Current British plates are 2 letters, 2 digits, 3 letters ("AB12CDE"). At 224 px the recogniser often reads
-# their digits as look-alike letters ("TLOBCAL" for TL08CAL: no digit, so not taken for a plate) or an O as 0
-# ("DK080AB" for DK08OAB). A 7-character read that fits the format once at most two look-alikes are swapped
-# is taken in that form (no I or Q is used in their letters, so a letter place only takes 0 -> O). Chosen on
-# the 643 train photos (docs/plates.md): 148 -> 156 of 191 plates read right, 79 -> 86 false plates.
-BRITISH = re.compile(r"^[A-Z]{2}[0-9]{2}[A-Z]{3}$")
-AS_DIGIT, AS_LETTER = str.maketrans("OQDILZSGB", "000112568"), str.maketrans("0", "O")
-MAX_SWAPS = 2
 
 
 @dataclass(frozen=True)
@@ -82,44 +67,6 @@ class Plate:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``{"text", "box", "confidence"}``."""
         return {"text": self.text, "box": list(self.box), "confidence": round(float(self.confidence), 4)}
-
-
-def _unsealed(raw: str) -> str:
-    """The read in NFKC, a German seal read as "o" taken out (it is not a character)."""
-    return SEAL.sub(r"\1", unicodedata.normalize("NFKC", raw).strip())
-
-
-def normalise_text(raw: str) -> str:
-    """A read as plate text: NFKC, a seal read as "o" dropped, uppercase, only A-Z and 0-9 kept
-    (``"m·pe 3389"`` -> ``"MPE3389"``, ``"MoAY 4762"`` -> ``"MAY4762"``)."""
-    return _plate_chars(_unsealed(raw))
-
-
-def _plate_chars(text: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "", text.upper())
-
-
-def british(text: str) -> str | None:
-    """``text`` (normalised) as a current British registration once at most ``MAX_SWAPS`` look-alikes
-    are swapped (``"TLOBCAL"`` -> ``"TL08CAL"``), or None when it does not fit that format."""
-    if len(text) != 7:
-        return None
-    fixed = text[:2].translate(AS_LETTER) + text[2:4].translate(AS_DIGIT) + text[4:].translate(AS_LETTER)
-    return fixed if BRITISH.match(fixed) and sum(a != b for a, b in zip(text, fixed)) <= MAX_SWAPS else None
-
-
-def plate_like_text(raw: str, strict: bool = True) -> str | None:
-    """The normalised text when ``raw`` reads like a registration, else None: 4-8 letters and
-    digits with at least one of each (``strict=False``: any 3-10), and little else in the read (a
-    Chinese or symbol-heavy read of a badge is not a plate with the odd character dropped). A read
-    that fits the British format with look-alikes swapped is given in that form (``british``)."""
-    raw = _unsealed(raw)
-    text = _plate_chars(raw)
-    visible = re.sub(r"[\s\-·.:|_'\"]", "", raw)
-    if not visible or len(text) < KEPT_SHARE * len(visible):
-        return None
-    text = british(text) or text
-    return text if (PLATE_TEXT if strict else LOOSE_TEXT).match(text) else None
 
 
 def line_is_plate_like(line: Sequence[float], box: Sequence[float]) -> bool:
@@ -248,7 +195,7 @@ class PlateReader:
                 return {"EngineConfig.onnxruntime.intra_op_num_threads": int(n)} if n else {}
 
             self._rec = RapidOCR(params={**common, **threads(REC_THREADS), "Global.use_det": False,
-                                         "Global.use_rec": True})
+                                         "Global.use_rec": True, "Global.return_word_box": True})
             self._det = RapidOCR(params={**common, **threads(self.threads), "Global.use_det": True,
                                          "Global.use_rec": False})
         return self._det, self._rec
@@ -291,7 +238,10 @@ class PlateReader:
         res = rec(_rgb_to_bgr(crop))
         if not res.txts:
             return None
-        text = plate_like_text("".join(res.txts), strict)
+        raw = "".join(res.txts)
+        if res.word_results and res.word_results[0] is not None:  # a confidence per character of the read
+            raw = without_sticker(raw, res.word_results[0].confs) or raw
+        text = plate_like_text(raw, strict)
         if text is None:
             return None
         plate_box = (int(max(0, line[0] - PAD_X * h)), int(max(0, line[1] - PAD_Y * h)),
