@@ -79,18 +79,27 @@ def test_british_look_alikes():
 
 
 def test_a_german_plates_stickers_read_as_an_unsure_letter_are_dropped():
-    """An I, E or P read at under 0.80 in 2nd-4th place, after letters only, is dropped when a German layout
-    is left; a sure letter, another letter, or a read that would not be German stays."""
+    """An I, E or P read at under 0.80 in 2nd-4th place, after letters only, is dropped from the read when a
+    German layout is left; the rest of the read is then checked as any read. A sure letter, another
+    letter, another place, or a read that would not be German stays."""
     sure = [1.0] * 8
-    assert without_sticker(list("SIMA6307"), [1, .77, .97, 1, 1, 1, .83, 1]) == "SMA6307"
-    assert without_sticker(list("MeXH4622"), [.93, .5, 1, 1, 1, 1, 1, 1]) == "MXH4622"  # read in lower case
-    assert without_sticker("INITT 263", [1, .98, .48, .99, 1, 1, .49, 1, 1]) == "INTT263"  # third; a space
-    assert without_sticker(list("MIEX4622"), [1, .7, .5, 1, 1, 1, 1, 1]) == "MIX4622"  # the less sure of two
-    assert without_sticker(list("SIMA6307"), [1, .9, *sure[:6]]) is None  # read surely: a letter
-    assert without_sticker(list("SAMA6307"), [1, .5, *sure[:6]]) is None  # not a sticker's letter
-    assert without_sticker(list("AB12CDE"), [1, .5, .5, 1, 1, 1, 1]) is None  # nothing German is left
-    assert without_sticker(list("S1MA6307"), [1, .5, *sure[:6]]) is None  # a digit before it
-    assert without_sticker(list("SIMA6307"), [1.0] * 7) is None  # confidences that do not match the read
+    assert without_sticker("SIMA6307", [1, .77, .97, 1, 1, 1, .83, 1]) == "SMA6307"
+    assert without_sticker("MeXH4622", [.93, .5, 1, 1, 1, 1, 1, 1]) == "MXH4622"  # read in lower case
+    assert without_sticker("INITT 263", [1, .98, .48, .99, 1, 1, .49, 1, 1]) == "INTT 263"  # third; a space
+    assert without_sticker("MIEX4622", [1, .7, .5, 1, 1, 1, 1, 1]) == "MIX4622"  # the less sure of two
+    assert without_sticker("SIMA6307", [1, .79, *sure[:6]]) == "SMA6307"
+    assert without_sticker("SIMA6307", [1, .80, *sure[:6]]) is None  # at 0.80: sure enough to be a letter
+    assert without_sticker("SAMA6307", [1, .5, *sure[:6]]) is None  # not a sticker's letter
+    assert without_sticker("IMA6307", [.5, *sure[:6]]) is None  # 1st place: the district
+    assert without_sticker("SMAXI307", [1, 1, 1, 1, .5, 1, 1, 1]) is None  # 5th place
+    assert without_sticker("AB1I23", [1, 1, 1, .5, 1, 1]) is None  # a digit before it
+    assert without_sticker("ABCI1234X", [1, 1, 1, .5, 1, 1, 1, 1, 1]) is None  # nothing German is left
+    assert without_sticker("SIMA6307", [1, .5, 1, 1, 1, 1, 1]) is None  # confidences that do not match the read
+    assert without_sticker("S·IMA6307", [1, .3, .95, 1, 1, 1, 1, 1, 1]) is None  # paired with every character
+    assert without_sticker("ＳIMA6307", [1, .5, *sure[:6]]) == "ＳMA6307"  # a full-width letter counts (NFKC)
+    # what is left is checked as any read: the seal rule, and how much of the read is letters and digits
+    assert plate_like_text(without_sticker("MoIAY4762", [1, .9, .5, 1, 1, 1, 1, 1, 1])) == "MAY4762"
+    assert plate_like_text(without_sticker("奔驰汽车SIMA6307", [1, 1, 1, 1, 1, .5, 1, 1, 1, 1, 1, 1])) is None
 
 
 def test_geometry_rules():
@@ -215,10 +224,12 @@ def test_reads_train_plates_the_upright_cut_got_wrong(reader, name, text):
 
 @needs_train
 @pytest.mark.parametrize("name, text", [("train/01418.jpg", "TL08CAL"), ("train/04043.jpg", "PT06CAB"),
-                                        ("train/01820.jpg", "SMA6307"), ("train/06252.jpg", "MVR4342")])
+                                        ("train/01820.jpg", "SMA6307"), ("train/06252.jpg", "MVR4342"),
+                                        ("train/03057.jpg", "INTT263")])
 def test_reads_plates_read_with_look_alikes_or_stickers(reader, name, text):
     """Labelled train plates, squashed to 224 px, that the reader of a677a98 left unread (TLOBCAL: no
-    digit) or read wrong (PTO6CAB; German plates' stickers as a letter: SIMA6307, MIVR4342)."""
+    digit) or read wrong (PTO6CAB; German plates' stickers as a letter: SIMA6307, MIVR4342, INITT 263,
+    where the space is a character of the read with a confidence of its own)."""
     plate = reader.read(photo(name).resize((224, 224), Image.BICUBIC))
     assert plate is not None and plate.text == text
 

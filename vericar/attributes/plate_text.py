@@ -1,9 +1,10 @@
 """What a plate's read says: the recogniser's text made into a registration, or refused.
 
-A read is normalised to uppercase letters and digits (a German plate's seal or stickers read as a
-character taken out), and kept as a plate only when it looks like a registration: 4-8 letters and
-digits with at least one of each, and little else in the read. Reads of British plates with
-look-alike characters are put right first. Every rule was chosen on labelled train photos
+A read is normalised to uppercase letters and digits (a German plate's seal read as "o" taken out),
+and kept as a plate only when it looks like a registration: 4-8 letters and digits with at least one
+of each, and little else in the read. Reads of British plates with look-alike characters are put
+right first. ``without_sticker`` takes out, before all that, a letter that a German plate's stickers
+were read as (it needs the recogniser's confidence in each character). Every rule was chosen on labelled train photos
 (docs/plates.md), never on dev.
 """
 from __future__ import annotations
@@ -64,20 +65,22 @@ def british(text: str) -> str | None:
     return fixed if BRITISH.match(fixed) and sum(a != b for a, b in zip(text, fixed)) <= MAX_SWAPS else None
 
 
-def without_sticker(chars: Sequence[str], confs: Sequence[float]) -> str | None:
-    """The read (its characters, spaces included, and the recogniser's confidence in each) as plate
-    characters without the unsure letter that a German plate's stickers were read as, or None when there
-    is none to drop (``STICKER_LETTERS``) or the confidences do not match the read."""
-    if len(chars) != len(confs):
+def without_sticker(read: str, confs: Sequence[float]) -> str | None:
+    """``read`` (the recogniser's text, and its confidence in each character, spaces included) less the
+    unsure letter that a German plate's stickers were read as, for ``plate_like_text`` to check as any
+    read; None when there is none to drop (``STICKER_LETTERS``) or the confidences do not match the read.
+    The places are counted over the read's letters and digits (NFKC, so a full-width letter counts)."""
+    if len(read) != len(confs):
         return None
-    kept = [(c.upper(), float(p)) for c, p in zip(chars, confs) if c.isascii() and c.isalnum()]
-    text = "".join(c for c, _ in kept)
-    unsure = [(p, i) for i, (c, p) in enumerate(kept[1:4], 1) if c in STICKER_LETTERS and p < STICKER_MAX
+    kept = [(at, unicodedata.normalize("NFKC", c).upper(), float(p)) for at, (c, p) in enumerate(zip(read, confs))]
+    kept = [(at, c, p) for at, c, p in kept if len(c) == 1 and c.isascii() and c.isalnum()]
+    text = "".join(c for _, c, _ in kept)
+    unsure = [(p, at) for i, (at, c, p) in enumerate(kept[1:4], 1) if c in STICKER_LETTERS and p < STICKER_MAX
               and text[:i].isalpha() and GERMAN.match(text[:i] + text[i + 1:])]
     if not unsure:
         return None
-    i = min(unsure)[1]  # the least sure of them
-    return text[:i] + text[i + 1:]
+    at = min(unsure)[1]  # the least sure of them
+    return read[:at] + read[at + 1:]
 
 
 def plate_like_text(raw: str, strict: bool = True) -> str | None:
