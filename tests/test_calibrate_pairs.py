@@ -213,7 +213,7 @@ def test_a_factored_model_rule_is_fitted_on_pairs_of_one_make_given_the_make():
 
     from train.calibrate_pairs import CAPS, fit
     from train.pair_table import answering, pair_weights, subset
-    from vericar.search.pair_calibration import fit_band, fit_rule
+    from vericar.search.pair_calibration import PairCalibration, fit_band, fit_rule
 
     t = _kinds_table(3)
     n, kind, x, y = len(t["kind"]), t["kind"], t["x"], t["y"]
@@ -241,6 +241,9 @@ def test_a_factored_model_rule_is_fitted_on_pairs_of_one_make_given_the_make():
             assert rule.band == fit_band(np.array(product), whole["y"][:, 0], pair_weights(whole, "model"))
             differs.append(rule.band != naive.band)
         assert "factor_fell_back" not in cal.info
+        d = json.loads(json.dumps(cal.to_dict()))  # as config.json holds it
+        assert d["method"] == ("pair-logistic-given" if factored else "pair-logistic")
+        assert PairCalibration.from_dict(d).levels == cal.levels
     assert any(differs)  # this data tells the two bands apart, so the band check above can fail
     # No pair of one make and two models (no medium or hard pair): nothing to fit P(model | make) on, so the
     # rules are fitted unfactored, without an error, and the fit says so.

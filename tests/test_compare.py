@@ -185,9 +185,14 @@ def test_pair_calibration_round_trip_and_refusals(tmp_path, cmp_artifact):
     capped = {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "capped_by": ["make", "type"]}}}
     assert PairCalibration.from_dict(json.loads(json.dumps(capped))).levels["model"].capped_by == ("make", "type")
     assert "given" not in good["levels"]["model"]  # a rule saved before factoring reads as its own probability
-    given = {**good, "levels": {**good["levels"], "model": {**good["levels"]["model"], "given": ["make"]}}}
+    given = {**good, "method": "pair-logistic-given",
+             "levels": {**good["levels"], "model": {**good["levels"]["model"], "given": ["make"]}}}
     back = PairCalibration.from_dict(json.loads(json.dumps(given)))
     assert back.levels["model"].given == ("make",) and back.to_dict()["levels"]["model"]["given"] == ["make"]
+    assert back.to_dict()["method"] == "pair-logistic-given"  # a vericar from before conditions refuses it
+    for bad in ({**given, "method": "pair-logistic"}, {**good, "method": "pair-logistic-given"}):
+        with pytest.raises(ArtifactError, match="goes with such rules only"):
+            PairCalibration.from_dict(bad)
     for bad in ({**good, "method": "siamese"}, {**good, "levels": {"model": good["levels"]["model"]}},
                 {**good, "levels": {**good["levels"], "make": {**good["levels"]["make"], "band": [0.8, 0.2]}}},
                 {**good, "levels": {**good["levels"], "type": {**good["levels"]["type"], "features": ["colour"]}}},

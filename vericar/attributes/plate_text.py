@@ -4,8 +4,8 @@ A read is normalised to uppercase letters and digits (a German plate's seal read
 and kept as a plate only when it looks like a registration: 4-8 letters and digits with at least one
 of each, and little else in the read. Reads of British plates with look-alike characters are put
 right first. ``without_sticker`` takes out, before all that, a letter that a German plate's stickers
-were read as (it needs the recogniser's confidence in each character). Every rule was chosen on labelled train photos
-(docs/plates.md), never on dev.
+were read as (it needs the recogniser's confidence in each character). Every rule was chosen on
+labelled train photos (docs/plates.md), never on dev.
 """
 from __future__ import annotations
 

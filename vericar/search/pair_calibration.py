@@ -45,7 +45,9 @@ FEATURES = ("cosine", "agree_model", "agree_make", "agree_type", "nearness",
 # one make and of models the gallery lacks lose (docs/verification.md), so it is not the default.
 MONOTONE = ("cosine", "agree_model", "agree_make", "agree_type", "agree_model_near", "agree_make_near",
             "agree_type_near", "agree_model_in_make")
-METHOD = "pair-logistic"
+# A fit with a rule ``given`` a coarser level is written as the second method, so that a vericar from before
+# conditions refuses it ("install the version that wrote it") instead of reading the conditional rule as P(same).
+METHODS = ("pair-logistic", "pair-logistic-given")
 REFIT = "Fit one with `python train/calibrate_pairs.py --artifact DIR`"
 
 
@@ -132,7 +134,9 @@ class PairCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, stored under "compare" in an artifact's config.json."""
-        d = {"method": METHOD, "levels": {lvl: r.to_dict() for lvl, r in self.levels.items()}, "info": self.info}
+        rules = [*self.levels.values(), *(self.open_levels or {}).values()]
+        method = METHODS[any(r.given for r in rules)]
+        d = {"method": method, "levels": {lvl: r.to_dict() for lvl, r in self.levels.items()}, "info": self.info}
         if self.open_levels is not None:
             d["open_levels"] = {lvl: r.to_dict() for lvl, r in self.open_levels.items()}
         return d
@@ -142,10 +146,11 @@ class PairCalibration:
         """Inverse of ``to_dict``; None (an artifact fitted before comparisons existed) -> None."""
         if d is None:
             return None
-        if not isinstance(d, dict) or d.get("method") != METHOD:
+        if not isinstance(d, dict) or d.get("method") not in METHODS:
             got = d.get("method") if isinstance(d, dict) else type(d).__name__
-            raise ArtifactError(f"compare calibration method {got!r} is not one this vericar reads ({METHOD!r}): "
-                                f"install the vericar version that wrote it, or re-fit it. {REFIT}.")
+            raise ArtifactError(f"compare calibration method {got!r} is not one this vericar reads "
+                                f"({', '.join(METHODS)}): install the vericar version that wrote it, or re-fit it. "
+                                f"{REFIT}.")
         sets = {}
         for key in ("levels", "open_levels"):
             levels = d.get(key)
@@ -155,6 +160,10 @@ class PairCalibration:
                 raise ArtifactError(f"compare calibration {key} must have the levels {list(PAIR_LEVELS)}, got "
                                     f"{sorted(levels) if isinstance(levels, dict) else levels!r}. {REFIT}.")
             sets[key] = {lvl: _rule(lvl, levels[lvl]) for lvl in PAIR_LEVELS}
+        given = any(r.given for rules in sets.values() for r in rules.values())
+        if given != (d["method"] == METHODS[1]):
+            raise ArtifactError(f"compare calibration method {d['method']!r} with {'a' if given else 'no'} rule given a "
+                                f"coarser level: method {METHODS[1]!r} goes with such rules only. {REFIT}.")
         return cls(sets["levels"], dict(d.get("info") or {}), sets.get("open_levels"))
 
 
